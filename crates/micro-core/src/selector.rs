@@ -1,0 +1,43 @@
+//! Picking a node of a service.
+
+use crate::{async_trait, Error, Node, Registry, Result};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Options of one [`Selector::select`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SelectOptions {
+    /// Node ids not to pick, e.g. ones that just failed this call.
+    pub exclude: Vec<String>,
+}
+
+/// What a selector constructor is given.
+#[derive(Clone)]
+pub struct SelectorOptions {
+    /// Where the selector looks services up.
+    pub registry: Arc<dyn Registry>,
+    /// How long a cached registry answer is trusted without watch events.
+    pub cache_ttl: Duration,
+}
+
+impl std::fmt::Debug for SelectorOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SelectorOptions")
+            .field("registry", &self.registry.name())
+            .field("cache_ttl", &self.cache_ttl)
+            .finish()
+    }
+}
+
+/// Picks a node of a service.
+#[async_trait]
+pub trait Selector: Send + Sync {
+    /// A node of `service`; a 404 error if none is available.
+    async fn select(&self, service: &str, opts: SelectOptions) -> Result<Node>;
+    /// Feedback on a call to a node: `Ok` or the error it gave.
+    fn mark(&self, service: &str, node_id: &str, outcome: Result<(), &Error>);
+    /// Forgets what is cached about a service.
+    fn reset(&self, service: &str);
+    /// The selector's name, e.g. `random`.
+    fn name(&self) -> &str;
+}

@@ -1,0 +1,104 @@
+//! Serving endpoints and topic subscriptions.
+
+use crate::{
+    async_trait, Broker, BrokerHandler, BoxFuture, Endpoint, Request, Response, Result, Service,
+    Transport,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Serves one request, body still encoded.
+pub type HandlerFn = Arc<dyn Fn(Request) -> BoxFuture<'static, Result<Response>> + Send + Sync>;
+
+/// A named endpoint and the function that serves it.
+#[derive(Clone)]
+pub struct Handler {
+    /// The endpoint as advertised; its `name` is `Handler.Method`.
+    pub endpoint: Endpoint,
+    /// Serves a request.
+    pub func: HandlerFn,
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handler").field("endpoint", &self.endpoint.name).finish()
+    }
+}
+
+/// A handler subscribed to a topic.
+#[derive(Clone)]
+pub struct Subscriber {
+    /// The topic.
+    pub topic: String,
+    /// An optional queue group.
+    pub queue: Option<String>,
+    /// Handles each message.
+    pub handler: BrokerHandler,
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("topic", &self.topic)
+            .field("queue", &self.queue)
+            .finish()
+    }
+}
+
+/// What a server constructor is given.
+#[derive(Clone)]
+pub struct ServerOptions {
+    /// Service name.
+    pub name: String,
+    /// Service version.
+    pub version: String,
+    /// Node id; unique per process.
+    pub id: String,
+    /// Address to listen on; port 0 picks a free one.
+    pub address: String,
+    /// Address to advertise instead of the bound one.
+    pub advertise: Option<String>,
+    /// Service metadata.
+    pub metadata: HashMap<String, String>,
+    /// Carries requests.
+    pub transport: Arc<dyn Transport>,
+    /// Carries subscriptions.
+    pub broker: Arc<dyn Broker>,
+    /// How long `stop` waits for in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+impl std::fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerOptions")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("id", &self.id)
+            .field("address", &self.address)
+            .field("advertise", &self.advertise)
+            .field("metadata", &self.metadata)
+            .field("transport", &self.transport.name())
+            .field("broker", &self.broker.name())
+            .field("drain_timeout", &self.drain_timeout)
+            .finish()
+    }
+}
+
+/// Serves handlers and subscribers.
+#[async_trait]
+pub trait Server: Send + Sync {
+    /// Adds a handler; before `start`.
+    fn handle(&self, handler: Handler) -> Result<()>;
+    /// Adds a subscriber; before `start`.
+    fn subscribe(&self, subscriber: Subscriber) -> Result<()>;
+    /// Starts listening and subscribes to topics.
+    async fn start(&self) -> Result<()>;
+    /// Stops accepting, unsubscribes, and waits for in-flight requests to finish.
+    async fn stop(&self) -> Result<()>;
+    /// The service record this server advertises: its node and endpoints.
+    /// Valid after `start`, when the address is known.
+    fn service(&self) -> Service;
+    /// The server's name, e.g. `mucp`.
+    fn name(&self) -> &str;
+}

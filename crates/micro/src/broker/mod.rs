@@ -1,0 +1,5 @@
+//! Built-in brokers.
+
+mod memory;
+
+pub use memory::MemoryBroker;

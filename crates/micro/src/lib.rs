@@ -1,0 +1,93 @@
+//! micro: a microservice framework in the spirit of go-micro.
+//!
+//! A [`Service`] is made of seven swappable components — broker, client,
+//! codec, registry, selector, server and transport — each picked by name at
+//! start-up from a [`Catalog`] of constructors, through [`Flags`] with
+//! go-micro's names and `MICRO_*` environment fallbacks. The traits live in
+//! [`micro_core`] (re-exported as [`core`]); this crate holds the built-in
+//! components and the service.
+//!
+//! The request path reads in one direction: [`client`] → [`selector`] →
+//! [`transport`] → [`server`] → handler.
+//!
+//! ```no_run
+//! use micro::{Flags, Service};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Deserialize)]
+//! struct Hello { name: String }
+//! #[derive(Serialize)]
+//! struct Greeting { greeting: String }
+//!
+//! # async fn run() -> Result<(), micro::Error> {
+//! let service = Service::builder("greeter").version("1.0.0").flags(Flags::default()).build()?;
+//! service.handle("Greeter.Hello", |req: Hello| async move {
+//!     Ok(Greeting { greeting: format!("Hello {}", req.name) })
+//! })?;
+//! service.run().await
+//! # }
+//! ```
+
+pub mod broker;
+pub mod catalog;
+pub mod client;
+pub mod codec;
+pub mod flags;
+pub mod registry;
+pub mod selector;
+pub mod server;
+mod service;
+pub mod transport;
+
+pub use catalog::Catalog;
+pub use client::TypedClient;
+pub use flags::Flags;
+pub use micro_core as core;
+pub use micro_core::Error as RpcError;
+pub use server::Context;
+pub use service::{shutdown_signal, Service, ServiceBuilder};
+
+/// Errors of building and running a service.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A component name that no constructor table knows.
+    #[error("unknown {kind} {name:?}; available: {available}")]
+    UnknownComponent {
+        /// The component type, e.g. `client`.
+        kind: &'static str,
+        /// The name asked for.
+        name: String,
+        /// The known names, comma-separated.
+        available: String,
+    },
+    /// A constructor failed.
+    #[error("cannot create {kind} {name:?}: {}", source.detail)]
+    Component {
+        /// The component type.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// Why.
+        source: micro_core::Error,
+    },
+    /// A bad setting.
+    #[error("{0}")]
+    Config(String),
+    /// A component failed at run time.
+    #[error("{0}")]
+    Rpc(#[from] micro_core::Error),
+}
+
+/// Sets up logging to stderr, filtered by `MICRO_LOG_LEVEL` or `RUST_LOG`
+/// (default `info`). Does nothing if a subscriber is already set.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("MICRO_LOG_LEVEL")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}

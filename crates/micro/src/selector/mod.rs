@@ -1,0 +1,276 @@
+//! The built-in selectors: `random` and `roundrobin`, both over a cache of
+//! registry answers kept fresh by a registry watch.
+
+use crate::registry::apply_event;
+use micro_core::{
+    async_trait, Error, Node, Registry, Result, SelectOptions, Selector, SelectorOptions, Service,
+    WatchOptions,
+};
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// How a node is picked among the available ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Uniformly at random.
+    Random,
+    /// In turn.
+    RoundRobin,
+}
+
+/// A selector with a registry cache.
+pub struct CacheSelector {
+    inner: Arc<Inner>,
+    strategy: Strategy,
+}
+
+struct Inner {
+    registry: Arc<dyn Registry>,
+    ttl: Duration,
+    cache: Mutex<HashMap<String, Entry>>,
+    counters: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    watching: AtomicBool,
+}
+
+struct Entry {
+    services: Vec<Service>,
+    fetched: Instant,
+}
+
+impl CacheSelector {
+    /// A selector over `opts.registry` with the given strategy.
+    pub fn new(opts: SelectorOptions, strategy: Strategy) -> Self {
+        CacheSelector {
+            inner: Arc::new(Inner {
+                registry: opts.registry,
+                ttl: opts.cache_ttl,
+                cache: Mutex::new(HashMap::new()),
+                counters: Mutex::new(HashMap::new()),
+                watching: AtomicBool::new(false),
+            }),
+            strategy,
+        }
+    }
+
+    /// The nodes currently cached for a service (for tests and debugging).
+    pub fn cached_nodes(&self, service: &str) -> Option<Vec<Node>> {
+        let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(service).map(|e| e.services.iter().flat_map(|s| s.nodes.clone()).collect())
+    }
+
+    fn ensure_watch(&self) {
+        if self.inner.watching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(watch_loop(weak));
+    }
+
+    async fn services(&self, name: &str) -> Result<Vec<Service>> {
+        {
+            let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = cache.get(name) {
+                if e.fetched.elapsed() < self.inner.ttl {
+                    return Ok(e.services.clone());
+                }
+            }
+        }
+        self.ensure_watch();
+        let services = self.inner.registry.get_service(name).await.map_err(|e| {
+            if e.code == 404 {
+                Error::not_found("go.micro.client", format!("service {name}: not found"))
+            } else {
+                Error::internal("go.micro.client", format!("error selecting {name} node: {}", e.detail))
+            }
+        })?;
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), Entry { services: services.clone(), fetched: Instant::now() });
+        Ok(services)
+    }
+}
+
+/// Keeps the cache in step with the registry; ends when the selector is dropped.
+async fn watch_loop(weak: Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let mut watcher = match inner.registry.watch(WatchOptions::default()).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "selector: registry watch failed; retrying");
+                drop(inner);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        drop(inner);
+        loop {
+            let ev = watcher.next().await;
+            let Some(inner) = weak.upgrade() else {
+                watcher.stop();
+                return;
+            };
+            match ev {
+                Ok(ev) => {
+                    let mut cache = inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(entry) = cache.get_mut(&ev.service.name) {
+                        apply_event(&mut entry.services, &ev);
+                    }
+                }
+                Err(e) => {
+                    // Events may have been missed: distrust the whole cache.
+                    tracing::debug!(error = %e, "selector: watch ended; clearing cache");
+                    inner.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[async_trait]
+impl Selector for CacheSelector {
+    async fn select(&self, service: &str, opts: SelectOptions) -> Result<Node> {
+        let services = self.services(service).await?;
+        let nodes: Vec<&Node> = services
+            .iter()
+            .flat_map(|s| s.nodes.iter())
+            .filter(|n| !opts.exclude.contains(&n.id))
+            .collect();
+        if nodes.is_empty() {
+            return Err(Error::internal("go.micro.client", format!("service {service}: none available")));
+        }
+        let i = match self.strategy {
+            Strategy::Random => rand::rng().random_range(0..nodes.len()),
+            Strategy::RoundRobin => {
+                let counter = {
+                    let mut c = self.inner.counters.lock().unwrap_or_else(|p| p.into_inner());
+                    c.entry(service.to_string())
+                        .or_insert_with(|| Arc::new(AtomicUsize::new(rand::rng().random_range(0..1024))))
+                        .clone()
+                };
+                counter.fetch_add(1, Ordering::Relaxed) % nodes.len()
+            }
+        };
+        Ok(nodes[i].clone())
+    }
+
+    fn mark(&self, _service: &str, _node_id: &str, _outcome: Result<(), &Error>) {
+        // Feedback is used by the client's per-call exclusion for now.
+    }
+
+    fn reset(&self, service: &str) {
+        self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).remove(service);
+    }
+
+    fn name(&self) -> &str {
+        match self.strategy {
+            Strategy::Random => "random",
+            Strategy::RoundRobin => "roundrobin",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::MemoryRegistry;
+    use micro_core::RegisterOptions;
+
+    fn svc(id: &str) -> Service {
+        Service {
+            name: "s".into(),
+            version: "1".into(),
+            nodes: vec![Node { id: id.into(), address: format!("{id}:1"), ..Default::default() }],
+            ..Default::default()
+        }
+    }
+
+    async fn setup(strategy: Strategy, n: usize) -> Result<(Arc<MemoryRegistry>, CacheSelector)> {
+        let reg = Arc::new(MemoryRegistry::new());
+        for i in 0..n {
+            reg.register(&svc(&format!("n{i}")), RegisterOptions::default()).await?;
+        }
+        let sel = CacheSelector::new(
+            SelectorOptions { registry: reg.clone(), cache_ttl: Duration::from_secs(60) },
+            strategy,
+        );
+        Ok((reg, sel))
+    }
+
+    async fn counts(sel: &CacheSelector, calls: usize) -> Result<HashMap<String, usize>> {
+        let mut m = HashMap::new();
+        for _ in 0..calls {
+            *m.entry(sel.select("s", SelectOptions::default()).await?.id).or_default() += 1;
+        }
+        Ok(m)
+    }
+
+    #[tokio::test]
+    async fn roundrobin_is_exactly_even() -> Result<()> {
+        let (_r, sel) = setup(Strategy::RoundRobin, 3).await?;
+        let m = counts(&sel, 300).await?;
+        assert_eq!(m.len(), 3);
+        assert!(m.values().all(|&c| c == 100), "{m:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn random_is_roughly_even() -> Result<()> {
+        let (_r, sel) = setup(Strategy::Random, 4).await?;
+        let m = counts(&sel, 4000).await?;
+        assert_eq!(m.len(), 4);
+        // Expected 1000 each; 800..1200 is over 6 standard deviations wide.
+        assert!(m.values().all(|&c| (800..1200).contains(&c)), "{m:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn exclusion_and_none_available() -> Result<()> {
+        let (_r, sel) = setup(Strategy::Random, 2).await?;
+        for _ in 0..20 {
+            let n = sel.select("s", SelectOptions { exclude: vec!["n0".into()] }).await?;
+            assert_eq!(n.id, "n1");
+        }
+        let e = sel.select("s", SelectOptions { exclude: vec!["n0".into(), "n1".into()] }).await.err();
+        assert!(e.is_some_and(|e| e.detail == "service s: none available"));
+        let e = sel.select("nope", SelectOptions::default()).await.err();
+        assert!(e.is_some_and(|e| e.code == 404 && e.detail == "service nope: not found"));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn cache_follows_watch_events() -> Result<()> {
+        let (reg, sel) = setup(Strategy::RoundRobin, 1).await?;
+        sel.select("s", SelectOptions::default()).await?; // fills the cache, starts the watch
+        // The cache TTL is a minute, so only watch events can change what is cached.
+        let wait_for = |want: usize| {
+            let sel = &sel;
+            async move {
+                for _ in 0..100 {
+                    if sel.cached_nodes("s").map(|n| n.len()) == Some(want) {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                false
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await; // let the watcher subscribe
+        reg.register(&svc("n1"), RegisterOptions::default()).await?;
+        assert!(wait_for(2).await, "create event not applied");
+        let m = counts(&sel, 10).await?;
+        assert_eq!(m.len(), 2);
+        reg.deregister(&svc("n0")).await?;
+        assert!(wait_for(1).await, "delete event not applied");
+        let m = counts(&sel, 10).await?;
+        assert_eq!(m.keys().collect::<Vec<_>>(), ["n1"]);
+        Ok(())
+    }
+}

@@ -1,0 +1,255 @@
+use futures::FutureExt;
+use micro_core::{
+    async_trait, headers, Endpoint, Error, Handler, Message, Node, Request, Result, Server,
+    ServerOptions, Service, Socket, Subscriber, SubscribeOptions, Subscription,
+};
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const ID: &str = "go.micro.server";
+
+/// The RPC server in the manner of go-micro's mucp: it reads requests with
+/// `Micro-*` headers from transport connections, calls the handler named by
+/// `Micro-Endpoint`, and answers on the same connection.
+pub struct MucpServer {
+    opts: ServerOptions,
+    handlers: Mutex<HashMap<String, Handler>>,
+    subscribers: Mutex<Vec<Subscriber>>,
+    running: Mutex<Option<Running>>,
+    address: Mutex<Option<String>>,
+}
+
+struct Running {
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    subs: Vec<Box<dyn Subscription>>,
+}
+
+impl MucpServer {
+    /// A server with these options.
+    pub fn new(opts: ServerOptions) -> Self {
+        MucpServer {
+            opts,
+            handlers: Mutex::new(HashMap::new()),
+            subscribers: Mutex::new(Vec::new()),
+            running: Mutex::new(None),
+            address: Mutex::new(None),
+        }
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Server for MucpServer {
+    fn handle(&self, handler: Handler) -> Result<()> {
+        let name = handler.endpoint.name.clone();
+        if name.split('.').count() != 2 || name.starts_with('.') || name.ends_with('.') {
+            return Err(Error::bad_request(ID, format!("handler name {name:?} is not of the form Handler.Method")));
+        }
+        if Self::lock(&self.running).is_some() {
+            return Err(Error::conflict(ID, format!("cannot add handler {name} to a running server")));
+        }
+        Self::lock(&self.handlers).insert(name, handler);
+        Ok(())
+    }
+
+    fn subscribe(&self, subscriber: Subscriber) -> Result<()> {
+        if Self::lock(&self.running).is_some() {
+            return Err(Error::conflict(ID, "cannot subscribe on a running server"));
+        }
+        Self::lock(&self.subscribers).push(subscriber);
+        Ok(())
+    }
+
+    async fn start(&self) -> Result<()> {
+        if Self::lock(&self.running).is_some() {
+            return Err(Error::conflict(ID, "server already started"));
+        }
+        let listener = self.opts.transport.listen(&self.opts.address).await?;
+        let address = listener.addr();
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let handlers = Arc::new(Self::lock(&self.handlers).clone());
+
+        let mut subs = Vec::new();
+        let subscribers = Self::lock(&self.subscribers).clone();
+        for s in subscribers {
+            let sub = self
+                .opts
+                .broker
+                .subscribe(&s.topic, s.handler.clone(), SubscribeOptions { queue: s.queue.clone() })
+                .await?;
+            subs.push(sub);
+        }
+
+        let (c, t) = (cancel.clone(), tracker.clone());
+        let service = self.opts.name.clone();
+        tokio::spawn(async move {
+            loop {
+                let sock = tokio::select! {
+                    _ = c.cancelled() => return,
+                    s = listener.accept() => s,
+                };
+                match sock {
+                    Ok(sock) => {
+                        t.spawn(serve_conn(sock, handlers.clone(), c.clone(), service.clone()));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "accept failed"),
+                }
+            }
+        });
+        tracing::info!(service = %self.opts.name, %address, transport = self.opts.transport.name(), "server listening");
+        *Self::lock(&self.address) = Some(address);
+        *Self::lock(&self.running) = Some(Running { cancel, tracker, subs });
+        Ok(())
+    }
+
+    async fn stop(&self) -> Result<()> {
+        let Some(running) = Self::lock(&self.running).take() else { return Ok(()) };
+        for s in &running.subs {
+            if let Err(e) = s.unsubscribe().await {
+                tracing::warn!(topic = s.topic(), error = %e, "unsubscribe failed");
+            }
+        }
+        // Idle connections close now; connections inside a request finish it first.
+        running.cancel.cancel();
+        running.tracker.close();
+        if tokio::time::timeout(self.opts.drain_timeout, running.tracker.wait()).await.is_err() {
+            tracing::warn!(pending = running.tracker.len(), "drain timeout: abandoning in-flight requests");
+        }
+        Ok(())
+    }
+
+    fn service(&self) -> Service {
+        let mut endpoints: Vec<Endpoint> = Self::lock(&self.handlers).values().map(|h| h.endpoint.clone()).collect();
+        endpoints.sort_by(|a, b| a.name.cmp(&b.name));
+        for s in Self::lock(&self.subscribers).iter() {
+            let mut metadata = HashMap::new();
+            metadata.insert("topic".to_string(), s.topic.clone());
+            metadata.insert("subscriber".to_string(), "true".to_string());
+            endpoints.push(Endpoint { name: format!("Subscriber.{}", s.topic), metadata, ..Default::default() });
+        }
+        let address = Self::lock(&self.address).clone().unwrap_or_default();
+        let mut metadata = self.opts.metadata.clone();
+        metadata.insert("protocol".into(), "mucp".into());
+        metadata.insert("server".into(), "mucp".into());
+        metadata.insert("transport".into(), self.opts.transport.name().into());
+        metadata.insert("broker".into(), self.opts.broker.name().into());
+        Service {
+            name: self.opts.name.clone(),
+            version: self.opts.version.clone(),
+            metadata: HashMap::new(),
+            endpoints,
+            nodes: vec![Node {
+                id: self.opts.id.clone(),
+                address: self.opts.advertise.clone().unwrap_or(address),
+                metadata,
+            }],
+        }
+    }
+
+    fn name(&self) -> &str {
+        "mucp"
+    }
+}
+
+async fn serve_conn(
+    mut sock: Box<dyn Socket>,
+    handlers: Arc<HashMap<String, Handler>>,
+    cancel: CancellationToken,
+    service: String,
+) {
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            m = sock.recv() => m,
+        };
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(peer = %sock.remote_addr(), reason = %e.detail, "closing connection");
+                break;
+            }
+        };
+        let reply = dispatch(&handlers, &service, msg).await;
+        if let Err(e) = sock.send(reply).await {
+            tracing::debug!(peer = %sock.remote_addr(), reason = %e.detail, "closing connection");
+            break;
+        }
+    }
+    let _ = sock.close().await;
+}
+
+/// Serves one request message and builds the reply message.
+async fn dispatch(handlers: &HashMap<String, Handler>, service: &str, mut msg: Message) -> Message {
+    let take = |m: &mut Message, k: &str| m.header.remove(k).unwrap_or_default();
+    let id = take(&mut msg, headers::ID);
+    let endpoint = take(&mut msg, headers::ENDPOINT);
+    let content_type = take(&mut msg, headers::CONTENT_TYPE);
+    let timeout = take(&mut msg, headers::TIMEOUT).parse::<u64>().ok().map(Duration::from_millis);
+    msg.header.remove(headers::METHOD);
+    let req_service = take(&mut msg, headers::SERVICE);
+
+    let mut header = HashMap::with_capacity(4);
+    header.insert(headers::ID.to_string(), id);
+    header.insert(headers::SERVICE.to_string(), req_service.clone());
+    header.insert(headers::ENDPOINT.to_string(), endpoint.clone());
+
+    let result = match handlers.get(&endpoint) {
+        None => Err(Error::not_found(ID, format!("unknown endpoint {endpoint} of service {service}"))),
+        Some(h) => {
+            let req = Request {
+                service: req_service,
+                endpoint: endpoint.clone(),
+                content_type: content_type.clone(),
+                body: msg.body,
+                metadata: msg.header,
+            };
+            let func = h.func.clone();
+            // A panicking handler answers 500; the connection and server go on.
+            let fut = std::panic::catch_unwind(AssertUnwindSafe(|| func(req)));
+            match fut {
+                Err(_) => Err(Error::internal(service, format!("handler {endpoint} panicked"))),
+                Ok(fut) => {
+                    let fut = AssertUnwindSafe(fut).catch_unwind();
+                    let res = match timeout {
+                        Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| {
+                            Error::timeout(ID, format!("{endpoint} exceeded the caller's timeout of {t:?}"))
+                        }),
+                        None => Ok(fut.await),
+                    };
+                    match res {
+                        Ok(Ok(r)) => r,
+                        Ok(Err(_)) => Err(Error::internal(service, format!("handler {endpoint} panicked"))),
+                        Err(e) => Err(e),
+                    }
+                }
+            }
+        }
+    };
+    match result {
+        Ok(resp) => {
+            header.insert(headers::CONTENT_TYPE.to_string(), resp.content_type);
+            for (k, v) in resp.metadata {
+                header.entry(k).or_insert(v);
+            }
+            Message { header, body: resp.body }
+        }
+        Err(e) => {
+            if e.code >= 500 {
+                tracing::warn!(%endpoint, error = %e, "request failed");
+            }
+            header.insert(headers::CONTENT_TYPE.to_string(), content_type);
+            header.insert(headers::ERROR.to_string(), e.to_json());
+            Message { header, body: bytes::Bytes::new() }
+        }
+    }
+}

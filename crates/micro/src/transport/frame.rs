@@ -1,0 +1,147 @@
+//! The TCP transport's frame: one [`Message`] per length-prefixed frame.
+//!
+//! ```text
+//! u32 BE  length of everything after this field
+//! u16 BE  number of headers
+//! per header: u16 BE key length, key bytes, u32 BE value length, value bytes
+//! body    the rest of the frame
+//! ```
+//! The length is checked against the maximum message size before anything
+//! is allocated, so a hostile length prefix costs nothing.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use micro_core::Message;
+use std::collections::HashMap;
+
+/// Why a frame could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// The length prefix is over the limit.
+    #[error("frame of {size} bytes is over the limit of {max} bytes")]
+    TooLarge {
+        /// The announced size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The frame ends inside its header block.
+    #[error("truncated frame header")]
+    Truncated,
+    /// A header key or value is not UTF-8.
+    #[error("header is not valid UTF-8")]
+    BadUtf8,
+}
+
+/// Encodes a message into one frame, appended to `out`.
+pub fn encode(msg: &Message, out: &mut BytesMut) -> Result<(), FrameError> {
+    let mut len = 2usize;
+    for (k, v) in &msg.header {
+        len += 2 + k.len() + 4 + v.len();
+    }
+    len += msg.body.len();
+    if msg.header.len() > u16::MAX as usize || len > u32::MAX as usize {
+        return Err(FrameError::TooLarge { size: len, max: u32::MAX as usize });
+    }
+    out.reserve(4 + len);
+    out.put_u32(len as u32);
+    out.put_u16(msg.header.len() as u16);
+    for (k, v) in &msg.header {
+        if k.len() > u16::MAX as usize {
+            return Err(FrameError::TooLarge { size: k.len(), max: u16::MAX as usize });
+        }
+        out.put_u16(k.len() as u16);
+        out.put_slice(k.as_bytes());
+        out.put_u32(v.len() as u32);
+        out.put_slice(v.as_bytes());
+    }
+    out.put_slice(&msg.body);
+    Ok(())
+}
+
+/// Checks a length prefix against the limit.
+pub fn check_len(len: u32, max: usize) -> Result<usize, FrameError> {
+    let size = len as usize;
+    if size > max {
+        Err(FrameError::TooLarge { size, max })
+    } else {
+        Ok(size)
+    }
+}
+
+/// Decodes the part of a frame after its length prefix.
+pub fn decode(mut frame: Bytes) -> Result<Message, FrameError> {
+    if frame.remaining() < 2 {
+        return Err(FrameError::Truncated);
+    }
+    let count = frame.get_u16() as usize;
+    let mut header = HashMap::with_capacity(count);
+    for _ in 0..count {
+        let key = take(&mut frame, 2)?;
+        let value = take(&mut frame, 4)?;
+        let key = String::from_utf8(key.to_vec()).map_err(|_| FrameError::BadUtf8)?;
+        let value = String::from_utf8(value.to_vec()).map_err(|_| FrameError::BadUtf8)?;
+        header.insert(key, value);
+    }
+    Ok(Message { header, body: frame })
+}
+
+/// Takes a field with a `width`-byte length prefix.
+fn take(buf: &mut Bytes, width: usize) -> Result<Bytes, FrameError> {
+    if buf.remaining() < width {
+        return Err(FrameError::Truncated);
+    }
+    let len = if width == 2 { buf.get_u16() as usize } else { buf.get_u32() as usize };
+    if buf.remaining() < len {
+        return Err(FrameError::Truncated);
+    }
+    Ok(buf.split_to(len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Message {
+        Message::new(&b"hello body"[..])
+            .with_header("Micro-Endpoint", "Greeter.Hello")
+            .with_header("Content-Type", "application/json")
+    }
+
+    #[test]
+    fn round_trip() -> Result<(), FrameError> {
+        let mut buf = BytesMut::new();
+        encode(&sample(), &mut buf)?;
+        let mut frame = buf.freeze();
+        let len = frame.get_u32() as usize;
+        assert_eq!(len, frame.len());
+        assert_eq!(decode(frame)?, sample());
+        Ok(())
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_not_a_panic() -> Result<(), FrameError> {
+        let mut buf = BytesMut::new();
+        encode(&sample(), &mut buf)?;
+        let full = buf.freeze().slice(4..);
+        // Cutting into the header block must fail; cutting only the body just shortens it.
+        let header_end = full.len() - b"hello body".len();
+        for cut in 0..header_end {
+            assert!(decode(full.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_allocation() {
+        assert_eq!(
+            check_len(100 * 1024 * 1024, 4 * 1024 * 1024),
+            Err(FrameError::TooLarge { size: 100 * 1024 * 1024, max: 4 * 1024 * 1024 })
+        );
+    }
+
+    #[test]
+    fn bad_utf8_is_refused() {
+        let frame = Bytes::from_static(&[0, 1, 0, 1, 0xff, 0, 0, 0, 0]);
+        assert_eq!(decode(frame), Err(FrameError::BadUtf8));
+    }
+}

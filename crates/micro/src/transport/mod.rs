@@ -1,0 +1,6 @@
+//! Built-in transports.
+
+pub mod frame;
+mod tcp;
+
+pub use tcp::TcpTransport;
