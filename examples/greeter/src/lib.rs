@@ -1,0 +1,59 @@
+//! The greeter: micro's example service, used by the quick start and the
+//! process-level tests.
+
+use micro::core::Error;
+use micro::{Flags, Service};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// `Greeter.Hello` request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HelloRequest {
+    /// Who to greet.
+    pub name: String,
+}
+
+/// `Greeter.Hello` response.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HelloResponse {
+    /// The greeting.
+    pub greeting: String,
+}
+
+/// `Greeter.Sleep` request: holds the call for a while (to show draining).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SleepRequest {
+    /// Milliseconds to sleep, at most 60000.
+    pub ms: u64,
+}
+
+/// `Greeter.Whoami` response: which node answered.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WhoamiResponse {
+    /// The node id.
+    pub id: String,
+}
+
+/// The greeter service with its handlers, built from `flags`.
+pub fn service(flags: Flags) -> Result<Service, micro::Error> {
+    let svc = Service::builder("greeter").version("1.0.0").flags(flags).build()?;
+    svc.handle("Greeter.Hello", |req: HelloRequest| async move {
+        if req.name.trim().is_empty() {
+            return Err(Error::bad_request("greeter", "name must not be empty"));
+        }
+        Ok(HelloResponse { greeting: format!("Hello {}", req.name) })
+    })?;
+    svc.handle("Greeter.Sleep", |req: SleepRequest| async move {
+        if req.ms > 60_000 {
+            return Err(Error::bad_request("greeter", "ms must be at most 60000"));
+        }
+        tokio::time::sleep(Duration::from_millis(req.ms)).await;
+        Ok(HelloResponse { greeting: format!("slept {}ms", req.ms) })
+    })?;
+    let id = svc.server().service().nodes.first().map(|n| n.id.clone()).unwrap_or_default();
+    svc.handle("Greeter.Whoami", move |_: serde_json::Value| {
+        let id = id.clone();
+        async move { Ok(WhoamiResponse { id }) }
+    })?;
+    Ok(svc)
+}

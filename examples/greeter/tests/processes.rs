@@ -1,0 +1,225 @@
+//! Real processes discovering each other through the default (`local`)
+//! registry: each test gets its own registry directory.
+
+use micro::core::Registry;
+use micro::registry::LocalRegistry;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const SERVICE: &str = env!("CARGO_BIN_EXE_greeter-service");
+const CLIENT: &str = env!("CARGO_BIN_EXE_greeter-client");
+
+/// A child process that is killed when the test ends, however it ends.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn signal(&self, sig: &str) -> TestResult {
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.0.id().to_string()]).status()?.success();
+        if !ok {
+            return Err(format!("kill -{sig} failed").into());
+        }
+        Ok(())
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    fn wait_exit(&mut self, limit: Duration) -> Result<std::process::ExitStatus, Box<dyn std::error::Error>> {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.0.try_wait()? {
+                return Ok(st);
+            }
+            if t0.elapsed() > limit {
+                return Err(format!("process did not exit within {limit:?}").into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+struct World {
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> Result<Self, std::io::Error> {
+        Ok(World { dir: tempfile::tempdir()? })
+    }
+
+    fn env(&self, cmd: &mut Command) {
+        cmd.env("MICRO_REGISTRY", "local")
+            .env("MICRO_REGISTRY_ADDRESS", self.dir.path())
+            .env("MICRO_LOG_LEVEL", "warn")
+            .env_remove("MICRO_CLIENT")
+            .env_remove("MICRO_TRANSPORT");
+    }
+
+    fn service(&self, args: &[&str]) -> Result<Proc, std::io::Error> {
+        let mut cmd = Command::new(SERVICE);
+        self.env(&mut cmd);
+        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null());
+        Ok(Proc(cmd.spawn()?))
+    }
+
+    fn client(&self, args: &[&str]) -> Result<Output, std::io::Error> {
+        let mut cmd = Command::new(CLIENT);
+        self.env(&mut cmd);
+        cmd.args(args).output()
+    }
+
+    fn registry(&self) -> Result<LocalRegistry, micro::core::Error> {
+        LocalRegistry::new(self.dir.path())
+    }
+
+    /// Polls the registry until `greeter` has `n` nodes, at most `limit`.
+    async fn wait_nodes(&self, n: usize, limit: Duration) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+        let reg = self.registry()?;
+        let t0 = Instant::now();
+        loop {
+            let ids: Vec<String> = match reg.get_service("greeter").await {
+                Ok(s) => s.iter().flat_map(|s| s.nodes.iter().map(|n| n.id.clone())).collect(),
+                Err(_) => Vec::new(),
+            };
+            if ids.len() == n {
+                return Ok(ids);
+            }
+            if t0.elapsed() > limit {
+                return Err(format!("greeter has {} nodes, wanted {n}, after {limit:?}", ids.len()).into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn a_client_process_calls_a_service_process() -> TestResult {
+    let w = World::new()?;
+    let _svc = w.service(&[])?;
+    w.wait_nodes(1, Duration::from_secs(20)).await?;
+    let out = w.client(&["--name", "Alice"])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout(&out), "Hello Alice\n");
+
+    // An application error exits non-zero with go-micro's error JSON.
+    let out = w.client(&["--name", " "])?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(r#"{"id":"greeter","code":400,"detail":"name must not be empty","status":"Bad Request"}"#), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn calls_spread_over_two_service_processes() -> TestResult {
+    let w = World::new()?;
+    let _a = w.service(&[])?;
+    let _b = w.service(&[])?;
+    let mut ids = w.wait_nodes(2, Duration::from_secs(20)).await?;
+    let out = w.client(&["--whoami", "--count", "10", "--selector", "roundrobin"])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut seen: Vec<String> = stdout(&out).lines().map(String::from).collect();
+    assert_eq!(seen.len(), 10);
+    seen.sort();
+    seen.dedup();
+    ids.sort();
+    assert_eq!(seen, ids, "round robin over both nodes");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_deregisters_at_once() -> TestResult {
+    let w = World::new()?;
+    let mut svc = w.service(&["--register-ttl", "60"])?;
+    w.wait_nodes(1, Duration::from_secs(20)).await?;
+    svc.signal("TERM")?;
+    let st = svc.wait_exit(Duration::from_secs(15))?;
+    assert!(st.success(), "clean exit after SIGTERM: {st}");
+    // Gone now, not after the 60s TTL.
+    let e = w.registry()?.get_service("greeter").await.err();
+    assert_eq!(e.map(|e| e.code), Some(404));
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_call_finish() -> TestResult {
+    let w = World::new()?;
+    let mut svc = w.service(&[])?;
+    let ids = w.wait_nodes(1, Duration::from_secs(20)).await?;
+    let node = w.registry()?.get_service("greeter").await?[0].nodes[0].address.clone();
+    assert!(!ids.is_empty());
+    // Call Greeter.Sleep directly from this process, then SIGTERM mid-call.
+    let caller = micro::Service::builder("t")
+        .flags(micro::Flags { registry: Some("memory".into()), ..Default::default() })
+        .build()?;
+    let client = caller.client().clone();
+    let call = tokio::spawn(async move {
+        let opts = micro::core::CallOptions { address: Some(node), ..Default::default() };
+        client
+            .call_with::<_, greeter::HelloResponse>(
+                "greeter",
+                "Greeter.Sleep",
+                &greeter::SleepRequest { ms: 800 },
+                Default::default(),
+                opts,
+            )
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    svc.signal("TERM")?;
+    let got = call.await?;
+    assert_eq!(got.map(|r| r.greeting), Ok("slept 800ms".to_string()));
+    assert!(svc.wait_exit(Duration::from_secs(15))?.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_node_that_stops_heart_beating_expires_after_its_ttl() -> TestResult {
+    let w = World::new()?;
+    let mut svc = w.service(&["--register-ttl", "2", "--register-interval", "1"])?;
+    w.wait_nodes(1, Duration::from_secs(20)).await?;
+    // Heart-beats keep it alive past its TTL.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    w.wait_nodes(1, Duration::from_secs(1)).await?;
+    // SIGKILL: no deregistration, so only the TTL removes it.
+    svc.0.kill()?;
+    svc.wait_exit(Duration::from_secs(5))?;
+    let t0 = Instant::now();
+    w.wait_nodes(0, Duration::from_secs(10)).await?;
+    assert!(t0.elapsed() <= Duration::from_secs(3), "expired {:?} after the kill", t0.elapsed());
+    Ok(())
+}
+
+#[test]
+fn unknown_component_name_fails_start_up_listing_the_names() -> TestResult {
+    let w = World::new()?;
+    for (flag, value, want) in [
+        ("--client", "brpc", r#"unknown client "brpc"; available: mucp"#),
+        ("--registry", "etcd", r#"unknown registry "etcd"; available: local, memory"#),
+        ("--selector", "fastest", r#"unknown selector "fastest"; available: random, roundrobin"#),
+    ] {
+        let mut cmd = Command::new(SERVICE);
+        w.env(&mut cmd);
+        let out = cmd.args([flag, value]).output()?;
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{flag} {value}: {err}");
+    }
+    // The environment fallback picks components too.
+    let mut cmd = Command::new(SERVICE);
+    w.env(&mut cmd);
+    let out = cmd.env("MICRO_TRANSPORT", "quic").output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(r#"unknown transport "quic"; available: tcp"#));
+    Ok(())
+}

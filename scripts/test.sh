@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit tests, in-process RPC tests, and the
+# process-level tests that start real service and client binaries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/setup.sh
+cargo test --workspace --locked "$@"
