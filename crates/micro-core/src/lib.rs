@@ -11,6 +11,7 @@
 //! owned data, so that a component can later be adapted across the plugin ABI.
 
 pub mod broker;
+pub mod catalog;
 pub mod client;
 pub mod codec;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod server;
 pub mod transport;
 
 pub use async_trait::async_trait;
+pub use catalog::{Catalog, Table, UnknownComponent};
 pub use broker::{Broker, BrokerHandler, BrokerOptions, SubscribeOptions, Subscription};
 pub use client::{CallOptions, Client, ClientOptions, Request, Response};
 pub use codec::{Codec, Codecs};

@@ -1,6 +1,5 @@
-//! The per-type tables of named constructors (go-micro's `DefaultBrokers`,
-//! `DefaultClients`, …). Built-ins are added by [`Catalog::builtin`];
-//! plugins add theirs; flags pick from them by name.
+//! The built-in entries of the constructor tables ([`Catalog`], defined in
+//! `micro-core` because its constructor types are what plugins implement).
 
 use crate::broker::MemoryBroker;
 use crate::client::MucpClient;
@@ -8,112 +7,16 @@ use crate::registry::{LocalRegistry, MemoryRegistry};
 use crate::selector::{CacheSelector, Strategy};
 use crate::server::MucpServer;
 use crate::transport::TcpTransport;
-use crate::Error;
-use micro_core::{
-    Broker, BrokerOptions, Client, ClientOptions, Codecs, Registry, RegistryOptions, Selector,
-    SelectorOptions, Server, ServerOptions, Transport, TransportOptions,
+pub use micro_core::catalog::{
+    Catalog, NewBroker, NewClient, NewRegistry, NewSelector, NewServer, NewTransport, Table,
+    UnknownComponent,
 };
-use std::collections::BTreeMap;
+use micro_core::{Broker, BrokerOptions, Client, Registry, RegistryOptions, Selector, Server, Transport};
 use std::sync::Arc;
 
-/// Constructs a broker.
-pub type NewBroker = Arc<dyn Fn(BrokerOptions) -> micro_core::Result<Arc<dyn Broker>> + Send + Sync>;
-/// Constructs a client.
-pub type NewClient = Arc<dyn Fn(ClientOptions) -> micro_core::Result<Arc<dyn Client>> + Send + Sync>;
-/// Constructs a registry.
-pub type NewRegistry = Arc<dyn Fn(RegistryOptions) -> micro_core::Result<Arc<dyn Registry>> + Send + Sync>;
-/// Constructs a selector.
-pub type NewSelector = Arc<dyn Fn(SelectorOptions) -> micro_core::Result<Arc<dyn Selector>> + Send + Sync>;
-/// Constructs a server.
-pub type NewServer = Arc<dyn Fn(ServerOptions) -> micro_core::Result<Arc<dyn Server>> + Send + Sync>;
-/// Constructs a transport.
-pub type NewTransport = Arc<dyn Fn(TransportOptions) -> micro_core::Result<Arc<dyn Transport>> + Send + Sync>;
-
-/// One component type's constructors, by name.
-#[derive(Clone)]
-pub struct Table<F> {
-    kind: &'static str,
-    entries: BTreeMap<String, F>,
-}
-
-impl<F: Clone> Table<F> {
-    /// An empty table for a component type (`client`, `broker`, …).
-    pub fn new(kind: &'static str) -> Self {
-        Table { kind, entries: BTreeMap::new() }
-    }
-
-    /// Adds a constructor; returns the one it replaced, if any.
-    pub fn insert(&mut self, name: impl Into<String>, new: F) -> Option<F> {
-        self.entries.insert(name.into(), new)
-    }
-
-    /// The constructor named `name`, or an error listing the known names.
-    pub fn get(&self, name: &str) -> Result<F, Error> {
-        self.entries.get(name).cloned().ok_or_else(|| Error::UnknownComponent {
-            kind: self.kind,
-            name: name.to_string(),
-            available: self.names().join(", "),
-        })
-    }
-
-    /// Whether a name is known.
-    pub fn contains(&self, name: &str) -> bool {
-        self.entries.contains_key(name)
-    }
-
-    /// The known names, sorted.
-    pub fn names(&self) -> Vec<String> {
-        self.entries.keys().cloned().collect()
-    }
-
-    /// The component type, e.g. `client`.
-    pub fn kind(&self) -> &'static str {
-        self.kind
-    }
-}
-
-impl<F> std::fmt::Debug for Table<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Table").field("kind", &self.kind).field("names", &self.entries.keys()).finish()
-    }
-}
-
-/// All the tables, one per component type, plus the codecs.
-#[derive(Clone, Debug)]
-pub struct Catalog {
-    /// Brokers: `memory`.
-    pub brokers: Table<NewBroker>,
-    /// Clients: `mucp`.
-    pub clients: Table<NewClient>,
-    /// Registries: `local`, `memory`.
-    pub registries: Table<NewRegistry>,
-    /// Selectors: `random`, `roundrobin`.
-    pub selectors: Table<NewSelector>,
-    /// Servers: `mucp`.
-    pub servers: Table<NewServer>,
-    /// Transports: `tcp`.
-    pub transports: Table<NewTransport>,
-    /// Codecs by content type.
-    pub codecs: Codecs,
-}
-
-impl Catalog {
-    /// Tables with nothing in them.
-    pub fn empty() -> Self {
-        Catalog {
-            brokers: Table::new("broker"),
-            clients: Table::new("client"),
-            registries: Table::new("registry"),
-            selectors: Table::new("selector"),
-            servers: Table::new("server"),
-            transports: Table::new("transport"),
-            codecs: Codecs::new(crate::codec::JSON),
-        }
-    }
-
-    /// The built-in components.
-    pub fn builtin() -> Self {
-        let mut c = Catalog::empty();
+/// A catalog holding the built-in components.
+pub fn builtin() -> Catalog {
+        let mut c = Catalog::empty(crate::codec::JSON);
         c.codecs = crate::codec::builtin();
         c.brokers.insert("memory", Arc::new(|o: BrokerOptions| {
             Ok(MemoryBroker::shared(o.addresses.first().map(String::as_str).unwrap_or("")) as Arc<dyn Broker>)
@@ -139,13 +42,6 @@ impl Catalog {
         c.transports.insert("tcp", Arc::new(|o| Ok(Arc::new(TcpTransport::new(o)) as Arc<dyn Transport>)) as NewTransport);
         c
     }
-}
-
-impl Default for Catalog {
-    fn default() -> Self {
-        Self::builtin()
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -153,7 +49,7 @@ mod tests {
 
     #[test]
     fn unknown_name_lists_the_known_ones() {
-        let c = Catalog::builtin();
+        let c = builtin();
         let e = c.clients.get("brpc").err().map(|e| e.to_string()).unwrap_or_default();
         assert_eq!(e, "unknown client \"brpc\"; available: mucp");
         let e = c.registries.get("etcd").err().map(|e| e.to_string()).unwrap_or_default();
@@ -162,7 +58,7 @@ mod tests {
 
     #[test]
     fn every_type_has_a_builtin() {
-        let c = Catalog::builtin();
+        let c = builtin();
         for (kind, n) in [
             (c.brokers.kind(), c.brokers.names().len()),
             (c.clients.kind(), c.clients.names().len()),

@@ -11,6 +11,13 @@ use std::time::Duration;
 #[derive(Debug, Clone, Default, clap::Args)]
 #[command(next_help_heading = "Micro options")]
 pub struct Flags {
+    /// Plugin libraries to load at start-up, comma-separated or repeated;
+    /// `path#sha256=<hex>` pins a digest
+    #[arg(long, env = "MICRO_PLUGIN", value_delimiter = ',', global = true)]
+    pub plugin: Vec<String>,
+    /// Load plugins even if other users can write to them
+    #[arg(long, env = "MICRO_PLUGIN_ALLOW_INSECURE", alias = "plugin_allow_insecure", global = true)]
+    pub plugin_allow_insecure: bool,
     /// Client for RPC calls [default: mucp]
     #[arg(long, env = "MICRO_CLIENT", global = true)]
     pub client: Option<String>,

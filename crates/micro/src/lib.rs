@@ -33,6 +33,7 @@ pub mod catalog;
 pub mod client;
 pub mod codec;
 pub mod flags;
+pub mod plugin;
 pub mod registry;
 pub mod selector;
 pub mod server;
@@ -51,15 +52,8 @@ pub use service::{shutdown_signal, Service, ServiceBuilder};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A component name that no constructor table knows.
-    #[error("unknown {kind} {name:?}; available: {available}")]
-    UnknownComponent {
-        /// The component type, e.g. `client`.
-        kind: &'static str,
-        /// The name asked for.
-        name: String,
-        /// The known names, comma-separated.
-        available: String,
-    },
+    #[error(transparent)]
+    UnknownComponent(#[from] micro_core::UnknownComponent),
     /// A constructor failed.
     #[error("cannot create {kind} {name:?}: {}", source.detail)]
     Component {
@@ -70,6 +64,9 @@ pub enum Error {
         /// Why.
         source: micro_core::Error,
     },
+    /// A plugin could not be loaded or initialised.
+    #[error(transparent)]
+    Plugin(#[from] micro_plugin::PluginError),
     /// A bad setting.
     #[error("{0}")]
     Config(String),

@@ -75,7 +75,8 @@ impl ServiceBuilder {
     }
 
     /// Creates the components named by the flags and the service around them.
-    pub fn build(self) -> Result<Service, Error> {
+    pub fn build(mut self) -> Result<Service, Error> {
+        crate::plugin::load_all(&self.flags.plugin, self.flags.plugin_allow_insecure, &mut self.catalog)?;
         let f = &self.flags;
         let c = &self.catalog;
         let pick = |flag: &Option<String>, default: &str| flag.clone().unwrap_or_else(|| default.to_string());
@@ -214,7 +215,7 @@ impl Service {
             register_interval: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
             flags: Flags::default(),
-            catalog: Catalog::builtin(),
+            catalog: crate::catalog::builtin(),
         }
     }
 

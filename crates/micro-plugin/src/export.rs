@@ -1,0 +1,319 @@
+//! The plugin side: what [`export_plugin!`](crate::export_plugin) expands
+//! to calls, the plugin's own runtime, and the forwarding of its tracing
+//! events to the host.
+#![allow(unsafe_code)]
+
+use crate::abi::{self, FfiArgs, FfiBuf, FfiObject, FfiReply, FfiStr, HostApi, LogEvent, PluginHeader, Produces};
+use crate::object::panic_message;
+use crate::{options, proxy};
+use micro_core::{
+    Broker, BrokerOptions, Client, ClientOptions, Error, Registry, RegistryOptions, Result,
+    Selector, SelectorOptions, Server, ServerOptions, Transport, TransportOptions,
+};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, OnceLock};
+
+/// The header of a plugin built with this crate.
+pub const fn header() -> PluginHeader {
+    #[cfg(not(feature = "test-bad-abi"))]
+    let abi_version = abi::ABI_VERSION;
+    #[cfg(feature = "test-bad-abi")]
+    let abi_version = abi::ABI_VERSION + 998;
+    #[cfg(not(feature = "test-bad-magic"))]
+    let magic = abi::MAGIC;
+    #[cfg(feature = "test-bad-magic")]
+    let magic = u64::from_le_bytes(*b"NOTMICRO");
+    PluginHeader {
+        magic,
+        abi_version,
+        future_abi_version: async_ffi::ABI_VERSION,
+        rustc: FfiStr::from_static(env!("MICRO_PLUGIN_RUSTC")),
+        target: FfiStr::from_static(env!("MICRO_PLUGIN_TARGET")),
+        framework: FfiStr::from_static(env!("CARGO_PKG_VERSION")),
+    }
+}
+
+/// Marker types that let one function accept each kind of constructor.
+pub mod kinds {
+    /// `fn(BrokerOptions) -> Result<Arc<dyn Broker>>`.
+    pub struct Broker;
+    /// `fn(ClientOptions) -> Result<Arc<dyn Client>>`.
+    pub struct Client;
+    /// `fn(RegistryOptions) -> Result<Arc<dyn Registry>>`.
+    pub struct Registry;
+    /// `fn(SelectorOptions) -> Result<Arc<dyn Selector>>`.
+    pub struct Selector;
+    /// `fn(ServerOptions) -> Result<Arc<dyn Server>>`.
+    pub struct Server;
+    /// `fn(TransportOptions) -> Result<Arc<dyn Transport>>`.
+    pub struct Transport;
+}
+
+/// A component constructor of one of the six kinds.
+pub trait Constructor<Kind> {
+    /// What it makes.
+    const PRODUCES: Produces;
+    /// Decodes the options, constructs, and exports the component.
+    fn construct(&self, bytes: &[u8], objects: Vec<FfiObject>) -> Result<FfiObject>;
+}
+
+macro_rules! constructor {
+    ($kind:ident, $opts:ty, $tr:ident, $decode:path, $export:path) => {
+        impl<F> Constructor<kinds::$kind> for F
+        where
+            F: Fn($opts) -> Result<Arc<dyn $tr>>,
+        {
+            const PRODUCES: Produces = Produces::$kind;
+            fn construct(&self, bytes: &[u8], objects: Vec<FfiObject>) -> Result<FfiObject> {
+                let opts = $decode(bytes, objects)?;
+                Ok($export(self(opts)?))
+            }
+        }
+    };
+}
+
+constructor!(Broker, BrokerOptions, Broker, options::decode_broker, proxy::export_broker);
+constructor!(Client, ClientOptions, Client, options::decode_client, proxy::export_client);
+constructor!(Registry, RegistryOptions, Registry, options::decode_registry, proxy::export_registry);
+constructor!(Selector, SelectorOptions, Selector, options::decode_selector, proxy::export_selector);
+constructor!(Server, ServerOptions, Server, options::decode_server, proxy::export_server);
+constructor!(Transport, TransportOptions, Transport, options::decode_transport, proxy::export_transport);
+
+/// What a constructor makes, in a `static` initialiser.
+pub const fn produces<K, F: Constructor<K>>(_: &F) -> u32 {
+    F::PRODUCES as u32
+}
+
+static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+
+/// The plugin's own runtime, inside a plugin after initialisation.
+pub fn plugin_runtime() -> Option<tokio::runtime::Handle> {
+    RUNTIME.get().map(|rt| rt.handle().clone())
+}
+
+fn error_reply(e: Error) -> FfiReply {
+    FfiReply { status: 1, bytes: FfiBuf::from_vec(e.to_json().into_bytes()), object: FfiObject::null() }
+}
+
+fn ok_reply(object: FfiObject) -> FfiReply {
+    FfiReply { status: 0, bytes: FfiBuf::empty(), object }
+}
+
+/// The plugin's `init` entry point: starts its runtime, forwards its
+/// logging to the host, then runs the author's init hook.
+///
+/// # Safety
+/// `host` must point at a valid [`HostApi`] that outlives the process.
+pub unsafe fn init(host: *const HostApi, name: &'static str, hook: impl FnOnce()) -> FfiReply {
+    let res = catch_unwind(AssertUnwindSafe(|| -> Result<()> {
+        if host.is_null() {
+            return Err(Error::internal("go.micro.plugin", "init: no host API"));
+        }
+        // SAFETY: checked non-null; valid per this function's contract.
+        let host = unsafe { &*host };
+        if host.abi_version != abi::ABI_VERSION {
+            return Err(Error::internal(
+                "go.micro.plugin",
+                format!("init: host ABI version {} but plugin ABI version {}", host.abi_version, abi::ABI_VERSION),
+            ));
+        }
+        let threads = std::env::var("MICRO_PLUGIN_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(1usize).max(1);
+        if RUNTIME.get().is_none() {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name(format!("plugin-{name}"))
+                .enable_all()
+                .build()
+                .map_err(|e| Error::internal("go.micro.plugin", format!("init: cannot start the plugin runtime: {e}")))?;
+            let _ = RUNTIME.set(rt);
+        }
+        let _ = tracing::subscriber::set_global_default(Forwarder {
+            plugin: name,
+            log: host.log,
+            max: host.max_level,
+        });
+        let _g = plugin_runtime().map(|h| h.enter_owned());
+        hook();
+        Ok(())
+    }));
+    match res {
+        Ok(Ok(())) => ok_reply(FfiObject::null()),
+        Ok(Err(e)) => error_reply(e),
+        Err(p) => error_reply(Error::internal("go.micro.plugin", format!("panic in init: {}", panic_message(&*p)))),
+    }
+}
+
+trait EnterOwned {
+    fn enter_owned(self) -> EnteredRuntime;
+}
+
+/// Keeps a runtime entered while alive.
+struct EnteredRuntime {
+    _guard: tokio::runtime::EnterGuard<'static>,
+}
+
+impl EnterOwned for tokio::runtime::Handle {
+    fn enter_owned(self) -> EnteredRuntime {
+        // The handle is leaked once per init; init runs once per library.
+        let h: &'static tokio::runtime::Handle = Box::leak(Box::new(self));
+        EnteredRuntime { _guard: h.enter() }
+    }
+}
+
+/// The plugin's `construct` entry point.
+///
+/// # Safety
+/// `args` must be valid as described by [`FfiArgs`].
+pub unsafe fn construct<K, F: Constructor<K>>(f: &F, args: FfiArgs) -> FfiReply {
+    let res = catch_unwind(AssertUnwindSafe(|| {
+        let mut objects = Vec::with_capacity(args.n_objects);
+        for i in 0..args.n_objects {
+            // SAFETY: the host hands over `n_objects` objects; each is read once.
+            objects.push(unsafe { std::ptr::read(args.objects.add(i)) });
+        }
+        // SAFETY: the host keeps the bytes alive during this call.
+        let bytes = unsafe { args.bytes.as_bytes() };
+        let _g = plugin_runtime().map(|h| h.enter_owned());
+        f.construct(bytes, objects)
+    }));
+    match res {
+        Ok(Ok(obj)) => ok_reply(obj),
+        Ok(Err(e)) => error_reply(e),
+        Err(p) => error_reply(Error::internal("go.micro.plugin", format!("panic in constructor: {}", panic_message(&*p)))),
+    }
+}
+
+/// A tracing subscriber inside the plugin that hands every event to the host.
+struct Forwarder {
+    plugin: &'static str,
+    log: unsafe extern "C" fn(*const LogEvent),
+    max: u32,
+}
+
+fn level_number(l: &tracing::Level) -> u32 {
+    match *l {
+        tracing::Level::ERROR => 1,
+        tracing::Level::WARN => 2,
+        tracing::Level::INFO => 3,
+        tracing::Level::DEBUG => 4,
+        tracing::Level::TRACE => 5,
+    }
+}
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    rest: String,
+}
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        } else {
+            if !self.rest.is_empty() {
+                self.rest.push(' ');
+            }
+            self.rest.push_str(&format!("{}={value:?}", field.name()));
+        }
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_string();
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+}
+
+impl tracing::Subscriber for Forwarder {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        level_number(metadata.level()) <= self.max
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut f = Fields::default();
+        event.record(&mut f);
+        let meta = event.metadata();
+        let ev = LogEvent {
+            level: level_number(meta.level()),
+            plugin: FfiStr::from_slice(self.plugin.as_bytes()),
+            target: FfiStr::from_slice(meta.target().as_bytes()),
+            message: FfiStr::from_slice(f.message.as_bytes()),
+            fields: FfiStr::from_slice(f.rest.as_bytes()),
+        };
+        // SAFETY: the host's log function reads the event during the call only.
+        unsafe { (self.log)(&ev) }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+    fn max_level_hint(&self) -> Option<tracing_core::LevelFilter> {
+        Some(match self.max {
+            0 => tracing_core::LevelFilter::OFF,
+            1 => tracing_core::LevelFilter::ERROR,
+            2 => tracing_core::LevelFilter::WARN,
+            3 => tracing_core::LevelFilter::INFO,
+            4 => tracing_core::LevelFilter::DEBUG,
+            _ => tracing_core::LevelFilter::TRACE,
+        })
+    }
+}
+
+/// Exports a component constructor as a micro plugin: the library's
+/// `MICRO_PLUGIN` symbol, with go-micro's Config fields.
+///
+/// ```ignore
+/// micro_plugin::export_plugin!(
+///     name: "brpc",
+///     kind: "client",
+///     new: brpc::new_client,      // fn(ClientOptions) -> Result<Arc<dyn Client>>
+///     path: "brpc",               // optional: where the implementation lives
+///     init: || tracing::info!("brpc loaded"),   // optional hook, run at Init
+/// );
+/// ```
+///
+/// `kind` is the plugin's Type. The constructor's signature decides what it
+/// makes; the loader refuses a plugin whose Type and constructor disagree
+/// (`invalid plugin <name>`). The crate must be built as a `cdylib`.
+#[macro_export]
+macro_rules! export_plugin {
+    (name: $name:expr, kind: $kind:expr, new: $new:path $(, path: $path:expr)? $(, init: $init:expr)? $(,)?) => {
+        #[doc(hidden)]
+        unsafe extern "C" fn __micro_plugin_init(host: *const $crate::abi::HostApi) -> $crate::abi::FfiReply {
+            // SAFETY: called by the micro loader with its host API.
+            unsafe { $crate::export::init(host, $name, || { $( ($init)(); )? }) }
+        }
+        #[doc(hidden)]
+        unsafe extern "C" fn __micro_plugin_construct(args: $crate::abi::FfiArgs) -> $crate::abi::FfiReply {
+            // SAFETY: called by the micro loader with valid arguments.
+            unsafe { $crate::export::construct(&$new, args) }
+        }
+        /// The micro plugin descriptor read by the loader.
+        #[unsafe(no_mangle)]
+        pub static MICRO_PLUGIN: $crate::abi::PluginDescriptor = $crate::abi::PluginDescriptor {
+            header: $crate::export::header(),
+            name: $crate::abi::FfiStr::from_static($name),
+            kind: $crate::abi::FfiStr::from_static($kind),
+            path: $crate::abi::FfiStr::from_static($crate::__plugin_path!($($path)?)),
+            new_func: $crate::abi::FfiStr::from_static(stringify!($new)),
+            produces: $crate::export::produces(&$new),
+            init: __micro_plugin_init,
+            construct: __micro_plugin_construct,
+        };
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __plugin_path {
+    () => {
+        module_path!()
+    };
+    ($p:expr) => {
+        $p
+    };
+}

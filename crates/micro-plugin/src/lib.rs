@@ -1,0 +1,68 @@
+//! micro's plugin system: component implementations in shared libraries,
+//! loaded at start-up.
+//!
+//! # The model (go-micro's)
+//! A plugin is a `cdylib` exporting one well-known symbol, `MICRO_PLUGIN`,
+//! that describes it: **Name**, **Type** (`broker`, `client`, `registry`,
+//! `selector`, `server`, `transport`), **Path** and **NewFunc**. The host
+//! [`load`](loader::load)s the library and reads that symbol, then
+//! [`init`](loader::init)s it: checks that the constructor fits the Type
+//! and adds it to that Type's table of named constructors, where flags
+//! such as `--client brpc` find it. Plugin authors write an ordinary
+//! constructor against `micro-core`'s traits and export it with
+//! [`export_plugin!`].
+//!
+//! # Why the boundary looks like this
+//! Rust has no stable ABI, and a `cdylib` carries its own copies of std,
+//! tokio and tracing. Handing a plugin `Box<dyn Trait>` or the host's tokio
+//! handle breaks (another copy of tokio sees no reactor; a panic unwinding
+//! out of the plugin aborts the host). So:
+//!
+//! * The symbol starts with a fixed [`PluginHeader`](abi::PluginHeader)
+//!   (magic number, ABI version, `async_ffi` ABI version, rustc version,
+//!   target, framework version), read and checked before anything else.
+//!   An ABI-version, future-ABI or target mismatch is refused, naming the
+//!   file, the field and both values. The rustc version is only reported:
+//!   a plugin built by another compiler with the same ABI version loads.
+//! * Objects cross as opaque pointers with a C vtable of three functions —
+//!   `call` (async, returns an `async_ffi::FfiFuture`), `call_sync` and
+//!   `drop` — and every argument and result is encoded into bytes
+//!   ([`wire`]). One generic vtable instead of one per trait keeps the ABI
+//!   tiny and identical for all six component types, and since host and
+//!   plugin link the same adapters ([`proxy`]), the two ends cannot drift
+//!   apart without the ABI version changing. The cost per call is one
+//!   small encode/decode and an indirect call, negligible beside a socket
+//!   operation (see BENCHMARKS.md).
+//! * Each side enters its own tokio runtime around every call and every
+//!   poll of its futures. A plugin gets a small runtime of its own at init
+//!   (`MICRO_PLUGIN_THREADS`, default 1 worker), so `tokio::spawn`, timers
+//!   and sockets inside plugin code work whatever tokio version it uses,
+//!   while the host's executor polls plugin futures through `async_ffi`.
+//!   Host objects handed to a plugin (a registry, a handler…) run in the
+//!   host's runtime the same way.
+//! * Every entry point catches panics: a panic in a plugin's method, in a
+//!   poll of its future, in its constructor or its init hook becomes a
+//!   go-micro error at the boundary and the host goes on. The same holds
+//!   for host objects called by a plugin.
+//! * A plugin's `tracing` events are forwarded to the host's subscriber
+//!   with their level, target, message and fields.
+//! * Libraries stay loaded for the life of the process, as in Go.
+
+pub mod abi;
+pub mod export;
+mod object;
+pub mod options;
+pub mod proxy;
+pub mod wire;
+
+#[cfg(feature = "host")]
+pub mod build;
+#[cfg(feature = "host")]
+pub mod loader;
+
+pub use micro_core;
+pub use micro_core::async_trait;
+pub use object::{export, panic_message, Dispatch, Remote, RemoteReply, Reply};
+
+#[cfg(feature = "host")]
+pub use loader::{init, load, Config, PluginError};

@@ -1,0 +1,290 @@
+//! Objects across the boundary: exporting a Rust value behind a C vtable,
+//! and calling one that the other side exported.
+//!
+//! Every entry point on the exporting side catches panics (a panic becomes
+//! an error reply, never an unwind across `extern "C"`), and enters the
+//! exporting side's tokio runtime around each call and each poll, so that
+//! code on either side can use its own tokio (spawn, timers, sockets)
+//! whichever thread polls it.
+#![allow(unsafe_code)]
+
+use crate::abi::{FfiArgs, FfiBuf, FfiObject, FfiReply, FfiStr, ObjectVTable};
+use async_ffi::{FfiFuture, FutureExt as _};
+use micro_core::{BoxFuture, Error};
+use std::ffi::c_void;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+const ID: &str = "go.micro.plugin";
+
+/// What a call returns on the exporting side.
+#[derive(Default)]
+pub struct Reply {
+    /// Encoded result.
+    pub bytes: Vec<u8>,
+    /// An object to hand over, if any.
+    pub object: Option<FfiObject>,
+}
+
+impl Reply {
+    /// A reply of bytes only.
+    pub fn bytes(bytes: Vec<u8>) -> Self {
+        Reply { bytes, object: None }
+    }
+    /// A reply of an object only.
+    pub fn object(object: FfiObject) -> Self {
+        Reply { bytes: Vec::new(), object: Some(object) }
+    }
+}
+
+/// A value served across the boundary: methods by number, arguments and
+/// results encoded with [`wire`](crate::wire).
+pub trait Dispatch: Send + Sync + 'static {
+    /// An async method. Decode `args` before returning the future.
+    fn call(self: Arc<Self>, method: u32, args: &[u8], objects: Vec<FfiObject>) -> BoxFuture<'static, Result<Reply, Error>>;
+    /// A synchronous method.
+    fn call_sync(&self, method: u32, args: &[u8], objects: Vec<FfiObject>) -> Result<Reply, Error>;
+}
+
+/// An unknown method number: the two sides disagree about the ABI.
+pub(crate) fn unknown_method(kind: &str, method: u32) -> Error {
+    Error::internal(ID, format!("{kind}: unknown method {method} (plugin ABI mismatch)"))
+}
+
+/// Turns a panic payload into text.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_string()
+    }
+}
+
+struct Exported {
+    inner: Arc<dyn DispatchDyn>,
+    rt: Option<tokio::runtime::Handle>,
+}
+
+/// Object-safe form of [`Dispatch`].
+trait DispatchDyn: Send + Sync {
+    fn call_dyn(self: Arc<Self>, method: u32, args: &[u8], objects: Vec<FfiObject>) -> BoxFuture<'static, Result<Reply, Error>>;
+    fn call_sync_dyn(&self, method: u32, args: &[u8], objects: Vec<FfiObject>) -> Result<Reply, Error>;
+}
+
+impl<T: Dispatch> DispatchDyn for T {
+    fn call_dyn(self: Arc<Self>, method: u32, args: &[u8], objects: Vec<FfiObject>) -> BoxFuture<'static, Result<Reply, Error>> {
+        self.call(method, args, objects)
+    }
+    fn call_sync_dyn(&self, method: u32, args: &[u8], objects: Vec<FfiObject>) -> Result<Reply, Error> {
+        self.call_sync(method, args, objects)
+    }
+}
+
+/// The runtime of this side: the current one, else the plugin's own.
+fn this_side_runtime() -> Option<tokio::runtime::Handle> {
+    tokio::runtime::Handle::try_current().ok().or_else(crate::export::plugin_runtime)
+}
+
+impl Exported {
+    /// Enters this side's runtime unless the calling thread is already in it.
+    fn enter(&self) -> Option<tokio::runtime::EnterGuard<'_>> {
+        match &self.rt {
+            Some(rt) if tokio::runtime::Handle::try_current().is_err() => Some(rt.enter()),
+            _ => None,
+        }
+    }
+}
+
+static VTABLE: ObjectVTable = ObjectVTable { call: call_entry, call_sync: call_sync_entry, drop: drop_entry };
+
+/// Exports a value as an [`FfiObject`] owned by the receiver.
+pub fn export<T: Dispatch>(value: Arc<T>) -> FfiObject {
+    let ex = Box::new(Exported { inner: value, rt: this_side_runtime() });
+    FfiObject { data: Box::into_raw(ex) as *const c_void, vtable: &VTABLE }
+}
+
+fn reply_of(res: Result<Reply, Error>) -> FfiReply {
+    match res {
+        Ok(r) => FfiReply { status: 0, bytes: FfiBuf::from_vec(r.bytes), object: r.object.unwrap_or_else(FfiObject::null) },
+        Err(e) => FfiReply { status: 1, bytes: FfiBuf::from_vec(e.to_json().into_bytes()), object: FfiObject::null() },
+    }
+}
+
+/// Takes ownership of the argument objects.
+///
+/// # Safety
+/// `args.objects` must point at `args.n_objects` initialised objects that the caller gave up.
+unsafe fn take_objects(args: &FfiArgs) -> Vec<FfiObject> {
+    let mut v = Vec::with_capacity(args.n_objects);
+    for i in 0..args.n_objects {
+        // SAFETY: guaranteed by the caller; each object is read exactly once.
+        v.push(unsafe { std::ptr::read(args.objects.add(i)) });
+    }
+    v
+}
+
+unsafe extern "C" fn call_entry(data: *const c_void, method: u32, args: FfiArgs) -> FfiFuture<FfiReply> {
+    // SAFETY: `data` is the Box<Exported> made by `export`, alive until `drop_entry`.
+    let ex = unsafe { &*(data as *const Exported) };
+    // SAFETY: the caller passes ownership of the objects and keeps the bytes alive during this call.
+    let (objects, bytes) = unsafe { (take_objects(&args), args.bytes.as_bytes()) };
+    let started = catch_unwind(AssertUnwindSafe(|| {
+        let _g = ex.enter();
+        ex.inner.clone().call_dyn(method, bytes, objects)
+    }));
+    match started {
+        Ok(fut) => Guarded { fut, rt: ex.rt.clone() }.into_ffi(),
+        Err(p) => {
+            let e = Error::internal(ID, format!("panic: {}", panic_message(&*p)));
+            std::future::ready(reply_of(Err(e))).into_ffi()
+        }
+    }
+}
+
+unsafe extern "C" fn call_sync_entry(data: *const c_void, method: u32, args: FfiArgs) -> FfiReply {
+    // SAFETY: as in call_entry.
+    let ex = unsafe { &*(data as *const Exported) };
+    // SAFETY: as in call_entry.
+    let (objects, bytes) = unsafe { (take_objects(&args), args.bytes.as_bytes()) };
+    let res = catch_unwind(AssertUnwindSafe(|| {
+        let _g = ex.enter();
+        ex.inner.call_sync_dyn(method, bytes, objects)
+    }));
+    reply_of(res.unwrap_or_else(|p| Err(Error::internal(ID, format!("panic: {}", panic_message(&*p))))))
+}
+
+unsafe extern "C" fn drop_entry(data: *const c_void) {
+    // SAFETY: `data` is the Box<Exported> made by `export`; the owner drops it once.
+    let ex = unsafe { Box::from_raw(data as *mut Exported) };
+    // A value's Drop may use its runtime (e.g. to cancel tasks); a panic in it must not unwind out.
+    let _ = catch_unwind(AssertUnwindSafe(move || {
+        let rt = ex.rt.clone();
+        let _g = match &rt {
+            Some(rt) if tokio::runtime::Handle::try_current().is_err() => Some(rt.enter()),
+            _ => None,
+        };
+        drop(ex);
+    }));
+}
+
+/// A future polled inside its side's runtime, with panics turned into errors.
+struct Guarded {
+    fut: BoxFuture<'static, Result<Reply, Error>>,
+    rt: Option<tokio::runtime::Handle>,
+}
+
+impl Future for Guarded {
+    type Output = FfiReply;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<FfiReply> {
+        let this = &mut *self;
+        let _g = match &this.rt {
+            Some(rt) if tokio::runtime::Handle::try_current().is_err() => Some(rt.enter()),
+            _ => None,
+        };
+        match catch_unwind(AssertUnwindSafe(|| this.fut.as_mut().poll(cx))) {
+            Ok(Poll::Ready(res)) => Poll::Ready(reply_of(res)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(p) => Poll::Ready(reply_of(Err(Error::internal(ID, format!("panic: {}", panic_message(&*p)))))),
+        }
+    }
+}
+
+/// An object exported by the other side, called through its vtable.
+pub struct Remote {
+    obj: FfiObject,
+}
+
+/// A decoded reply from the other side.
+pub struct RemoteReply {
+    /// Encoded result.
+    pub bytes: FfiBuf,
+    /// The returned object, if any.
+    pub object: Option<FfiObject>,
+}
+
+fn into_result(r: FfiReply) -> Result<RemoteReply, Error> {
+    if r.status == 0 {
+        let object = if r.object.is_null() { None } else { Some(r.object) };
+        Ok(RemoteReply { bytes: r.bytes, object })
+    } else {
+        Err(Error::parse(&String::from_utf8_lossy(r.bytes.as_slice())))
+    }
+}
+
+/// Lays out objects for a call; they are handed over to the callee.
+struct OutObjects(Vec<FfiObject>);
+
+impl OutObjects {
+    fn args(&mut self, bytes: &[u8]) -> FfiArgs {
+        FfiArgs { bytes: FfiStr::from_slice(bytes), objects: self.0.as_mut_ptr(), n_objects: self.0.len() }
+    }
+}
+
+impl Drop for OutObjects {
+    fn drop(&mut self) {
+        // The callee took ownership of every object: free the vector's buffer only.
+        // SAFETY: FfiObject has no invariants that need the elements dropped here.
+        unsafe { self.0.set_len(0) }
+    }
+}
+
+impl Remote {
+    /// Wraps an object received from the other side.
+    pub fn new(obj: FfiObject) -> Result<Self, Error> {
+        if obj.is_null() {
+            return Err(Error::internal(ID, "the other side returned no object"));
+        }
+        Ok(Remote { obj })
+    }
+
+    /// Calls an async method.
+    pub async fn call(&self, method: u32, bytes: &[u8], objects: Vec<FfiObject>) -> Result<RemoteReply, Error> {
+        let mut out = OutObjects(objects);
+        // SAFETY: `obj` is a live object of the other side; args live during the call.
+        let fut = unsafe { ((*self.obj.vtable).call)(self.obj.data, method, out.args(bytes)) };
+        drop(out);
+        into_result(fut.await)
+    }
+
+    /// Calls a synchronous method.
+    pub fn call_sync(&self, method: u32, bytes: &[u8], objects: Vec<FfiObject>) -> Result<RemoteReply, Error> {
+        let mut out = OutObjects(objects);
+        // SAFETY: as in `call`.
+        let r = unsafe { ((*self.obj.vtable).call_sync)(self.obj.data, method, out.args(bytes)) };
+        into_result(r)
+    }
+
+    /// A synchronous method returning a string; empty on error.
+    pub fn call_string(&self, method: u32) -> String {
+        self.call_sync(method, &[], Vec::new())
+            .map(|r| String::from_utf8_lossy(r.bytes.as_slice()).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// Calls a plain entry point (a plugin's `construct`) with encoded
+/// arguments and objects, handing the objects over.
+///
+/// # Safety
+/// `f` must be an entry point that follows the [`FfiArgs`] contract.
+pub(crate) unsafe fn call_entry_point(
+    f: unsafe extern "C" fn(FfiArgs) -> FfiReply,
+    bytes: &[u8],
+    objects: Vec<FfiObject>,
+) -> Result<RemoteReply, Error> {
+    let mut out = OutObjects(objects);
+    // SAFETY: guaranteed by the caller; the arguments live during the call.
+    let r = unsafe { f(out.args(bytes)) };
+    drop(out);
+    into_result(r)
+}
+
+/// Turns a reply of the other side into a result.
+pub(crate) fn reply_result(r: FfiReply) -> Result<RemoteReply, Error> {
+    into_result(r)
+}

@@ -1,0 +1,121 @@
+//! Constructor options across the boundary: plain fields as bytes, the
+//! host components they carry (registry, transport, …) as objects.
+
+use crate::abi::FfiObject;
+use crate::proxy::*;
+use crate::wire::{Reader, Writer};
+use micro_core::{
+    BrokerOptions, ClientOptions, Error, RegistryOptions, Result, SelectorOptions, ServerOptions,
+    TransportOptions,
+};
+use std::time::Duration;
+
+fn next(objects: &mut std::vec::IntoIter<FfiObject>, what: &str) -> Result<FfiObject> {
+    objects.next().ok_or_else(|| Error::internal("go.micro.plugin", format!("constructor options lack the {what}")))
+}
+
+/// Encoded options: bytes and objects.
+pub type Encoded = (Vec<u8>, Vec<FfiObject>);
+
+/// Registry options.
+pub fn encode_registry(o: &RegistryOptions) -> Encoded {
+    let mut w = Writer::new();
+    w.strs(&o.addresses).u64(o.timeout.map(|t| t.as_nanos() as u64 + 1).unwrap_or(0));
+    (w.finish(), Vec::new())
+}
+/// Registry options.
+pub fn decode_registry(b: &[u8], _: Vec<FfiObject>) -> Result<RegistryOptions> {
+    let mut r = Reader::new(b);
+    let addresses = r.strings()?;
+    let t = r.u64()?;
+    Ok(RegistryOptions { addresses, timeout: (t > 0).then(|| Duration::from_nanos(t - 1)) })
+}
+
+/// Transport options.
+pub fn encode_transport(o: &TransportOptions) -> Encoded {
+    let mut w = Writer::new();
+    w.strs(&o.addresses).duration(o.dial_timeout).u64(o.max_message_size as u64);
+    (w.finish(), Vec::new())
+}
+/// Transport options.
+pub fn decode_transport(b: &[u8], _: Vec<FfiObject>) -> Result<TransportOptions> {
+    let mut r = Reader::new(b);
+    Ok(TransportOptions { addresses: r.strings()?, dial_timeout: r.duration()?, max_message_size: r.u64()? as usize })
+}
+
+/// Selector options.
+pub fn encode_selector(o: &SelectorOptions) -> Encoded {
+    let mut w = Writer::new();
+    w.duration(o.cache_ttl);
+    (w.finish(), vec![export_registry(o.registry.clone())])
+}
+/// Selector options.
+pub fn decode_selector(b: &[u8], objects: Vec<FfiObject>) -> Result<SelectorOptions> {
+    let mut it = objects.into_iter();
+    Ok(SelectorOptions { cache_ttl: Reader::new(b).duration()?, registry: import_registry(next(&mut it, "registry")?)? })
+}
+
+/// Broker options.
+pub fn encode_broker(o: &BrokerOptions) -> Encoded {
+    let mut w = Writer::new();
+    w.strs(&o.addresses).u32(o.registry.is_some() as u32);
+    (w.finish(), o.registry.iter().map(|r| export_registry(r.clone())).collect())
+}
+/// Broker options.
+pub fn decode_broker(b: &[u8], objects: Vec<FfiObject>) -> Result<BrokerOptions> {
+    let mut r = Reader::new(b);
+    let addresses = r.strings()?;
+    let mut it = objects.into_iter();
+    let registry = if r.u32()? == 1 { Some(import_registry(next(&mut it, "registry")?)?) } else { None };
+    Ok(BrokerOptions { addresses, registry })
+}
+
+/// Client options.
+pub fn encode_client(o: &ClientOptions) -> Encoded {
+    let mut w = Writer::new();
+    w.u32(o.retries).duration(o.request_timeout).u64(o.pool_size as u64).duration(o.pool_ttl);
+    let objects = vec![
+        export_selector(o.selector.clone()),
+        export_transport(o.transport.clone()),
+        export_broker(o.broker.clone()),
+    ];
+    (w.finish(), objects)
+}
+/// Client options.
+pub fn decode_client(b: &[u8], objects: Vec<FfiObject>) -> Result<ClientOptions> {
+    let mut r = Reader::new(b);
+    let mut it = objects.into_iter();
+    Ok(ClientOptions {
+        retries: r.u32()?,
+        request_timeout: r.duration()?,
+        pool_size: r.u64()? as usize,
+        pool_ttl: r.duration()?,
+        selector: import_selector(next(&mut it, "selector")?)?,
+        transport: import_transport(next(&mut it, "transport")?)?,
+        broker: import_broker(next(&mut it, "broker")?)?,
+    })
+}
+
+/// Server options.
+pub fn encode_server(o: &ServerOptions) -> Encoded {
+    let mut w = Writer::new();
+    w.str(&o.name).str(&o.version).str(&o.id).str(&o.address).opt_str(o.advertise.as_deref());
+    w.map(&o.metadata).duration(o.drain_timeout);
+    (w.finish(), vec![export_transport(o.transport.clone()), export_broker(o.broker.clone())])
+}
+/// Server options.
+pub fn decode_server(b: &[u8], objects: Vec<FfiObject>) -> Result<ServerOptions> {
+    let mut r = Reader::new(b);
+    let mut it = objects.into_iter();
+    Ok(ServerOptions {
+        name: r.string()?,
+        version: r.string()?,
+        id: r.string()?,
+        address: r.string()?,
+        advertise: r.opt_string()?,
+        metadata: r.map()?,
+        drain_timeout: r.duration()?,
+        transport: import_transport(next(&mut it, "transport")?)?,
+        broker: import_broker(next(&mut it, "broker")?)?,
+    })
+}

@@ -1,0 +1,264 @@
+//! The byte encoding of values that cross the boundary.
+//!
+//! Little-endian integers, `u32`-length-prefixed strings and byte strings,
+//! maps as a count then pairs; registry data as go-micro's JSON. Part of
+//! the ABI: a change here bumps [`ABI_VERSION`](crate::abi::ABI_VERSION).
+
+use bytes::Bytes;
+use micro_core::{CallOptions, Error, Message, Request, Response};
+use std::collections::HashMap;
+use std::time::Duration;
+
+const ID: &str = "go.micro.plugin";
+
+/// Encodes values.
+#[derive(Default)]
+pub struct Writer {
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    /// An empty writer.
+    pub fn new() -> Self {
+        Writer { buf: Vec::with_capacity(64) }
+    }
+    /// The bytes written.
+    pub fn finish(self) -> Vec<u8> {
+        self.buf
+    }
+    /// A u32.
+    pub fn u32(&mut self, v: u32) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    /// A u64.
+    pub fn u64(&mut self, v: u64) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    /// A byte string.
+    pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
+        self.u32(v.len() as u32);
+        self.buf.extend_from_slice(v);
+        self
+    }
+    /// A string.
+    pub fn str(&mut self, v: &str) -> &mut Self {
+        self.bytes(v.as_bytes())
+    }
+    /// An optional string (flag byte, then the string).
+    pub fn opt_str(&mut self, v: Option<&str>) -> &mut Self {
+        match v {
+            Some(s) => {
+                self.buf.push(1);
+                self.str(s)
+            }
+            None => {
+                self.buf.push(0);
+                self
+            }
+        }
+    }
+    /// A list of strings.
+    pub fn strs(&mut self, v: &[String]) -> &mut Self {
+        self.u32(v.len() as u32);
+        for s in v {
+            self.str(s);
+        }
+        self
+    }
+    /// A string map.
+    pub fn map(&mut self, m: &HashMap<String, String>) -> &mut Self {
+        self.u32(m.len() as u32);
+        for (k, v) in m {
+            self.str(k).str(v);
+        }
+        self
+    }
+    /// A duration in nanoseconds (saturating).
+    pub fn duration(&mut self, d: Duration) -> &mut Self {
+        self.u64(d.as_nanos().min(u64::MAX as u128) as u64)
+    }
+    /// A JSON value.
+    pub fn json<T: serde::Serialize>(&mut self, v: &T) -> &mut Self {
+        let data = serde_json::to_vec(v).unwrap_or_default();
+        self.bytes(&data)
+    }
+}
+
+/// Decodes values; every read is bounds-checked.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+fn short() -> Error {
+    Error::internal(ID, "truncated value from the other side of the plugin boundary")
+}
+
+impl<'a> Reader<'a> {
+    /// Reads `buf`.
+    pub fn new(buf: &'a [u8]) -> Self {
+        Reader { buf }
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        if self.buf.len() < n {
+            return Err(short());
+        }
+        let (a, b) = self.buf.split_at(n);
+        self.buf = b;
+        Ok(a)
+    }
+    /// A u32.
+    pub fn u32(&mut self) -> Result<u32, Error> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    /// A u64.
+    pub fn u64(&mut self) -> Result<u64, Error> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    /// A byte string.
+    pub fn bytes(&mut self) -> Result<&'a [u8], Error> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    /// A string.
+    pub fn string(&mut self) -> Result<String, Error> {
+        let b = self.bytes()?;
+        String::from_utf8(b.to_vec()).map_err(|_| Error::internal(ID, "string is not UTF-8"))
+    }
+    /// An optional string.
+    pub fn opt_string(&mut self) -> Result<Option<String>, Error> {
+        match self.take(1)?[0] {
+            0 => Ok(None),
+            _ => Ok(Some(self.string()?)),
+        }
+    }
+    /// A list of strings.
+    pub fn strings(&mut self) -> Result<Vec<String>, Error> {
+        let n = self.u32()? as usize;
+        let mut v = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            v.push(self.string()?);
+        }
+        Ok(v)
+    }
+    /// A string map.
+    pub fn map(&mut self) -> Result<HashMap<String, String>, Error> {
+        let n = self.u32()? as usize;
+        let mut m = HashMap::with_capacity(n.min(1024));
+        for _ in 0..n {
+            let k = self.string()?;
+            m.insert(k, self.string()?);
+        }
+        Ok(m)
+    }
+    /// A duration.
+    pub fn duration(&mut self) -> Result<Duration, Error> {
+        Ok(Duration::from_nanos(self.u64()?))
+    }
+    /// A JSON value.
+    pub fn json<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, Error> {
+        let b = self.bytes()?;
+        serde_json::from_slice(b).map_err(|e| Error::internal(ID, format!("bad JSON across the plugin boundary: {e}")))
+    }
+}
+
+/// Encodes a message.
+pub fn put_message(w: &mut Writer, m: &Message) {
+    w.map(&m.header).bytes(&m.body);
+}
+
+/// Decodes a message.
+pub fn get_message(r: &mut Reader<'_>) -> Result<Message, Error> {
+    let header = r.map()?;
+    let body = Bytes::copy_from_slice(r.bytes()?);
+    Ok(Message { header, body })
+}
+
+/// Encodes a request.
+pub fn put_request(w: &mut Writer, q: &Request) {
+    w.str(&q.service).str(&q.endpoint).str(&q.content_type).map(&q.metadata).bytes(&q.body);
+}
+
+/// Decodes a request.
+pub fn get_request(r: &mut Reader<'_>) -> Result<Request, Error> {
+    Ok(Request {
+        service: r.string()?,
+        endpoint: r.string()?,
+        content_type: r.string()?,
+        metadata: r.map()?,
+        body: Bytes::copy_from_slice(r.bytes()?),
+    })
+}
+
+/// Encodes a response.
+pub fn put_response(w: &mut Writer, p: &Response) {
+    w.str(&p.content_type).map(&p.metadata).bytes(&p.body);
+}
+
+/// Decodes a response.
+pub fn get_response(r: &mut Reader<'_>) -> Result<Response, Error> {
+    Ok(Response {
+        content_type: r.string()?,
+        metadata: r.map()?,
+        body: Bytes::copy_from_slice(r.bytes()?),
+    })
+}
+
+/// Encodes call options.
+pub fn put_call_options(w: &mut Writer, o: &CallOptions) {
+    w.u64(o.timeout.map(|t| t.as_nanos().min(u64::MAX as u128 - 1) as u64 + 1).unwrap_or(0));
+    w.u64(o.retries.map(|r| r as u64 + 1).unwrap_or(0));
+    w.opt_str(o.address.as_deref());
+}
+
+/// Decodes call options.
+pub fn get_call_options(r: &mut Reader<'_>) -> Result<CallOptions, Error> {
+    let t = r.u64()?;
+    let n = r.u64()?;
+    Ok(CallOptions {
+        timeout: (t > 0).then(|| Duration::from_nanos(t - 1)),
+        retries: (n > 0).then(|| (n - 1) as u32),
+        address: r.opt_string()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() -> Result<(), Error> {
+        let req = Request {
+            service: "s".into(),
+            endpoint: "A.B".into(),
+            content_type: "application/json".into(),
+            body: Bytes::from_static(b"{}"),
+            metadata: [("k".to_string(), "v".to_string())].into_iter().collect(),
+        };
+        let mut w = Writer::new();
+        put_request(&mut w, &req);
+        let opts = CallOptions { timeout: Some(Duration::from_millis(5)), retries: Some(0), address: None };
+        put_call_options(&mut w, &opts);
+        let data = w.finish();
+        let mut r = Reader::new(&data);
+        assert_eq!(get_request(&mut r)?, req);
+        assert_eq!(get_call_options(&mut r)?, opts);
+        Ok(())
+    }
+
+    #[test]
+    fn truncated_input_is_an_error() {
+        let mut w = Writer::new();
+        w.str("hello").map(&HashMap::new());
+        let data = w.finish();
+        for cut in 0..data.len() {
+            let mut r = Reader::new(&data[..cut]);
+            assert!(r.string().and_then(|_| r.map()).is_err(), "cut {cut}");
+        }
+    }
+}
