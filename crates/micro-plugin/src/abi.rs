@@ -194,8 +194,9 @@ pub struct FfiReply {
 pub struct HostApi {
     /// The host's [`ABI_VERSION`].
     pub abi_version: u32,
-    /// The most verbose level the host logs: 1 error … 5 trace.
-    pub max_level: u32,
+    /// The most verbose level the host logs now: 0 off, 1 error … 5 trace.
+    /// Asked at each event, so a plugin loaded before logging is set up still logs.
+    pub max_level: unsafe extern "C" fn() -> u32,
     /// Logs one event of the plugin through the host's subscriber.
     pub log: unsafe extern "C" fn(event: *const LogEvent),
 }

@@ -23,11 +23,15 @@ pub const fn header() -> PluginHeader {
     let magic = abi::MAGIC;
     #[cfg(feature = "test-bad-magic")]
     let magic = u64::from_le_bytes(*b"NOTMICRO");
+    #[cfg(not(feature = "test-other-rustc"))]
+    let rustc = env!("MICRO_PLUGIN_RUSTC");
+    #[cfg(feature = "test-other-rustc")]
+    let rustc = "rustc 1.0.0-test (another compiler)";
     PluginHeader {
         magic,
         abi_version,
         future_abi_version: async_ffi::ABI_VERSION,
-        rustc: FfiStr::from_static(env!("MICRO_PLUGIN_RUSTC")),
+        rustc: FfiStr::from_static(rustc),
         target: FfiStr::from_static(env!("MICRO_PLUGIN_TARGET")),
         framework: FfiStr::from_static(env!("CARGO_PKG_VERSION")),
     }
@@ -132,6 +136,12 @@ pub unsafe fn init(host: *const HostApi, name: &'static str, hook: impl FnOnce()
             log: host.log,
             max: host.max_level,
         });
+        // Panics are caught at the boundary and returned as errors; report
+        // them through the host's logging rather than the plugin's stderr.
+        std::panic::set_hook(Box::new(|info| {
+            let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+            tracing::error!(location = %at, "plugin code panicked: {}", panic_message(info.payload()));
+        }));
         let _g = plugin_runtime().map(|h| h.enter_owned());
         hook();
         Ok(())
@@ -187,7 +197,7 @@ pub unsafe fn construct<K, F: Constructor<K>>(f: &F, args: FfiArgs) -> FfiReply 
 struct Forwarder {
     plugin: &'static str,
     log: unsafe extern "C" fn(*const LogEvent),
-    max: u32,
+    max: unsafe extern "C" fn() -> u32,
 }
 
 fn level_number(l: &tracing::Level) -> u32 {
@@ -227,8 +237,13 @@ impl tracing::field::Visit for Fields {
 }
 
 impl tracing::Subscriber for Forwarder {
+    fn register_callsite(&self, _: &'static tracing::Metadata<'static>) -> tracing_core::Interest {
+        // The host's level can change after the plugin is loaded: decide per event.
+        tracing_core::Interest::sometimes()
+    }
     fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
-        level_number(metadata.level()) <= self.max
+        // SAFETY: the host's function, valid for the life of the process.
+        level_number(metadata.level()) <= unsafe { (self.max)() }
     }
     fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
         tracing::span::Id::from_u64(1)
@@ -251,16 +266,6 @@ impl tracing::Subscriber for Forwarder {
     }
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
-    fn max_level_hint(&self) -> Option<tracing_core::LevelFilter> {
-        Some(match self.max {
-            0 => tracing_core::LevelFilter::OFF,
-            1 => tracing_core::LevelFilter::ERROR,
-            2 => tracing_core::LevelFilter::WARN,
-            3 => tracing_core::LevelFilter::INFO,
-            4 => tracing_core::LevelFilter::DEBUG,
-            _ => tracing_core::LevelFilter::TRACE,
-        })
-    }
 }
 
 /// Exports a component constructor as a micro plugin: the library's
@@ -281,29 +286,35 @@ impl tracing::Subscriber for Forwarder {
 /// (`invalid plugin <name>`). The crate must be built as a `cdylib`.
 #[macro_export]
 macro_rules! export_plugin {
-    (name: $name:expr, kind: $kind:expr, new: $new:path $(, path: $path:expr)? $(, init: $init:expr)? $(,)?) => {
+    (@descriptor $(#[$attr:meta])* $module:ident, name: $name:expr, kind: $kind:expr, new: $new:path $(, path: $path:expr)? $(, init: $init:expr)? $(,)?) => {
         #[doc(hidden)]
-        unsafe extern "C" fn __micro_plugin_init(host: *const $crate::abi::HostApi) -> $crate::abi::FfiReply {
-            // SAFETY: called by the micro loader with its host API.
-            unsafe { $crate::export::init(host, $name, || { $( ($init)(); )? }) }
+        #[allow(unused_imports)]
+        pub mod $module {
+            use super::*;
+            unsafe extern "C" fn init(host: *const $crate::abi::HostApi) -> $crate::abi::FfiReply {
+                // SAFETY: called by the micro loader with its host API.
+                unsafe { $crate::export::init(host, $name, || { $( ($init)(); )? }) }
+            }
+            unsafe extern "C" fn construct(args: $crate::abi::FfiArgs) -> $crate::abi::FfiReply {
+                // SAFETY: called by the micro loader with valid arguments.
+                unsafe { $crate::export::construct(&$new, args) }
+            }
+            /// The micro plugin descriptor read by the loader.
+            $(#[$attr])*
+            pub static MICRO_PLUGIN: $crate::abi::PluginDescriptor = $crate::abi::PluginDescriptor {
+                header: $crate::export::header(),
+                name: $crate::abi::FfiStr::from_static($name),
+                kind: $crate::abi::FfiStr::from_static($kind),
+                path: $crate::abi::FfiStr::from_static($crate::__plugin_path!($($path)?)),
+                new_func: $crate::abi::FfiStr::from_static(stringify!($new)),
+                produces: $crate::export::produces(&$new),
+                init,
+                construct,
+            };
         }
-        #[doc(hidden)]
-        unsafe extern "C" fn __micro_plugin_construct(args: $crate::abi::FfiArgs) -> $crate::abi::FfiReply {
-            // SAFETY: called by the micro loader with valid arguments.
-            unsafe { $crate::export::construct(&$new, args) }
-        }
-        /// The micro plugin descriptor read by the loader.
-        #[unsafe(no_mangle)]
-        pub static MICRO_PLUGIN: $crate::abi::PluginDescriptor = $crate::abi::PluginDescriptor {
-            header: $crate::export::header(),
-            name: $crate::abi::FfiStr::from_static($name),
-            kind: $crate::abi::FfiStr::from_static($kind),
-            path: $crate::abi::FfiStr::from_static($crate::__plugin_path!($($path)?)),
-            new_func: $crate::abi::FfiStr::from_static(stringify!($new)),
-            produces: $crate::export::produces(&$new),
-            init: __micro_plugin_init,
-            construct: __micro_plugin_construct,
-        };
+    };
+    ($($rest:tt)*) => {
+        $crate::export_plugin!(@descriptor #[unsafe(no_mangle)] __micro_plugin, $($rest)*);
     };
 }
 

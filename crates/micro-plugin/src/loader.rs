@@ -139,6 +139,24 @@ impl fmt::Debug for Config {
 }
 
 impl Config {
+    /// A Config for a descriptor that is already in this process (made with
+    /// `export_plugin!(@descriptor …)`), as if loaded from `file`: for tests
+    /// of `init` and of the adapters without a shared library.
+    #[doc(hidden)]
+    pub fn from_descriptor(descriptor: &'static PluginDescriptor, file: PathBuf) -> Config {
+        // SAFETY: a descriptor in this process holds static strings.
+        let (build, name, kind, path, new_func) = unsafe {
+            (
+                read_build(&descriptor.header),
+                descriptor.name.to_string_lossy(),
+                descriptor.kind.to_string_lossy(),
+                descriptor.path.to_string_lossy(),
+                descriptor.new_func.to_string_lossy(),
+            )
+        };
+        Config { name, kind, path, new_func, file, build, descriptor }
+    }
+
     /// What the constructor makes, if the descriptor says something valid.
     pub fn produces(&self) -> Option<Produces> {
         Produces::from_u32(self.descriptor.produces)
@@ -361,19 +379,20 @@ unsafe extern "C" fn host_log(ev: *const LogEvent) {
     });
 }
 
+unsafe extern "C" fn host_max_level() -> u32 {
+    match tracing::level_filters::LevelFilter::current().into_level() {
+        None => 0,
+        Some(tracing::Level::ERROR) => 1,
+        Some(tracing::Level::WARN) => 2,
+        Some(tracing::Level::INFO) => 3,
+        Some(tracing::Level::DEBUG) => 4,
+        Some(tracing::Level::TRACE) => 5,
+    }
+}
+
 fn host_api() -> &'static HostApi {
-    static API: OnceLock<HostApi> = OnceLock::new();
-    API.get_or_init(|| {
-        let max_level = match tracing::level_filters::LevelFilter::current().into_level() {
-            None => 0,
-            Some(tracing::Level::ERROR) => 1,
-            Some(tracing::Level::WARN) => 2,
-            Some(tracing::Level::INFO) => 3,
-            Some(tracing::Level::DEBUG) => 4,
-            Some(tracing::Level::TRACE) => 5,
-        };
-        HostApi { abi_version: abi::ABI_VERSION, max_level, log: host_log }
-    })
+    static API: HostApi = HostApi { abi_version: abi::ABI_VERSION, max_level: host_max_level, log: host_log };
+    &API
 }
 
 /// Which libraries have run their init, by file.

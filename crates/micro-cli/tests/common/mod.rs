@@ -1,0 +1,140 @@
+//! Shared by the plugin tests: building real plugin libraries (once per
+//! test binary, serialised), finding the workspace's binaries, and child
+//! processes that are killed when a test ends.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub(crate) type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+pub(crate) const MICRO: &str = env!("CARGO_BIN_EXE_micro");
+
+pub(crate) fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A binary of another workspace package, built by `cargo test --workspace`.
+pub(crate) fn bin(name: &str) -> PathBuf {
+    let p = Path::new(MICRO).with_file_name(name);
+    assert!(p.is_file(), "{} is missing: run the tests with `cargo test --workspace`", p.display());
+    p
+}
+
+/// Plugins are built in a target directory of their own so that these
+/// nested cargo runs never wait on the outer `cargo test`'s lock.
+pub(crate) fn plugin_target() -> PathBuf {
+    root().join("target").join("plugin-tests")
+}
+
+fn out_dir() -> PathBuf {
+    let d = plugin_target().join("out");
+    let _ = std::fs::create_dir_all(&d);
+    d
+}
+
+fn built() -> &'static Mutex<HashMap<String, PathBuf>> {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    BUILT.get_or_init(Default::default)
+}
+
+/// Builds an example plugin with `micro plugin build`, once per test binary.
+pub(crate) fn example_plugin(name: &str, kind: &str, new_func: &str) -> PathBuf {
+    let mut cache = built().lock().unwrap_or_else(|p| p.into_inner());
+    let key = format!("example:{name}");
+    if let Some(p) = cache.get(&key) {
+        return p.clone();
+    }
+    let out = out_dir().join(format!("{name}.so"));
+    let o = Command::new(MICRO)
+        .args(["plugin", "build", "--name", name, "--type", kind, "--new-func", new_func, "--debug", "--path"])
+        .arg(root().join("examples/plugins").join(name))
+        .arg("-o")
+        .arg(&out)
+        .arg("--target-dir")
+        .arg(plugin_target())
+        .output()
+        .expect("run micro plugin build");
+    assert!(o.status.success(), "micro plugin build {name} failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("built plugin {name} ({kind})")));
+    cache.insert(key, out.clone());
+    out
+}
+
+/// Builds the probe plugin with an optional feature, once per test binary.
+pub(crate) fn probe(feature: Option<&str>) -> PathBuf {
+    let mut cache = built().lock().unwrap_or_else(|p| p.into_inner());
+    let tag = feature.unwrap_or("default");
+    let key = format!("probe:{tag}");
+    if let Some(p) = cache.get(&key) {
+        return p.clone();
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root()).args(["build", "--locked", "-p", "micro-plugin-probe", "--target-dir"]).arg(plugin_target());
+    if let Some(f) = feature {
+        cmd.args(["--features", f]);
+    }
+    let o = cmd.output().expect("run cargo build");
+    assert!(o.status.success(), "building the probe ({tag}) failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    let out = out_dir().join(format!("probe-{tag}.so"));
+    std::fs::copy(plugin_target().join("debug/libmicro_plugin_probe.so"), &out).expect("copy probe");
+    cache.insert(key, out.clone());
+    out
+}
+
+/// A child process killed when dropped.
+pub(crate) struct Proc(pub(crate) Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    pub(crate) fn terminate(mut self, limit: Duration) -> Result<Output, Box<dyn std::error::Error>> {
+        Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status()?;
+        let t0 = Instant::now();
+        while self.0.try_wait()?.is_none() {
+            if t0.elapsed() > limit {
+                return Err("process did not exit after SIGTERM".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut out = Output { status: self.0.wait()?, stdout: Vec::new(), stderr: Vec::new() };
+        use std::io::Read;
+        if let Some(mut e) = self.0.stderr.take() {
+            e.read_to_end(&mut out.stderr)?;
+        }
+        if let Some(mut o) = self.0.stdout.take() {
+            o.read_to_end(&mut out.stdout)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Waits until `micro services` (same registry settings) lists `service`.
+pub(crate) fn wait_registered(env: &[(&str, String)], service: &str, limit: Duration) -> Result<String, Box<dyn std::error::Error>> {
+    let t0 = Instant::now();
+    loop {
+        let mut cmd = Command::new(MICRO);
+        cmd.args(["services", "--output", "json"]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let o = cmd.output()?;
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        if o.status.success() && text.contains(&format!("\"name\": \"{service}\"")) {
+            return Ok(text);
+        }
+        if t0.elapsed() > limit {
+            return Err(format!("{service} not registered after {limit:?}: {}", String::from_utf8_lossy(&o.stderr)).into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

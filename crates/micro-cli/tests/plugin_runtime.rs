@@ -1,0 +1,125 @@
+//! A real plugin library loaded into this test process: tokio (spawn,
+//! timers, TCP) and tracing work inside it, and its panics — in a method,
+//! inside a polled future, in its constructor — become errors while the
+//! host goes on.
+
+mod common;
+
+use common::*;
+use micro::core::{CallOptions, Client, Request};
+use micro::{Flags, Service};
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Everything the host's tracing subscriber writes, for assertions.
+fn captured() -> &'static Arc<Mutex<Vec<u8>>> {
+    static BUF: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    BUF.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let w = buf.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || Capture(w.clone()))
+            .try_init();
+        buf
+    })
+}
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn logs() -> String {
+    String::from_utf8_lossy(&captured().lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+}
+
+fn probe_service(plugin: &std::path::Path) -> Result<Service, micro::Error> {
+    Service::builder("host")
+        .flags(Flags {
+            plugin: vec![plugin.display().to_string()],
+            client: Some("probe".into()),
+            registry: Some("memory".into()),
+            ..Flags::default()
+        })
+        .build()
+}
+
+async fn call(c: &Arc<dyn Client>, endpoint: &str, body: &[u8]) -> Result<String, micro::core::Error> {
+    let req = Request { service: "x".into(), endpoint: endpoint.into(), body: body.to_vec().into(), ..Default::default() };
+    let r = c.call(req, CallOptions::default()).await?;
+    Ok(String::from_utf8_lossy(&r.body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_and_tracing_work_inside_a_plugin_and_panics_are_contained() -> TestResult {
+    captured();
+    let plugin = tokio::task::spawn_blocking(|| probe(None)).await?;
+    let svc = probe_service(&plugin)?;
+    let c = svc.client().inner().clone();
+    assert_eq!(c.name(), "probe");
+
+    // A task spawned on the plugin's runtime, and a timer.
+    assert_eq!(call(&c, "Probe.Spawn", b"").await?, "42");
+    assert_eq!(call(&c, "Probe.Sleep", b"").await?, "slept");
+
+    // A TCP connection made by plugin code to a server of the host.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let echo = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await?;
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).await?;
+        s.write_all(&b).await?;
+        Ok::<_, std::io::Error>(())
+    });
+    assert_eq!(call(&c, "Probe.Tcp", addr.as_bytes()).await?, "ping");
+    echo.await??;
+
+    // A tracing event of the plugin reaches the host's subscriber with its fields.
+    assert_eq!(call(&c, "Probe.Log", b"").await?, "logged");
+    let l = logs();
+    let line = l.lines().find(|l| l.contains("hello from the probe plugin")).ok_or(format!("event not forwarded:\n{l}"))?;
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("plugin=probe"), "{line}");
+    assert!(line.contains("module=micro_plugin_probe"), "{line}");
+    assert!(line.contains("probe=\"yes\" answer=42"), "{line}");
+    assert!(l.contains("probe initialised"), "the init hook's event: {l}");
+
+    // Panics inside the plugin become errors; the host goes on.
+    let e = call(&c, "Probe.PanicNow", b"").await.err().ok_or("no error")?;
+    assert_eq!(e.code, 500);
+    assert!(e.detail.contains("panic: probe panics in a method"), "{e}");
+    let e = call(&c, "Probe.PanicInPoll", b"").await.err().ok_or("no error")?;
+    assert!(e.detail.contains("panic: probe panics inside a polled future"), "{e}");
+    assert_eq!(call(&c, "Probe.Spawn", b"").await?, "42");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_constructor_is_an_error_naming_the_plugin() -> TestResult {
+    let plugin = tokio::task::spawn_blocking(|| probe(Some("panic-new"))).await?;
+    let e = probe_service(&plugin).err().map(|e| e.to_string()).ok_or("built")?;
+    assert!(e.contains("cannot create client \"probe\": plugin probe: panic in constructor: probe panics in its constructor"), "{e}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_from_another_compiler_with_the_same_abi_loads_and_works() -> TestResult {
+    let plugin = tokio::task::spawn_blocking(|| probe(Some("other-rustc"))).await?;
+    let config = micro::plugin::load(&plugin.display().to_string(), Default::default())?;
+    assert_eq!(config.build.rustc, "rustc 1.0.0-test (another compiler)");
+    assert_ne!(config.build.rustc, micro::plugin::BuildInfo::host().rustc);
+    let svc = probe_service(&plugin)?;
+    assert_eq!(call(svc.client().inner(), "Probe.Spawn", b"").await?, "42");
+    Ok(())
+}

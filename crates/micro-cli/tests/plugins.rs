@@ -1,0 +1,276 @@
+//! go-micro's plugin story with real processes and real libraries: an
+//! unrebuilt service or client binary switches to a plugin component with
+//! `MICRO_PLUGIN` and a flag; and every bad plugin stops start-up with an
+//! exact error and a non-zero exit.
+
+mod common;
+
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn registry_env(dir: &std::path::Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("MICRO_REGISTRY", "local".into()),
+        ("MICRO_REGISTRY_ADDRESS", dir.display().to_string()),
+        ("MICRO_LOG_LEVEL", "info".into()),
+    ]
+}
+
+fn cmd(bin_name: &str, env: &[(&str, String)]) -> Command {
+    let mut c = Command::new(bin(bin_name));
+    c.env_remove("MICRO_PLUGIN").env_remove("MICRO_CLIENT").env_remove("MICRO_TRANSPORT");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+fn service(env: &[(&str, String)], extra_env: &[(&str, String)], args: &[&str]) -> std::io::Result<Proc> {
+    let mut c = cmd("greeter-service", env);
+    for (k, v) in extra_env {
+        c.env(k, v);
+    }
+    Ok(Proc(c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?))
+}
+
+#[test]
+fn client_plugin_switches_the_unrebuilt_client_binary() -> TestResult {
+    let plugin = example_plugin("brpc", "client", "new_client");
+    let dir = tempfile::tempdir()?;
+    let env = registry_env(dir.path());
+    let svc = service(&env, &[], &[])?;
+    wait_registered(&env, "greeter", Duration::from_secs(20))?;
+
+    // Built in: mucp.
+    let o = cmd("greeter-client", &env).output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "Hello John\n");
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("brpc call"));
+
+    // The same binary with the plugin: MICRO_PLUGIN and --client brpc.
+    let o = cmd("greeter-client", &env)
+        .env("MICRO_PLUGIN", &plugin)
+        .args(["--client", "brpc", "--count", "3"])
+        .output()?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "Hello John\nHello John\nHello John\n");
+    assert_eq!(err.matches("brpc call").count(), 3, "each call went through the plugin:\n{err}");
+    assert!(err.contains("call=3"), "{err}");
+
+    // And with the --plugin flag and MICRO_CLIENT.
+    let o = cmd("greeter-client", &env).env("MICRO_CLIENT", "brpc").arg("--plugin").arg(&plugin).output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("brpc call"));
+    drop(svc);
+    Ok(())
+}
+
+#[test]
+fn transport_plugin_carries_the_calls_of_service_and_client() -> TestResult {
+    let plugin = example_plugin("tcpx", "transport", "new_transport");
+    let dir = tempfile::tempdir()?;
+    let env = registry_env(dir.path());
+    let with = [("MICRO_PLUGIN", plugin.display().to_string()), ("MICRO_TRANSPORT", "tcpx".to_string())];
+    let svc = service(&env, &with, &[])?;
+    let listing = wait_registered(&env, "greeter", Duration::from_secs(20))?;
+    let desc = Command::new(MICRO).args(["describe", "greeter", "--output", "json"]).envs(env.iter().map(|(k, v)| (k, v))).output()?;
+    let desc: serde_json::Value = serde_json::from_slice(&desc.stdout)?;
+    assert_eq!(desc[0]["nodes"][0]["metadata"]["transport"], "tcpx", "{listing}");
+
+    let o = cmd("greeter-client", &env).envs(with.iter().map(|(k, v)| (k, v))).args(["--name", "Plugin"]).output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "Hello Plugin\n");
+
+    let out = svc.terminate(Duration::from_secs(15))?;
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tcpx listening"));
+    Ok(())
+}
+
+#[test]
+fn registry_plugin_holds_the_services_of_both_processes() -> TestResult {
+    let plugin = example_plugin("logreg", "registry", "new_registry");
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("registry.log");
+    let env = vec![
+        ("MICRO_PLUGIN", plugin.display().to_string()),
+        ("MICRO_REGISTRY", "logreg".to_string()),
+        ("MICRO_REGISTRY_ADDRESS", log.display().to_string()),
+        ("MICRO_LOG_LEVEL", "info".to_string()),
+    ];
+    let svc = service(&env, &[], &[])?;
+    wait_registered(&env, "greeter", Duration::from_secs(20))?;
+    let o = cmd("greeter-client", &env).output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "Hello John\n");
+    // The records are go-micro JSON lines in the plugin's file.
+    let text = std::fs::read_to_string(&log)?;
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().ok_or("empty log")?)?;
+    assert_eq!(first["op"], "put");
+    assert_eq!(first["service"]["name"], "greeter");
+    assert!(first["service"]["nodes"][0]["address"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")));
+    svc.terminate(Duration::from_secs(15))?;
+    assert!(std::fs::read_to_string(&log)?.lines().any(|l| l.contains("\"op\":\"del\"")), "deregistered through the plugin");
+    Ok(())
+}
+
+/// Starts greeter-service with `plugin_env` and expects start-up to fail with `want` in stderr.
+fn refused(plugin_env: &str, extra: &[&str], want: &str) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut c = cmd("greeter-service", &registry_env(dir.path()));
+    let o = c.env("MICRO_PLUGIN", plugin_env).args(extra).output()?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{plugin_env}: a clean failure, not a crash:\n{err}");
+    assert!(err.contains(want), "{plugin_env}: want {want:?} in:\n{err}");
+    assert!(!err.contains("panicked at"), "the host must not crash:\n{err}");
+    Ok(())
+}
+
+#[test]
+fn bad_plugins_stop_start_up_with_exact_errors() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+
+    refused("/nonexistent/brpc.so", &[], "error: plugin /nonexistent/brpc.so: no such file")?;
+
+    let text = d.join("notes.so");
+    std::fs::write(&text, "not a library")?;
+    refused(&text.display().to_string(), &[], &format!("error: plugin {}: not a loadable shared library", text.canonicalize()?.display()))?;
+
+    // A C shared library without the symbol, built here with cc.
+    let c_src = d.join("lib.c");
+    std::fs::write(&c_src, "int answer(void) { return 42; }\n")?;
+    let c_lib = d.join("libanswer.so");
+    let st = Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&c_lib).arg(&c_src).status()?;
+    assert!(st.success(), "cc failed");
+    refused(&c_lib.display().to_string(), &[], "not a micro plugin: no `MICRO_PLUGIN` symbol")?;
+
+    let bad_magic = probe(Some("bad-magic"));
+    refused(&bad_magic.display().to_string(), &[], "magic number mismatch: plugin has 0x4f5243494d544f4e, host has 0x474c504f5243494d")?;
+    let bad_abi = probe(Some("bad-abi"));
+    refused(&bad_abi.display().to_string(), &[], "plugin ABI version mismatch: plugin has 999, host has 1: rebuild the plugin against micro-plugin")?;
+
+    let unknown = probe(Some("unknown-type"));
+    refused(&unknown.display().to_string(), &[], "unknown plugin type: database for probe")?;
+    let wrong = probe(Some("wrong-kind"));
+    refused(&wrong.display().to_string(), &[], "invalid plugin probe: its NewFunc new_client makes a client, but its Type is transport")?;
+    let panics = probe(Some("panic-init"));
+    refused(&panics.display().to_string(), &[], "init of probe failed: panic in init: probe panics in init")?;
+    refused(&panics.display().to_string(), &[], "plugin code panicked: probe panics in init")?;
+
+    // Integrity: a world-writable file, a writable directory, a wrong pin.
+    let good = probe(None);
+    let ww = d.join("ww.so");
+    std::fs::copy(&good, &ww)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&ww, std::fs::Permissions::from_mode(0o666))?;
+    refused(&ww.display().to_string(), &[], "refusing to load: the file is writable by group or others (mode 666)")?;
+    let open_dir = d.join("open");
+    std::fs::create_dir(&open_dir)?;
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777))?;
+    let in_open = open_dir.join("p.so");
+    std::fs::copy(&good, &in_open)?;
+    std::fs::set_permissions(&in_open, std::fs::Permissions::from_mode(0o644))?;
+    refused(&in_open.display().to_string(), &[], "is writable by group or others (mode 777)")?;
+    let pin = format!("{}#sha256={}", good.display(), "0".repeat(64));
+    refused(&pin, &[], "sha256 mismatch: pinned 0000")?;
+    Ok(())
+}
+
+/// Runs `micro services` with plugins and returns (success, stderr).
+fn micro_with(plugins: &str, args: &[&str]) -> Result<(bool, String), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let o = Command::new(MICRO)
+        .envs(registry_env(dir.path()).into_iter())
+        .env("MICRO_PLUGIN", plugins)
+        .args(args)
+        .arg("services")
+        .output()?;
+    Ok((o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned()))
+}
+
+#[test]
+fn plugin_lists_skip_empty_entries_load_a_file_once_and_honour_overrides() -> TestResult {
+    let good = probe(None);
+    let g = good.display().to_string();
+    let (ok, err) = micro_with(&format!(",,{g},,"), &[])?;
+    assert!(ok, "{err}");
+    assert_eq!(err.matches("plugin loaded").count(), 1, "{err}");
+
+    // The same file under two spellings is loaded once.
+    let other_spelling = format!("{}/../out/{}", good.parent().ok_or("no parent")?.display(), good.file_name().ok_or("no name")?.to_string_lossy());
+    let (ok, err) = micro_with(&format!("{g},{other_spelling}"), &[])?;
+    assert!(ok, "{err}");
+    assert_eq!(err.matches("plugin loaded").count(), 1, "{err}");
+
+    // A correct pin loads; an insecure file loads with the override.
+    let digest = Command::new("sha256sum").arg(&good).output()?;
+    let hex = String::from_utf8_lossy(&digest.stdout).split_whitespace().next().unwrap_or("").to_string();
+    let (ok, err) = micro_with(&format!("{g}#sha256={hex}"), &[])?;
+    assert!(ok, "{err}");
+    let dir = tempfile::tempdir()?;
+    let ww = dir.path().join("ww.so");
+    std::fs::copy(&good, &ww)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&ww, std::fs::Permissions::from_mode(0o666))?;
+    let (ok, err) = micro_with(&ww.display().to_string(), &["--plugin-allow-insecure"])?;
+    assert!(ok, "{err}");
+    Ok(())
+}
+
+#[test]
+fn inspect_shows_the_config_and_whether_it_loads() -> TestResult {
+    let good = probe(None);
+    let o = Command::new(MICRO).args(["plugin", "inspect"]).arg(&good).output()?;
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    for want in ["Name:         probe", "Type:         client", "NewFunc:      new_client", "ABI version:  1 (host 1)", "Loadable:     yes"] {
+        assert!(out.contains(want), "{want:?} in:\n{out}");
+    }
+    let o = Command::new(MICRO).args(["plugin", "inspect", "--output", "json"]).arg(&good).output()?;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    assert_eq!(v["name"], "probe");
+    assert_eq!(v["build"]["abi_version"], 1);
+    assert_eq!(v["loadable"], true);
+
+    let bad = probe(Some("bad-abi"));
+    let o = Command::new(MICRO).args(["plugin", "inspect"]).arg(&bad).output()?;
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Loadable:     no: plugin"), "{}", String::from_utf8_lossy(&o.stdout));
+    let wrong = probe(Some("wrong-kind"));
+    let o = Command::new(MICRO).args(["plugin", "inspect"]).arg(&wrong).output()?;
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success());
+    assert!(out.contains("Type:         transport") && out.contains("invalid plugin probe"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn generate_writes_a_crate_that_build_would_compile() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let o = Command::new(MICRO)
+        .args(["plugin", "generate", "--name", "brpc", "--type", "client", "--new-func", "new_client", "--path"])
+        .arg(root().join("examples/plugins/brpc"))
+        .arg("-o")
+        .arg(dir.path().join("gen"))
+        .output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lib = std::fs::read_to_string(dir.path().join("gen/src/lib.rs"))?;
+    assert!(lib.contains("micro_plugin::export_plugin!(") && lib.contains("new: brpc::new_client"), "{lib}");
+    assert!(dir.path().join("gen/Cargo.lock").is_file(), "pinned to the host's dependency versions");
+    // A failing build shows cargo's own error.
+    let bad = Command::new(MICRO)
+        .args(["plugin", "build", "--name", "brpc", "--type", "client", "--new-func", "no_such_fn", "--debug", "--path"])
+        .arg(root().join("examples/plugins/brpc"))
+        .arg("-o")
+        .arg(dir.path().join("x/brpc.so"))
+        .arg("--target-dir")
+        .arg(plugin_target())
+        .output()?;
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(err.contains("cargo build of plugin brpc failed") && err.contains("no_such_fn"), "{err}");
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! All six component types through the plugin ABI, in one process: each
+//! built-in is exported with `export_plugin!`, initialised into a catalog
+//! like a loaded plugin, and a whole request path — client, selector,
+//! registry, transport, server, handler, broker — runs through the FFI
+//! adapters (host objects handed to "plugin" constructors included).
+
+use micro::broker::MemoryBroker;
+use micro::client::MucpClient;
+use micro::core::{
+    Broker, BrokerOptions, Client, ClientOptions, Registry, RegistryOptions, Result, Selector,
+    SelectorOptions, Server, ServerOptions, Transport, TransportOptions,
+};
+use micro::registry::MemoryRegistry;
+use micro::selector::{CacheSelector, Strategy};
+use micro::server::MucpServer;
+use micro::transport::TcpTransport;
+use micro::{Flags, Service};
+use micro_plugin::Config;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+fn new_broker(o: BrokerOptions) -> Result<Arc<dyn Broker>> {
+    Ok(MemoryBroker::shared(o.addresses.first().map(String::as_str).unwrap_or("plugin-kinds")))
+}
+fn new_registry(o: RegistryOptions) -> Result<Arc<dyn Registry>> {
+    Ok(MemoryRegistry::shared(o.addresses.first().map(String::as_str).unwrap_or("plugin-kinds")))
+}
+fn new_selector(o: SelectorOptions) -> Result<Arc<dyn Selector>> {
+    Ok(Arc::new(CacheSelector::new(o, Strategy::RoundRobin)))
+}
+fn new_transport(o: TransportOptions) -> Result<Arc<dyn Transport>> {
+    Ok(Arc::new(TcpTransport::new(o)))
+}
+fn new_client(o: ClientOptions) -> Result<Arc<dyn Client>> {
+    Ok(Arc::new(MucpClient::new(o)))
+}
+fn new_server(o: ServerOptions) -> Result<Arc<dyn Server>> {
+    Ok(Arc::new(MucpServer::new(o)))
+}
+
+micro_plugin::export_plugin!(@descriptor broker_plugin, name: "pbroker", kind: "broker", new: new_broker);
+micro_plugin::export_plugin!(@descriptor registry_plugin, name: "pregistry", kind: "registry", new: new_registry);
+micro_plugin::export_plugin!(@descriptor selector_plugin, name: "pselector", kind: "selector", new: new_selector);
+micro_plugin::export_plugin!(@descriptor transport_plugin, name: "ptransport", kind: "transport", new: new_transport);
+micro_plugin::export_plugin!(@descriptor client_plugin, name: "pclient", kind: "client", new: new_client);
+micro_plugin::export_plugin!(@descriptor server_plugin, name: "pserver", kind: "server", new: new_server);
+micro_plugin::export_plugin!(@descriptor unknown_plugin, name: "pdb", kind: "database", new: new_client);
+micro_plugin::export_plugin!(@descriptor wrong_plugin, name: "pbad", kind: "transport", new: new_client);
+micro_plugin::export_plugin!(@descriptor replacing_plugin, name: "mucp", kind: "client", new: new_client);
+
+fn config(d: &'static micro_plugin::abi::PluginDescriptor, name: &str) -> Config {
+    Config::from_descriptor(d, format!("/in-process/{name}.so").into())
+}
+
+fn catalog() -> Result<micro::Catalog, micro_plugin::PluginError> {
+    let mut c = micro::catalog::builtin();
+    for (d, n) in [
+        (&broker_plugin::MICRO_PLUGIN, "broker"),
+        (&registry_plugin::MICRO_PLUGIN, "registry"),
+        (&selector_plugin::MICRO_PLUGIN, "selector"),
+        (&transport_plugin::MICRO_PLUGIN, "transport"),
+        (&client_plugin::MICRO_PLUGIN, "client"),
+        (&server_plugin::MICRO_PLUGIN, "server"),
+    ] {
+        assert_eq!(micro_plugin::init(&config(d, n), &mut c)?, None);
+    }
+    Ok(c)
+}
+
+fn plugin_flags(world: &str) -> Flags {
+    Flags {
+        registry: Some("pregistry".into()),
+        registry_address: Some(world.into()),
+        broker: Some("pbroker".into()),
+        broker_address: Some(world.into()),
+        selector: Some("pselector".into()),
+        transport: Some("ptransport".into()),
+        client: Some("pclient".into()),
+        server: Some("pserver".into()),
+        ..Flags::default()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Hello {
+    name: String,
+}
+
+#[test]
+fn init_accepts_all_six_types() -> Result<(), Box<dyn std::error::Error>> {
+    let c = catalog()?;
+    assert!(c.brokers.contains("pbroker"));
+    assert!(c.registries.contains("pregistry"));
+    assert!(c.selectors.contains("pselector"));
+    assert!(c.transports.contains("ptransport"));
+    assert!(c.clients.contains("pclient"));
+    assert!(c.servers.contains("pserver"));
+    Ok(())
+}
+
+#[test]
+fn init_refuses_unknown_types_and_wrong_constructors() {
+    let mut c = micro::catalog::builtin();
+    let e = micro_plugin::init(&config(&unknown_plugin::MICRO_PLUGIN, "db"), &mut c).err().map(|e| e.to_string());
+    assert_eq!(e.as_deref(), Some("plugin /in-process/db.so: unknown plugin type: database for pdb"));
+    let e = micro_plugin::init(&config(&wrong_plugin::MICRO_PLUGIN, "bad"), &mut c).err().map(|e| e.to_string());
+    assert_eq!(
+        e.as_deref(),
+        Some("plugin /in-process/bad.so: invalid plugin pbad: its NewFunc new_client makes a client, but its Type is transport")
+    );
+}
+
+#[test]
+fn a_plugin_may_replace_a_builtin_and_says_so() -> Result<(), micro_plugin::PluginError> {
+    let mut c = micro::catalog::builtin();
+    let replaced = micro_plugin::init(&config(&replacing_plugin::MICRO_PLUGIN, "mucp"), &mut c)?;
+    assert_eq!(replaced.as_deref(), Some("mucp"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_request_path_through_plugin_components() -> Result<(), Box<dyn std::error::Error>> {
+    let cat = catalog()?;
+    let svc = Service::builder("greeter").flags(plugin_flags("kinds-rpc")).catalog(cat.clone()).build()?;
+    assert_eq!(svc.server().name(), "mucp"); // the plugin's component, reporting its own name
+    svc.handle("Greeter.Hello", |h: Hello| async move { Ok(format!("Hello {}", h.name)) })?;
+    let got = Arc::new(AtomicUsize::new(0));
+    let g = got.clone();
+    svc.subscribe_queue("events", "q", move |n: usize| {
+        let g = g.clone();
+        async move {
+            g.fetch_add(n, Ordering::SeqCst);
+            Ok(())
+        }
+    })?;
+    svc.start().await?;
+
+    let caller = Service::builder("caller").flags(plugin_flags("kinds-rpc")).catalog(cat).build()?;
+    for i in 0..20 {
+        let r: String = caller.client().call("greeter", "Greeter.Hello", &Hello { name: format!("n{i}") }).await?;
+        assert_eq!(r, format!("Hello n{i}"));
+    }
+    // go-micro errors cross intact.
+    let e = caller.client().call::<_, String>("greeter", "Greeter.Nope", &Hello { name: "x".into() }).await.err();
+    assert_eq!(e.map(|e| (e.id, e.code)), Some(("go.micro.server".to_string(), 404)));
+    // Registry data and watch events cross (the selector watches through the plugin registry).
+    let rec = caller.registry().get_service("greeter").await?;
+    assert_eq!(rec[0].nodes.len(), 1);
+    assert!(rec[0].endpoints.iter().any(|e| e.name == "Greeter.Hello"));
+    // Pub/sub through the plugin broker, to a subscriber registered through the plugin server.
+    for _ in 0..5 {
+        caller.client().publish("events", &2usize).await?;
+    }
+    assert_eq!(got.load(Ordering::SeqCst), 10);
+    svc.stop().await?;
+    assert_eq!(caller.registry().get_service("greeter").await.err().map(|e| e.code), Some(404));
+    Ok(())
+}
