@@ -251,6 +251,24 @@ impl tracing::Subscriber for Forwarder {
     fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
     fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
     fn event(&self, event: &tracing::Event<'_>) {
+        thread_local! {
+            static FORWARDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        }
+        // If plugin and host ever share one copy of tracing (a plugin
+        // compiled into the host, as in tests), the host's event would come
+        // straight back here: drop it instead of recursing.
+        if FORWARDING.with(|f| f.replace(true)) {
+            return;
+        }
+        self.forward(event);
+        FORWARDING.with(|f| f.set(false));
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+impl Forwarder {
+    fn forward(&self, event: &tracing::Event<'_>) {
         let mut f = Fields::default();
         event.record(&mut f);
         let meta = event.metadata();
@@ -264,8 +282,6 @@ impl tracing::Subscriber for Forwarder {
         // SAFETY: the host's log function reads the event during the call only.
         unsafe { (self.log)(&ev) }
     }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
 }
 
 /// Exports a component constructor as a micro plugin: the library's
