@@ -121,7 +121,10 @@ pub unsafe fn init(host: *const HostApi, name: &'static str, hook: impl FnOnce()
                 format!("init: host ABI version {} but plugin ABI version {}", host.abi_version, abi::ABI_VERSION),
             ));
         }
-        let threads = std::env::var("MICRO_PLUGIN_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(1usize).max(1);
+        // Small, but two threads when there are two cores: the plugin's
+        // reactor then keeps up while one thread runs plugin tasks.
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let threads = std::env::var("MICRO_PLUGIN_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(cores.min(2)).max(1);
         if RUNTIME.get().is_none() {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads)

@@ -35,7 +35,7 @@
 //!   operation (see BENCHMARKS.md).
 //! * Each side enters its own tokio runtime around every call and every
 //!   poll of its futures. A plugin gets a small runtime of its own at init
-//!   (`MICRO_PLUGIN_THREADS`, default 1 worker), so `tokio::spawn`, timers
+//!   (`MICRO_PLUGIN_THREADS` workers, default 2, or 1 on one core), so `tokio::spawn`, timers
 //!   and sockets inside plugin code work whatever tokio version it uses,
 //!   while the host's executor polls plugin futures through `async_ffi`.
 //!   Host objects handed to a plugin (a registry, a handler…) run in the

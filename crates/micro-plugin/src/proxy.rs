@@ -366,7 +366,7 @@ impl Dispatch for SocketExport {
             }
             socket_m::RECV => Box::pin(async move {
                 let msg = self.socket.lock().await.recv().await?;
-                let mut w = Writer::new();
+                let mut w = Writer::with_capacity(wire::message_len(&msg));
                 wire::put_message(&mut w, &msg);
                 Ok(Reply::bytes(w.finish()))
             }),
@@ -401,7 +401,7 @@ impl SocketProxy {
 #[async_trait]
 impl Socket for SocketProxy {
     async fn send(&mut self, msg: Message) -> Result<()> {
-        let mut w = Writer::new();
+        let mut w = Writer::with_capacity(wire::message_len(&msg));
         wire::put_message(&mut w, &msg);
         self.remote.call(socket_m::SEND, &w.finish(), Vec::new()).await.map(|_| ())
     }
@@ -440,7 +440,9 @@ impl Dispatch for SelectorExport {
                 let exclude = dec!(r.strings());
                 Box::pin(async move {
                     let node = self.0.select(&service, SelectOptions { exclude }).await?;
-                    Ok(Reply::bytes(serde_json::to_vec(&node).unwrap_or_default()))
+                    let mut w = Writer::with_capacity(12 + node.id.len() + node.address.len() + wire::map_len(&node.metadata));
+                    wire::put_node(&mut w, &node);
+                    Ok(Reply::bytes(w.finish()))
                 })
             }
             m => ready_err(unknown_method("selector", m)),
@@ -451,7 +453,10 @@ impl Dispatch for SelectorExport {
         match method {
             selector_m::MARK => {
                 let (service, node) = (r.string()?, r.string()?);
-                let err: Option<Error> = r.json()?;
+                let err: Option<Error> = match r.u32()? {
+                    0 => None,
+                    _ => Some(r.json()?),
+                };
                 self.0.mark(&service, &node, err.as_ref().map_or(Ok(()), Err));
                 ok()
             }
@@ -488,11 +493,15 @@ impl Selector for SelectorProxy {
         let mut w = Writer::new();
         w.str(service).strs(&opts.exclude);
         let r = self.remote.call(selector_m::SELECT, &w.finish(), Vec::new()).await?;
-        serde_json::from_slice(r.bytes.as_slice()).map_err(|e| Error::internal("go.micro.plugin", e.to_string()))
+        wire::get_node(&mut Reader::new(r.bytes.as_slice()))
     }
     fn mark(&self, service: &str, node_id: &str, outcome: Result<(), &Error>) {
-        let mut w = Writer::new();
-        w.str(service).str(node_id).json(&outcome.err());
+        let mut w = Writer::with_capacity(16 + service.len() + node_id.len());
+        w.str(service).str(node_id);
+        match outcome {
+            Ok(()) => w.u32(0),
+            Err(e) => w.u32(1).json(e),
+        };
         let _ = self.remote.call_sync(selector_m::MARK, &w.finish(), Vec::new());
     }
     fn reset(&self, service: &str) {
@@ -686,7 +695,7 @@ impl Dispatch for HandlerFnExport {
         let fut = (self.0)(req);
         Box::pin(async move {
             let resp = fut.await?;
-            let mut w = Writer::new();
+            let mut w = Writer::with_capacity(wire::response_len(&resp));
             wire::put_response(&mut w, &resp);
             Ok(Reply::bytes(w.finish()))
         })
@@ -701,7 +710,7 @@ fn import_handler_fn(obj: FfiObject) -> Result<HandlerFn> {
     Ok(Arc::new(move |req: Request| {
         let remote = remote.clone();
         Box::pin(async move {
-            let mut w = Writer::new();
+            let mut w = Writer::with_capacity(wire::request_len(&req));
             wire::put_request(&mut w, &req);
             let r = remote.call(handler_m::CALL, &w.finish(), Vec::new()).await?;
             wire::get_response(&mut Reader::new(r.bytes.as_slice()))
@@ -728,7 +737,7 @@ impl Dispatch for ClientExport {
                 let opts = dec!(wire::get_call_options(&mut r));
                 Box::pin(async move {
                     let resp = self.0.call(req, opts).await?;
-                    let mut w = Writer::new();
+                    let mut w = Writer::with_capacity(wire::response_len(&resp));
                     wire::put_response(&mut w, &resp);
                     Ok(Reply::bytes(w.finish()))
                 })
@@ -769,7 +778,7 @@ pub fn import_client(obj: FfiObject) -> Result<Arc<dyn Client>> {
 #[async_trait]
 impl Client for ClientProxy {
     async fn call(&self, req: Request, opts: CallOptions) -> Result<Response> {
-        let mut w = Writer::new();
+        let mut w = Writer::with_capacity(wire::request_len(&req) + 32);
         wire::put_request(&mut w, &req);
         wire::put_call_options(&mut w, &opts);
         let r = self.remote.call(client_m::CALL, &w.finish(), Vec::new()).await?;

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Reproduces BENCHMARKS.md: builds micro-bench and the tcpx transport plugin
+# in release mode, then runs each benchmark. Takes a few minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/setup.sh
+SECONDS_PER=${SECONDS_PER:-3}
+ROUNDS=${ROUNDS:-3}
+echo "==> building (release)"
+cargo build --locked --release -q -p micro-bench -p micro-cli
+mkdir -p target/bench
+target/release/micro plugin build --name tcpx --type transport --path examples/plugins/tcpx \
+  --new-func new_transport -o target/bench/tcpx.so --target-dir target/plugin-release
+echo "==> machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+echo "==> plugin load + verify + init (fresh process per sample)"
+target/release/micro-bench plugin-load --plugin target/bench/tcpx.so --runs 50
+target/release/micro plugin build --name brpc --type client --path examples/plugins/brpc \
+  --new-func new_client -o target/bench/brpc.so --target-dir target/plugin-release
+echo "==> built-in tcp transport vs the same transport loaded as a plugin"
+target/release/micro-bench boundary --kind transport --plugin target/bench/tcpx.so --name tcpx \
+  --callers 1,64 --seconds "$SECONDS_PER" --rounds "$ROUNDS"
+echo "==> built-in mucp client vs the brpc client plugin (which wraps mucp)"
+MICRO_LOG_LEVEL=warn target/release/micro-bench boundary --kind client --plugin target/bench/brpc.so --name brpc \
+  --callers 1,64 --seconds "$SECONDS_PER" --rounds "$ROUNDS"
