@@ -199,6 +199,112 @@ pub struct HostApi {
     pub max_level: unsafe extern "C" fn() -> u32,
     /// Logs one event of the plugin through the host's subscriber.
     pub log: unsafe extern "C" fn(event: *const LogEvent),
+    /// TCP on the host's reactor (see [`NetApi`]).
+    pub net: *const NetApi,
+}
+
+// SAFETY: a HostApi is an immutable static of the host: plain data and function pointers.
+unsafe impl Sync for HostApi {}
+
+/// TCP sockets owned by the host's runtime, for plugins whose hot path is
+/// I/O: readiness then wakes host tasks directly instead of crossing from
+/// the plugin's reactor thread (see `micro_plugin::host`).
+#[repr(C)]
+pub struct NetApi {
+    /// Connects to `addr` (`host:port`), `TCP_NODELAY` set.
+    pub connect: unsafe extern "C" fn(addr: FfiStr) -> FfiFuture<FfiStreamReply>,
+    /// Listens on `addr`.
+    pub bind: unsafe extern "C" fn(addr: FfiStr) -> FfiFuture<FfiListenerReply>,
+}
+
+/// The outcome of a poll of a host stream.
+#[repr(C)]
+pub struct IoPoll {
+    /// 0 ready (`n` bytes), 1 pending, 2 error (`error` holds the message).
+    pub status: u32,
+    /// Bytes read or written.
+    pub n: usize,
+    /// The error message when `status` is 2.
+    pub error: FfiBuf,
+}
+
+/// The functions of a host stream. Calls on one stream never overlap (the
+/// plugin-side wrapper needs `&mut` for each).
+#[repr(C)]
+pub struct StreamVTable {
+    /// Reads into `buf[..len]` (initialised memory).
+    pub poll_read: unsafe extern "C" fn(data: *mut c_void, cx: *mut async_ffi::FfiContext<'_>, buf: *mut u8, len: usize) -> IoPoll,
+    /// Writes `buf[..len]`.
+    pub poll_write: unsafe extern "C" fn(data: *mut c_void, cx: *mut async_ffi::FfiContext<'_>, buf: *const u8, len: usize) -> IoPoll,
+    /// Shuts the write side down.
+    pub poll_shutdown: unsafe extern "C" fn(data: *mut c_void, cx: *mut async_ffi::FfiContext<'_>) -> IoPoll,
+    /// Closes and frees the stream.
+    pub drop: unsafe extern "C" fn(data: *mut c_void),
+}
+
+/// A host stream.
+#[repr(C)]
+pub struct FfiStream {
+    /// Opaque state.
+    pub data: *mut c_void,
+    /// Its functions; null for none.
+    pub vtable: *const StreamVTable,
+}
+
+// SAFETY: the host stream is a tokio TcpStream, which is Send; it is used by one owner at a time.
+unsafe impl Send for FfiStream {}
+// SAFETY: shared references to FfiStream allow no access; all access needs `&mut` (see StreamVTable).
+unsafe impl Sync for FfiStream {}
+
+/// The outcome of a connect or accept.
+#[repr(C)]
+pub struct FfiStreamReply {
+    /// 0 ok, 1 error.
+    pub status: u32,
+    /// The stream when ok.
+    pub stream: FfiStream,
+    /// The local address.
+    pub local: FfiBuf,
+    /// The peer's address.
+    pub peer: FfiBuf,
+    /// The error message.
+    pub error: FfiBuf,
+}
+
+/// The functions of a host listener.
+#[repr(C)]
+pub struct ListenerFfiVTable {
+    /// Accepts the next connection.
+    pub accept: unsafe extern "C" fn(data: *const c_void) -> FfiFuture<FfiStreamReply>,
+    /// Closes and frees the listener.
+    pub drop: unsafe extern "C" fn(data: *const c_void),
+}
+
+/// A host listener.
+#[repr(C)]
+pub struct FfiListener {
+    /// Opaque state.
+    pub data: *const c_void,
+    /// Its functions; null for none.
+    pub vtable: *const ListenerFfiVTable,
+}
+
+// SAFETY: the host listener is a tokio TcpListener, which is Send + Sync.
+unsafe impl Send for FfiListener {}
+// SAFETY: as above; accept takes `&self` on the host side.
+unsafe impl Sync for FfiListener {}
+
+/// The outcome of a bind.
+#[repr(C)]
+pub struct FfiListenerReply {
+    /// 0 ok, 1 error.
+    pub status: u32,
+    /// The listener when ok.
+    pub listener: FfiListener,
+    /// The bound address.
+    pub addr: FfiBuf,
+    /// The error message.
+    pub error: FfiBuf,
 }
 
 /// A tracing event of a plugin, forwarded to the host.

@@ -134,6 +134,8 @@ pub unsafe fn init(host: *const HostApi, name: &'static str, hook: impl FnOnce()
                 .map_err(|e| Error::internal("go.micro.plugin", format!("init: cannot start the plugin runtime: {e}")))?;
             let _ = RUNTIME.set(rt);
         }
+        // SAFETY: the host's API is a static of the host, valid for the process.
+        crate::host::set_host(unsafe { &*(host as *const HostApi) });
         let _ = tracing::subscriber::set_global_default(Forwarder {
             plugin: name,
             log: host.log,

@@ -39,7 +39,10 @@
 //!   and sockets inside plugin code work whatever tokio version it uses,
 //!   while the host's executor polls plugin futures through `async_ffi`.
 //!   Host objects handed to a plugin (a registry, a handler…) run in the
-//!   host's runtime the same way.
+//!   host's runtime the same way. A plugin whose hot path is I/O can use
+//!   sockets on the host's reactor instead ([`host`]), so that readiness
+//!   wakes host tasks directly rather than crossing from the plugin's
+//!   reactor thread.
 //! * Every entry point catches panics: a panic in a plugin's method, in a
 //!   poll of its future, in its constructor or its init hook becomes a
 //!   go-micro error at the boundary and the host goes on. The same holds
@@ -50,6 +53,7 @@
 
 pub mod abi;
 pub mod export;
+pub mod host;
 mod object;
 pub mod options;
 pub mod proxy;
@@ -57,6 +61,8 @@ pub mod wire;
 
 #[cfg(feature = "host")]
 pub mod build;
+#[cfg(feature = "host")]
+mod host_net;
 #[cfg(feature = "host")]
 pub mod loader;
 

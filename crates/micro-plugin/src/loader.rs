@@ -391,7 +391,13 @@ unsafe extern "C" fn host_max_level() -> u32 {
 }
 
 fn host_api() -> &'static HostApi {
-    static API: HostApi = HostApi { abi_version: abi::ABI_VERSION, max_level: host_max_level, log: host_log };
+    static API: HostApi = HostApi {
+        abi_version: abi::ABI_VERSION,
+        max_level: host_max_level,
+        log: host_log,
+        net: &crate::host_net::NET,
+    };
+    crate::host_net::remember_runtime();
     &API
 }
 

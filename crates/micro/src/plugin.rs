@@ -8,6 +8,12 @@ pub use micro_plugin::build::{build, generate, BuildConfig, BuildOptions, Framew
 pub use micro_plugin::loader::{parse_pin, BuildInfo, LoadOptions};
 pub use micro_plugin::{init, load, Config, PluginError};
 
+/// Whether this code runs inside a plugin loaded by a micro host, so that
+/// [`HostNet`] sockets are available.
+pub fn host_sockets_available() -> bool {
+    micro_plugin::host::available()
+}
+
 /// Loads and initialises each plugin of `specs` into `catalog`, in order.
 /// Empty entries are skipped and a file named twice is loaded once; the
 /// first failure stops start-up. A plugin that replaces a component of the
@@ -31,4 +37,37 @@ pub fn load_all(specs: &[String], allow_insecure: bool, catalog: &mut Catalog) -
         done.push(config);
     }
     Ok(done)
+}
+
+/// The TCP transport's sockets taken from the host's runtime, for a
+/// transport compiled into a plugin: `TcpTransport::with_net(opts, HostNet, "name")`.
+/// See [`micro_plugin::host`] for why.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostNet;
+
+impl crate::transport::Net for HostNet {
+    type Stream = micro_plugin::host::HostStream;
+    type Listener = micro_plugin::host::HostListener;
+
+    fn connect<'a>(&'a self, addr: &'a str) -> micro_core::BoxFuture<'a, std::io::Result<crate::transport::Conn<Self::Stream>>> {
+        Box::pin(async move {
+            let s = micro_plugin::host::connect(addr).await?;
+            Ok(crate::transport::Conn { local: s.local_addr().to_string(), peer: s.peer_addr().to_string(), stream: s })
+        })
+    }
+
+    fn bind<'a>(&'a self, addr: &'a str) -> micro_core::BoxFuture<'a, std::io::Result<(Self::Listener, String)>> {
+        Box::pin(async move {
+            let l = micro_plugin::host::bind(addr).await?;
+            let a = l.local_addr().to_string();
+            Ok((l, a))
+        })
+    }
+
+    fn accept<'a>(&'a self, l: &'a Self::Listener) -> micro_core::BoxFuture<'a, std::io::Result<crate::transport::Conn<Self::Stream>>> {
+        Box::pin(async move {
+            let s = l.accept().await?;
+            Ok(crate::transport::Conn { local: s.local_addr().to_string(), peer: s.peer_addr().to_string(), stream: s })
+        })
+    }
 }

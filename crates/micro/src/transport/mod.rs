@@ -3,4 +3,4 @@
 pub mod frame;
 mod tcp;
 
-pub use tcp::TcpTransport;
+pub use tcp::{Conn, Net, TcpTransport, TokioNet};

@@ -1,22 +1,85 @@
 use super::frame;
 use bytes::{Bytes, BytesMut};
-use micro_core::{async_trait, Error, Listener, Message, Result, Socket, Transport, TransportOptions};
+use micro_core::{async_trait, BoxFuture, Error, Listener, Message, Result, Socket, Transport, TransportOptions};
+use std::io;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 const ID: &str = "go.micro.transport";
 
+/// A connected stream with its addresses.
+pub struct Conn<S> {
+    /// The stream.
+    pub stream: S,
+    /// Local address.
+    pub local: String,
+    /// Peer address.
+    pub peer: String,
+}
+
+/// Where the TCP transport's sockets come from: tokio here ([`TokioNet`]),
+/// or the host's runtime when the transport runs inside a plugin
+/// (`micro::plugin::HostNet`).
+pub trait Net: Send + Sync + 'static {
+    /// A connected stream.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// A listening socket.
+    type Listener: Send + Sync + 'static;
+    /// Connects, with `TCP_NODELAY`.
+    fn connect<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, io::Result<Conn<Self::Stream>>>;
+    /// Listens; returns the bound address too.
+    fn bind<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, io::Result<(Self::Listener, String)>>;
+    /// Accepts a connection, with `TCP_NODELAY`.
+    fn accept<'a>(&'a self, l: &'a Self::Listener) -> BoxFuture<'a, io::Result<Conn<Self::Stream>>>;
+}
+
+/// Sockets from this process's tokio.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioNet;
+
+fn tokio_conn(s: TcpStream) -> io::Result<Conn<TcpStream>> {
+    s.set_nodelay(true)?;
+    Ok(Conn { local: s.local_addr()?.to_string(), peer: s.peer_addr()?.to_string(), stream: s })
+}
+
+impl Net for TokioNet {
+    type Stream = TcpStream;
+    type Listener = TcpListener;
+    fn connect<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, io::Result<Conn<TcpStream>>> {
+        Box::pin(async move { tokio_conn(TcpStream::connect(addr).await?) })
+    }
+    fn bind<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, io::Result<(TcpListener, String)>> {
+        Box::pin(async move {
+            let l = TcpListener::bind(addr).await?;
+            let a = l.local_addr()?.to_string();
+            Ok((l, a))
+        })
+    }
+    fn accept<'a>(&'a self, l: &'a TcpListener) -> BoxFuture<'a, io::Result<Conn<TcpStream>>> {
+        Box::pin(async move { tokio_conn(l.accept().await?.0) })
+    }
+}
+
 /// TCP with length-prefixed frames (see [`frame`](super::frame)); `TCP_NODELAY` on.
-#[derive(Debug, Clone)]
-pub struct TcpTransport {
+pub struct TcpTransport<N: Net = TokioNet> {
     opts: TransportOptions,
+    net: Arc<N>,
+    name: String,
 }
 
 impl TcpTransport {
-    /// A transport with these options.
+    /// A transport with these options, on this process's tokio.
     pub fn new(opts: TransportOptions) -> Self {
-        TcpTransport { opts }
+        Self::with_net(opts, TokioNet, "tcp")
+    }
+}
+
+impl<N: Net> TcpTransport<N> {
+    /// A transport whose sockets come from `net`, reporting `name`.
+    pub fn with_net(opts: TransportOptions, net: N, name: &str) -> Self {
+        TcpTransport { opts, net: Arc::new(net), name: name.to_string() }
     }
 }
 
@@ -27,54 +90,42 @@ impl Default for TcpTransport {
 }
 
 #[async_trait]
-impl Transport for TcpTransport {
+impl<N: Net> Transport for TcpTransport<N> {
     async fn dial(&self, addr: &str) -> Result<Box<dyn Socket>> {
-        let stream = tokio::time::timeout(self.opts.dial_timeout, TcpStream::connect(addr))
+        let conn = tokio::time::timeout(self.opts.dial_timeout, self.net.connect(addr))
             .await
             .map_err(|_| Error::timeout(ID, format!("dial {addr}: timed out after {:?}", self.opts.dial_timeout)))?
             .map_err(|e| Error::internal(ID, format!("dial {addr}: {e}")))?;
-        Ok(Box::new(TcpSocket::new(stream, self.opts.max_message_size)?))
+        Ok(Box::new(TcpSocket::new(conn, self.opts.max_message_size)))
     }
 
     async fn listen(&self, addr: &str) -> Result<Box<dyn Listener>> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| Error::internal(ID, format!("listen on {addr}: {e}")))?;
-        let local = listener
-            .local_addr()
-            .map_err(|e| Error::internal(ID, format!("listen on {addr}: {e}")))?;
-        Ok(Box::new(TcpListenerImpl {
-            listener,
-            addr: local.to_string(),
-            max: self.opts.max_message_size,
-        }))
+        let (listener, bound) = self.net.bind(addr).await.map_err(|e| Error::internal(ID, format!("listen on {addr}: {e}")))?;
+        Ok(Box::new(TcpListenerImpl { listener, net: self.net.clone(), addr: bound, max: self.opts.max_message_size }))
     }
 
     fn name(&self) -> &str {
-        "tcp"
+        &self.name
     }
 }
 
-struct TcpListenerImpl {
-    listener: TcpListener,
+struct TcpListenerImpl<N: Net> {
+    listener: N::Listener,
+    net: Arc<N>,
     addr: String,
     max: usize,
 }
 
 #[async_trait]
-impl Listener for TcpListenerImpl {
+impl<N: Net> Listener for TcpListenerImpl<N> {
     fn addr(&self) -> String {
         self.addr.clone()
     }
 
     async fn accept(&self) -> Result<Box<dyn Socket>> {
         loop {
-            match self.listener.accept().await {
-                Ok((stream, _)) => match TcpSocket::new(stream, self.max) {
-                    Ok(s) => return Ok(Box::new(s)),
-                    // The peer may already be gone; that is no reason to stop accepting.
-                    Err(e) => tracing::debug!(error = %e, "dropping accepted connection"),
-                },
+            match self.net.accept(&self.listener).await {
+                Ok(conn) => return Ok(Box::new(TcpSocket::new(conn, self.max))),
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning, keep the listener.
                     tracing::warn!(error = %e, addr = %self.addr, "accept failed");
@@ -85,28 +136,24 @@ impl Listener for TcpListenerImpl {
     }
 }
 
-struct TcpSocket {
+struct TcpSocket<S> {
     // Buffered reads: a small frame usually arrives in one read syscall.
-    stream: BufReader<TcpStream>,
+    stream: BufReader<S>,
     local: String,
     remote: String,
     max: usize,
     out: BytesMut,
 }
 
-impl TcpSocket {
-    fn new(stream: TcpStream, max: usize) -> Result<Self> {
-        let io = |e: std::io::Error| Error::internal(ID, format!("socket: {e}"));
-        stream.set_nodelay(true).map_err(io)?;
-        let local = stream.local_addr().map_err(io)?.to_string();
-        let remote = stream.peer_addr().map_err(io)?.to_string();
-        Ok(TcpSocket {
-            stream: BufReader::with_capacity(16 * 1024, stream),
-            local,
-            remote,
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> TcpSocket<S> {
+    fn new(conn: Conn<S>, max: usize) -> Self {
+        TcpSocket {
+            stream: BufReader::with_capacity(16 * 1024, conn.stream),
+            local: conn.local,
+            remote: conn.peer,
             max,
             out: BytesMut::new(),
-        })
+        }
     }
 
     fn err(&self, what: &str, e: impl std::fmt::Display) -> Error {
@@ -115,7 +162,7 @@ impl TcpSocket {
 }
 
 #[async_trait]
-impl Socket for TcpSocket {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Socket for TcpSocket<S> {
     async fn send(&mut self, msg: Message) -> Result<()> {
         self.out.clear();
         frame::encode(&msg, &mut self.out).map_err(|e| self.err("send to", e))?;

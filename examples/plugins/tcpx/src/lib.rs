@@ -1,17 +1,31 @@
-//! `tcpx`: an example transport plugin: micro's TCP transport, built into
-//! the plugin (its own copy, on the plugin's own runtime) under the name
-//! `tcpx`, logging each listen. It is what the benchmarks compare with the
-//! built-in `tcp` to measure the cost of the plugin boundary.
+//! `tcpx`: an example transport plugin: micro's TCP transport built into
+//! the plugin under the name `tcpx`, logging each listen. Its sockets live
+//! on the host's reactor (`micro::plugin::HostNet`), so an I/O wait wakes
+//! the host's task directly; set `TCPX_OWN_RUNTIME=1` to use the plugin's
+//! own tokio sockets instead (the benchmarks compare both with the
+//! built-in `tcp`).
 
 use micro::core::{async_trait, Listener, Result, Socket, Transport, TransportOptions};
+use micro::plugin::HostNet;
 use micro::transport::TcpTransport;
 use std::sync::Arc;
 
-struct Tcpx(TcpTransport);
+struct Tcpx(Arc<dyn Transport>);
 
 /// The plugin's NewFunc.
 pub fn new_transport(opts: TransportOptions) -> Result<Arc<dyn Transport>> {
-    Ok(Arc::new(Tcpx(TcpTransport::new(opts))))
+    let own = std::env::var("TCPX_OWN_RUNTIME").is_ok_and(|v| v == "1");
+    let inner: Arc<dyn Transport> = if own || !micro_plugin_host_available() {
+        Arc::new(TcpTransport::new(opts))
+    } else {
+        Arc::new(TcpTransport::with_net(opts, HostNet, "tcpx"))
+    };
+    tracing::info!(host_sockets = !own, "tcpx transport created");
+    Ok(Arc::new(Tcpx(inner)))
+}
+
+fn micro_plugin_host_available() -> bool {
+    micro::plugin::host_sockets_available()
 }
 
 #[async_trait]

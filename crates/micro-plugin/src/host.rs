@@ -1,0 +1,163 @@
+//! Inside a plugin: TCP sockets that live on the host's runtime.
+//!
+//! A plugin's own runtime has its own reactor, so an I/O wait inside plugin
+//! code ends with a wake from the plugin's reactor thread to the host's
+//! executor. For a plugin whose hot path is I/O (a transport), that
+//! hand-off costs more than the work. [`connect`] and [`bind`] instead ask
+//! the host for sockets registered with *its* reactor; reading and writing
+//! them polls the host socket with the caller's waker, so readiness wakes
+//! the host task directly. [`HostStream`] implements tokio's `AsyncRead`
+//! and `AsyncWrite`, so ordinary tokio I/O code works on it.
+#![allow(unsafe_code)]
+
+use crate::abi::{FfiListener, FfiListenerReply, FfiStr, FfiStream, FfiStreamReply, HostApi, IoPoll, NetApi};
+use async_ffi::ContextExt;
+use std::io;
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+use tokio::io::ReadBuf;
+
+static HOST: OnceLock<&'static HostApi> = OnceLock::new();
+
+/// Called by the plugin's init with the host's API.
+pub(crate) fn set_host(api: &'static HostApi) {
+    let _ = HOST.set(api);
+}
+
+fn net() -> io::Result<&'static NetApi> {
+    HOST.get()
+        .map(|h| h.net)
+        .filter(|n| !n.is_null())
+        // SAFETY: the host's NetApi is a static of the host, valid for the process.
+        .map(|n| unsafe { &*n })
+        .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "no host network: not running inside a micro host"))
+}
+
+/// Whether host sockets are available (inside a plugin loaded by a micro host).
+pub fn available() -> bool {
+    net().is_ok()
+}
+
+fn text(b: &crate::abi::FfiBuf) -> String {
+    String::from_utf8_lossy(b.as_slice()).into_owned()
+}
+
+fn stream_of(r: FfiStreamReply) -> io::Result<HostStream> {
+    if r.status != 0 || r.stream.vtable.is_null() {
+        return Err(io::Error::other(text(&r.error)));
+    }
+    Ok(HostStream { local: text(&r.local), peer: text(&r.peer), inner: r.stream })
+}
+
+/// Connects to `addr` on the host's reactor (`TCP_NODELAY` set).
+pub async fn connect(addr: &str) -> io::Result<HostStream> {
+    let net = net()?;
+    // SAFETY: a host entry point; the address is read before it returns.
+    let fut = unsafe { (net.connect)(FfiStr::from_slice(addr.as_bytes())) };
+    stream_of(fut.await)
+}
+
+/// Listens on `addr` on the host's reactor.
+pub async fn bind(addr: &str) -> io::Result<HostListener> {
+    let net = net()?;
+    // SAFETY: as in `connect`.
+    let r: FfiListenerReply = unsafe { (net.bind)(FfiStr::from_slice(addr.as_bytes())) }.await;
+    if r.status != 0 || r.listener.vtable.is_null() {
+        return Err(io::Error::other(text(&r.error)));
+    }
+    Ok(HostListener { addr: text(&r.addr), inner: r.listener })
+}
+
+/// A TCP stream owned by the host.
+pub struct HostStream {
+    inner: FfiStream,
+    local: String,
+    peer: String,
+}
+
+impl HostStream {
+    /// The local address.
+    pub fn local_addr(&self) -> &str {
+        &self.local
+    }
+    /// The peer's address.
+    pub fn peer_addr(&self) -> &str {
+        &self.peer
+    }
+
+    fn poll_with(&mut self, cx: &mut Context<'_>, f: impl FnOnce(&FfiStream, *mut async_ffi::FfiContext<'_>) -> IoPoll) -> Poll<io::Result<usize>> {
+        let r = cx.with_ffi_context(|ctx| f(&self.inner, ctx));
+        match r.status {
+            0 => Poll::Ready(Ok(r.n)),
+            1 => Poll::Pending,
+            _ => Poll::Ready(Err(io::Error::other(text(&r.error)))),
+        }
+    }
+}
+
+impl Drop for HostStream {
+    fn drop(&mut self) {
+        // SAFETY: the stream is ours and dropped once.
+        unsafe { ((*self.inner.vtable).drop)(self.inner.data) }
+    }
+}
+
+impl tokio::io::AsyncRead for HostStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let dst = buf.initialize_unfilled();
+        let (ptr, len) = (dst.as_mut_ptr(), dst.len());
+        // SAFETY: `ptr[..len]` is initialised memory we hold `&mut` to for this call.
+        match this.poll_with(cx, |s, ctx| unsafe { ((*s.vtable).poll_read)(s.data, ctx, ptr, len) }) {
+            Poll::Ready(Ok(n)) => {
+                buf.advance(n.min(len));
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for HostStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let (ptr, len) = (buf.as_ptr(), buf.len());
+        // SAFETY: `buf` is readable for this call.
+        self.get_mut().poll_with(cx, |s, ctx| unsafe { ((*s.vtable).poll_write)(s.data, ctx, ptr, len) })
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // TCP streams have nothing to flush.
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // SAFETY: a host entry point on our stream.
+        self.get_mut().poll_with(cx, |s, ctx| unsafe { ((*s.vtable).poll_shutdown)(s.data, ctx) }).map_ok(|_| ())
+    }
+}
+
+/// A TCP listener owned by the host.
+pub struct HostListener {
+    inner: FfiListener,
+    addr: String,
+}
+
+impl HostListener {
+    /// The bound address.
+    pub fn local_addr(&self) -> &str {
+        &self.addr
+    }
+    /// The next connection.
+    pub async fn accept(&self) -> io::Result<HostStream> {
+        // SAFETY: a host entry point on our listener.
+        let fut = unsafe { ((*self.inner.vtable).accept)(self.inner.data) };
+        stream_of(fut.await)
+    }
+}
+
+impl Drop for HostListener {
+    fn drop(&mut self) {
+        // SAFETY: the listener is ours and dropped once.
+        unsafe { ((*self.inner.vtable).drop)(self.inner.data) }
+    }
+}
