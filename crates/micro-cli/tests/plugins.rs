@@ -80,8 +80,20 @@ fn transport_plugin_carries_the_calls_of_service_and_client() -> TestResult {
     assert_eq!(desc[0]["nodes"][0]["metadata"]["transport"], "tcpx", "{listing}");
 
     let o = cmd("greeter-client", &env).envs(with.iter().map(|(k, v)| (k, v))).args(["--name", "Plugin"]).output()?;
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "Hello Plugin\n");
+    assert!(err.contains("host_sockets=true"), "tcpx uses the host's sockets by default: {err}");
+    // The same plugin on its own runtime's sockets.
+    let o = cmd("greeter-client", &env)
+        .envs(with.iter().map(|(k, v)| (k, v)))
+        .env("TCPX_OWN_RUNTIME", "1")
+        .args(["--name", "Own"])
+        .output()?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "Hello Own\n");
+    assert!(err.contains("host_sockets=false"), "{err}");
 
     let out = svc.terminate(Duration::from_secs(15))?;
     assert!(out.status.success());
