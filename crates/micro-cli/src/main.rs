@@ -4,6 +4,9 @@
 //! `MICRO_*` environment fallbacks) works on every command, so the tool
 //! sees what the services see.
 
+mod api;
+mod scaffold;
+
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
 use micro::core::{headers, CallOptions, Message, Request};
@@ -16,7 +19,7 @@ use std::time::Duration;
     name = "micro",
     version,
     about = "Inspect and call micro services",
-    after_help = "Examples:\n  micro services\n  micro describe greeter\n  micro call greeter Greeter.Hello '{\"name\": \"John\"}'\n  micro publish events '{\"id\": 1}'"
+    after_help = "Examples:\n  micro services\n  micro describe greeter\n  micro call greeter Greeter.Hello '{\"name\": \"John\"}'\n  micro publish events '{\"id\": 1}' --broker http\n  micro subscribe events --broker http\n  micro health greeter\n  micro api --address 127.0.0.1:8080\n  micro new hello"
 )]
 struct Cli {
     /// Output format
@@ -71,12 +74,67 @@ enum Command {
     #[command(subcommand)]
     Plugin(PluginCommand),
     /// Publish a JSON message to a topic
-    #[command(after_help = "Example:\n  micro publish events '{\"id\": 1}'")]
+    #[command(after_help = "Example:\n  micro publish events '{\"id\": 1}' --broker http")]
     Publish {
         /// The topic
         topic: String,
         /// The message as JSON
         message: String,
+    },
+    /// Print the messages published to a topic until interrupted
+    #[command(after_help = "Example:\n  micro subscribe events --broker http\n  micro subscribe events --queue workers --count 10 --output json")]
+    Subscribe {
+        /// The topic
+        topic: String,
+        /// Join a queue group: each message goes to one member
+        #[arg(long)]
+        queue: Option<String>,
+        /// Stop after this many messages
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Check the health of each node of a service (its Debug.Health endpoint)
+    #[command(after_help = "Example:\n  micro health greeter")]
+    Health {
+        /// The service name
+        service: String,
+        /// Deadline per node, e.g. 2s
+        #[arg(long, value_parser = micro::flags::parse_duration, default_value = "2s")]
+        timeout: Duration,
+    },
+    /// Serve an HTTP API gateway: POST /<service>/<method> calls Handler.Method of a service
+    #[command(after_help = "Examples:\n  micro api --address 127.0.0.1:8080\n  curl -d '{\"name\": \"John\"}' http://127.0.0.1:8080/greeter/hello     # greeter Greeter.Hello\n  curl -d '{}' http://127.0.0.1:8080/greeter/say/hello                    # greeter Say.Hello")]
+    Api {
+        /// Address to listen on
+        #[arg(long, env = "MICRO_API_ADDRESS", default_value = "127.0.0.1:8080")]
+        address: String,
+        /// Prefix of service names (go-micro: go.micro.api)
+        #[arg(long, env = "MICRO_API_NAMESPACE", default_value = "")]
+        namespace: String,
+        /// Largest request body in bytes
+        #[arg(long, env = "MICRO_API_MAX_BODY", default_value_t = 1024 * 1024)]
+        max_body: usize,
+        /// Deadline of each call, e.g. 10s
+        #[arg(long, env = "MICRO_API_TIMEOUT", value_parser = micro::flags::parse_duration, default_value = "10s")]
+        timeout: Duration,
+        /// Answer CORS preflights and allow any origin (off by default)
+        #[arg(long, env = "MICRO_API_CORS")]
+        cors: bool,
+    },
+    /// Create a new service crate that builds and runs
+    #[command(after_help = "Example:\n  micro new hello && cd hello && cargo run")]
+    New {
+        /// The directory to create; its name is the service name
+        dir: std::path::PathBuf,
+        /// Use this micro checkout (crates/micro) instead of the one the tool was built from
+        #[arg(long)]
+        micro_path: Option<std::path::PathBuf>,
+    },
+    /// Print a shell completion script
+    #[command(after_help = "Example:\n  micro completion bash > /etc/bash_completion.d/micro")]
+    Completion {
+        /// The shell
+        shell: clap_complete::Shell,
     },
 }
 
@@ -231,20 +289,46 @@ fn main() -> std::process::ExitCode {
 async fn run() -> anyhow::Result<()> {
     micro::init_logging();
     let cli = Cli::parse();
-    if let Command::Plugin(cmd) = cli.command {
-        return plugin_command(cmd, cli.output, cli.micro.plugin_allow_insecure).await;
+    // Commands that need no components.
+    match cli.command {
+        Command::Plugin(cmd) => return plugin_command(cmd, cli.output, cli.micro.plugin_allow_insecure).await,
+        Command::New { dir, micro_path } => {
+            let files = scaffold::generate(&dir, &scaffold::micro_dependency(micro_path.as_deref()))?;
+            for f in files {
+                println!("created {}", f.display());
+            }
+            println!("\nbuild and run it:\n  cd {} && cargo run", dir.display());
+            return Ok(());
+        }
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "micro", &mut std::io::stdout());
+            return Ok(());
+        }
+        _ => {}
     }
     let svc = Service::builder("micro-cli").flags(cli.micro).build()?;
     match cli.command {
         Command::Services => {
-            let mut services = svc.registry().list_services().await?;
-            services.sort_by(|a, b| a.name.cmp(&b.name));
+            // One row per service name: its versions and node count.
+            let mut rows: std::collections::BTreeMap<String, (Vec<String>, usize)> = Default::default();
+            for s in svc.registry().list_services().await? {
+                let row = rows.entry(s.name).or_default();
+                if !row.0.contains(&s.version) {
+                    row.0.push(s.version);
+                }
+                row.1 += s.nodes.len();
+            }
             if cli.output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&services)?);
+                let v: Vec<_> = rows
+                    .into_iter()
+                    .map(|(name, (versions, nodes))| serde_json::json!({ "name": name, "versions": versions, "nodes": nodes }))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("{:<32} {:<12} {:>5}", "NAME", "VERSION", "NODES");
-                for s in services {
-                    println!("{:<32} {:<12} {:>5}", s.name, s.version, s.nodes.len());
+                println!("{:<32} {:<16} {:>5}", "NAME", "VERSIONS", "NODES");
+                for (name, (versions, nodes)) in rows {
+                    println!("{:<32} {:<16} {:>5}", name, versions.join(","), nodes);
                 }
             }
         }
@@ -287,7 +371,100 @@ async fn run() -> anyhow::Result<()> {
             let v: serde_json::Value = serde_json::from_slice(&resp.body).context("the response is not JSON")?;
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        Command::Plugin(_) => unreachable!("handled above"),
+        Command::Plugin(_) | Command::New { .. } | Command::Completion { .. } => {}
+        Command::Subscribe { topic, queue, count } => {
+            use micro::core::{BrokerHandler, SubscribeOptions};
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Message)>(1024);
+            let handler: BrokerHandler = std::sync::Arc::new(move |t, m| {
+                let tx = tx.clone();
+                Box::pin(async move {
+                    let _ = tx.send((t, m)).await;
+                    Ok(())
+                })
+            });
+            svc.broker().connect().await?;
+            let sub = svc.broker().subscribe(&topic, handler, SubscribeOptions { queue }).await?;
+            eprintln!("subscribed to {topic} on the {} broker; Ctrl-C to stop", svc.broker().name());
+            let mut seen = 0u64;
+            let stop = micro::shutdown_signal();
+            tokio::pin!(stop);
+            while count.is_none_or(|c| seen < c) {
+                let (t, m) = tokio::select! {
+                    r = &mut stop => { r?; break }
+                    m = rx.recv() => match m { Some(m) => m, None => break },
+                };
+                seen += 1;
+                let body: serde_json::Value = serde_json::from_slice(&m.body)
+                    .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&m.body).into_owned()));
+                if cli.output == Output::Json {
+                    println!("{}", serde_json::json!({ "topic": t, "header": m.header, "body": body }));
+                } else {
+                    println!("{t}: {body}");
+                }
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+            }
+            sub.unsubscribe().await?;
+            svc.broker().disconnect().await?;
+        }
+        Command::Health { service, timeout } => {
+            let services = svc.registry().get_service(&service).await?;
+            let mut rows = Vec::new();
+            for s in &services {
+                for n in &s.nodes {
+                    let req = Request {
+                        service: service.clone(),
+                        endpoint: "Debug.Health".into(),
+                        content_type: micro::codec::JSON.into(),
+                        body: bytes::Bytes::from_static(b"{}"),
+                        metadata: HashMap::new(),
+                    };
+                    let opts = CallOptions { timeout: Some(timeout), address: Some(n.address.clone()), retries: Some(0) };
+                    let (healthy, detail) = match svc.client().inner().call(req, opts).await {
+                        Ok(r) => {
+                            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                            (v["status"] == "ok", v.to_string())
+                        }
+                        Err(e) => (false, e.detail),
+                    };
+                    rows.push(serde_json::json!({ "id": n.id, "address": n.address, "version": s.version, "healthy": healthy, "detail": detail }));
+                }
+            }
+            let all = rows.iter().all(|r| r["healthy"] == true);
+            if cli.output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<48} {:<24} {:<10} DETAIL", "NODE", "ADDRESS", "STATUS");
+                for r in &rows {
+                    let status = if r["healthy"] == true { "healthy" } else { "unhealthy" };
+                    println!(
+                        "{:<48} {:<24} {:<10} {}",
+                        r["id"].as_str().unwrap_or(""),
+                        r["address"].as_str().unwrap_or(""),
+                        status,
+                        r["detail"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            if !all {
+                bail!("{} of {} nodes of {service} are unhealthy", rows.iter().filter(|r| r["healthy"] != true).count(), rows.len());
+            }
+        }
+        Command::Api { address, namespace, max_body, timeout, cors } => {
+            let listener = tokio::net::TcpListener::bind(&address).await.with_context(|| format!("listening on {address}"))?;
+            let bound = listener.local_addr()?;
+            println!("micro api listening on http://{bound}");
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            let opts = api::ApiOptions { namespace, max_body, timeout, cors };
+            api::serve(listener, svc.client().clone(), opts, async {
+                if let Err(e) = micro::shutdown_signal().await {
+                    tracing::warn!(error = %e, "cannot watch signals");
+                    std::future::pending::<()>().await;
+                }
+            })
+            .await?;
+        }
         Command::Publish { topic, message } => {
             let msg = Message::new(json_body(&message)?).with_header(headers::CONTENT_TYPE, micro::codec::JSON);
             svc.client().inner().publish(&topic, msg).await?;

@@ -21,6 +21,9 @@ pub fn builtin() -> Catalog {
         c.brokers.insert("memory", Arc::new(|o: BrokerOptions| {
             Ok(MemoryBroker::shared(o.addresses.first().map(String::as_str).unwrap_or("")) as Arc<dyn Broker>)
         }) as NewBroker);
+        c.brokers.insert("http", Arc::new(|o: BrokerOptions| {
+            Ok(Arc::new(crate::broker::HttpBroker::new(o)?) as Arc<dyn Broker>)
+        }) as NewBroker);
         c.clients.insert("mucp", Arc::new(|o| Ok(Arc::new(MucpClient::new(o)) as Arc<dyn Client>)) as NewClient);
         c.registries.insert("memory", Arc::new(|o: RegistryOptions| {
             Ok(MemoryRegistry::shared(o.addresses.first().map(String::as_str).unwrap_or("")) as Arc<dyn Registry>)

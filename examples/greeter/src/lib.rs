@@ -50,6 +50,20 @@ pub fn service(flags: Flags) -> Result<Service, micro::Error> {
         tokio::time::sleep(Duration::from_millis(req.ms)).await;
         Ok(HelloResponse { greeting: format!("slept {}ms", req.ms) })
     })?;
+    // Pub/sub: count the events published to `greeter.events`; Greeter.Events reports them.
+    let events = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = events.clone();
+    svc.subscribe("greeter.events", move |_: serde_json::Value| {
+        let seen = seen.clone();
+        async move {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    })?;
+    svc.handle("Greeter.Events", move |_: serde_json::Value| {
+        let n = events.load(std::sync::atomic::Ordering::SeqCst);
+        async move { Ok(serde_json::json!({ "received": n })) }
+    })?;
     let id = svc.server().service().nodes.first().map(|n| n.id.clone()).unwrap_or_default();
     svc.handle("Greeter.Whoami", move |_: serde_json::Value| {
         let id = id.clone();

@@ -1,5 +1,7 @@
 //! Built-in brokers.
 
+pub mod http;
 mod memory;
 
+pub use http::HttpBroker;
 pub use memory::MemoryBroker;

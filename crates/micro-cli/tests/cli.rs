@@ -1,0 +1,281 @@
+//! The `micro` tool against real service processes: output parsed, JSON
+//! shapes, error exits, the HTTP gateway through a real HTTP client, pub/sub
+//! across processes, and `micro new` building and answering.
+
+mod common;
+
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioExecutor;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct World {
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> std::io::Result<Self> {
+        Ok(World { dir: tempfile::tempdir()? })
+    }
+    fn env(&self, c: &mut Command) {
+        c.env_remove("MICRO_PLUGIN")
+            .env_remove("MICRO_CLIENT")
+            .env_remove("MICRO_TRANSPORT")
+            .env("MICRO_REGISTRY", "local")
+            .env("MICRO_REGISTRY_ADDRESS", self.dir.path().join("registry"))
+            .env("MICRO_BROKER", "http")
+            .env("MICRO_LOG_LEVEL", "warn");
+    }
+    fn micro(&self, args: &[&str]) -> std::io::Result<Output> {
+        let mut c = Command::new(MICRO);
+        self.env(&mut c);
+        c.args(args).output()
+    }
+    fn greeter(&self) -> std::io::Result<Proc> {
+        let mut c = Command::new(bin("greeter-service"));
+        self.env(&mut c);
+        Ok(Proc(c.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?))
+    }
+    fn registered(&self) -> Result<(), Box<dyn std::error::Error>> {
+        let t0 = Instant::now();
+        loop {
+            let o = self.micro(&["services", "--output", "json"])?;
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            if v.as_array().is_some_and(|a| a.iter().any(|s| s["name"] == "greeter")) {
+                return Ok(());
+            }
+            if t0.elapsed() > Duration::from_secs(20) {
+                return Err(format!("greeter never registered: {}", String::from_utf8_lossy(&o.stderr)).into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn services_describe_call_and_health() -> TestResult {
+    let w = World::new()?;
+    let _a = w.greeter()?;
+    let _b = w.greeter()?;
+    w.registered()?;
+    std::thread::sleep(Duration::from_millis(300)); // let the second node register too
+
+    let o = w.micro(&["services"])?;
+    assert!(o.status.success(), "{}", err(&o));
+    let table = out(&o);
+    let row = table.lines().find(|l| l.starts_with("greeter ")).ok_or(format!("no greeter row:\n{table}"))?;
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols, ["greeter", "1.0.0", "2"], "{table}");
+    let o = w.micro(&["services", "--output", "json"])?;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    let g = v.as_array().and_then(|a| a.iter().find(|s| s["name"] == "greeter")).ok_or("no greeter")?;
+    assert_eq!(g["versions"], serde_json::json!(["1.0.0"]));
+    assert_eq!(g["nodes"], 2);
+
+    let o = w.micro(&["describe", "greeter"])?;
+    let text = out(&o);
+    assert!(text.contains("service  greeter  version 1.0.0"), "{text}");
+    let hello = text.lines().find(|l| l.starts_with("Greeter.Hello")).ok_or("no endpoint row")?;
+    assert_eq!(hello.split_whitespace().collect::<Vec<_>>(), ["Greeter.Hello", "HelloRequest", "HelloResponse"]);
+    let o = w.micro(&["describe", "greeter", "--output", "json"])?;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    assert_eq!(v[0]["nodes"].as_array().map(Vec::len), Some(2));
+    assert_eq!(v[0]["nodes"][0]["metadata"]["protocol"], "mucp");
+
+    let o = w.micro(&["call", "greeter", "Greeter.Hello", r#"{"name": "John"}"#])?;
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o), "{\n  \"greeting\": \"Hello John\"\n}\n");
+    let o = w.micro(&["call", "greeter", "Greeter.Hello", r#"{"name": ""}"#, "--metadata", "trace=1", "--timeout", "2s"])?;
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(err(&o).trim(), r#"error: {"id":"greeter","code":400,"detail":"name must not be empty","status":"Bad Request"}"#);
+    let o = w.micro(&["call", "nobody", "X.Y"])?;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains(r#""code":404,"detail":"service nobody: not found""#), "{}", err(&o));
+    let o = w.micro(&["call", "greeter", "Greeter.Hello", "{not json"])?;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("not valid JSON"), "{}", err(&o));
+
+    let o = w.micro(&["health", "greeter"])?;
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o).lines().filter(|l| l.contains(" healthy ")).count(), 2, "{}", out(&o));
+    let o = w.micro(&["health", "greeter", "--output", "json"])?;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    assert!(v.as_array().is_some_and(|a| a.len() == 2 && a.iter().all(|n| n["healthy"] == true)), "{v}");
+    Ok(())
+}
+
+#[test]
+fn health_reports_a_dead_node() -> TestResult {
+    let w = World::new()?;
+    let mut a = w.greeter()?;
+    w.registered()?;
+    a.0.kill()?; // SIGKILL: its registration stays until the TTL
+    a.0.wait()?;
+    let o = w.micro(&["health", "greeter"])?;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(out(&o).contains("unhealthy"), "{}", out(&o));
+    assert!(err(&o).contains("1 of 1 nodes of greeter are unhealthy"), "{}", err(&o));
+    Ok(())
+}
+
+#[test]
+fn pub_sub_across_processes_through_the_http_broker() -> TestResult {
+    let w = World::new()?;
+    let _svc = w.greeter()?;
+    w.registered()?;
+    // A subscriber process, and publishers in other processes.
+    let mut c = Command::new(MICRO);
+    w.env(&mut c);
+    let mut sub = Proc(c.args(["subscribe", "greeter.events", "--count", "2", "--output", "json"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?);
+    // Wait until the subscription is in the registry.
+    let t0 = Instant::now();
+    loop {
+        let o = w.micro(&["describe", "micro.http.broker", "--output", "json"])?;
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        let nodes = v.as_array().map(|a| a.iter().map(|s| s["nodes"].as_array().map(Vec::len).unwrap_or(0)).sum::<usize>()).unwrap_or(0);
+        if nodes >= 2 {
+            break; // the greeter's subscriber and ours
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            return Err("subscriptions never registered".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for n in 1..=2 {
+        let o = w.micro(&["publish", "greeter.events", &format!(r#"{{"n": {n}}}"#)])?;
+        assert!(o.status.success(), "{}", err(&o));
+        assert_eq!(out(&o), "published to greeter.events\n");
+    }
+    let stdout = sub.0.stdout.take().ok_or("no stdout")?;
+    let lines: Vec<serde_json::Value> = BufReader::new(stdout).lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["topic"], "greeter.events");
+    assert_eq!(lines[0]["body"]["n"], 1);
+    assert_eq!(lines[1]["body"]["n"], 2);
+    assert_eq!(lines[0]["header"]["Content-Type"], "application/json");
+    // The service's subscriber got them too, in its own process.
+    let o = w.micro(&["call", "greeter", "Greeter.Events"])?;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    assert_eq!(v["received"], 2);
+    Ok(())
+}
+
+async fn http(method: &str, uri: &str, body: Vec<u8>) -> Result<(u16, hyper::HeaderMap, serde_json::Value), Box<dyn std::error::Error>> {
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+    let req = hyper::Request::builder().method(method).uri(uri).header("Content-Type", "application/json").body(Full::new(body.into()))?;
+    let resp = client.request(req).await?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    let v = if bytes.is_empty() { serde_json::Value::Null } else { serde_json::from_slice(&bytes)? };
+    Ok((status, headers, v))
+}
+
+fn start_api(w: &World, extra: &[&str]) -> Result<(Proc, String), Box<dyn std::error::Error>> {
+    let mut c = Command::new(MICRO);
+    w.env(&mut c);
+    let mut p = Proc(c.args(["api", "--address", "127.0.0.1:0", "--max-body", "1024"]).args(extra).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?);
+    let stdout = p.0.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let base = line.trim().strip_prefix("micro api listening on ").ok_or(format!("unexpected first line {line:?}"))?.to_string();
+    Ok((p, base))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_gateway_maps_paths_and_errors_like_go_micro() -> TestResult {
+    let w = World::new()?;
+    let _svc = w.greeter()?;
+    tokio::task::block_in_place(|| w.registered())?;
+    let (_api, base) = start_api(&w, &[])?;
+
+    let (code, headers, v) = http("POST", &format!("{base}/greeter/hello"), br#"{"name":"John"}"#.to_vec()).await?;
+    assert_eq!((code, v["greeting"].as_str()), (200, Some("Hello John")));
+    assert!(headers.get("access-control-allow-origin").is_none(), "CORS is off by default");
+    let (code, _, v) = http("POST", &format!("{base}/greeter/greeter/hello"), br#"{"name":"Jane"}"#.to_vec()).await?;
+    assert_eq!((code, v["greeting"].as_str()), (200, Some("Hello Jane")));
+
+    // Errors keep go-micro's JSON shape and their HTTP status.
+    let (code, _, v) = http("POST", &format!("{base}/greeter/hello"), br#"{"name":""}"#.to_vec()).await?;
+    assert_eq!(code, 400);
+    assert_eq!(v, serde_json::json!({"id":"greeter","code":400,"detail":"name must not be empty","status":"Bad Request"}));
+    let (code, _, v) = http("POST", &format!("{base}/nobody/hello"), b"{}".to_vec()).await?;
+    assert_eq!(code, 404);
+    assert_eq!((v["id"].as_str(), v["detail"].as_str()), (Some("go.micro.client"), Some("service nobody: not found")));
+    let (code, _, v) = http("POST", &format!("{base}/greeter/nope"), b"{}".to_vec()).await?;
+    assert_eq!((code, v["id"].as_str()), (404, Some("go.micro.server")));
+    let (code, _, v) = http("POST", &format!("{base}/greeter/hello"), b"{oops".to_vec()).await?;
+    assert_eq!((code, v["code"].as_i64()), (400, Some(400)));
+    let (code, _, v) = http("POST", &format!("{base}/greeter/hello"), vec![b' '; 4096]).await?;
+    assert_eq!((code, v["code"].as_i64(), v["status"].as_str()), (413, Some(413), Some("Request Entity Too Large")));
+    let (code, _, _) = http("DELETE", &format!("{base}/greeter/hello"), Vec::new()).await?;
+    assert_eq!(code, 405);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_gateway_answers_cors_when_asked() -> TestResult {
+    let w = World::new()?;
+    let (_api, base) = start_api(&w, &["--cors"])?;
+    let (code, headers, _) = http("OPTIONS", &format!("{base}/greeter/hello"), Vec::new()).await?;
+    assert_eq!(code, 204);
+    assert_eq!(headers.get("access-control-allow-origin").and_then(|v| v.to_str().ok()), Some("*"));
+    Ok(())
+}
+
+#[test]
+fn completion_and_help() -> TestResult {
+    let o = Command::new(MICRO).args(["completion", "bash"]).output()?;
+    assert!(o.status.success());
+    assert!(out(&o).contains("_micro()"), "a bash completion function");
+    for cmd in ["services", "describe", "call", "publish", "subscribe", "health", "api", "new", "plugin", "completion"] {
+        let o = Command::new(MICRO).args([cmd, "--help"]).output()?;
+        assert!(o.status.success(), "{cmd} --help");
+        let text = out(&o);
+        assert!(text.contains("Usage: micro"), "{cmd}: {text}");
+        assert!(text.contains("--registry <REGISTRY>"), "global flags on {cmd}");
+    }
+    Ok(())
+}
+
+#[test]
+fn new_scaffolds_a_service_that_builds_and_answers() -> TestResult {
+    let w = World::new()?;
+    let dir = w.dir.path().join("hello-svc");
+    let o = w.micro(&["new", dir.to_str().ok_or("path")?])?;
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(out(&o).contains("created"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let b = Command::new(cargo)
+        .current_dir(&dir)
+        .args(["build", "--offline", "--target-dir"])
+        .arg(plugin_target())
+        .output()?;
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    let mut c = Command::new(plugin_target().join("debug/hello-svc"));
+    w.env(&mut c);
+    let _svc = Proc(c.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+    let t0 = Instant::now();
+    loop {
+        let o = w.micro(&["call", "hello-svc", "HelloSvc.Call", r#"{"name": "John"}"#])?;
+        if o.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+            assert_eq!(v["msg"], "Hello John");
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            return Err(format!("the new service never answered: {}", err(&o)).into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}

@@ -1,0 +1,407 @@
+//! go-micro's default broker, `http`: every subscriber is an HTTP endpoint
+//! found through the registry, and publishing POSTs the message to it.
+//!
+//! The layout is go-micro's, so both can share a registry: a subscription
+//! registers a node of service `micro.http.broker` whose version is its
+//! queue group (or `ff.http.broadcast` without one), with id
+//! `<topic>-<broker id>` and metadata `broker=http`, `topic=<topic>`.
+//! `publish` sends `POST http://<node>/?id=<node id>` with the JSON
+//! `{"Header": {…}, "Body": "<base64>"}` (go-micro's `broker.Message`) to
+//! every broadcast subscriber of the topic and to one member of each queue
+//! group. Delivery is at-most-once: a failed POST is logged, not retried.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use micro_core::{
+    async_trait, headers, Broker, BrokerHandler, BrokerOptions, Error, Message, Node,
+    RegisterOptions, Registry, Result, Service, SubscribeOptions, Subscription,
+};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const ID: &str = "go.micro.broker";
+/// The registry service of HTTP broker subscribers, as go-micro names it.
+pub const SERVICE: &str = "micro.http.broker";
+/// The version of subscribers without a queue group.
+pub const BROADCAST: &str = "ff.http.broadcast";
+const MAX_BODY: usize = 4 * 1024 * 1024;
+const TTL: Duration = Duration::from_secs(60);
+const INTERVAL: Duration = Duration::from_secs(30);
+
+/// go-micro's `broker.Message` in JSON.
+#[derive(Serialize, Deserialize)]
+struct WireMessage {
+    #[serde(rename = "Header", default)]
+    header: HashMap<String, String>,
+    #[serde(rename = "Body", default, with = "b64")]
+    body: Vec<u8>,
+}
+
+mod b64 {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = Option::<String>::deserialize(d)?.unwrap_or_default();
+        base64::engine::general_purpose::STANDARD.decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+struct Sub {
+    topic: String,
+    handler: BrokerHandler,
+    record: Service,
+}
+
+struct Inner {
+    listen: String,
+    registry: Arc<dyn Registry>,
+    subs: Mutex<HashMap<String, Sub>>,
+    server: tokio::sync::Mutex<Option<(String, CancellationToken)>>,
+    client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+/// The HTTP broker.
+pub struct HttpBroker {
+    inner: Arc<Inner>,
+}
+
+impl HttpBroker {
+    /// A broker that finds subscribers through `opts.registry` and listens
+    /// on `opts.addresses[0]` (default `127.0.0.1:0`).
+    pub fn new(opts: BrokerOptions) -> Result<Self> {
+        let registry = opts
+            .registry
+            .ok_or_else(|| Error::internal(ID, "the http broker needs a registry"))?;
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build_http();
+        Ok(HttpBroker {
+            inner: Arc::new(Inner {
+                listen: opts.addresses.first().cloned().unwrap_or_else(|| "127.0.0.1:0".into()),
+                registry,
+                subs: Mutex::new(HashMap::new()),
+                server: tokio::sync::Mutex::new(None),
+                client,
+            }),
+        })
+    }
+}
+
+impl Inner {
+    /// Starts the HTTP server on first use; returns its address.
+    async fn serve(self: &Arc<Self>) -> Result<String> {
+        let mut server = self.server.lock().await;
+        if let Some((addr, _)) = &*server {
+            return Ok(addr.clone());
+        }
+        let listener = tokio::net::TcpListener::bind(&self.listen)
+            .await
+            .map_err(|e| Error::internal(ID, format!("http broker: listen on {}: {e}", self.listen)))?;
+        let addr = listener.local_addr().map_err(|e| Error::internal(ID, e.to_string()))?.to_string();
+        let cancel = CancellationToken::new();
+        let (stop, weak) = (cancel.clone(), Arc::downgrade(self));
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    a = listener.accept() => match a {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "http broker: accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let weak = weak.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let weak = weak.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(match weak.upgrade() {
+                                Some(inner) => inner.deliver(req).await,
+                                None => status(StatusCode::SERVICE_UNAVAILABLE, "broker stopped"),
+                            })
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        // Keep the registrations alive.
+        let (stop, weak) = (cancel.clone(), Arc::downgrade(self));
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(INTERVAL) => {}
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                let records: Vec<Service> = inner.subs.lock().unwrap_or_else(|p| p.into_inner()).values().map(|s| s.record.clone()).collect();
+                for r in records {
+                    if let Err(e) = inner.registry.register(&r, RegisterOptions { ttl: TTL }).await {
+                        tracing::warn!(error = %e, "http broker: re-registration failed");
+                    }
+                }
+            }
+        });
+        *server = Some((addr.clone(), cancel));
+        Ok(addr)
+    }
+
+    /// Serves one POST: hands the message to the subscriber named by `?id=`.
+    async fn deliver(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != hyper::Method::POST {
+            return status(StatusCode::METHOD_NOT_ALLOWED, "POST only");
+        }
+        let id = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("id=")))
+            .map(|s| s.replace("%2F", "/").replace("%3A", ":"))
+            .unwrap_or_default();
+        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return status(StatusCode::PAYLOAD_TOO_LARGE, &format!("reading message: {e}")),
+        };
+        let msg: WireMessage = match serde_json::from_slice(&body) {
+            Ok(m) => m,
+            Err(e) => return status(StatusCode::BAD_REQUEST, &format!("bad message: {e}")),
+        };
+        let Some(topic) = msg.header.get(headers::TOPIC).cloned() else {
+            return status(StatusCode::BAD_REQUEST, "message has no Micro-Topic header");
+        };
+        let handler = {
+            let subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
+            subs.get(&id).filter(|s| s.topic == topic).map(|s| s.handler.clone())
+        };
+        let Some(handler) = handler else {
+            return status(StatusCode::NOT_FOUND, &format!("no subscriber {id} for topic {topic}"));
+        };
+        match handler(topic.clone(), Message { header: msg.header, body: msg.body.into() }).await {
+            Ok(()) => status(StatusCode::OK, ""),
+            Err(e) => {
+                tracing::warn!(%topic, error = %e, "subscriber failed");
+                status(StatusCode::INTERNAL_SERVER_ERROR, &e.to_json())
+            }
+        }
+    }
+}
+
+fn status(code: StatusCode, text: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(text.to_string())));
+    *r.status_mut() = code;
+    r
+}
+
+#[async_trait]
+impl Broker for HttpBroker {
+    async fn connect(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn disconnect(&self) -> Result<()> {
+        let records: Vec<Service> = self.inner.subs.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, s)| s.record).collect();
+        for r in records {
+            let _ = self.inner.registry.deregister(&r).await;
+        }
+        if let Some((_, cancel)) = self.inner.server.lock().await.take() {
+            cancel.cancel();
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, topic: &str, mut msg: Message) -> Result<()> {
+        msg.header.insert(headers::TOPIC.into(), topic.into());
+        let services = match self.inner.registry.get_service(SERVICE).await {
+            Ok(s) => s,
+            Err(e) if e.code == 404 => return Ok(()), // nobody subscribes to anything
+            Err(e) => return Err(e),
+        };
+        // Broadcast subscribers all get it; each queue group once.
+        let mut targets: Vec<Node> = Vec::new();
+        let mut groups: BTreeMap<String, Vec<Node>> = BTreeMap::new();
+        for s in services {
+            for n in s.nodes {
+                if n.metadata.get("broker").map(String::as_str) != Some("http") || n.metadata.get("topic").map(String::as_str) != Some(topic) {
+                    continue;
+                }
+                if s.version == BROADCAST {
+                    targets.push(n);
+                } else {
+                    groups.entry(s.version.clone()).or_default().push(n);
+                }
+            }
+        }
+        for members in groups.into_values() {
+            let i = rand::rng().random_range(0..members.len());
+            targets.push(members[i].clone());
+        }
+        let body = Bytes::from(
+            serde_json::to_vec(&WireMessage { header: msg.header, body: msg.body.to_vec() })
+                .map_err(|e| Error::internal(ID, e.to_string()))?,
+        );
+        let sends = targets.into_iter().map(|node| {
+            let body = body.clone();
+            let client = self.inner.client.clone();
+            async move {
+                let uri = format!("http://{}/?id={}", node.address, node.id.replace('/', "%2F").replace(':', "%3A"));
+                let req = Request::post(&uri).header("Content-Type", "application/json").body(Full::new(body));
+                let res = match req {
+                    Ok(req) => client.request(req).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match res {
+                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) => tracing::warn!(%uri, status = %r.status(), "http broker: delivery refused"),
+                    Err(e) => tracing::warn!(%uri, error = %e, "http broker: delivery failed"),
+                }
+            }
+        });
+        futures::future::join_all(sends).await;
+        Ok(())
+    }
+
+    async fn subscribe(&self, topic: &str, handler: BrokerHandler, opts: SubscribeOptions) -> Result<Box<dyn Subscription>> {
+        if topic.is_empty() {
+            return Err(Error::bad_request(ID, "subscribe: empty topic"));
+        }
+        let addr = self.inner.serve().await?;
+        let id = format!("{topic}-{}", uuid::Uuid::new_v4());
+        let mut metadata = HashMap::new();
+        metadata.insert("broker".to_string(), "http".to_string());
+        metadata.insert("topic".to_string(), topic.to_string());
+        metadata.insert("secure".to_string(), "false".to_string());
+        let record = Service {
+            name: SERVICE.into(),
+            version: opts.queue.clone().unwrap_or_else(|| BROADCAST.into()),
+            nodes: vec![Node { id: id.clone(), address: addr, metadata }],
+            ..Default::default()
+        };
+        self.inner.registry.register(&record, RegisterOptions { ttl: TTL }).await?;
+        self.inner
+            .subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), Sub { topic: topic.to_string(), handler, record });
+        Ok(Box::new(HttpSubscription { inner: self.inner.clone(), id, topic: topic.to_string(), queue: opts.queue }))
+    }
+
+    fn address(&self) -> String {
+        self.inner.server.try_lock().ok().and_then(|s| s.as_ref().map(|(a, _)| a.clone())).unwrap_or_default()
+    }
+
+    fn name(&self) -> &str {
+        "http"
+    }
+}
+
+impl Drop for HttpBroker {
+    fn drop(&mut self) {
+        if let Ok(s) = self.inner.server.try_lock() {
+            if let Some((_, c)) = &*s {
+                c.cancel();
+            }
+        }
+    }
+}
+
+struct HttpSubscription {
+    inner: Arc<Inner>,
+    id: String,
+    topic: String,
+    queue: Option<String>,
+}
+
+#[async_trait]
+impl Subscription for HttpSubscription {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+    fn queue(&self) -> Option<&str> {
+        self.queue.as_deref()
+    }
+    async fn unsubscribe(&self) -> Result<()> {
+        let sub = self.inner.subs.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+        if let Some(s) = sub {
+            self.inner.registry.deregister(&s.record).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::MemoryRegistry;
+    use base64::Engine as _;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn broker(reg: &Arc<MemoryRegistry>) -> Result<HttpBroker> {
+        HttpBroker::new(BrokerOptions { addresses: vec![], registry: Some(reg.clone()) })
+    }
+
+    fn counter() -> (Arc<AtomicUsize>, BrokerHandler) {
+        let n = Arc::new(AtomicUsize::new(0));
+        let m = n.clone();
+        (n, Arc::new(move |_t, msg: Message| {
+            assert_eq!(msg.get("k"), Some("v"));
+            m.fetch_add(msg.body.len(), Ordering::SeqCst);
+            Box::pin(async { Ok(()) })
+        }))
+    }
+
+    #[tokio::test]
+    async fn broadcast_queue_groups_and_go_micro_layout() -> Result<()> {
+        let reg = Arc::new(MemoryRegistry::new());
+        let (a, b, p) = (broker(&reg)?, broker(&reg)?, broker(&reg)?);
+        let (all_a, ha) = counter();
+        let (all_b, hb) = counter();
+        let (q1, hq1) = counter();
+        let (q2, hq2) = counter();
+        a.subscribe("t", ha, SubscribeOptions::default()).await?;
+        let sb = b.subscribe("t", hb, SubscribeOptions::default()).await?;
+        a.subscribe("t", hq1, SubscribeOptions { queue: Some("g".into()) }).await?;
+        b.subscribe("t", hq2, SubscribeOptions { queue: Some("g".into()) }).await?;
+        let recs = reg.get_service(SERVICE).await?;
+        let versions: Vec<&str> = recs.iter().map(|s| s.version.as_str()).collect();
+        assert!(versions.contains(&BROADCAST) && versions.contains(&"g"), "{versions:?}");
+        let node = &recs[0].nodes[0];
+        assert_eq!(node.metadata.get("broker").map(String::as_str), Some("http"));
+        assert!(node.id.starts_with("t-"));
+        for _ in 0..40 {
+            p.publish("t", Message::new(&b"x"[..]).with_header("k", "v")).await?;
+        }
+        assert_eq!(all_a.load(Ordering::SeqCst), 40);
+        assert_eq!(all_b.load(Ordering::SeqCst), 40);
+        let (x, y) = (q1.load(Ordering::SeqCst), q2.load(Ordering::SeqCst));
+        assert_eq!(x + y, 40);
+        assert!(x > 0 && y > 0, "{x}/{y}");
+        sb.unsubscribe().await?;
+        p.publish("t", Message::new(&b"x"[..]).with_header("k", "v")).await?;
+        assert_eq!(all_b.load(Ordering::SeqCst), 40);
+        assert_eq!(all_a.load(Ordering::SeqCst), 41);
+        // Publishing to a topic nobody subscribes to is not an error.
+        p.publish("nobody", Message::new(&b"x"[..])).await?;
+        Ok(())
+    }
+
+    #[test]
+    fn the_json_is_go_micros_broker_message() -> std::result::Result<(), serde_json::Error> {
+        let m = WireMessage { header: [("Micro-Topic".to_string(), "t".to_string())].into_iter().collect(), body: b"{\"a\":1}".to_vec() };
+        let v: serde_json::Value = serde_json::from_slice(&serde_json::to_vec(&m)?)?;
+        assert_eq!(v["Header"]["Micro-Topic"], "t");
+        assert_eq!(v["Body"], base64::engine::general_purpose::STANDARD.encode(b"{\"a\":1}"));
+        Ok(())
+    }
+}
