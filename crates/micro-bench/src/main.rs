@@ -44,7 +44,9 @@ enum Cmd {
         plugin: PathBuf,
     },
     /// Calls/s through a built-in component and a plugin one (a transport or a client)
-    #[command(after_help = "Examples:\n  micro-bench boundary --kind transport --plugin target/bench/tcpx.so --name tcpx\n  micro-bench boundary --kind client --plugin target/bench/brpc.so --name brpc")]
+    #[command(
+        after_help = "Examples:\n  micro-bench boundary --kind transport --plugin target/bench/tcpx.so --name tcpx\n  micro-bench boundary --kind client --plugin target/bench/brpc.so --name brpc"
+    )]
     Boundary {
         /// Which component the plugin replaces
         #[arg(long, value_parser = ["transport", "client"], default_value = "transport")]
@@ -130,7 +132,10 @@ async fn run() -> anyhow::Result<()> {
                         }
                         let (_, t) = &contenders[i];
                         let s = measure(&plugin, &kind, t, n, window, payload).await?;
-                        let slot = results.iter_mut().find(|r| r.0.ends_with(&format!(": {t}")) && r.1 == n).context("slot")?;
+                        let slot = results
+                            .iter_mut()
+                            .find(|r| r.0.ends_with(&format!(": {t}")) && r.1 == n)
+                            .context("slot")?;
                         slot.2.push(s);
                     }
                 }
@@ -144,7 +149,13 @@ async fn run() -> anyhow::Result<()> {
                 s.sort_by(|a, b| a.rate.total_cmp(&b.rate));
                 let med = &s[s.len() / 2];
                 let spread = (s[s.len() - 1].rate - s[0].rate) / med.rate * 100.0;
-                println!("| {label} | {n} | {:.0} | ±{:.1}% | {:.0} µs | {:.0} µs |", med.rate, spread / 2.0, us(med.p50), us(med.p99));
+                println!(
+                    "| {label} | {n} | {:.0} | ±{:.1}% | {:.0} µs | {:.0} µs |",
+                    med.rate,
+                    spread / 2.0,
+                    us(med.p50),
+                    us(med.p99)
+                );
             }
         }
     }
@@ -166,9 +177,17 @@ struct Sample {
 
 /// One closed-loop run: a server and `callers` callers, with component
 /// `kind` (transport or client) named `name`.
-async fn measure(plugin: &std::path::Path, kind: &str, name: &str, callers: usize, window: Duration, payload: usize) -> anyhow::Result<Sample> {
+async fn measure(
+    plugin: &std::path::Path,
+    kind: &str,
+    name: &str,
+    callers: usize,
+    window: Duration,
+    payload: usize,
+) -> anyhow::Result<Sample> {
     let world = format!("bench-{name}-{callers}-{}", std::process::id());
-    let (transport, client) = if kind == "transport" { (Some(name.to_string()), None) } else { (None, Some(name.to_string())) };
+    let (transport, client) =
+        if kind == "transport" { (Some(name.to_string()), None) } else { (None, Some(name.to_string())) };
     let flags = Flags {
         plugin: vec![plugin.display().to_string()],
         transport,

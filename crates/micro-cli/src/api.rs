@@ -15,7 +15,9 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, CONTENT_TYPE};
+use hyper::header::{
+    HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, CONTENT_TYPE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use micro::core::{CallOptions, Error, Request as RpcRequest};
@@ -97,7 +99,10 @@ async fn handle(client: &TypedClient, opts: &ApiOptions, req: Request<Incoming>)
         return r;
     }
     if req.method() != Method::POST && req.method() != Method::GET {
-        return error_response(&Error::method_not_allowed(ID, format!("method {} not allowed; use POST", req.method())), cors);
+        return error_response(
+            &Error::method_not_allowed(ID, format!("method {} not allowed; use POST", req.method())),
+            cors,
+        );
     }
     let Some((service, endpoint)) = route(&opts.namespace, req.uri().path()) else {
         return error_response(&Error::not_found(ID, "no service in the path: use /<service>/<method>"), cors);
@@ -111,7 +116,9 @@ async fn handle(client: &TypedClient, opts: &ApiOptions, req: Request<Incoming>)
         }
     }
     let too_big = |n: usize| Error::new(ID, format!("request body over the limit of {n} bytes"), 413);
-    if let Some(len) = req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(len) =
+        req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+    {
         if len > opts.max_body {
             return error_response(&too_big(opts.max_body), cors);
         }

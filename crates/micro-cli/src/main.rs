@@ -51,7 +51,9 @@ enum Command {
         service: String,
     },
     /// Call an endpoint of a service with a JSON request
-    #[command(after_help = "Examples:\n  micro call greeter Greeter.Hello '{\"name\": \"John\"}'\n  micro call greeter Greeter.Hello '{\"name\": \"John\"}' --address 127.0.0.1:40000 --metadata trace=1")]
+    #[command(
+        after_help = "Examples:\n  micro call greeter Greeter.Hello '{\"name\": \"John\"}'\n  micro call greeter Greeter.Hello '{\"name\": \"John\"}' --address 127.0.0.1:40000 --metadata trace=1"
+    )]
     Call {
         /// The service name
         service: String,
@@ -82,7 +84,9 @@ enum Command {
         message: String,
     },
     /// Print the messages published to a topic until interrupted
-    #[command(after_help = "Example:\n  micro subscribe events --broker http\n  micro subscribe events --queue workers --count 10 --output json")]
+    #[command(
+        after_help = "Example:\n  micro subscribe events --broker http\n  micro subscribe events --queue workers --count 10 --output json"
+    )]
     Subscribe {
         /// The topic
         topic: String,
@@ -103,7 +107,9 @@ enum Command {
         timeout: Duration,
     },
     /// Serve an HTTP API gateway: POST /<service>/<method> calls Handler.Method of a service
-    #[command(after_help = "Examples:\n  micro api --address 127.0.0.1:8080\n  curl -d '{\"name\": \"John\"}' http://127.0.0.1:8080/greeter/hello     # greeter Greeter.Hello\n  curl -d '{}' http://127.0.0.1:8080/greeter/say/hello                    # greeter Say.Hello")]
+    #[command(
+        after_help = "Examples:\n  micro api --address 127.0.0.1:8080\n  curl -d '{\"name\": \"John\"}' http://127.0.0.1:8080/greeter/hello     # greeter Greeter.Hello\n  curl -d '{}' http://127.0.0.1:8080/greeter/say/hello                    # greeter Say.Hello"
+    )]
     Api {
         /// Address to listen on
         #[arg(long, env = "MICRO_API_ADDRESS", default_value = "127.0.0.1:8080")]
@@ -168,7 +174,9 @@ impl PluginSpec {
 #[derive(Subcommand)]
 enum PluginCommand {
     /// Generate a plugin crate from the template and compile it into a shared library
-    #[command(after_help = "Example:\n  micro plugin build --name brpc --type client --path examples/plugins/brpc --new-func new_client -o ./brpc.so\n  MICRO_PLUGIN=./brpc.so greeter-client --client brpc")]
+    #[command(
+        after_help = "Example:\n  micro plugin build --name brpc --type client --path examples/plugins/brpc --new-func new_client -o ./brpc.so\n  MICRO_PLUGIN=./brpc.so greeter-client --client brpc"
+    )]
     Build {
         #[command(flatten)]
         spec: PluginSpec,
@@ -186,7 +194,9 @@ enum PluginCommand {
         offline: bool,
     },
     /// Write the plugin crate's source only
-    #[command(after_help = "Example:\n  micro plugin generate --name brpc --type client --path examples/plugins/brpc --new-func new_client -o ./brpc-plugin")]
+    #[command(
+        after_help = "Example:\n  micro plugin generate --name brpc --type client --path examples/plugins/brpc --new-func new_client -o ./brpc-plugin"
+    )]
     Generate {
         #[command(flatten)]
         spec: PluginSpec,
@@ -217,7 +227,9 @@ async fn plugin_command(cmd: PluginCommand, output: Output, allow_insecure: bool
             let cfg = spec.config();
             let res = tokio::task::spawn_blocking(move || {
                 micro::plugin::build(&out, &cfg, &FrameworkSource::current(), &opts, |p| match p {
-                    Progress::Compiled { name, count } => bar.set_message(format!("compiled {count} crates, last: {name}")),
+                    Progress::Compiled { name, count } => {
+                        bar.set_message(format!("compiled {count} crates, last: {name}"))
+                    }
                     Progress::Line(l) => bar.println(l),
                 })
                 .map(|p| (p, bar))
@@ -278,7 +290,8 @@ async fn plugin_command(cmd: PluginCommand, output: Output, allow_insecure: bool
 }
 
 fn json_body(text: &str) -> anyhow::Result<bytes::Bytes> {
-    let v: serde_json::Value = serde_json::from_str(text).with_context(|| format!("the request is not valid JSON: {text}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(text).with_context(|| format!("the request is not valid JSON: {text}"))?;
     Ok(serde_json::to_vec(&v)?.into())
 }
 
@@ -347,7 +360,8 @@ async fn run() -> anyhow::Result<()> {
                     }
                     println!("\n{:<32} {:<24} RESPONSE", "ENDPOINT", "REQUEST");
                     for e in &s.endpoints {
-                        let shape = |v: &Option<micro::core::Value>| v.as_ref().map(|v| v.kind.clone()).unwrap_or_default();
+                        let shape =
+                            |v: &Option<micro::core::Value>| v.as_ref().map(|v| v.kind.clone()).unwrap_or_default();
                         println!("{:<32} {:<24} {}", e.name, shape(&e.request), shape(&e.response));
                     }
                     println!();
@@ -419,7 +433,8 @@ async fn run() -> anyhow::Result<()> {
                         body: bytes::Bytes::from_static(b"{}"),
                         metadata: HashMap::new(),
                     };
-                    let opts = CallOptions { timeout: Some(timeout), address: Some(n.address.clone()), retries: Some(0) };
+                    let opts =
+                        CallOptions { timeout: Some(timeout), address: Some(n.address.clone()), retries: Some(0) };
                     let (healthy, detail) = match svc.client().inner().call(req, opts).await {
                         Ok(r) => {
                             let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
@@ -447,11 +462,16 @@ async fn run() -> anyhow::Result<()> {
                 }
             }
             if !all {
-                bail!("{} of {} nodes of {service} are unhealthy", rows.iter().filter(|r| r["healthy"] != true).count(), rows.len());
+                bail!(
+                    "{} of {} nodes of {service} are unhealthy",
+                    rows.iter().filter(|r| r["healthy"] != true).count(),
+                    rows.len()
+                );
             }
         }
         Command::Api { address, namespace, max_body, timeout, cors } => {
-            let listener = tokio::net::TcpListener::bind(&address).await.with_context(|| format!("listening on {address}"))?;
+            let listener =
+                tokio::net::TcpListener::bind(&address).await.with_context(|| format!("listening on {address}"))?;
             let bound = listener.local_addr()?;
             println!("micro api listening on http://{bound}");
             use std::io::Write;

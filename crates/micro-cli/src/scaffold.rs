@@ -29,7 +29,10 @@ fn camel(name: &str) -> String {
 /// Writes the crate `dir` (its last component is the service name).
 pub(crate) fn generate(dir: &Path, micro: &str) -> anyhow::Result<Vec<PathBuf>> {
     let name = dir.file_name().and_then(|n| n.to_str()).context("the service needs a name")?.to_string();
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') || name.starts_with(|c: char| c.is_ascii_digit()) {
+    if name.is_empty()
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        || name.starts_with(|c: char| c.is_ascii_digit())
+    {
         bail!("{name:?} is not a valid crate name: use letters, digits, '-' and '_', not starting with a digit");
     }
     if dir.exists() {

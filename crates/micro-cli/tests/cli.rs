@@ -94,9 +94,13 @@ fn services_describe_call_and_health() -> TestResult {
     let o = w.micro(&["call", "greeter", "Greeter.Hello", r#"{"name": "John"}"#])?;
     assert!(o.status.success(), "{}", err(&o));
     assert_eq!(out(&o), "{\n  \"greeting\": \"Hello John\"\n}\n");
-    let o = w.micro(&["call", "greeter", "Greeter.Hello", r#"{"name": ""}"#, "--metadata", "trace=1", "--timeout", "2s"])?;
+    let o =
+        w.micro(&["call", "greeter", "Greeter.Hello", r#"{"name": ""}"#, "--metadata", "trace=1", "--timeout", "2s"])?;
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(err(&o).trim(), r#"error: {"id":"greeter","code":400,"detail":"name must not be empty","status":"Bad Request"}"#);
+    assert_eq!(
+        err(&o).trim(),
+        r#"error: {"id":"greeter","code":400,"detail":"name must not be empty","status":"Bad Request"}"#
+    );
     let o = w.micro(&["call", "nobody", "X.Y"])?;
     assert_eq!(o.status.code(), Some(1));
     assert!(err(&o).contains(r#""code":404,"detail":"service nobody: not found""#), "{}", err(&o));
@@ -135,13 +139,21 @@ fn pub_sub_across_processes_through_the_http_broker() -> TestResult {
     // A subscriber process, and publishers in other processes.
     let mut c = Command::new(MICRO);
     w.env(&mut c);
-    let mut sub = Proc(c.args(["subscribe", "greeter.events", "--count", "2", "--output", "json"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?);
+    let mut sub = Proc(
+        c.args(["subscribe", "greeter.events", "--count", "2", "--output", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
     // Wait until the subscription is in the registry.
     let t0 = Instant::now();
     loop {
         let o = w.micro(&["describe", "micro.http.broker", "--output", "json"])?;
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-        let nodes = v.as_array().map(|a| a.iter().map(|s| s["nodes"].as_array().map(Vec::len).unwrap_or(0)).sum::<usize>()).unwrap_or(0);
+        let nodes = v
+            .as_array()
+            .map(|a| a.iter().map(|s| s["nodes"].as_array().map(Vec::len).unwrap_or(0)).sum::<usize>())
+            .unwrap_or(0);
         if nodes >= 2 {
             break; // the greeter's subscriber and ours
         }
@@ -156,7 +168,8 @@ fn pub_sub_across_processes_through_the_http_broker() -> TestResult {
         assert_eq!(out(&o), "published to greeter.events\n");
     }
     let stdout = sub.0.stdout.take().ok_or("no stdout")?;
-    let lines: Vec<serde_json::Value> = BufReader::new(stdout).lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect();
+    let lines: Vec<serde_json::Value> =
+        BufReader::new(stdout).lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(lines[0]["topic"], "greeter.events");
     assert_eq!(lines[0]["body"]["n"], 1);
@@ -169,9 +182,17 @@ fn pub_sub_across_processes_through_the_http_broker() -> TestResult {
     Ok(())
 }
 
-async fn http(method: &str, uri: &str, body: Vec<u8>) -> Result<(u16, hyper::HeaderMap, serde_json::Value), Box<dyn std::error::Error>> {
+async fn http(
+    method: &str,
+    uri: &str,
+    body: Vec<u8>,
+) -> Result<(u16, hyper::HeaderMap, serde_json::Value), Box<dyn std::error::Error>> {
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
-    let req = hyper::Request::builder().method(method).uri(uri).header("Content-Type", "application/json").body(Full::new(body.into()))?;
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("Content-Type", "application/json")
+        .body(Full::new(body.into()))?;
     let resp = client.request(req).await?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
@@ -183,11 +204,21 @@ async fn http(method: &str, uri: &str, body: Vec<u8>) -> Result<(u16, hyper::Hea
 fn start_api(w: &World, extra: &[&str]) -> Result<(Proc, String), Box<dyn std::error::Error>> {
     let mut c = Command::new(MICRO);
     w.env(&mut c);
-    let mut p = Proc(c.args(["api", "--address", "127.0.0.1:0", "--max-body", "1024"]).args(extra).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?);
+    let mut p = Proc(
+        c.args(["api", "--address", "127.0.0.1:0", "--max-body", "1024"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
     let stdout = p.0.stdout.take().ok_or("no stdout")?;
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
-    let base = line.trim().strip_prefix("micro api listening on ").ok_or(format!("unexpected first line {line:?}"))?.to_string();
+    let base = line
+        .trim()
+        .strip_prefix("micro api listening on ")
+        .ok_or(format!("unexpected first line {line:?}"))?
+        .to_string();
     Ok((p, base))
 }
 
@@ -207,7 +238,10 @@ async fn the_api_gateway_maps_paths_and_errors_like_go_micro() -> TestResult {
     // Errors keep go-micro's JSON shape and their HTTP status.
     let (code, _, v) = http("POST", &format!("{base}/greeter/hello"), br#"{"name":""}"#.to_vec()).await?;
     assert_eq!(code, 400);
-    assert_eq!(v, serde_json::json!({"id":"greeter","code":400,"detail":"name must not be empty","status":"Bad Request"}));
+    assert_eq!(
+        v,
+        serde_json::json!({"id":"greeter","code":400,"detail":"name must not be empty","status":"Bad Request"})
+    );
     let (code, _, v) = http("POST", &format!("{base}/nobody/hello"), b"{}".to_vec()).await?;
     assert_eq!(code, 404);
     assert_eq!((v["id"].as_str(), v["detail"].as_str()), (Some("go.micro.client"), Some("service nobody: not found")));
@@ -237,7 +271,8 @@ fn completion_and_help() -> TestResult {
     let o = Command::new(MICRO).args(["completion", "bash"]).output()?;
     assert!(o.status.success());
     assert!(out(&o).contains("_micro()"), "a bash completion function");
-    for cmd in ["services", "describe", "call", "publish", "subscribe", "health", "api", "new", "plugin", "completion"] {
+    for cmd in ["services", "describe", "call", "publish", "subscribe", "health", "api", "new", "plugin", "completion"]
+    {
         let o = Command::new(MICRO).args([cmd, "--help"]).output()?;
         assert!(o.status.success(), "{cmd} --help");
         let text = out(&o);

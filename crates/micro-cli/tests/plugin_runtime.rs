@@ -55,7 +55,8 @@ fn probe_service(plugin: &std::path::Path) -> Result<Service, micro::Error> {
 }
 
 async fn call(c: &Arc<dyn Client>, endpoint: &str, body: &[u8]) -> Result<String, micro::core::Error> {
-    let req = Request { service: "x".into(), endpoint: endpoint.into(), body: body.to_vec().into(), ..Default::default() };
+    let req =
+        Request { service: "x".into(), endpoint: endpoint.into(), body: body.to_vec().into(), ..Default::default() };
     let r = c.call(req, CallOptions::default()).await?;
     Ok(String::from_utf8_lossy(&r.body).into_owned())
 }
@@ -88,7 +89,8 @@ async fn tokio_and_tracing_work_inside_a_plugin_and_panics_are_contained() -> Te
     // A tracing event of the plugin reaches the host's subscriber with its fields.
     assert_eq!(call(&c, "Probe.Log", b"").await?, "logged");
     let l = logs();
-    let line = l.lines().find(|l| l.contains("hello from the probe plugin")).ok_or(format!("event not forwarded:\n{l}"))?;
+    let line =
+        l.lines().find(|l| l.contains("hello from the probe plugin")).ok_or(format!("event not forwarded:\n{l}"))?;
     assert!(line.contains("WARN"), "{line}");
     assert!(line.contains("plugin=probe"), "{line}");
     assert!(line.contains("module=micro_plugin_probe"), "{line}");
@@ -109,7 +111,12 @@ async fn tokio_and_tracing_work_inside_a_plugin_and_panics_are_contained() -> Te
 async fn a_panicking_constructor_is_an_error_naming_the_plugin() -> TestResult {
     let plugin = tokio::task::spawn_blocking(|| probe(Some("panic-new"))).await?;
     let e = probe_service(&plugin).err().map(|e| e.to_string()).ok_or("built")?;
-    assert!(e.contains("cannot create client \"probe\": plugin probe: panic in constructor: probe panics in its constructor"), "{e}");
+    assert!(
+        e.contains(
+            "cannot create client \"probe\": plugin probe: panic in constructor: probe panics in its constructor"
+        ),
+        "{e}"
+    );
     Ok(())
 }
 

@@ -49,10 +49,8 @@ fn client_plugin_switches_the_unrebuilt_client_binary() -> TestResult {
     assert!(!String::from_utf8_lossy(&o.stderr).contains("brpc call"));
 
     // The same binary with the plugin: MICRO_PLUGIN and --client brpc.
-    let o = cmd("greeter-client", &env)
-        .env("MICRO_PLUGIN", &plugin)
-        .args(["--client", "brpc", "--count", "3"])
-        .output()?;
+    let o =
+        cmd("greeter-client", &env).env("MICRO_PLUGIN", &plugin).args(["--client", "brpc", "--count", "3"]).output()?;
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "Hello John\nHello John\nHello John\n");
@@ -75,7 +73,10 @@ fn transport_plugin_carries_the_calls_of_service_and_client() -> TestResult {
     let with = [("MICRO_PLUGIN", plugin.display().to_string()), ("MICRO_TRANSPORT", "tcpx".to_string())];
     let svc = service(&env, &with, &[])?;
     let listing = wait_registered(&env, "greeter", Duration::from_secs(20))?;
-    let desc = Command::new(MICRO).args(["describe", "greeter", "--output", "json"]).envs(env.iter().map(|(k, v)| (k, v))).output()?;
+    let desc = Command::new(MICRO)
+        .args(["describe", "greeter", "--output", "json"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()?;
     let desc: serde_json::Value = serde_json::from_slice(&desc.stdout)?;
     assert_eq!(desc[0]["nodes"][0]["metadata"]["transport"], "tcpx", "{listing}");
 
@@ -124,7 +125,10 @@ fn registry_plugin_holds_the_services_of_both_processes() -> TestResult {
     assert_eq!(first["service"]["name"], "greeter");
     assert!(first["service"]["nodes"][0]["address"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")));
     svc.terminate(Duration::from_secs(15))?;
-    assert!(std::fs::read_to_string(&log)?.lines().any(|l| l.contains("\"op\":\"del\"")), "deregistered through the plugin");
+    assert!(
+        std::fs::read_to_string(&log)?.lines().any(|l| l.contains("\"op\":\"del\"")),
+        "deregistered through the plugin"
+    );
     Ok(())
 }
 
@@ -149,7 +153,11 @@ fn bad_plugins_stop_start_up_with_exact_errors() -> TestResult {
 
     let text = d.join("notes.so");
     std::fs::write(&text, "not a library")?;
-    refused(&text.display().to_string(), &[], &format!("error: plugin {}: not a loadable shared library", text.canonicalize()?.display()))?;
+    refused(
+        &text.display().to_string(),
+        &[],
+        &format!("error: plugin {}: not a loadable shared library", text.canonicalize()?.display()),
+    )?;
 
     // A C shared library without the symbol, built here with cc.
     let c_src = d.join("lib.c");
@@ -160,14 +168,26 @@ fn bad_plugins_stop_start_up_with_exact_errors() -> TestResult {
     refused(&c_lib.display().to_string(), &[], "not a micro plugin: no `MICRO_PLUGIN` symbol")?;
 
     let bad_magic = probe(Some("bad-magic"));
-    refused(&bad_magic.display().to_string(), &[], "magic number mismatch: plugin has 0x4f5243494d544f4e, host has 0x474c504f5243494d")?;
+    refused(
+        &bad_magic.display().to_string(),
+        &[],
+        "magic number mismatch: plugin has 0x4f5243494d544f4e, host has 0x474c504f5243494d",
+    )?;
     let bad_abi = probe(Some("bad-abi"));
-    refused(&bad_abi.display().to_string(), &[], "plugin ABI version mismatch: plugin has 999, host has 1: rebuild the plugin against micro-plugin")?;
+    refused(
+        &bad_abi.display().to_string(),
+        &[],
+        "plugin ABI version mismatch: plugin has 999, host has 1: rebuild the plugin against micro-plugin",
+    )?;
 
     let unknown = probe(Some("unknown-type"));
     refused(&unknown.display().to_string(), &[], "unknown plugin type: database for probe")?;
     let wrong = probe(Some("wrong-kind"));
-    refused(&wrong.display().to_string(), &[], "invalid plugin probe: its NewFunc new_client makes a client, but its Type is transport")?;
+    refused(
+        &wrong.display().to_string(),
+        &[],
+        "invalid plugin probe: its NewFunc new_client makes a client, but its Type is transport",
+    )?;
     let panics = probe(Some("panic-init"));
     refused(&panics.display().to_string(), &[], "init of probe failed: panic in init: probe panics in init")?;
     refused(&panics.display().to_string(), &[], "plugin code panicked: probe panics in init")?;
@@ -195,7 +215,7 @@ fn bad_plugins_stop_start_up_with_exact_errors() -> TestResult {
 fn micro_with(plugins: &str, args: &[&str]) -> Result<(bool, String), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let o = Command::new(MICRO)
-        .envs(registry_env(dir.path()).into_iter())
+        .envs(registry_env(dir.path()))
         .env("MICRO_PLUGIN", plugins)
         .args(args)
         .arg("services")
@@ -212,7 +232,11 @@ fn plugin_lists_skip_empty_entries_load_a_file_once_and_honour_overrides() -> Te
     assert_eq!(err.matches("plugin loaded").count(), 1, "{err}");
 
     // The same file under two spellings is loaded once.
-    let other_spelling = format!("{}/../out/{}", good.parent().ok_or("no parent")?.display(), good.file_name().ok_or("no name")?.to_string_lossy());
+    let other_spelling = format!(
+        "{}/../out/{}",
+        good.parent().ok_or("no parent")?.display(),
+        good.file_name().ok_or("no name")?.to_string_lossy()
+    );
     let (ok, err) = micro_with(&format!("{g},{other_spelling}"), &[])?;
     assert!(ok, "{err}");
     assert_eq!(err.matches("plugin loaded").count(), 1, "{err}");
@@ -238,7 +262,13 @@ fn inspect_shows_the_config_and_whether_it_loads() -> TestResult {
     let o = Command::new(MICRO).args(["plugin", "inspect"]).arg(&good).output()?;
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
-    for want in ["Name:         probe", "Type:         client", "NewFunc:      new_client", "ABI version:  1 (host 1)", "Loadable:     yes"] {
+    for want in [
+        "Name:         probe",
+        "Type:         client",
+        "NewFunc:      new_client",
+        "ABI version:  1 (host 1)",
+        "Loadable:     yes",
+    ] {
         assert!(out.contains(want), "{want:?} in:\n{out}");
     }
     let o = Command::new(MICRO).args(["plugin", "inspect", "--output", "json"]).arg(&good).output()?;
@@ -250,7 +280,11 @@ fn inspect_shows_the_config_and_whether_it_loads() -> TestResult {
     let bad = probe(Some("bad-abi"));
     let o = Command::new(MICRO).args(["plugin", "inspect"]).arg(&bad).output()?;
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stdout).contains("Loadable:     no: plugin"), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("Loadable:     no: plugin"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     let wrong = probe(Some("wrong-kind"));
     let o = Command::new(MICRO).args(["plugin", "inspect"]).arg(&wrong).output()?;
     let out = String::from_utf8_lossy(&o.stdout);
@@ -274,7 +308,18 @@ fn generate_writes_a_crate_that_build_would_compile() -> TestResult {
     assert!(dir.path().join("gen/Cargo.lock").is_file(), "pinned to the host's dependency versions");
     // A failing build shows cargo's own error.
     let bad = Command::new(MICRO)
-        .args(["plugin", "build", "--name", "brpc", "--type", "client", "--new-func", "no_such_fn", "--debug", "--path"])
+        .args([
+            "plugin",
+            "build",
+            "--name",
+            "brpc",
+            "--type",
+            "client",
+            "--new-func",
+            "no_such_fn",
+            "--debug",
+            "--path",
+        ])
         .arg(root().join("examples/plugins/brpc"))
         .arg("-o")
         .arg(dir.path().join("x/brpc.so"))

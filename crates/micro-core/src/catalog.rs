@@ -4,8 +4,8 @@
 //! start-up flags pick from the tables by name.
 
 use crate::{
-    Broker, BrokerOptions, Client, ClientOptions, Codecs, Registry, RegistryOptions, Selector,
-    SelectorOptions, Server, ServerOptions, Transport, TransportOptions,
+    Broker, BrokerOptions, Client, ClientOptions, Codecs, Registry, RegistryOptions, Selector, SelectorOptions, Server,
+    ServerOptions, Transport, TransportOptions,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -48,10 +48,7 @@ pub struct Codecs {
 impl Codecs {
     /// An empty table whose default is `default_type`.
     pub fn new(default_type: impl Into<String>) -> Self {
-        Codecs {
-            by_type: HashMap::new(),
-            default_type: default_type.into(),
-        }
+        Codecs { by_type: HashMap::new(), default_type: default_type.into() }
     }
 
     /// Adds (or replaces) a codec under its content type.

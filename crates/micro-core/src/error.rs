@@ -9,7 +9,7 @@ use std::fmt;
 /// is an HTTP status code and `status` its text. It travels in the
 /// `Micro-Error` header as JSON and comes back to the caller as the same
 /// value. Like go-micro's, its `Display` is that JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Error {
     /// Who raised the error, e.g. `go.micro.client` or a service name.
     #[serde(default)]
@@ -28,12 +28,7 @@ pub struct Error {
 impl Error {
     /// An error with any code; `status` is derived from the code.
     pub fn new(id: impl Into<String>, detail: impl Into<String>, code: i32) -> Self {
-        Error {
-            id: id.into(),
-            code,
-            detail: detail.into(),
-            status: status_text(code).to_string(),
-        }
+        Error { id: id.into(), code, detail: detail.into(), status: status_text(code).to_string() }
     }
 
     /// 400 Bad Request.
@@ -84,21 +79,7 @@ impl Error {
     pub fn parse(text: &str) -> Self {
         match serde_json::from_str::<Error>(text) {
             Ok(e) => e,
-            Err(_) => Error {
-                detail: text.to_string(),
-                ..Error::default()
-            },
-        }
-    }
-}
-
-impl Default for Error {
-    fn default() -> Self {
-        Error {
-            id: String::new(),
-            code: 0,
-            detail: String::new(),
-            status: String::new(),
+            Err(_) => Error { detail: text.to_string(), ..Error::default() },
         }
     }
 }

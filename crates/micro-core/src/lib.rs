@@ -23,15 +23,14 @@ pub mod server;
 pub mod transport;
 
 pub use async_trait::async_trait;
-pub use catalog::{Catalog, Table, UnknownComponent};
 pub use broker::{Broker, BrokerHandler, BrokerOptions, SubscribeOptions, Subscription};
+pub use catalog::{Catalog, Table, UnknownComponent};
 pub use client::{CallOptions, Client, ClientOptions, Request, Response};
 pub use codec::{Codec, Codecs};
 pub use error::Error;
 pub use message::Message;
 pub use registry::{
-    Endpoint, Event, EventKind, Node, RegisterOptions, Registry, RegistryOptions, Service, Value,
-    WatchOptions, Watcher,
+    Endpoint, Event, EventKind, Node, RegisterOptions, Registry, RegistryOptions, Service, Value, WatchOptions, Watcher,
 };
 pub use selector::{SelectOptions, Selector, SelectorOptions};
 pub use server::{Handler, HandlerFn, Server, ServerOptions, Subscriber};

@@ -16,10 +16,7 @@ pub struct Message {
 impl Message {
     /// A message with the given body and no headers.
     pub fn new(body: impl Into<Bytes>) -> Self {
-        Message {
-            header: HashMap::new(),
-            body: body.into(),
-        }
+        Message { header: HashMap::new(), body: body.into() }
     }
 
     /// Adds a header, builder style.

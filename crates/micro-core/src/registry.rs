@@ -118,9 +118,7 @@ pub struct RegisterOptions {
 
 impl Default for RegisterOptions {
     fn default() -> Self {
-        RegisterOptions {
-            ttl: Duration::from_secs(60),
-        }
+        RegisterOptions { ttl: Duration::from_secs(60) }
     }
 }
 

@@ -1,9 +1,6 @@
 //! Serving endpoints and topic subscriptions.
 
-use crate::{
-    async_trait, Broker, BrokerHandler, BoxFuture, Endpoint, Request, Response, Result, Service,
-    Transport,
-};
+use crate::{async_trait, BoxFuture, Broker, BrokerHandler, Endpoint, Request, Response, Result, Service, Transport};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,10 +36,7 @@ pub struct Subscriber {
 
 impl std::fmt::Debug for Subscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscriber")
-            .field("topic", &self.topic)
-            .field("queue", &self.queue)
-            .finish()
+        f.debug_struct("Subscriber").field("topic", &self.topic).field("queue", &self.queue).finish()
     }
 }
 

@@ -110,7 +110,10 @@ fn package_name(dir: &Path) -> Result<String, BuildError> {
 }
 
 fn check(cfg: &BuildConfig) -> Result<(), BuildError> {
-    let ident = |s: &str| !s.is_empty() && s.split("::").all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    let ident = |s: &str| {
+        !s.is_empty()
+            && s.split("::").all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+    };
     if cfg.name.is_empty() || !cfg.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return Err(BuildError::Config(format!("plugin name {:?}: use letters, digits, '-' and '_'", cfg.name)));
     }
@@ -265,7 +268,9 @@ pub fn build(
             if is_cdylib {
                 artifact = v["filenames"]
                     .as_array()
-                    .and_then(|f| f.iter().filter_map(|f| f.as_str()).find(|f| f.ends_with(".so") || f.ends_with(".dylib")))
+                    .and_then(|f| {
+                        f.iter().filter_map(|f| f.as_str()).find(|f| f.ends_with(".so") || f.ends_with(".dylib"))
+                    })
                     .map(PathBuf::from);
             }
             progress(Progress::Compiled { name, count });
@@ -274,7 +279,10 @@ pub fn build(
     let status = child.wait().map_err(|e| BuildError::Config(format!("cargo: {e}")))?;
     let errors = err_reader.join().unwrap_or_default();
     if !status.success() {
-        let relevant: Vec<&String> = errors.iter().filter(|l| !l.trim_start().starts_with("Compiling") && !l.trim_start().starts_with("Downloaded")).collect();
+        let relevant: Vec<&String> = errors
+            .iter()
+            .filter(|l| !l.trim_start().starts_with("Compiling") && !l.trim_start().starts_with("Downloaded"))
+            .collect();
         return Err(BuildError::Cargo {
             name: cfg.name.clone(),
             dir,
@@ -320,10 +328,17 @@ mod tests {
 
     #[test]
     fn bad_input_is_refused() {
-        let cfg = BuildConfig { name: "a b".into(), kind: "client".into(), path: "/nonexistent".into(), new_func: "f".into() };
+        let cfg = BuildConfig {
+            name: "a b".into(),
+            kind: "client".into(),
+            path: "/nonexistent".into(),
+            new_func: "f".into(),
+        };
         assert!(generate(Path::new("/tmp/never"), &cfg, &FrameworkSource::Version("0".into())).is_err());
-        let cfg = BuildConfig { name: "ok".into(), kind: "client".into(), path: "/nonexistent".into(), new_func: "f".into() };
-        let e = generate(Path::new("/tmp/never"), &cfg, &FrameworkSource::Version("0".into())).err().map(|e| e.to_string());
+        let cfg =
+            BuildConfig { name: "ok".into(), kind: "client".into(), path: "/nonexistent".into(), new_func: "f".into() };
+        let e =
+            generate(Path::new("/tmp/never"), &cfg, &FrameworkSource::Version("0".into())).err().map(|e| e.to_string());
         assert_eq!(e.as_deref(), Some("--path /nonexistent: not a crate (no Cargo.toml)"));
     }
 }

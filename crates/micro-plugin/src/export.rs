@@ -7,8 +7,8 @@ use crate::abi::{self, FfiArgs, FfiBuf, FfiObject, FfiReply, FfiStr, HostApi, Lo
 use crate::object::panic_message;
 use crate::{options, proxy};
 use micro_core::{
-    Broker, BrokerOptions, Client, ClientOptions, Error, Registry, RegistryOptions, Result,
-    Selector, SelectorOptions, Server, ServerOptions, Transport, TransportOptions,
+    Broker, BrokerOptions, Client, ClientOptions, Error, Registry, RegistryOptions, Result, Selector, SelectorOptions,
+    Server, ServerOptions, Transport, TransportOptions,
 };
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, OnceLock};
@@ -124,23 +124,22 @@ pub unsafe fn init(host: *const HostApi, name: &'static str, hook: impl FnOnce()
         // Small, but two threads when there are two cores: the plugin's
         // reactor then keeps up while one thread runs plugin tasks.
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let threads = std::env::var("MICRO_PLUGIN_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(cores.min(2)).max(1);
+        let threads =
+            std::env::var("MICRO_PLUGIN_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(cores.min(2)).max(1);
         if RUNTIME.get().is_none() {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads)
                 .thread_name(format!("plugin-{name}"))
                 .enable_all()
                 .build()
-                .map_err(|e| Error::internal("go.micro.plugin", format!("init: cannot start the plugin runtime: {e}")))?;
+                .map_err(|e| {
+                    Error::internal("go.micro.plugin", format!("init: cannot start the plugin runtime: {e}"))
+                })?;
             let _ = RUNTIME.set(rt);
         }
         // SAFETY: the host's API is a static of the host, valid for the process.
         crate::host::set_host(unsafe { &*(host as *const HostApi) });
-        let _ = tracing::subscriber::set_global_default(Forwarder {
-            plugin: name,
-            log: host.log,
-            max: host.max_level,
-        });
+        let _ = tracing::subscriber::set_global_default(Forwarder { plugin: name, log: host.log, max: host.max_level });
         // Panics are caught at the boundary and returned as errors; report
         // them through the host's logging rather than the plugin's stderr.
         std::panic::set_hook(Box::new(|info| {
@@ -194,7 +193,9 @@ pub unsafe fn construct<K, F: Constructor<K>>(f: &F, args: FfiArgs) -> FfiReply 
     match res {
         Ok(Ok(obj)) => ok_reply(obj),
         Ok(Err(e)) => error_reply(e),
-        Err(p) => error_reply(Error::internal("go.micro.plugin", format!("panic in constructor: {}", panic_message(&*p)))),
+        Err(p) => {
+            error_reply(Error::internal("go.micro.plugin", format!("panic in constructor: {}", panic_message(&*p))))
+        }
     }
 }
 

@@ -86,7 +86,11 @@ impl HostStream {
         &self.peer
     }
 
-    fn poll_with(&mut self, cx: &mut Context<'_>, f: impl FnOnce(&FfiStream, *mut async_ffi::FfiContext<'_>) -> IoPoll) -> Poll<io::Result<usize>> {
+    fn poll_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        f: impl FnOnce(&FfiStream, *mut async_ffi::FfiContext<'_>) -> IoPoll,
+    ) -> Poll<io::Result<usize>> {
         let r = cx.with_ffi_context(|ctx| f(&self.inner, ctx));
         match r.status {
             0 => Poll::Ready(Ok(r.n)),

@@ -2,8 +2,8 @@
 #![allow(unsafe_code)]
 
 use crate::abi::{
-    FfiBuf, FfiListener, FfiListenerReply, FfiStr, FfiStream, FfiStreamReply, IoPoll,
-    ListenerFfiVTable, NetApi, StreamVTable,
+    FfiBuf, FfiListener, FfiListenerReply, FfiStr, FfiStream, FfiStreamReply, IoPoll, ListenerFfiVTable, NetApi,
+    StreamVTable,
 };
 use crate::object::panic_message;
 use async_ffi::{FfiContext, FfiFuture, FutureExt as _};
@@ -113,7 +113,10 @@ unsafe extern "C" fn bind(addr: FfiStr) -> FfiFuture<FfiListenerReply> {
                     let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
                     FfiListenerReply {
                         status: 0,
-                        listener: FfiListener { data: Box::into_raw(Box::new(l)) as *const c_void, vtable: &LISTENER_VTABLE },
+                        listener: FfiListener {
+                            data: Box::into_raw(Box::new(l)) as *const c_void,
+                            vtable: &LISTENER_VTABLE,
+                        },
                         addr: buf(bound),
                         error: FfiBuf::empty(),
                     }

@@ -337,7 +337,10 @@ fn check_permissions(file: &Path) -> Result<(), PluginError> {
     let insecure = |reason: String| PluginError::Insecure { path: file.to_path_buf(), reason };
     let meta = std::fs::metadata(file).map_err(|e| insecure(e.to_string()))?;
     if meta.mode() & 0o022 != 0 {
-        return Err(insecure(format!("the file is writable by group or others (mode {:o})", meta.permissions().mode() & 0o7777)));
+        return Err(insecure(format!(
+            "the file is writable by group or others (mode {:o})",
+            meta.permissions().mode() & 0o7777
+        )));
     }
     if meta.uid() != 0 && Some(meta.uid()) != me {
         return Err(insecure(format!("the file is owned by uid {}, not by this user or root", meta.uid())));
@@ -367,14 +370,29 @@ unsafe extern "C" fn host_log(ev: *const LogEvent) {
         let ev = unsafe { &*ev };
         // SAFETY: as above; the strings live during the call.
         let (plugin, target, message, fields) = unsafe {
-            (ev.plugin.to_string_lossy(), ev.target.to_string_lossy(), ev.message.to_string_lossy(), ev.fields.to_string_lossy())
+            (
+                ev.plugin.to_string_lossy(),
+                ev.target.to_string_lossy(),
+                ev.message.to_string_lossy(),
+                ev.fields.to_string_lossy(),
+            )
         };
         match ev.level {
-            1 => tracing::error!(target: "micro::plugin", plugin = %plugin, module = %target, fields = %fields, "{message}"),
-            2 => tracing::warn!(target: "micro::plugin", plugin = %plugin, module = %target, fields = %fields, "{message}"),
-            3 => tracing::info!(target: "micro::plugin", plugin = %plugin, module = %target, fields = %fields, "{message}"),
-            4 => tracing::debug!(target: "micro::plugin", plugin = %plugin, module = %target, fields = %fields, "{message}"),
-            _ => tracing::trace!(target: "micro::plugin", plugin = %plugin, module = %target, fields = %fields, "{message}"),
+            1 => {
+                tracing::error!(target: "micro::plugin", plugin = %plugin, module = %target, fields = %fields, "{message}")
+            }
+            2 => {
+                tracing::warn!(target: "micro::plugin", plugin = %plugin, module = %target, fields = %fields, "{message}")
+            }
+            3 => {
+                tracing::info!(target: "micro::plugin", plugin = %plugin, module = %target, fields = %fields, "{message}")
+            }
+            4 => {
+                tracing::debug!(target: "micro::plugin", plugin = %plugin, module = %target, fields = %fields, "{message}")
+            }
+            _ => {
+                tracing::trace!(target: "micro::plugin", plugin = %plugin, module = %target, fields = %fields, "{message}")
+            }
         }
     });
 }
@@ -391,12 +409,8 @@ unsafe extern "C" fn host_max_level() -> u32 {
 }
 
 fn host_api() -> &'static HostApi {
-    static API: HostApi = HostApi {
-        abi_version: abi::ABI_VERSION,
-        max_level: host_max_level,
-        log: host_log,
-        net: &crate::host_net::NET,
-    };
+    static API: HostApi =
+        HostApi { abi_version: abi::ABI_VERSION, max_level: host_max_level, log: host_log, net: &crate::host_net::NET };
     crate::host_net::remember_runtime();
     &API
 }
@@ -422,7 +436,9 @@ pub fn init(config: &Config, catalog: &mut Catalog) -> Result<Option<String>, Pl
             path,
             name: config.name.clone(),
             new_func: config.new_func.clone(),
-            makes: produces.map(|p| p.kind().to_string()).unwrap_or_else(|| format!("unknown component #{}", config.descriptor.produces)),
+            makes: produces
+                .map(|p| p.kind().to_string())
+                .unwrap_or_else(|| format!("unknown component #{}", config.descriptor.produces)),
             kind: config.kind.clone(),
         });
     }
@@ -445,16 +461,45 @@ pub fn init(config: &Config, catalog: &mut Catalog) -> Result<Option<String>, Pl
             e.detail = format!("plugin {name}: {}", e.detail);
             e
         })?;
-        r.object.ok_or_else(|| micro_core::Error::internal("go.micro.plugin", format!("plugin {name}: constructor returned nothing")))
+        r.object.ok_or_else(|| {
+            micro_core::Error::internal("go.micro.plugin", format!("plugin {name}: constructor returned nothing"))
+        })
     };
     let n = config.name.clone();
     let replaced = match produces {
-        Some(Produces::Broker) => catalog.brokers.insert(n, Arc::new(move |o| proxy::import_broker(construct(options::encode_broker(&o))?)) as NewBroker).is_some(),
-        Some(Produces::Client) => catalog.clients.insert(n, Arc::new(move |o| proxy::import_client(construct(options::encode_client(&o))?)) as NewClient).is_some(),
-        Some(Produces::Registry) => catalog.registries.insert(n, Arc::new(move |o| proxy::import_registry(construct(options::encode_registry(&o))?)) as NewRegistry).is_some(),
-        Some(Produces::Selector) => catalog.selectors.insert(n, Arc::new(move |o| proxy::import_selector(construct(options::encode_selector(&o))?)) as NewSelector).is_some(),
-        Some(Produces::Server) => catalog.servers.insert(n, Arc::new(move |o| proxy::import_server(construct(options::encode_server(&o))?)) as NewServer).is_some(),
-        Some(Produces::Transport) => catalog.transports.insert(n, Arc::new(move |o| proxy::import_transport(construct(options::encode_transport(&o))?)) as NewTransport).is_some(),
+        Some(Produces::Broker) => catalog
+            .brokers
+            .insert(n, Arc::new(move |o| proxy::import_broker(construct(options::encode_broker(&o))?)) as NewBroker)
+            .is_some(),
+        Some(Produces::Client) => catalog
+            .clients
+            .insert(n, Arc::new(move |o| proxy::import_client(construct(options::encode_client(&o))?)) as NewClient)
+            .is_some(),
+        Some(Produces::Registry) => catalog
+            .registries
+            .insert(
+                n,
+                Arc::new(move |o| proxy::import_registry(construct(options::encode_registry(&o))?)) as NewRegistry,
+            )
+            .is_some(),
+        Some(Produces::Selector) => catalog
+            .selectors
+            .insert(
+                n,
+                Arc::new(move |o| proxy::import_selector(construct(options::encode_selector(&o))?)) as NewSelector,
+            )
+            .is_some(),
+        Some(Produces::Server) => catalog
+            .servers
+            .insert(n, Arc::new(move |o| proxy::import_server(construct(options::encode_server(&o))?)) as NewServer)
+            .is_some(),
+        Some(Produces::Transport) => catalog
+            .transports
+            .insert(
+                n,
+                Arc::new(move |o| proxy::import_transport(construct(options::encode_transport(&o))?)) as NewTransport,
+            )
+            .is_some(),
         None => false,
     };
     Ok(replaced.then(|| config.name.clone()))

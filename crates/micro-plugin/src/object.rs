@@ -44,7 +44,12 @@ impl Reply {
 /// results encoded with [`wire`](crate::wire).
 pub trait Dispatch: Send + Sync + 'static {
     /// An async method. Decode `args` before returning the future.
-    fn call(self: Arc<Self>, method: u32, args: &[u8], objects: Vec<FfiObject>) -> BoxFuture<'static, Result<Reply, Error>>;
+    fn call(
+        self: Arc<Self>,
+        method: u32,
+        args: &[u8],
+        objects: Vec<FfiObject>,
+    ) -> BoxFuture<'static, Result<Reply, Error>>;
     /// A synchronous method.
     fn call_sync(&self, method: u32, args: &[u8], objects: Vec<FfiObject>) -> Result<Reply, Error>;
 }
@@ -72,12 +77,22 @@ struct Exported {
 
 /// Object-safe form of [`Dispatch`].
 trait DispatchDyn: Send + Sync {
-    fn call_dyn(self: Arc<Self>, method: u32, args: &[u8], objects: Vec<FfiObject>) -> BoxFuture<'static, Result<Reply, Error>>;
+    fn call_dyn(
+        self: Arc<Self>,
+        method: u32,
+        args: &[u8],
+        objects: Vec<FfiObject>,
+    ) -> BoxFuture<'static, Result<Reply, Error>>;
     fn call_sync_dyn(&self, method: u32, args: &[u8], objects: Vec<FfiObject>) -> Result<Reply, Error>;
 }
 
 impl<T: Dispatch> DispatchDyn for T {
-    fn call_dyn(self: Arc<Self>, method: u32, args: &[u8], objects: Vec<FfiObject>) -> BoxFuture<'static, Result<Reply, Error>> {
+    fn call_dyn(
+        self: Arc<Self>,
+        method: u32,
+        args: &[u8],
+        objects: Vec<FfiObject>,
+    ) -> BoxFuture<'static, Result<Reply, Error>> {
         self.call(method, args, objects)
     }
     fn call_sync_dyn(&self, method: u32, args: &[u8], objects: Vec<FfiObject>) -> Result<Reply, Error> {
@@ -110,7 +125,9 @@ pub fn export<T: Dispatch>(value: Arc<T>) -> FfiObject {
 
 fn reply_of(res: Result<Reply, Error>) -> FfiReply {
     match res {
-        Ok(r) => FfiReply { status: 0, bytes: FfiBuf::from_vec(r.bytes), object: r.object.unwrap_or_else(FfiObject::null) },
+        Ok(r) => {
+            FfiReply { status: 0, bytes: FfiBuf::from_vec(r.bytes), object: r.object.unwrap_or_else(FfiObject::null) }
+        }
         Err(e) => FfiReply { status: 1, bytes: FfiBuf::from_vec(e.to_json().into_bytes()), object: FfiObject::null() },
     }
 }

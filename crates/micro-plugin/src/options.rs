@@ -5,8 +5,7 @@ use crate::abi::FfiObject;
 use crate::proxy::*;
 use crate::wire::{Reader, Writer};
 use micro_core::{
-    BrokerOptions, ClientOptions, Error, RegistryOptions, Result, SelectorOptions, ServerOptions,
-    TransportOptions,
+    BrokerOptions, ClientOptions, Error, RegistryOptions, Result, SelectorOptions, ServerOptions, TransportOptions,
 };
 use std::time::Duration;
 
@@ -52,7 +51,10 @@ pub fn encode_selector(o: &SelectorOptions) -> Encoded {
 /// Selector options.
 pub fn decode_selector(b: &[u8], objects: Vec<FfiObject>) -> Result<SelectorOptions> {
     let mut it = objects.into_iter();
-    Ok(SelectorOptions { cache_ttl: Reader::new(b).duration()?, registry: import_registry(next(&mut it, "registry")?)? })
+    Ok(SelectorOptions {
+        cache_ttl: Reader::new(b).duration()?,
+        registry: import_registry(next(&mut it, "registry")?)?,
+    })
 }
 
 /// Broker options.

@@ -3,14 +3,13 @@
 //! Host and plugin link the same code, so the two ends always agree; the
 //! method numbers below are part of the ABI.
 
+use crate::abi::FfiObject;
 use crate::object::{export, unknown_method, Dispatch, Remote, Reply};
 use crate::wire::{self, Reader, Writer};
-use crate::abi::FfiObject;
 use micro_core::{
-    async_trait, BoxFuture, Broker, BrokerHandler, CallOptions, Client, Endpoint, Error, Event,
-    EventKind, Handler, HandlerFn, Listener, Message, Node, RegisterOptions, Registry, Request,
-    Response, Result, SelectOptions, Selector, Server, Service, Socket, SubscribeOptions,
-    Subscriber, Subscription, Transport, Watcher, WatchOptions,
+    async_trait, BoxFuture, Broker, BrokerHandler, CallOptions, Client, Endpoint, Error, Event, EventKind, Handler,
+    HandlerFn, Listener, Message, Node, RegisterOptions, Registry, Request, Response, Result, SelectOptions, Selector,
+    Server, Service, Socket, SubscribeOptions, Subscriber, Subscription, Transport, WatchOptions, Watcher,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -223,7 +222,8 @@ struct WatcherProxy {
 impl Watcher for WatcherProxy {
     async fn next(&mut self) -> Result<Event> {
         let r = self.remote.call(watcher_m::NEXT, &[], Vec::new()).await?;
-        let ev: WireEvent = serde_json::from_slice(r.bytes.as_slice()).map_err(|e| Error::internal("go.micro.plugin", e.to_string()))?;
+        let ev: WireEvent = serde_json::from_slice(r.bytes.as_slice())
+            .map_err(|e| Error::internal("go.micro.plugin", e.to_string()))?;
         Ok(Event { kind: ev.action, service: ev.service })
     }
     fn stop(&self) {
@@ -440,7 +440,8 @@ impl Dispatch for SelectorExport {
                 let exclude = dec!(r.strings());
                 Box::pin(async move {
                     let node = self.0.select(&service, SelectOptions { exclude }).await?;
-                    let mut w = Writer::with_capacity(12 + node.id.len() + node.address.len() + wire::map_len(&node.metadata));
+                    let mut w =
+                        Writer::with_capacity(12 + node.id.len() + node.address.len() + wire::map_len(&node.metadata));
                     wire::put_node(&mut w, &node);
                     Ok(Reply::bytes(w.finish()))
                 })
@@ -528,7 +529,12 @@ mod broker_m {
 struct BrokerExport(Arc<dyn Broker>);
 
 impl Dispatch for BrokerExport {
-    fn call(self: Arc<Self>, method: u32, args: &[u8], mut objects: Vec<FfiObject>) -> BoxFuture<'static, Result<Reply>> {
+    fn call(
+        self: Arc<Self>,
+        method: u32,
+        args: &[u8],
+        mut objects: Vec<FfiObject>,
+    ) -> BoxFuture<'static, Result<Reply>> {
         let mut r = Reader::new(args);
         match method {
             broker_m::CONNECT => Box::pin(async move { self.0.connect().await.and_then(|_| ok()) }),
@@ -590,7 +596,12 @@ impl Broker for BrokerProxy {
         wire::put_message(&mut w, &msg);
         self.remote.call(broker_m::PUBLISH, &w.finish(), Vec::new()).await.map(|_| ())
     }
-    async fn subscribe(&self, topic: &str, handler: BrokerHandler, opts: SubscribeOptions) -> Result<Box<dyn Subscription>> {
+    async fn subscribe(
+        &self,
+        topic: &str,
+        handler: BrokerHandler,
+        opts: SubscribeOptions,
+    ) -> Result<Box<dyn Subscription>> {
         let mut w = Writer::new();
         w.str(topic).opt_str(opts.queue.as_deref());
         let r = self.remote.call(broker_m::SUBSCRIBE, &w.finish(), vec![export_broker_handler(handler)]).await?;

@@ -238,11 +238,7 @@ pub fn put_response(w: &mut Writer, p: &Response) {
 
 /// Decodes a response.
 pub fn get_response(r: &mut Reader<'_>) -> Result<Response, Error> {
-    Ok(Response {
-        content_type: r.string()?,
-        metadata: r.map()?,
-        body: Bytes::copy_from_slice(r.bytes()?),
-    })
+    Ok(Response { content_type: r.string()?, metadata: r.map()?, body: Bytes::copy_from_slice(r.bytes()?) })
 }
 
 /// Encodes call options.

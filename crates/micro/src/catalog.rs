@@ -8,43 +8,54 @@ use crate::selector::{CacheSelector, Strategy};
 use crate::server::MucpServer;
 use crate::transport::TcpTransport;
 pub use micro_core::catalog::{
-    Catalog, NewBroker, NewClient, NewRegistry, NewSelector, NewServer, NewTransport, Table,
-    UnknownComponent,
+    Catalog, NewBroker, NewClient, NewRegistry, NewSelector, NewServer, NewTransport, Table, UnknownComponent,
 };
 use micro_core::{Broker, BrokerOptions, Client, Registry, RegistryOptions, Selector, Server, Transport};
 use std::sync::Arc;
 
 /// A catalog holding the built-in components.
 pub fn builtin() -> Catalog {
-        let mut c = Catalog::empty(crate::codec::JSON);
-        c.codecs = crate::codec::builtin();
-        c.brokers.insert("memory", Arc::new(|o: BrokerOptions| {
+    let mut c = Catalog::empty(crate::codec::JSON);
+    c.codecs = crate::codec::builtin();
+    c.brokers.insert(
+        "memory",
+        Arc::new(|o: BrokerOptions| {
             Ok(MemoryBroker::shared(o.addresses.first().map(String::as_str).unwrap_or("")) as Arc<dyn Broker>)
-        }) as NewBroker);
-        c.brokers.insert("http", Arc::new(|o: BrokerOptions| {
-            Ok(Arc::new(crate::broker::HttpBroker::new(o)?) as Arc<dyn Broker>)
-        }) as NewBroker);
-        c.clients.insert("mucp", Arc::new(|o| Ok(Arc::new(MucpClient::new(o)) as Arc<dyn Client>)) as NewClient);
-        c.registries.insert("memory", Arc::new(|o: RegistryOptions| {
+        }) as NewBroker,
+    );
+    c.brokers.insert(
+        "http",
+        Arc::new(|o: BrokerOptions| Ok(Arc::new(crate::broker::HttpBroker::new(o)?) as Arc<dyn Broker>)) as NewBroker,
+    );
+    c.clients.insert("mucp", Arc::new(|o| Ok(Arc::new(MucpClient::new(o)) as Arc<dyn Client>)) as NewClient);
+    c.registries.insert(
+        "memory",
+        Arc::new(|o: RegistryOptions| {
             Ok(MemoryRegistry::shared(o.addresses.first().map(String::as_str).unwrap_or("")) as Arc<dyn Registry>)
-        }) as NewRegistry);
-        c.registries.insert("local", Arc::new(|o: RegistryOptions| {
+        }) as NewRegistry,
+    );
+    c.registries.insert(
+        "local",
+        Arc::new(|o: RegistryOptions| {
             let dir = match o.addresses.first() {
                 Some(d) if !d.is_empty() => d.into(),
                 _ => LocalRegistry::default_dir(),
             };
             Ok(Arc::new(LocalRegistry::new(dir)?) as Arc<dyn Registry>)
-        }) as NewRegistry);
-        c.selectors.insert("random", Arc::new(|o| {
-            Ok(Arc::new(CacheSelector::new(o, Strategy::Random)) as Arc<dyn Selector>)
-        }) as NewSelector);
-        c.selectors.insert("roundrobin", Arc::new(|o| {
-            Ok(Arc::new(CacheSelector::new(o, Strategy::RoundRobin)) as Arc<dyn Selector>)
-        }) as NewSelector);
-        c.servers.insert("mucp", Arc::new(|o| Ok(Arc::new(MucpServer::new(o)) as Arc<dyn Server>)) as NewServer);
-        c.transports.insert("tcp", Arc::new(|o| Ok(Arc::new(TcpTransport::new(o)) as Arc<dyn Transport>)) as NewTransport);
-        c
-    }
+        }) as NewRegistry,
+    );
+    c.selectors.insert(
+        "random",
+        Arc::new(|o| Ok(Arc::new(CacheSelector::new(o, Strategy::Random)) as Arc<dyn Selector>)) as NewSelector,
+    );
+    c.selectors.insert(
+        "roundrobin",
+        Arc::new(|o| Ok(Arc::new(CacheSelector::new(o, Strategy::RoundRobin)) as Arc<dyn Selector>)) as NewSelector,
+    );
+    c.servers.insert("mucp", Arc::new(|o| Ok(Arc::new(MucpServer::new(o)) as Arc<dyn Server>)) as NewServer);
+    c.transports.insert("tcp", Arc::new(|o| Ok(Arc::new(TcpTransport::new(o)) as Arc<dyn Transport>)) as NewTransport);
+    c
+}
 
 #[cfg(test)]
 mod tests {

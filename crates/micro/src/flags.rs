@@ -85,8 +85,7 @@ pub struct Flags {
 
 /// Splits a comma-separated address list, skipping empty entries.
 pub fn split_list(s: Option<&str>) -> Vec<String> {
-    s.map(|s| s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect())
-        .unwrap_or_default()
+    s.map(|s| s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect()).unwrap_or_default()
 }
 
 /// Parses `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
@@ -131,7 +130,15 @@ mod tests {
 
     #[test]
     fn hyphen_and_go_micro_underscore_spellings() -> Result<(), clap::Error> {
-        let c = Cli::try_parse_from(["x", "--server_name", "a", "--registry-address", "/tmp/r", "--server-metadata", "a=1,b=2"])?;
+        let c = Cli::try_parse_from([
+            "x",
+            "--server_name",
+            "a",
+            "--registry-address",
+            "/tmp/r",
+            "--server-metadata",
+            "a=1,b=2",
+        ])?;
         assert_eq!(c.flags.server_name.as_deref(), Some("a"));
         assert_eq!(c.flags.registry_address.as_deref(), Some("/tmp/r"));
         assert_eq!(c.flags.server_metadata, ["a=1", "b=2"]);

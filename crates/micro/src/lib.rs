@@ -66,13 +66,20 @@ pub enum Error {
     },
     /// A plugin could not be loaded or initialised.
     #[error(transparent)]
-    Plugin(#[from] micro_plugin::PluginError),
+    Plugin(Box<micro_plugin::PluginError>),
     /// A bad setting.
     #[error("{0}")]
     Config(String),
     /// A component failed at run time.
     #[error("{0}")]
     Rpc(#[from] micro_core::Error),
+}
+
+impl From<micro_plugin::PluginError> for Error {
+    fn from(e: micro_plugin::PluginError) -> Self {
+        // Boxed: plugin errors carry paths and would make every Result large.
+        Error::Plugin(Box::new(e))
+    }
 }
 
 /// Sets up logging to stderr, filtered by `MICRO_LOG_LEVEL` or `RUST_LOG`
@@ -83,10 +90,7 @@ pub fn init_logging() {
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| "info".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(EnvFilter::new(filter)).with_writer(std::io::stderr).try_init();
 }
 
 /// Runs a program's async `main` on a new multi-threaded runtime and turns

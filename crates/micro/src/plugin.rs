@@ -49,7 +49,10 @@ impl crate::transport::Net for HostNet {
     type Stream = micro_plugin::host::HostStream;
     type Listener = micro_plugin::host::HostListener;
 
-    fn connect<'a>(&'a self, addr: &'a str) -> micro_core::BoxFuture<'a, std::io::Result<crate::transport::Conn<Self::Stream>>> {
+    fn connect<'a>(
+        &'a self,
+        addr: &'a str,
+    ) -> micro_core::BoxFuture<'a, std::io::Result<crate::transport::Conn<Self::Stream>>> {
         Box::pin(async move {
             let s = micro_plugin::host::connect(addr).await?;
             Ok(crate::transport::Conn { local: s.local_addr().to_string(), peer: s.peer_addr().to_string(), stream: s })
@@ -64,7 +67,10 @@ impl crate::transport::Net for HostNet {
         })
     }
 
-    fn accept<'a>(&'a self, l: &'a Self::Listener) -> micro_core::BoxFuture<'a, std::io::Result<crate::transport::Conn<Self::Stream>>> {
+    fn accept<'a>(
+        &'a self,
+        l: &'a Self::Listener,
+    ) -> micro_core::BoxFuture<'a, std::io::Result<crate::transport::Conn<Self::Stream>>> {
         Box::pin(async move {
             let s = l.accept().await?;
             Ok(crate::transport::Conn { local: s.local_addr().to_string(), peer: s.peer_addr().to_string(), stream: s })

@@ -7,9 +7,8 @@ use crate::flags::{split_list, Flags};
 use crate::server::{typed_handler, typed_subscriber, Context};
 use crate::Error;
 use micro_core::{
-    Broker, BrokerOptions, ClientOptions, Codecs, Handler, RegisterOptions, Registry,
-    RegistryOptions, Selector, SelectorOptions, Server, ServerOptions, Transport,
-    TransportOptions,
+    Broker, BrokerOptions, ClientOptions, Codecs, Handler, RegisterOptions, Registry, RegistryOptions, Selector,
+    SelectorOptions, Server, ServerOptions, Transport, TransportOptions,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
@@ -100,11 +99,9 @@ impl ServiceBuilder {
             let name = name.to_string();
             move |source: micro_core::Error| Error::Component { kind, name, source }
         };
-        let registry = new_registry(RegistryOptions {
-            addresses: split_list(f.registry_address.as_deref()),
-            timeout: None,
-        })
-        .map_err(failed("registry", &names.registry))?;
+        let registry =
+            new_registry(RegistryOptions { addresses: split_list(f.registry_address.as_deref()), timeout: None })
+                .map_err(failed("registry", &names.registry))?;
         let broker = new_broker(BrokerOptions {
             addresses: split_list(f.broker_address.as_deref()),
             registry: Some(registry.clone()),
@@ -172,9 +169,7 @@ impl ServiceBuilder {
             register_interval,
             heartbeat: Mutex::new(None),
         };
-        service.handle("Debug.Health", |_: serde_json::Value| async {
-            Ok(serde_json::json!({ "status": "ok" }))
-        })?;
+        service.handle("Debug.Health", |_: serde_json::Value| async { Ok(serde_json::json!({ "status": "ok" })) })?;
         Ok(service)
     }
 }

@@ -7,8 +7,8 @@
 use micro::broker::MemoryBroker;
 use micro::client::MucpClient;
 use micro::core::{
-    Broker, BrokerOptions, Client, ClientOptions, Registry, RegistryOptions, Result, Selector,
-    SelectorOptions, Server, ServerOptions, Transport, TransportOptions,
+    Broker, BrokerOptions, Client, ClientOptions, Registry, RegistryOptions, Result, Selector, SelectorOptions, Server,
+    ServerOptions, Transport, TransportOptions,
 };
 use micro::registry::MemoryRegistry;
 use micro::selector::{CacheSelector, Strategy};

@@ -179,10 +179,8 @@ async fn direct_address_skips_the_registry() -> TestResult {
     let addr = svc.server().service().nodes[0].address.clone();
     let c = caller("rpc-direct-other-world")?;
     let opts = CallOptions { address: Some(addr), ..Default::default() };
-    let g: Greeting = c
-        .client()
-        .call_with("greeter", "Greeter.Hello", &Hello { name: "D".into() }, HashMap::new(), opts)
-        .await?;
+    let g: Greeting =
+        c.client().call_with("greeter", "Greeter.Hello", &Hello { name: "D".into() }, HashMap::new(), opts).await?;
     assert_eq!(g.greeting, "Hello D");
     svc.stop().await?;
     Ok(())
@@ -195,9 +193,8 @@ async fn stop_deregisters_and_drains_in_flight_requests() -> TestResult {
     let c = caller("rpc-drain")?;
     assert_eq!(c.registry().get_service("greeter").await?[0].nodes.len(), 1);
     let client = c.client().clone();
-    let slow = tokio::spawn(async move {
-        client.call::<_, Greeting>("greeter", "Greeter.Sleep", &Sleep { ms: 500 }).await
-    });
+    let slow =
+        tokio::spawn(async move { client.call::<_, Greeting>("greeter", "Greeter.Sleep", &Sleep { ms: 500 }).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     svc.stop().await?;
     assert_eq!(slow.await?.map(|g| g.greeting), Ok("slept".to_string()));

@@ -116,7 +116,10 @@ async fn a_client_process_calls_a_service_process() -> TestResult {
     let out = w.client(&["--name", " "])?;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(r#"{"id":"greeter","code":400,"detail":"name must not be empty","status":"Bad Request"}"#), "{err}");
+    assert!(
+        err.contains(r#"{"id":"greeter","code":400,"detail":"name must not be empty","status":"Bad Request"}"#),
+        "{err}"
+    );
     Ok(())
 }
 

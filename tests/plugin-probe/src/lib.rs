@@ -39,7 +39,8 @@ impl Client for Probe {
         Box::pin(async move {
             match req.endpoint.as_str() {
                 "Probe.Spawn" => {
-                    let n = tokio::spawn(async { 41 + 1 }).await.map_err(|e| Error::internal("probe", e.to_string()))?;
+                    let n =
+                        tokio::spawn(async { 41 + 1 }).await.map_err(|e| Error::internal("probe", e.to_string()))?;
                     reply(n.to_string())
                 }
                 "Probe.Sleep" => {
@@ -48,7 +49,9 @@ impl Client for Probe {
                 }
                 "Probe.Tcp" => {
                     let addr = String::from_utf8_lossy(&req.body).to_string();
-                    let mut s = tokio::net::TcpStream::connect(&addr).await.map_err(|e| Error::internal("probe", e.to_string()))?;
+                    let mut s = tokio::net::TcpStream::connect(&addr)
+                        .await
+                        .map_err(|e| Error::internal("probe", e.to_string()))?;
                     s.write_all(b"ping").await.map_err(|e| Error::internal("probe", e.to_string()))?;
                     let mut buf = [0u8; 4];
                     s.read_exact(&mut buf).await.map_err(|e| Error::internal("probe", e.to_string()))?;

@@ -74,7 +74,9 @@ pub(crate) fn probe(feature: Option<&str>) -> PathBuf {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(root()).args(["build", "--locked", "-p", "micro-plugin-probe", "--target-dir"]).arg(plugin_target());
+    cmd.current_dir(root())
+        .args(["build", "--locked", "-p", "micro-plugin-probe", "--target-dir"])
+        .arg(plugin_target());
     if let Some(f) = feature {
         cmd.args(["--features", f]);
     }
@@ -119,7 +121,11 @@ impl Proc {
 }
 
 /// Waits until `micro services` (same registry settings) lists `service`.
-pub(crate) fn wait_registered(env: &[(&str, String)], service: &str, limit: Duration) -> Result<String, Box<dyn std::error::Error>> {
+pub(crate) fn wait_registered(
+    env: &[(&str, String)],
+    service: &str,
+    limit: Duration,
+) -> Result<String, Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     loop {
         let mut cmd = Command::new(MICRO);
@@ -133,7 +139,9 @@ pub(crate) fn wait_registered(env: &[(&str, String)], service: &str, limit: Dura
             return Ok(text);
         }
         if t0.elapsed() > limit {
-            return Err(format!("{service} not registered after {limit:?}: {}", String::from_utf8_lossy(&o.stderr)).into());
+            return Err(
+                format!("{service} not registered after {limit:?}: {}", String::from_utf8_lossy(&o.stderr)).into()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }

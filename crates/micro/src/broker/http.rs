@@ -16,8 +16,8 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use micro_core::{
-    async_trait, headers, Broker, BrokerHandler, BrokerOptions, Error, Message, Node,
-    RegisterOptions, Registry, Result, Service, SubscribeOptions, Subscription,
+    async_trait, headers, Broker, BrokerHandler, BrokerOptions, Error, Message, Node, RegisterOptions, Registry,
+    Result, Service, SubscribeOptions, Subscription,
 };
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -79,9 +79,7 @@ impl HttpBroker {
     /// A broker that finds subscribers through `opts.registry` and listens
     /// on `opts.addresses[0]` (default `127.0.0.1:0`).
     pub fn new(opts: BrokerOptions) -> Result<Self> {
-        let registry = opts
-            .registry
-            .ok_or_else(|| Error::internal(ID, "the http broker needs a registry"))?;
+        let registry = opts.registry.ok_or_else(|| Error::internal(ID, "the http broker needs a registry"))?;
         let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build_http();
@@ -134,7 +132,8 @@ impl Inner {
                             })
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
@@ -147,7 +146,8 @@ impl Inner {
                     _ = tokio::time::sleep(INTERVAL) => {}
                 }
                 let Some(inner) = weak.upgrade() else { return };
-                let records: Vec<Service> = inner.subs.lock().unwrap_or_else(|p| p.into_inner()).values().map(|s| s.record.clone()).collect();
+                let records: Vec<Service> =
+                    inner.subs.lock().unwrap_or_else(|p| p.into_inner()).values().map(|s| s.record.clone()).collect();
                 for r in records {
                     if let Err(e) = inner.registry.register(&r, RegisterOptions { ttl: TTL }).await {
                         tracing::warn!(error = %e, "http broker: re-registration failed");
@@ -211,7 +211,8 @@ impl Broker for HttpBroker {
     }
 
     async fn disconnect(&self) -> Result<()> {
-        let records: Vec<Service> = self.inner.subs.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, s)| s.record).collect();
+        let records: Vec<Service> =
+            self.inner.subs.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, s)| s.record).collect();
         for r in records {
             let _ = self.inner.registry.deregister(&r).await;
         }
@@ -233,7 +234,9 @@ impl Broker for HttpBroker {
         let mut groups: BTreeMap<String, Vec<Node>> = BTreeMap::new();
         for s in services {
             for n in s.nodes {
-                if n.metadata.get("broker").map(String::as_str) != Some("http") || n.metadata.get("topic").map(String::as_str) != Some(topic) {
+                if n.metadata.get("broker").map(String::as_str) != Some("http")
+                    || n.metadata.get("topic").map(String::as_str) != Some(topic)
+                {
                     continue;
                 }
                 if s.version == BROADCAST {
@@ -272,7 +275,12 @@ impl Broker for HttpBroker {
         Ok(())
     }
 
-    async fn subscribe(&self, topic: &str, handler: BrokerHandler, opts: SubscribeOptions) -> Result<Box<dyn Subscription>> {
+    async fn subscribe(
+        &self,
+        topic: &str,
+        handler: BrokerHandler,
+        opts: SubscribeOptions,
+    ) -> Result<Box<dyn Subscription>> {
         if topic.is_empty() {
             return Err(Error::bad_request(ID, "subscribe: empty topic"));
         }
@@ -354,11 +362,14 @@ mod tests {
     fn counter() -> (Arc<AtomicUsize>, BrokerHandler) {
         let n = Arc::new(AtomicUsize::new(0));
         let m = n.clone();
-        (n, Arc::new(move |_t, msg: Message| {
-            assert_eq!(msg.get("k"), Some("v"));
-            m.fetch_add(msg.body.len(), Ordering::SeqCst);
-            Box::pin(async { Ok(()) })
-        }))
+        (
+            n,
+            Arc::new(move |_t, msg: Message| {
+                assert_eq!(msg.get("k"), Some("v"));
+                m.fetch_add(msg.body.len(), Ordering::SeqCst);
+                Box::pin(async { Ok(()) })
+            }),
+        )
     }
 
     #[tokio::test]
@@ -398,7 +409,10 @@ mod tests {
 
     #[test]
     fn the_json_is_go_micros_broker_message() -> std::result::Result<(), serde_json::Error> {
-        let m = WireMessage { header: [("Micro-Topic".to_string(), "t".to_string())].into_iter().collect(), body: b"{\"a\":1}".to_vec() };
+        let m = WireMessage {
+            header: [("Micro-Topic".to_string(), "t".to_string())].into_iter().collect(),
+            body: b"{\"a\":1}".to_vec(),
+        };
         let v: serde_json::Value = serde_json::from_slice(&serde_json::to_vec(&m)?)?;
         assert_eq!(v["Header"]["Micro-Topic"], "t");
         assert_eq!(v["Body"], base64::engine::general_purpose::STANDARD.encode(b"{\"a\":1}"));

@@ -90,18 +90,21 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn subscribe(&self, topic: &str, handler: BrokerHandler, opts: SubscribeOptions) -> Result<Box<dyn Subscription>> {
+    async fn subscribe(
+        &self,
+        topic: &str,
+        handler: BrokerHandler,
+        opts: SubscribeOptions,
+    ) -> Result<Box<dyn Subscription>> {
         if topic.is_empty() {
             return Err(Error::bad_request("go.micro.broker", "subscribe: empty topic"));
         }
         let id = self.inner.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.inner
-            .subs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(topic.to_string())
-            .or_default()
-            .push(Sub { id, queue: opts.queue.clone(), handler });
+        self.inner.subs.lock().unwrap_or_else(|p| p.into_inner()).entry(topic.to_string()).or_default().push(Sub {
+            id,
+            queue: opts.queue.clone(),
+            handler,
+        });
         Ok(Box::new(MemorySubscription {
             inner: Arc::downgrade(&self.inner),
             topic: topic.to_string(),

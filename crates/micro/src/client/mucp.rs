@@ -1,6 +1,6 @@
 use micro_core::{
-    async_trait, headers, CallOptions, Client, ClientOptions, Error, Message, Request, Response,
-    Result, SelectOptions, Socket,
+    async_trait, headers, CallOptions, Client, ClientOptions, Error, Message, Request, Response, Result, SelectOptions,
+    Socket,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,11 +28,7 @@ enum Attempt {
 impl MucpClient {
     /// A client with these options.
     pub fn new(opts: ClientOptions) -> Self {
-        MucpClient {
-            pool: Pool::new(opts.pool_size, opts.pool_ttl),
-            opts,
-            seq: AtomicU64::new(1),
-        }
+        MucpClient { pool: Pool::new(opts.pool_size, opts.pool_ttl), opts, seq: AtomicU64::new(1) }
     }
 
     async fn attempt(&self, address: &str, req: &Request, deadline: Instant) -> Attempt {
@@ -133,18 +129,15 @@ impl Client for MucpClient {
         let deadline = Instant::now() + timeout;
         match tokio::time::timeout(timeout, self.call_inner(&req, &opts, deadline)).await {
             Ok(res) => res,
-            Err(_) => Err(Error::timeout(
-                ID,
-                format!("call {}.{} timed out after {timeout:?}", req.service, req.endpoint),
-            )),
+            Err(_) => {
+                Err(Error::timeout(ID, format!("call {}.{} timed out after {timeout:?}", req.service, req.endpoint)))
+            }
         }
     }
 
     async fn publish(&self, topic: &str, mut msg: Message) -> Result<()> {
         msg.header.insert(headers::TOPIC.into(), topic.into());
-        msg.header
-            .entry(headers::ID.into())
-            .or_insert_with(|| uuid::Uuid::new_v4().to_string());
+        msg.header.entry(headers::ID.into()).or_insert_with(|| uuid::Uuid::new_v4().to_string());
         self.opts.broker.publish(topic, msg).await
     }
 
@@ -153,11 +146,14 @@ impl Client for MucpClient {
     }
 }
 
+/// An idle connection and since when it is idle.
+type Idle = (Box<dyn Socket>, Instant);
+
 /// Idle connections per address, most recently used first out.
 struct Pool {
     size: usize,
     ttl: Duration,
-    idle: Mutex<HashMap<String, Vec<(Box<dyn Socket>, Instant)>>>,
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
 }
 
 impl Pool {

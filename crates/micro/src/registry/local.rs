@@ -9,8 +9,7 @@
 
 use super::{merge, not_found};
 use micro_core::{
-    async_trait, Error, Event, EventKind, RegisterOptions, Registry, Result, Service,
-    WatchOptions, Watcher,
+    async_trait, Error, Event, EventKind, RegisterOptions, Registry, Result, Service, WatchOptions, Watcher,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -42,7 +41,8 @@ impl LocalRegistry {
     /// A registry in `dir`, created (mode 0700) if missing.
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
-        create_private_dir(&dir).map_err(|e| Error::internal(ID, format!("create registry directory {}: {e}", dir.display())))?;
+        create_private_dir(&dir)
+            .map_err(|e| Error::internal(ID, format!("create registry directory {}: {e}", dir.display())))?;
         Ok(LocalRegistry { dir })
     }
 
@@ -310,7 +310,8 @@ mod tests {
     async fn garbage_files_are_ignored() -> Result<()> {
         let (_d, r) = tmp()?;
         r.register(&tests_common::svc("s", "n1", "127.0.0.1:1"), RegisterOptions::default()).await?;
-        fs::write(r.dir().join("s").join("junk.json"), b"{not json").map_err(|e| Error::internal("test", e.to_string()))?;
+        fs::write(r.dir().join("s").join("junk.json"), b"{not json")
+            .map_err(|e| Error::internal("test", e.to_string()))?;
         assert_eq!(r.get_service("s").await?[0].nodes.len(), 1);
         Ok(())
     }

@@ -1,7 +1,6 @@
 use super::{merge, not_found};
 use micro_core::{
-    async_trait, Error, Event, EventKind, Node, RegisterOptions, Registry, Result, Service,
-    WatchOptions, Watcher,
+    async_trait, Error, Event, EventKind, Node, RegisterOptions, Registry, Result, Service, WatchOptions, Watcher,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -127,7 +126,8 @@ impl Registry for MemoryRegistry {
 
     async fn get_service(&self, name: &str) -> Result<Vec<Service>> {
         self.inner.expire();
-        let recs: Vec<Service> = self.inner.lock().values().filter(|(s, _)| s.name == name).map(|(s, _)| s.clone()).collect();
+        let recs: Vec<Service> =
+            self.inner.lock().values().filter(|(s, _)| s.name == name).map(|(s, _)| s.clone()).collect();
         let out = merge(recs);
         if out.is_empty() {
             return Err(not_found(name));

@@ -38,18 +38,16 @@ pub(crate) fn merge(records: impl IntoIterator<Item = Service>) -> Vec<Service> 
 pub fn apply_event(services: &mut Vec<Service>, event: &Event) {
     let ev = &event.service;
     match event.kind {
-        EventKind::Create | EventKind::Update => {
-            match services.iter_mut().find(|s| s.version == ev.version) {
-                Some(s) => {
-                    for n in &ev.nodes {
-                        s.nodes.retain(|m| m.id != n.id);
-                        s.nodes.push(n.clone());
-                    }
-                    s.nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        EventKind::Create | EventKind::Update => match services.iter_mut().find(|s| s.version == ev.version) {
+            Some(s) => {
+                for n in &ev.nodes {
+                    s.nodes.retain(|m| m.id != n.id);
+                    s.nodes.push(n.clone());
                 }
-                None => services.push(ev.clone()),
+                s.nodes.sort_by(|a, b| a.id.cmp(&b.id));
             }
-        }
+            None => services.push(ev.clone()),
+        },
         EventKind::Delete => {
             for s in services.iter_mut().filter(|s| s.version == ev.version) {
                 s.nodes.retain(|m| !ev.nodes.iter().any(|n| n.id == m.id));

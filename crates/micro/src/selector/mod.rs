@@ -3,8 +3,7 @@
 
 use crate::registry::apply_event;
 use micro_core::{
-    async_trait, Error, Node, Registry, Result, SelectOptions, Selector, SelectorOptions, Service,
-    WatchOptions,
+    async_trait, Error, Node, Registry, Result, SelectOptions, Selector, SelectorOptions, Service, WatchOptions,
 };
 use rand::Rng;
 use std::collections::HashMap;
@@ -138,11 +137,8 @@ async fn watch_loop(weak: Weak<Inner>) {
 impl Selector for CacheSelector {
     async fn select(&self, service: &str, opts: SelectOptions) -> Result<Node> {
         let services = self.services(service).await?;
-        let nodes: Vec<&Node> = services
-            .iter()
-            .flat_map(|s| s.nodes.iter())
-            .filter(|n| !opts.exclude.contains(&n.id))
-            .collect();
+        let nodes: Vec<&Node> =
+            services.iter().flat_map(|s| s.nodes.iter()).filter(|n| !opts.exclude.contains(&n.id)).collect();
         if nodes.is_empty() {
             return Err(Error::internal("go.micro.client", format!("service {service}: none available")));
         }
@@ -197,10 +193,8 @@ mod tests {
         for i in 0..n {
             reg.register(&svc(&format!("n{i}")), RegisterOptions::default()).await?;
         }
-        let sel = CacheSelector::new(
-            SelectorOptions { registry: reg.clone(), cache_ttl: Duration::from_secs(60) },
-            strategy,
-        );
+        let sel =
+            CacheSelector::new(SelectorOptions { registry: reg.clone(), cache_ttl: Duration::from_secs(60) }, strategy);
         Ok((reg, sel))
     }
 
@@ -249,7 +243,7 @@ mod tests {
     async fn cache_follows_watch_events() -> Result<()> {
         let (reg, sel) = setup(Strategy::RoundRobin, 1).await?;
         sel.select("s", SelectOptions::default()).await?; // fills the cache, starts the watch
-        // The cache TTL is a minute, so only watch events can change what is cached.
+                                                          // The cache TTL is a minute, so only watch events can change what is cached.
         let wait_for = |want: usize| {
             let sel = &sel;
             async move {

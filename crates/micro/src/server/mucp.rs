@@ -1,7 +1,7 @@
 use futures::FutureExt;
 use micro_core::{
-    async_trait, headers, Endpoint, Error, Handler, Message, Node, Request, Result, Server,
-    ServerOptions, Service, Socket, Subscriber, SubscribeOptions, Subscription,
+    async_trait, headers, Endpoint, Error, Handler, Message, Node, Request, Result, Server, ServerOptions, Service,
+    Socket, SubscribeOptions, Subscriber, Subscription,
 };
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;

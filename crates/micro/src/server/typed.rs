@@ -1,7 +1,6 @@
 use micro_core::codec::{decode, encode};
 use micro_core::{
-    headers, BrokerHandler, Codecs, Endpoint, Error, Handler, HandlerFn, Request, Response,
-    Result, Subscriber, Value,
+    headers, BrokerHandler, Codecs, Endpoint, Error, Handler, HandlerFn, Request, Response, Result, Subscriber, Value,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;

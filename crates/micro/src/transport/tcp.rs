@@ -100,7 +100,8 @@ impl<N: Net> Transport for TcpTransport<N> {
     }
 
     async fn listen(&self, addr: &str) -> Result<Box<dyn Listener>> {
-        let (listener, bound) = self.net.bind(addr).await.map_err(|e| Error::internal(ID, format!("listen on {addr}: {e}")))?;
+        let (listener, bound) =
+            self.net.bind(addr).await.map_err(|e| Error::internal(ID, format!("listen on {addr}: {e}")))?;
         Ok(Box::new(TcpListenerImpl { listener, net: self.net.clone(), addr: bound, max: self.opts.max_message_size }))
     }
 
@@ -187,10 +188,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Socket for TcpSocket<S>
         };
         let size = frame::check_len(len, self.max).map_err(|e| self.err("recv from", e))?;
         let mut buf = vec![0u8; size];
-        self.stream
-            .read_exact(&mut buf)
-            .await
-            .map_err(|e| self.err("recv from", e))?;
+        self.stream.read_exact(&mut buf).await.map_err(|e| self.err("recv from", e))?;
         frame::decode(Bytes::from(buf)).map_err(|e| self.err("recv from", e))
     }
 
@@ -243,7 +241,9 @@ mod tests {
         let mut raw = TcpStream::connect(&addr).await.map_err(|e| Error::internal("test", e.to_string()))?;
         let _first = l.accept().await?; // belongs to `c`
         let mut s = l.accept().await?;
-        raw.write_all(&(100u32 * 1024 * 1024).to_be_bytes()).await.map_err(|e| Error::internal("test", e.to_string()))?;
+        raw.write_all(&(100u32 * 1024 * 1024).to_be_bytes())
+            .await
+            .map_err(|e| Error::internal("test", e.to_string()))?;
         let err = s.recv().await.err();
         assert!(err.is_some_and(|e| e.detail.contains("over the limit")));
         Ok(())

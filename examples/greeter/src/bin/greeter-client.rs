@@ -47,7 +47,13 @@ async fn run() -> anyhow::Result<()> {
                     .map(|w| w.id)
             } else {
                 client
-                    .call_with::<_, HelloResponse>("greeter", "Greeter.Hello", &req, HashMap::new(), CallOptions::default())
+                    .call_with::<_, HelloResponse>(
+                        "greeter",
+                        "Greeter.Hello",
+                        &req,
+                        HashMap::new(),
+                        CallOptions::default(),
+                    )
                     .await
                     .map(|r| r.greeting)
             };

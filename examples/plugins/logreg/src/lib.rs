@@ -6,8 +6,8 @@
 //! `O_APPEND` file, which keeps concurrent writers' lines whole.
 
 use micro::core::{
-    async_trait, Error, Event, EventKind, RegisterOptions, Registry, RegistryOptions, Result,
-    Service, WatchOptions, Watcher,
+    async_trait, Error, Event, EventKind, RegisterOptions, Registry, RegistryOptions, Result, Service, WatchOptions,
+    Watcher,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -179,7 +179,10 @@ mod tests {
     #[tokio::test]
     async fn put_get_expire_delete() -> Result<()> {
         let d = tempfile::tempdir().map_err(|e| Error::internal("t", e.to_string()))?;
-        let r = new_registry(RegistryOptions { addresses: vec![d.path().join("reg.log").display().to_string()], timeout: None })?;
+        let r = new_registry(RegistryOptions {
+            addresses: vec![d.path().join("reg.log").display().to_string()],
+            timeout: None,
+        })?;
         let svc = |id: &str| Service {
             name: "s".into(),
             nodes: vec![Node { id: id.into(), address: "127.0.0.1:1".into(), ..Default::default() }],
