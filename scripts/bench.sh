@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
+micro_need_packages protoc:protobuf-compiler
 SECONDS_PER=${SECONDS_PER:-3}
 ROUNDS=${ROUNDS:-3}
 echo "==> building (release)"

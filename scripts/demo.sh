@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
+micro_need_packages protoc:protobuf-compiler
 
 echo "==> building the greeter example"
 cargo build --locked -q -p greeter

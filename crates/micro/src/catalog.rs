@@ -54,6 +54,10 @@ pub fn builtin() -> Catalog {
     );
     c.servers.insert("mucp", Arc::new(|o| Ok(Arc::new(MucpServer::new(o)) as Arc<dyn Server>)) as NewServer);
     c.transports.insert("tcp", Arc::new(|o| Ok(Arc::new(TcpTransport::new(o)) as Arc<dyn Transport>)) as NewTransport);
+    #[cfg(feature = "etcd")]
+    micro_etcd::register(&mut c);
+    #[cfg(feature = "nats")]
+    micro_nats::register(&mut c);
     c
 }
 

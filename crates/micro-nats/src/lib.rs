@@ -1,0 +1,170 @@
+//! The `nats` broker of micro, on `async-nats`.
+//!
+//! Encoding, readable by any NATS client: the NATS subject is the topic,
+//! the payload is the message body as is (JSON by default), and micro's
+//! message headers (`Content-Type`, `Micro-Topic`, `Micro-Id`, …) travel as
+//! NATS headers. A message from a plain NATS client, with or without
+//! headers, arrives at a micro subscriber with those headers (if any) and
+//! its payload as the body; without `Content-Type` the subscriber's default
+//! codec (JSON) decodes it. Queue groups are NATS queue groups.
+//!
+//! Delivery is NATS core's: at-most-once. The client reconnects by itself
+//! after the server restarts and re-subscribes its subscriptions; messages
+//! published while the server is down are lost (publishes made while
+//! disconnected are buffered by async-nats up to its limit and flushed on
+//! reconnect).
+
+use futures::StreamExt;
+use micro_core::catalog::NewBroker;
+use micro_core::{
+    async_trait, Broker, BrokerHandler, BrokerOptions, Catalog, Error, Message, Result, SubscribeOptions, Subscription,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, Notify};
+
+const ID: &str = "go.micro.broker.nats";
+
+/// Adds the `nats` broker to a catalog.
+pub fn register(catalog: &mut Catalog) {
+    catalog
+        .brokers
+        .insert("nats", Arc::new(|o: BrokerOptions| Ok(Arc::new(NatsBroker::new(o)) as Arc<dyn Broker>)) as NewBroker);
+}
+
+/// The NATS broker. Connects on first use (or `connect`).
+pub struct NatsBroker {
+    servers: Vec<String>,
+    client: Mutex<Option<async_nats::Client>>,
+}
+
+impl NatsBroker {
+    /// A broker for `opts.addresses` (default `127.0.0.1:4222`).
+    pub fn new(opts: BrokerOptions) -> Self {
+        let servers = if opts.addresses.is_empty() { vec!["127.0.0.1:4222".to_string()] } else { opts.addresses };
+        NatsBroker { servers, client: Mutex::new(None) }
+    }
+
+    async fn client(&self) -> Result<async_nats::Client> {
+        let mut c = self.client.lock().await;
+        if let Some(c) = &*c {
+            return Ok(c.clone());
+        }
+        let servers = self.servers.join(",");
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            // Keep reconnecting: a restarted server must not end the subscriptions.
+            .max_reconnects(None)
+            .event_callback(|ev| async move {
+                tracing::info!(event = %ev, "nats connection event");
+            })
+            .connect(servers.as_str())
+            .await
+            .map_err(|e| Error::internal(ID, format!("nats connect to {servers}: {e}")))?;
+        *c = Some(client.clone());
+        Ok(client)
+    }
+}
+
+fn nats_headers(h: &HashMap<String, String>) -> async_nats::HeaderMap {
+    let mut m = async_nats::HeaderMap::new();
+    for (k, v) in h {
+        m.insert(k.as_str(), v.as_str());
+    }
+    m
+}
+
+fn micro_headers(h: Option<&async_nats::HeaderMap>) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    if let Some(h) = h {
+        for (k, vs) in h.iter() {
+            if let Some(v) = vs.first() {
+                out.insert(k.to_string(), v.as_str().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[async_trait]
+impl Broker for NatsBroker {
+    async fn connect(&self) -> Result<()> {
+        self.client().await.map(|_| ())
+    }
+
+    async fn disconnect(&self) -> Result<()> {
+        if let Some(c) = self.client.lock().await.take() {
+            let _ = c.flush().await;
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, topic: &str, msg: Message) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .publish_with_headers(topic.to_string(), nats_headers(&msg.header), msg.body)
+            .await
+            .map_err(|e| Error::internal(ID, format!("nats publish to {topic}: {e}")))
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        handler: BrokerHandler,
+        opts: SubscribeOptions,
+    ) -> Result<Box<dyn Subscription>> {
+        let client = self.client().await?;
+        let mut sub = match &opts.queue {
+            Some(q) => client.queue_subscribe(topic.to_string(), q.clone()).await,
+            None => client.subscribe(topic.to_string()).await,
+        }
+        .map_err(|e| Error::internal(ID, format!("nats subscribe to {topic}: {e}")))?;
+        let stop = Arc::new(Notify::new());
+        let stopped = stop.clone();
+        let t = topic.to_string();
+        tokio::spawn(async move {
+            loop {
+                let m = tokio::select! {
+                    _ = stopped.notified() => break,
+                    m = sub.next() => match m { Some(m) => m, None => break },
+                };
+                let msg = Message { header: micro_headers(m.headers.as_ref()), body: m.payload };
+                if let Err(e) = handler(m.subject.to_string(), msg).await {
+                    tracing::warn!(topic = %t, error = %e, "subscriber failed");
+                }
+            }
+            let _ = sub.unsubscribe().await;
+        });
+        Ok(Box::new(NatsSubscription { topic: topic.to_string(), queue: opts.queue, stop }))
+    }
+
+    fn address(&self) -> String {
+        self.servers.join(",")
+    }
+
+    fn name(&self) -> &str {
+        "nats"
+    }
+}
+
+struct NatsSubscription {
+    topic: String,
+    queue: Option<String>,
+    stop: Arc<Notify>,
+}
+
+#[async_trait]
+impl Subscription for NatsSubscription {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+    fn queue(&self) -> Option<&str> {
+        self.queue.as_deref()
+    }
+    async fn unsubscribe(&self) -> Result<()> {
+        // notify_one stores a permit, so this works even before the task waits.
+        self.stop.notify_one();
+        Ok(())
+    }
+}
