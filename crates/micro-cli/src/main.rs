@@ -488,6 +488,8 @@ async fn run() -> anyhow::Result<()> {
         Command::Publish { topic, message } => {
             let msg = Message::new(json_body(&message)?).with_header(headers::CONTENT_TYPE, micro::codec::JSON);
             svc.client().inner().publish(&topic, msg).await?;
+            // Brokers may buffer (NATS does): flush before the process exits.
+            svc.broker().disconnect().await?;
             if cli.output == Output::Json {
                 println!("{}", serde_json::json!({ "topic": topic, "published": true }));
             } else {

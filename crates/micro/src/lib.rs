@@ -55,14 +55,14 @@ pub enum Error {
     #[error(transparent)]
     UnknownComponent(#[from] micro_core::UnknownComponent),
     /// A constructor failed.
-    #[error("cannot create {kind} {name:?}: {}", source.detail)]
+    #[error("cannot create {kind} {name:?}: {}", cause.detail)]
     Component {
         /// The component type.
         kind: &'static str,
         /// Its name.
         name: String,
-        /// Why.
-        source: micro_core::Error,
+        /// Why (its detail is already in the message, so it is not a `source`).
+        cause: micro_core::Error,
     },
     /// A plugin could not be loaded or initialised.
     #[error(transparent)]
@@ -71,7 +71,7 @@ pub enum Error {
     #[error("{0}")]
     Config(String),
     /// A component failed at run time.
-    #[error("{0}")]
+    #[error(transparent)]
     Rpc(#[from] micro_core::Error),
 }
 

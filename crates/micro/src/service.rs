@@ -97,7 +97,7 @@ impl ServiceBuilder {
 
         let failed = |kind: &'static str, name: &str| {
             let name = name.to_string();
-            move |source: micro_core::Error| Error::Component { kind, name, source }
+            move |cause: micro_core::Error| Error::Component { kind, name, cause }
         };
         let registry =
             new_registry(RegistryOptions { addresses: split_list(f.registry_address.as_deref()), timeout: None })
