@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
-micro_need_packages protoc:protobuf-compiler etcd:etcd-server nats-server:nats-server
+micro_need_packages protoc:protobuf-compiler etcd:etcd-server nats-server:nats-server ip:iproute2
 cargo test --workspace --locked "$@"

@@ -156,3 +156,46 @@ impl Nats {
         self.spawn()
     }
 }
+
+/// A private network namespace with only a loopback interface that carries
+/// multicast, for mDNS tests: nothing sent inside it leaves this machine.
+/// Needs root and `ip` (iproute2); removed on drop.
+pub struct NetNs {
+    name: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), Error> {
+    let o = Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip (iproute2): {e}"))?;
+    if !o.status.success() {
+        return Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr).trim()).into());
+    }
+    Ok(())
+}
+
+impl NetNs {
+    /// Creates the namespace and sets up its loopback for multicast.
+    pub fn create() -> Result<NetNs, Error> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("micro-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        ip(&["netns", "add", &name])?;
+        let ns = NetNs { name };
+        ip(&["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"])?;
+        ip(&["netns", "exec", &ns.name, "ip", "link", "set", "lo", "multicast", "on"])?;
+        ip(&["netns", "exec", &ns.name, "ip", "route", "add", "224.0.0.0/4", "dev", "lo"])?;
+        Ok(ns)
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}

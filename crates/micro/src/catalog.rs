@@ -58,6 +58,8 @@ pub fn builtin() -> Catalog {
     micro_etcd::register(&mut c);
     #[cfg(feature = "nats")]
     micro_nats::register(&mut c);
+    #[cfg(feature = "mdns")]
+    micro_mdns::register(&mut c);
     c
 }
 
@@ -72,7 +74,13 @@ mod tests {
         assert_eq!(e, "unknown client \"brpc\"; available: mucp");
         let e = c.registries.get("consul").err().map(|e| e.to_string()).unwrap_or_default();
         // The etcd registry is there when the `etcd` feature is (as in a workspace build).
-        let known = if cfg!(feature = "etcd") { "etcd, local, memory" } else { "local, memory" };
+        let known =
+            [(cfg!(feature = "etcd"), "etcd"), (true, "local"), (cfg!(feature = "mdns"), "mdns"), (true, "memory")]
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, n)| *n)
+                .collect::<Vec<_>>()
+                .join(", ");
         assert_eq!(e, format!("unknown registry \"consul\"; available: {known}"));
     }
 

@@ -208,7 +208,7 @@ fn unknown_component_name_fails_start_up_listing_the_names() -> TestResult {
     let w = World::new()?;
     for (flag, value, want) in [
         ("--client", "brpc", r#"unknown client "brpc"; available: mucp"#),
-        ("--registry", "consul", r#"unknown registry "consul"; available: etcd, local, memory"#),
+        ("--registry", "consul", r#"unknown registry "consul"; available: etcd, local, mdns, memory"#),
         ("--selector", "fastest", r#"unknown selector "fastest"; available: random, roundrobin"#),
     ] {
         let mut cmd = Command::new(SERVICE);

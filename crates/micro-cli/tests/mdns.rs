@@ -1,0 +1,61 @@
+//! The mdns registry between real processes. Multicast must not leave this
+//! machine, so everything runs in a private network namespace whose only
+//! interface is a loopback with multicast on (see micro-testkit's NetNs).
+
+mod common;
+
+use common::*;
+use micro_testkit::NetNs;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn in_ns(ns: &NetNs, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = ns.command(program);
+    c.env_remove("MICRO_PLUGIN")
+        .env_remove("MICRO_CLIENT")
+        .env_remove("MICRO_TRANSPORT")
+        .env_remove("MICRO_BROKER")
+        .env("MICRO_REGISTRY", "mdns")
+        .env("MICRO_LOG_LEVEL", "warn");
+    c
+}
+
+#[test]
+fn services_find_each_other_over_mdns() -> TestResult {
+    let ns = NetNs::create().map_err(|e| e.to_string())?;
+    let _a = Proc(in_ns(&ns, bin("greeter-service")).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+    let _b = Proc(in_ns(&ns, bin("greeter-service")).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+
+    // Another process, with its own mDNS daemon, discovers both.
+    let t0 = Instant::now();
+    let ids = loop {
+        let o = in_ns(&ns, MICRO).args(["describe", "greeter", "--output", "json"]).output()?;
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        let ids: Vec<String> = v[0]["nodes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|n| n["id"].as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        if ids.len() == 2 {
+            assert_eq!(v[0]["nodes"][0]["metadata"]["registry"], "mdns");
+            assert!(v[0]["endpoints"].as_array().is_some_and(|e| e.iter().any(|e| e["name"] == "Greeter.Hello")));
+            break ids;
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            return Err(format!("found {} nodes over mDNS: {}", ids.len(), String::from_utf8_lossy(&o.stderr)).into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+
+    // And calls them.
+    let o = in_ns(&ns, bin("greeter-client"))
+        .args(["--whoami", "--count", "8", "--selector", "roundrobin", "--wait", "10s"])
+        .output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut seen: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect();
+    seen.sort();
+    seen.dedup();
+    let mut ids = ids;
+    ids.sort();
+    assert_eq!(seen, ids);
+    Ok(())
+}
