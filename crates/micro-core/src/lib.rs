@@ -33,7 +33,7 @@ pub use registry::{
     Endpoint, Event, EventKind, Node, RegisterOptions, Registry, RegistryOptions, Service, Value, WatchOptions, Watcher,
 };
 pub use selector::{SelectOptions, Selector, SelectorOptions};
-pub use server::{Handler, HandlerFn, Server, ServerOptions, Subscriber};
+pub use server::{Handler, HandlerFn, Server, ServerLimits, ServerOptions, Subscriber};
 pub use transport::{Listener, Socket, Transport, TransportOptions};
 
 /// The result type used throughout micro's interfaces.

@@ -61,6 +61,25 @@ pub struct ServerOptions {
     pub broker: Arc<dyn Broker>,
     /// How long `stop` waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// Bounds on what peers can make the server hold.
+    pub limits: ServerLimits,
+}
+
+/// Bounds on connections and requests, so that no peer can exhaust a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Open connections; further ones are closed on accept.
+    pub max_connections: usize,
+    /// Requests being handled at once; further ones are answered 503 at once.
+    pub max_in_flight: usize,
+    /// A connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits { max_connections: 10_000, max_in_flight: 4096, idle_timeout: Duration::from_secs(300) }
+    }
 }
 
 impl std::fmt::Debug for ServerOptions {
@@ -75,6 +94,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("transport", &self.transport.name())
             .field("broker", &self.broker.name())
             .field("drain_timeout", &self.drain_timeout)
+            .field("limits", &self.limits)
             .finish()
     }
 }

@@ -12,6 +12,9 @@ pub struct TransportOptions {
     pub dial_timeout: Duration,
     /// The largest message a socket accepts, in bytes.
     pub max_message_size: usize,
+    /// How long the rest of a message may take to arrive once its first
+    /// bytes have (a stalled or slow-loris peer is cut off after this).
+    pub read_timeout: Duration,
 }
 
 impl Default for TransportOptions {
@@ -20,6 +23,7 @@ impl Default for TransportOptions {
             addresses: Vec::new(),
             dial_timeout: Duration::from_secs(5),
             max_message_size: 4 * 1024 * 1024,
+            read_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -33,13 +33,18 @@ pub fn decode_registry(b: &[u8], _: Vec<FfiObject>) -> Result<RegistryOptions> {
 /// Transport options.
 pub fn encode_transport(o: &TransportOptions) -> Encoded {
     let mut w = Writer::new();
-    w.strs(&o.addresses).duration(o.dial_timeout).u64(o.max_message_size as u64);
+    w.strs(&o.addresses).duration(o.dial_timeout).u64(o.max_message_size as u64).duration(o.read_timeout);
     (w.finish(), Vec::new())
 }
 /// Transport options.
 pub fn decode_transport(b: &[u8], _: Vec<FfiObject>) -> Result<TransportOptions> {
     let mut r = Reader::new(b);
-    Ok(TransportOptions { addresses: r.strings()?, dial_timeout: r.duration()?, max_message_size: r.u64()? as usize })
+    Ok(TransportOptions {
+        addresses: r.strings()?,
+        dial_timeout: r.duration()?,
+        max_message_size: r.u64()? as usize,
+        read_timeout: r.duration()?,
+    })
 }
 
 /// Selector options.
@@ -103,6 +108,7 @@ pub fn encode_server(o: &ServerOptions) -> Encoded {
     let mut w = Writer::new();
     w.str(&o.name).str(&o.version).str(&o.id).str(&o.address).opt_str(o.advertise.as_deref());
     w.map(&o.metadata).duration(o.drain_timeout);
+    w.u64(o.limits.max_connections as u64).u64(o.limits.max_in_flight as u64).duration(o.limits.idle_timeout);
     (w.finish(), vec![export_transport(o.transport.clone()), export_broker(o.broker.clone())])
 }
 /// Server options.
@@ -117,6 +123,11 @@ pub fn decode_server(b: &[u8], objects: Vec<FfiObject>) -> Result<ServerOptions>
         advertise: r.opt_string()?,
         metadata: r.map()?,
         drain_timeout: r.duration()?,
+        limits: micro_core::ServerLimits {
+            max_connections: r.u64()? as usize,
+            max_in_flight: r.u64()? as usize,
+            idle_timeout: r.duration()?,
+        },
         transport: import_transport(next(&mut it, "transport")?)?,
         broker: import_broker(next(&mut it, "broker")?)?,
     })

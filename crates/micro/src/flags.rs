@@ -81,6 +81,21 @@ pub struct Flags {
     /// Transport addresses, comma-separated
     #[arg(long, env = "MICRO_TRANSPORT_ADDRESS", alias = "transport_address", global = true)]
     pub transport_address: Option<String>,
+    /// Time for the rest of a message to arrive once it has started [default: 10s]
+    #[arg(long, env = "MICRO_TRANSPORT_READ_TIMEOUT", value_parser = parse_duration, global = true)]
+    pub transport_read_timeout: Option<Duration>,
+    /// Largest message accepted or sent, in bytes [default: 4194304]
+    #[arg(long, env = "MICRO_MAX_MESSAGE_SIZE", global = true)]
+    pub max_message_size: Option<usize>,
+    /// Open connections a server accepts [default: 10000]
+    #[arg(long, env = "MICRO_SERVER_MAX_CONNECTIONS", global = true)]
+    pub server_max_connections: Option<usize>,
+    /// Requests a server handles at once; more are answered 503 [default: 4096]
+    #[arg(long, env = "MICRO_SERVER_MAX_IN_FLIGHT", global = true)]
+    pub server_max_in_flight: Option<usize>,
+    /// Close a connection idle for this long [default: 5m]
+    #[arg(long, env = "MICRO_SERVER_IDLE_TIMEOUT", value_parser = parse_duration, global = true)]
+    pub server_idle_timeout: Option<Duration>,
 }
 
 /// Splits a comma-separated address list, skipping empty entries.

@@ -107,9 +107,12 @@ impl ServiceBuilder {
             registry: Some(registry.clone()),
         })
         .map_err(failed("broker", &names.broker))?;
+        let defaults = TransportOptions::default();
         let transport = new_transport(TransportOptions {
             addresses: split_list(f.transport_address.as_deref()),
-            ..Default::default()
+            max_message_size: f.max_message_size.unwrap_or(defaults.max_message_size),
+            read_timeout: f.transport_read_timeout.unwrap_or(defaults.read_timeout),
+            ..defaults
         })
         .map_err(failed("transport", &names.transport))?;
         let selector = new_selector(SelectorOptions { registry: registry.clone(), cache_ttl: Duration::from_secs(60) })
@@ -152,6 +155,11 @@ impl ServiceBuilder {
             transport: transport.clone(),
             broker: broker.clone(),
             drain_timeout: self.drain_timeout,
+            limits: micro_core::ServerLimits {
+                max_connections: f.server_max_connections.unwrap_or(10_000),
+                max_in_flight: f.server_max_in_flight.unwrap_or(4096),
+                idle_timeout: f.server_idle_timeout.unwrap_or(Duration::from_secs(300)),
+            },
         })
         .map_err(failed("server", &names.server))?;
 

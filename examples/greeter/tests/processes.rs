@@ -226,3 +226,62 @@ fn unknown_component_name_fails_start_up_listing_the_names() -> TestResult {
     assert!(String::from_utf8_lossy(&out.stderr).contains(r#"unknown transport "quic"; available: tcp"#));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_under_load_costs_no_failed_call() -> TestResult {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let w = World::new()?;
+    let mut nodes = vec![w.service(&[])?, w.service(&[])?, w.service(&[])?];
+    let ids = w.wait_nodes(3, Duration::from_secs(20)).await?;
+    let caller = micro::Service::builder("load")
+        .flags(micro::Flags {
+            registry: Some("local".into()),
+            registry_address: Some(w.dir.path().display().to_string()),
+            ..Default::default()
+        })
+        .build()?;
+    // Which node serves which call, in order.
+    let done = Arc::new(AtomicUsize::new(0));
+    let answers = Arc::new(std::sync::Mutex::new(Vec::with_capacity(10_000)));
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (client, done, answers) = (caller.client().clone(), done.clone(), answers.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while done.fetch_add(1, Ordering::SeqCst) < 10_000 {
+                match client
+                    .call::<_, greeter::WhoamiResponse>("greeter", "Greeter.Whoami", &serde_json::json!({}))
+                    .await
+                {
+                    Ok(r) => answers.lock().unwrap_or_else(|e| e.into_inner()).push(r.id),
+                    Err(e) => failures.push(e),
+                }
+            }
+            failures
+        }));
+    }
+    // SIGKILL one node once a fifth of the calls are done.
+    while done.load(Ordering::SeqCst) < 2_000 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let victim = nodes.remove(0);
+    let mut victim = victim;
+    victim.0.kill()?;
+    victim.wait_exit(Duration::from_secs(5))?;
+    let killed_at = answers.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let mut failures = Vec::new();
+    for t in tasks {
+        failures.extend(t.await?);
+    }
+    assert!(failures.is_empty(), "{} failed calls, first: {}", failures.len(), failures[0]);
+    let answers = answers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert_eq!(answers.len(), 10_000);
+    // The dead node (whichever it was) stops answering soon after the kill;
+    // the last half of the calls are served by the two survivors only.
+    let late: std::collections::HashSet<&String> = answers[killed_at.max(5_000)..].iter().collect();
+    assert_eq!(late.len(), 2, "the dead node left the rotation: {late:?}");
+    assert!(late.iter().all(|id| ids.contains(id)));
+    drop(nodes);
+    Ok(())
+}

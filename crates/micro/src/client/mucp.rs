@@ -102,9 +102,18 @@ impl MucpClient {
                 }
             };
             match self.attempt(&address, req, deadline).await {
+                // A server at its limit or shutting down: another node may take it.
+                Attempt::Done(Err(e)) if e.code == 503 && attempt < retries => {
+                    tracing::debug!(service = %req.service, %address, attempt, "node busy; trying another");
+                    if let Some(id) = node_id {
+                        exclude.push(id);
+                    }
+                    last = Some(e);
+                }
                 Attempt::Done(res) => {
+                    // The node answered, even if with an application error: it is healthy.
                     if let Some(id) = &node_id {
-                        self.opts.selector.mark(&req.service, id, res.as_ref().map(|_| ()));
+                        self.opts.selector.mark(&req.service, id, Ok(()));
                     }
                     return res;
                 }

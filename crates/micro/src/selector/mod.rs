@@ -32,7 +32,14 @@ struct Inner {
     cache: Mutex<HashMap<String, Entry>>,
     counters: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     watching: AtomicBool,
+    /// Nodes that keep failing, by node id: consecutive failures and until when to skip them.
+    blacklist: Mutex<HashMap<String, (u32, Option<Instant>)>>,
 }
+
+/// Consecutive connection failures after which a node is skipped.
+pub const BLACKLIST_AFTER: u32 = 3;
+/// How long a failing node is skipped.
+pub const BLACKLIST_FOR: Duration = Duration::from_secs(30);
 
 struct Entry {
     services: Vec<Service>,
@@ -49,6 +56,7 @@ impl CacheSelector {
                 cache: Mutex::new(HashMap::new()),
                 counters: Mutex::new(HashMap::new()),
                 watching: AtomicBool::new(false),
+                blacklist: Mutex::new(HashMap::new()),
             }),
             strategy,
         }
@@ -137,8 +145,20 @@ async fn watch_loop(weak: Weak<Inner>) {
 impl Selector for CacheSelector {
     async fn select(&self, service: &str, opts: SelectOptions) -> Result<Node> {
         let services = self.services(service).await?;
-        let nodes: Vec<&Node> =
+        let candidates: Vec<&Node> =
             services.iter().flat_map(|s| s.nodes.iter()).filter(|n| !opts.exclude.contains(&n.id)).collect();
+        // Skip blacklisted nodes, unless that would leave none.
+        let nodes: Vec<&Node> = {
+            let now = Instant::now();
+            let bl = self.inner.blacklist.lock().unwrap_or_else(|p| p.into_inner());
+            let skipped = |n: &Node| bl.get(&n.id).is_some_and(|(_, until)| until.is_some_and(|u| u > now));
+            let ok: Vec<&Node> = candidates.iter().copied().filter(|n| !skipped(n)).collect();
+            if ok.is_empty() {
+                candidates
+            } else {
+                ok
+            }
+        };
         if nodes.is_empty() {
             return Err(Error::internal("go.micro.client", format!("service {service}: none available")));
         }
@@ -157,8 +177,23 @@ impl Selector for CacheSelector {
         Ok(nodes[i].clone())
     }
 
-    fn mark(&self, _service: &str, _node_id: &str, _outcome: Result<(), &Error>) {
-        // Feedback is used by the client's per-call exclusion for now.
+    fn mark(&self, _service: &str, node_id: &str, outcome: Result<(), &Error>) {
+        let mut bl = self.inner.blacklist.lock().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Ok(()) => {
+                bl.remove(node_id);
+            }
+            Err(e) => {
+                let entry = bl.entry(node_id.to_string()).or_insert((0, None));
+                entry.0 += 1;
+                if entry.0 >= BLACKLIST_AFTER {
+                    if entry.1.is_none_or(|u| u <= Instant::now()) {
+                        tracing::warn!(node = node_id, failures = entry.0, error = %e.detail, "skipping failing node for {BLACKLIST_FOR:?}");
+                    }
+                    entry.1 = Some(Instant::now() + BLACKLIST_FOR);
+                }
+            }
+        }
     }
 
     fn reset(&self, service: &str) {
@@ -236,6 +271,26 @@ mod tests {
         assert!(e.is_some_and(|e| e.detail == "service s: none available"));
         let e = sel.select("nope", SelectOptions::default()).await.err();
         assert!(e.is_some_and(|e| e.code == 404 && e.detail == "service nope: not found"));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_node_that_keeps_failing_is_skipped_until_it_recovers() -> Result<()> {
+        let (_r, sel) = setup(Strategy::RoundRobin, 2).await?;
+        let e = Error::internal("go.micro.client", "connection error");
+        for _ in 0..BLACKLIST_AFTER {
+            sel.mark("s", "n0", Err(&e));
+        }
+        let m = counts(&sel, 10).await?;
+        assert_eq!(m.keys().collect::<Vec<_>>(), ["n1"], "n0 is skipped");
+        // With every node blacklisted, they are all tried again rather than none.
+        for _ in 0..BLACKLIST_AFTER {
+            sel.mark("s", "n1", Err(&e));
+        }
+        assert_eq!(counts(&sel, 10).await?.len(), 2);
+        sel.mark("s", "n0", Ok(()));
+        sel.mark("s", "n1", Ok(()));
+        assert_eq!(counts(&sel, 10).await?.len(), 2);
         Ok(())
     }
 

@@ -90,7 +90,15 @@ impl Server for MucpServer {
         }
 
         let (c, t) = (cancel.clone(), tracker.clone());
-        let service = self.opts.name.clone();
+        let limits = self.opts.limits;
+        let conns = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+        let conn = Arc::new(Conn {
+            handlers,
+            cancel: cancel.clone(),
+            service: self.opts.name.clone(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight.max(1))),
+            idle_timeout: limits.idle_timeout,
+        });
         tokio::spawn(async move {
             loop {
                 let sock = tokio::select! {
@@ -98,9 +106,19 @@ impl Server for MucpServer {
                     s = listener.accept() => s,
                 };
                 match sock {
-                    Ok(sock) => {
-                        t.spawn(serve_conn(sock, handlers.clone(), c.clone(), service.clone()));
-                    }
+                    Ok(mut sock) => match conns.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let conn = conn.clone();
+                            t.spawn(async move {
+                                conn.serve(sock).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => {
+                            tracing::warn!(peer = %sock.remote_addr(), max = limits.max_connections, "connection limit reached; closing");
+                            let _ = sock.close().await;
+                        }
+                    },
                     Err(e) => tracing::warn!(error = %e, "accept failed"),
                 }
             }
@@ -160,32 +178,65 @@ impl Server for MucpServer {
     }
 }
 
-async fn serve_conn(
-    mut sock: Box<dyn Socket>,
+/// What every connection task of a server shares.
+struct Conn {
     handlers: Arc<HashMap<String, Handler>>,
     cancel: CancellationToken,
     service: String,
-) {
-    loop {
-        let msg = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            m = sock.recv() => m,
-        };
-        let msg = match msg {
-            Ok(m) => m,
-            Err(e) => {
+    in_flight: Arc<tokio::sync::Semaphore>,
+    idle_timeout: Duration,
+}
+
+impl Conn {
+    async fn serve(&self, mut sock: Box<dyn Socket>) {
+        loop {
+            let msg = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                m = tokio::time::timeout(self.idle_timeout, sock.recv()) => m,
+            };
+            let msg = match msg {
+                Ok(Ok(m)) => m,
+                Ok(Err(e)) => {
+                    // A peer hanging up is normal; anything else (garbage, a
+                    // truncated, oversized or stalled frame) is worth a warning.
+                    if e.detail.ends_with("connection closed") {
+                        tracing::debug!(peer = %sock.remote_addr(), "connection closed by peer");
+                    } else {
+                        tracing::warn!(peer = %sock.remote_addr(), reason = %e.detail, "closing connection");
+                    }
+                    break;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %sock.remote_addr(), idle = ?self.idle_timeout, "closing idle connection");
+                    break;
+                }
+            };
+            let reply = match self.in_flight.clone().try_acquire_owned() {
+                Ok(_permit) => dispatch(&self.handlers, &self.service, msg).await,
+                // Over the in-flight limit: answer at once instead of queueing without bound.
+                Err(_) => busy(msg),
+            };
+            if let Err(e) = sock.send(reply).await {
                 tracing::debug!(peer = %sock.remote_addr(), reason = %e.detail, "closing connection");
                 break;
             }
-        };
-        let reply = dispatch(&handlers, &service, msg).await;
-        if let Err(e) = sock.send(reply).await {
-            tracing::debug!(peer = %sock.remote_addr(), reason = %e.detail, "closing connection");
-            break;
+        }
+        let _ = sock.close().await;
+    }
+}
+
+/// The reply to a request refused because the server is at its in-flight limit.
+fn busy(mut msg: Message) -> Message {
+    let mut header = HashMap::with_capacity(3);
+    for k in [headers::ID, headers::SERVICE, headers::ENDPOINT] {
+        if let Some(v) = msg.header.remove(k) {
+            header.insert(k.to_string(), v);
         }
     }
-    let _ = sock.close().await;
+    let e = Error::unavailable(ID, "server busy: too many requests in flight");
+    header.insert(headers::ERROR.to_string(), e.to_json());
+    Message { header, body: bytes::Bytes::new() }
 }
 
 /// Serves one request message and builds the reply message.

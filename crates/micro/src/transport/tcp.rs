@@ -1,5 +1,5 @@
 use super::frame;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use micro_core::{async_trait, BoxFuture, Error, Listener, Message, Result, Socket, Transport, TransportOptions};
 use std::io;
 use std::sync::Arc;
@@ -96,13 +96,13 @@ impl<N: Net> Transport for TcpTransport<N> {
             .await
             .map_err(|_| Error::timeout(ID, format!("dial {addr}: timed out after {:?}", self.opts.dial_timeout)))?
             .map_err(|e| Error::internal(ID, format!("dial {addr}: {e}")))?;
-        Ok(Box::new(TcpSocket::new(conn, self.opts.max_message_size)))
+        Ok(Box::new(TcpSocket::new(conn, &self.opts)))
     }
 
     async fn listen(&self, addr: &str) -> Result<Box<dyn Listener>> {
         let (listener, bound) =
             self.net.bind(addr).await.map_err(|e| Error::internal(ID, format!("listen on {addr}: {e}")))?;
-        Ok(Box::new(TcpListenerImpl { listener, net: self.net.clone(), addr: bound, max: self.opts.max_message_size }))
+        Ok(Box::new(TcpListenerImpl { listener, net: self.net.clone(), addr: bound, opts: self.opts.clone() }))
     }
 
     fn name(&self) -> &str {
@@ -114,7 +114,7 @@ struct TcpListenerImpl<N: Net> {
     listener: N::Listener,
     net: Arc<N>,
     addr: String,
-    max: usize,
+    opts: TransportOptions,
 }
 
 #[async_trait]
@@ -126,7 +126,7 @@ impl<N: Net> Listener for TcpListenerImpl<N> {
     async fn accept(&self) -> Result<Box<dyn Socket>> {
         loop {
             match self.net.accept(&self.listener).await {
-                Ok(conn) => return Ok(Box::new(TcpSocket::new(conn, self.max))),
+                Ok(conn) => return Ok(Box::new(TcpSocket::new(conn, &self.opts))),
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning, keep the listener.
                     tracing::warn!(error = %e, addr = %self.addr, "accept failed");
@@ -143,16 +143,18 @@ struct TcpSocket<S> {
     local: String,
     remote: String,
     max: usize,
+    read_timeout: Duration,
     out: BytesMut,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> TcpSocket<S> {
-    fn new(conn: Conn<S>, max: usize) -> Self {
+    fn new(conn: Conn<S>, opts: &TransportOptions) -> Self {
         TcpSocket {
             stream: BufReader::with_capacity(16 * 1024, conn.stream),
             local: conn.local,
             remote: conn.peer,
-            max,
+            max: opts.max_message_size,
+            read_timeout: opts.read_timeout,
             out: BytesMut::new(),
         }
     }
@@ -187,9 +189,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Socket for TcpSocket<S>
             Err(e) => return Err(self.err("recv from", e)),
         };
         let size = frame::check_len(len, self.max).map_err(|e| self.err("recv from", e))?;
-        let mut buf = vec![0u8; size];
-        self.stream.read_exact(&mut buf).await.map_err(|e| self.err("recv from", e))?;
-        frame::decode(Bytes::from(buf)).map_err(|e| self.err("recv from", e))
+        // Grow the buffer as bytes arrive, so a peer that announces a large
+        // frame and sends little costs little; and give the rest of the frame
+        // `read_timeout` to arrive.
+        let mut buf = BytesMut::with_capacity(size.min(64 * 1024));
+        let (stream, limit) = (&mut self.stream, self.read_timeout);
+        let read = async {
+            while buf.len() < size {
+                buf.reserve((size - buf.len()).min(64 * 1024));
+                let n = (&mut *stream).take((size - buf.len()) as u64).read_buf(&mut buf).await?;
+                if n == 0 {
+                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "truncated frame"));
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(limit, read).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(self.err("recv from", e)),
+            Err(_) => return Err(self.err("recv from", format!("frame not complete within {limit:?}"))),
+        }
+        frame::decode(buf.freeze()).map_err(|e| self.err("recv from", e))
     }
 
     async fn close(&mut self) -> Result<()> {

@@ -1,0 +1,186 @@
+//! Hostile and broken peers cost only their own connection: garbage, a
+//! truncated header, a frame cut short, a 100 MiB length prefix, a slow
+//! loris and a never-finished frame are each cut off within bounded time,
+//! memory stays bounded, and well-behaved calls made at the same time all
+//! succeed. All traffic is on loopback and every loop is bounded.
+
+use micro::core::{CallOptions, Error};
+use micro::{Flags, Service};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn flags(world: &str) -> Flags {
+    Flags {
+        registry: Some("memory".into()),
+        registry_address: Some(world.into()),
+        transport_read_timeout: Some(Duration::from_millis(300)),
+        server_idle_timeout: Some(Duration::from_secs(2)),
+        max_message_size: Some(1024 * 1024),
+        ..Flags::default()
+    }
+}
+
+async fn server(world: &str, extra: Flags) -> Result<(Service, String), Box<dyn std::error::Error>> {
+    let f = Flags {
+        server_max_in_flight: extra.server_max_in_flight,
+        server_max_connections: extra.server_max_connections,
+        ..flags(world)
+    };
+    let svc = Service::builder("target").flags(f).build()?;
+    svc.handle("Echo.Call", |s: String| async move { Ok::<_, Error>(s) })?;
+    svc.handle("Echo.Slow", |ms: u64| async move {
+        tokio::time::sleep(Duration::from_millis(ms.min(5000))).await;
+        Ok::<_, Error>(ms)
+    })?;
+    svc.start().await?;
+    let addr = svc.server().service().nodes[0].address.clone();
+    Ok((svc, addr))
+}
+
+/// Waits until the server closes `s` (EOF or reset), at most `limit`.
+async fn closed_within(mut s: TcpStream, limit: Duration) -> Result<Duration, Box<dyn std::error::Error>> {
+    let t0 = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(t0.elapsed()), s.read(&mut buf)).await {
+            Err(_) => return Err(format!("connection still open after {limit:?}").into()),
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(t0.elapsed()),
+            Ok(Ok(_)) => continue, // e.g. an error reply before the close
+        }
+    }
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peers_are_cut_off_while_good_calls_succeed() -> TestResult {
+    let (svc, addr) = server("faults-hostile", Flags::default()).await?;
+    let caller = Service::builder("caller").flags(flags("faults-hostile")).build()?;
+
+    // Well-behaved traffic throughout: 8 callers x 100 calls.
+    let mut good = Vec::new();
+    for c in 0..8 {
+        let client = caller.client().clone();
+        good.push(tokio::spawn(async move {
+            for i in 0..100 {
+                let s = format!("{c}-{i}");
+                let r: String = client.call("target", "Echo.Call", &s).await?;
+                assert_eq!(r, s);
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+
+    let bound = Duration::from_secs(5);
+    // Garbage: "GARB" read as a length prefix is over the limit.
+    let mut s = TcpStream::connect(&addr).await?;
+    s.write_all(b"GARBAGE GARBAGE GARBAGE\r\n").await?;
+    closed_within(s, bound).await?;
+    // A complete frame whose header block is truncated inside.
+    let mut s = TcpStream::connect(&addr).await?;
+    s.write_all(&[0, 0, 0, 10, 0, 5, 0, 3, b'a', b'b', b'c', 0, 0, 0]).await?;
+    closed_within(s, bound).await?;
+    // A frame cut short by the peer.
+    let mut s = TcpStream::connect(&addr).await?;
+    s.write_all(&100u32.to_be_bytes()).await?;
+    s.write_all(&[7u8; 50]).await?;
+    s.shutdown().await?;
+    closed_within(s, bound).await?;
+    // A 100 MiB length prefix: refused before anything is allocated.
+    let mut s = TcpStream::connect(&addr).await?;
+    s.write_all(&(100u32 * 1024 * 1024).to_be_bytes()).await?;
+    let took = closed_within(s, bound).await?;
+    assert!(took < Duration::from_secs(1), "refused at once, took {took:?}");
+    // Slow loris: a byte every 100 ms is cut off by the 300 ms read timeout.
+    let mut s = TcpStream::connect(&addr).await?;
+    s.write_all(&1000u32.to_be_bytes()).await?;
+    let loris = tokio::spawn(async move {
+        for _ in 0..50 {
+            if s.write_all(&[1]).await.is_err() {
+                return Ok::<_, std::io::Error>(true);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(false)
+    });
+    assert!(loris.await??, "the slow loris was cut off within 5 s");
+    // Half a length prefix and then nothing: the idle timeout (2 s) closes it.
+    let mut s = TcpStream::connect(&addr).await?;
+    s.write_all(&[0, 0]).await?;
+    let took = closed_within(s, bound).await?;
+    assert!(took >= Duration::from_millis(1500), "idle timeout, not earlier: {took:?}");
+
+    // Many peers announcing large frames and sending little cost little memory.
+    let before = rss_kib();
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let mut s = TcpStream::connect(&addr).await?;
+        s.write_all(&(1024u32 * 1024 - 1).to_be_bytes()).await?;
+        s.write_all(&[0u8; 16]).await?;
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let grew = rss_kib().saturating_sub(before);
+    assert!(grew < 16 * 1024, "64 announced 1 MiB frames grew RSS by {grew} KiB");
+    drop(held);
+
+    for g in good {
+        g.await??;
+    }
+    svc.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_on_in_flight_requests_and_connections() -> TestResult {
+    let limits = Flags { server_max_in_flight: Some(2), server_max_connections: Some(4), ..Flags::default() };
+    let (svc, addr) = server("faults-limits", limits).await?;
+    let caller = Service::builder("caller").flags(flags("faults-limits")).build()?;
+
+    // Four slow calls at once against an in-flight limit of 2: the excess is refused with 503 at once.
+    let mut calls = Vec::new();
+    for _ in 0..4 {
+        let client = caller.client().clone();
+        let opts = CallOptions { retries: Some(0), address: Some(addr.clone()), ..Default::default() };
+        calls.push(tokio::spawn(async move {
+            client.call_with::<_, u64>("target", "Echo.Slow", &500u64, HashMap::new(), opts).await
+        }));
+    }
+    let mut ok = 0;
+    let mut busy = 0;
+    for c in calls {
+        match c.await? {
+            Ok(500) => ok += 1,
+            Err(e) if e.code == 503 => busy += 1,
+            other => return Err(format!("unexpected {other:?}").into()),
+        }
+    }
+    assert_eq!(ok + busy, 4);
+    assert!(ok >= 2 && busy >= 1, "ok {ok}, busy {busy}");
+
+    // Over the connection limit, new connections are closed on accept.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(TcpStream::connect(&addr).await?);
+    }
+    let mut closed = 0;
+    for s in held {
+        if closed_within(s, Duration::from_millis(500)).await.is_ok() {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 4, "{closed} of 8 closed at a limit of 4 (some pooled client connections count too)");
+    svc.stop().await?;
+    Ok(())
+}
