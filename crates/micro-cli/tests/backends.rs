@@ -241,3 +241,52 @@ async fn nats_queue_groups_restart_and_plain_clients() -> TestResult {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restart_during_a_publish_stream_loses_only_what_was_in_flight() -> TestResult {
+    use micro::core::{Broker, BrokerHandler, BrokerOptions, Message, SubscribeOptions};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut nats = Nats::start().map_err(|e| e.to_string())?;
+    let opts = || BrokerOptions { addresses: vec![nats.address()], registry: None };
+    let sub = micro_nats::NatsBroker::new(opts());
+    let publisher = micro_nats::NatsBroker::new(opts());
+    let got = Arc::new(Mutex::new(Vec::<u32>::new()));
+    let g = got.clone();
+    let handler: BrokerHandler = Arc::new(move |_t, m: Message| {
+        let n: u32 = String::from_utf8_lossy(&m.body).parse().unwrap_or(0);
+        g.lock().unwrap_or_else(|e| e.into_inner()).push(n);
+        Box::pin(async { Ok(()) })
+    });
+    sub.subscribe("stream", handler, SubscribeOptions::default()).await?;
+    publisher.connect().await?;
+    // 300 messages, one every 10 ms; the server is down for ~0.5 s in the middle.
+    let sent = Arc::new(AtomicUsize::new(0));
+    let s = sent.clone();
+    let stream = tokio::spawn(async move {
+        for i in 1..=300u32 {
+            let _ = publisher.publish("stream", Message::new(i.to_string())).await;
+            s.store(i as usize, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        publisher.disconnect().await
+    });
+    while sent.load(Ordering::SeqCst) < 100 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    nats.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nats.start_again().map_err(|e| e.to_string())?;
+    stream.await??;
+    // Give the last messages time to arrive.
+    let t0 = Instant::now();
+    while !got.lock().unwrap_or_else(|e| e.into_inner()).contains(&300) && t0.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = got.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let lost = 300 - got.len();
+    println!("nats restart during a 300-message stream: {lost} lost, {} received", got.len());
+    assert!(got.contains(&300), "the subscriber resumed after the restart");
+    assert!(got.iter().filter(|&&n| n <= 100).count() >= 95, "messages before the restart arrived");
+    assert!(lost < 150, "lost {lost} of 300");
+    Ok(())
+}

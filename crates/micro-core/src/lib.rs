@@ -34,7 +34,7 @@ pub use registry::{
 };
 pub use selector::{SelectOptions, Selector, SelectorOptions};
 pub use server::{Handler, HandlerFn, Server, ServerLimits, ServerOptions, Subscriber};
-pub use transport::{Listener, Socket, Transport, TransportOptions};
+pub use transport::{Listener, Socket, TlsOptions, Transport, TransportOptions};
 
 /// The result type used throughout micro's interfaces.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

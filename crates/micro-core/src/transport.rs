@@ -15,6 +15,28 @@ pub struct TransportOptions {
     /// How long the rest of a message may take to arrive once its first
     /// bytes have (a stalled or slow-loris peer is cut off after this).
     pub read_timeout: Duration,
+    /// TLS, when any of its files is set.
+    pub tls: TlsOptions,
+}
+
+/// TLS files (PEM). A listener needs `cert` and `key`, and with `ca` it
+/// requires clients to present a certificate signed by it (mutual TLS). A
+/// dialer verifies servers against `ca` and presents `cert`/`key` if given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// Certificate chain of this side.
+    pub cert: Option<String>,
+    /// Private key of this side.
+    pub key: Option<String>,
+    /// The certificate authority that peers' certificates must chain to.
+    pub ca: Option<String>,
+}
+
+impl TlsOptions {
+    /// Whether TLS is configured at all.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() || self.key.is_some() || self.ca.is_some()
+    }
 }
 
 impl Default for TransportOptions {
@@ -24,6 +46,7 @@ impl Default for TransportOptions {
             dial_timeout: Duration::from_secs(5),
             max_message_size: 4 * 1024 * 1024,
             read_timeout: Duration::from_secs(10),
+            tls: TlsOptions::default(),
         }
     }
 }

@@ -34,6 +34,7 @@ pub fn decode_registry(b: &[u8], _: Vec<FfiObject>) -> Result<RegistryOptions> {
 pub fn encode_transport(o: &TransportOptions) -> Encoded {
     let mut w = Writer::new();
     w.strs(&o.addresses).duration(o.dial_timeout).u64(o.max_message_size as u64).duration(o.read_timeout);
+    w.opt_str(o.tls.cert.as_deref()).opt_str(o.tls.key.as_deref()).opt_str(o.tls.ca.as_deref());
     (w.finish(), Vec::new())
 }
 /// Transport options.
@@ -44,6 +45,7 @@ pub fn decode_transport(b: &[u8], _: Vec<FfiObject>) -> Result<TransportOptions>
         dial_timeout: r.duration()?,
         max_message_size: r.u64()? as usize,
         read_timeout: r.duration()?,
+        tls: micro_core::TlsOptions { cert: r.opt_string()?, key: r.opt_string()?, ca: r.opt_string()? },
     })
 }
 

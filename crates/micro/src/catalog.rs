@@ -53,7 +53,17 @@ pub fn builtin() -> Catalog {
         Arc::new(|o| Ok(Arc::new(CacheSelector::new(o, Strategy::RoundRobin)) as Arc<dyn Selector>)) as NewSelector,
     );
     c.servers.insert("mucp", Arc::new(|o| Ok(Arc::new(MucpServer::new(o)) as Arc<dyn Server>)) as NewServer);
-    c.transports.insert("tcp", Arc::new(|o| Ok(Arc::new(TcpTransport::new(o)) as Arc<dyn Transport>)) as NewTransport);
+    c.transports.insert(
+        "tcp",
+        Arc::new(|o: micro_core::TransportOptions| {
+            if o.tls.enabled() {
+                let net = crate::transport::tls::TlsNet::new(&o.tls, o.read_timeout)?;
+                Ok(Arc::new(TcpTransport::with_net(o, net, "tcp")) as Arc<dyn Transport>)
+            } else {
+                Ok(Arc::new(TcpTransport::new(o)) as Arc<dyn Transport>)
+            }
+        }) as NewTransport,
+    );
     #[cfg(feature = "etcd")]
     micro_etcd::register(&mut c);
     #[cfg(feature = "nats")]

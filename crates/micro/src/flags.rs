@@ -84,6 +84,15 @@ pub struct Flags {
     /// Time for the rest of a message to arrive once it has started [default: 10s]
     #[arg(long, env = "MICRO_TRANSPORT_READ_TIMEOUT", value_parser = parse_duration, global = true)]
     pub transport_read_timeout: Option<Duration>,
+    /// TLS certificate chain (PEM) of this side; with --transport-tls-key, servers speak TLS
+    #[arg(long, env = "MICRO_TRANSPORT_TLS_CERT", global = true)]
+    pub transport_tls_cert: Option<String>,
+    /// TLS private key (PEM) of this side
+    #[arg(long, env = "MICRO_TRANSPORT_TLS_KEY", global = true)]
+    pub transport_tls_key: Option<String>,
+    /// CA (PEM) that peers must chain to: clients verify servers with it, and a server with it requires client certificates (mTLS)
+    #[arg(long, env = "MICRO_TRANSPORT_TLS_CA", global = true)]
+    pub transport_tls_ca: Option<String>,
     /// Largest message accepted or sent, in bytes [default: 4194304]
     #[arg(long, env = "MICRO_MAX_MESSAGE_SIZE", global = true)]
     pub max_message_size: Option<usize>,

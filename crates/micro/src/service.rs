@@ -112,6 +112,11 @@ impl ServiceBuilder {
             addresses: split_list(f.transport_address.as_deref()),
             max_message_size: f.max_message_size.unwrap_or(defaults.max_message_size),
             read_timeout: f.transport_read_timeout.unwrap_or(defaults.read_timeout),
+            tls: micro_core::TlsOptions {
+                cert: f.transport_tls_cert.clone(),
+                key: f.transport_tls_key.clone(),
+                ca: f.transport_tls_ca.clone(),
+            },
             ..defaults
         })
         .map_err(failed("transport", &names.transport))?;

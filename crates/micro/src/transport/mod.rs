@@ -2,5 +2,6 @@
 
 pub mod frame;
 mod tcp;
+pub mod tls;
 
 pub use tcp::{Conn, Net, TcpTransport, TokioNet};

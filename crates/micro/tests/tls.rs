@@ -1,0 +1,159 @@
+//! TLS and mutual TLS on the TCP transport, with certificates made by the
+//! test: a client with a valid certificate calls; one without, or with a
+//! certificate from another CA, is refused; a plain-TCP client to a TLS
+//! server fails cleanly (an error, within its deadline).
+
+use micro::core::CallOptions;
+use micro::{Flags, Service};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+fn make_ca(name: &str) -> Result<Ca, rcgen::Error> {
+    let key = KeyPair::generate()?;
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, name);
+    Ok(Ca { cert: p.self_signed(&key)?, key })
+}
+
+/// Writes `<name>.pem` and `<name>.key` signed by `ca`; returns their paths.
+fn leaf(
+    dir: &Path,
+    name: &str,
+    ca: &Ca,
+    usage: ExtendedKeyUsagePurpose,
+) -> Result<(String, String), Box<dyn std::error::Error>> {
+    let key = KeyPair::generate()?;
+    let mut p = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.extended_key_usages = vec![usage];
+    let cert = p.signed_by(&key, &ca.cert, &ca.key)?;
+    let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    std::fs::write(&c, cert.pem())?;
+    std::fs::write(&k, key.serialize_pem())?;
+    Ok((c.display().to_string(), k.display().to_string()))
+}
+
+fn base(world: &str) -> Flags {
+    Flags {
+        registry: Some("memory".into()),
+        registry_address: Some(world.into()),
+        client_retries: Some(0),
+        client_request_timeout: Some(Duration::from_secs(3)),
+        ..Flags::default()
+    }
+}
+
+async fn call(flags: Flags, addr: &str) -> Result<String, micro::core::Error> {
+    let svc = Service::builder("caller")
+        .flags(flags)
+        .build()
+        .map_err(|e| micro::core::Error::internal("test", e.to_string()))?;
+    let opts = CallOptions { address: Some(addr.to_string()), ..Default::default() };
+    svc.client().call_with("secure", "Echo.Call", &"hi".to_string(), HashMap::new(), opts).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ca = make_ca("micro test CA")?;
+    let ca_pem = dir.path().join("ca.pem");
+    std::fs::write(&ca_pem, ca.cert.pem())?;
+    let ca_pem = ca_pem.display().to_string();
+    let (srv_cert, srv_key) = leaf(dir.path(), "server", &ca, ExtendedKeyUsagePurpose::ServerAuth)?;
+    let (cli_cert, cli_key) = leaf(dir.path(), "client", &ca, ExtendedKeyUsagePurpose::ClientAuth)?;
+    let rogue = make_ca("rogue CA")?;
+    let (bad_cert, bad_key) = leaf(dir.path(), "rogue-client", &rogue, ExtendedKeyUsagePurpose::ClientAuth)?;
+
+    let server = Service::builder("secure")
+        .flags(Flags {
+            transport_tls_cert: Some(srv_cert.clone()),
+            transport_tls_key: Some(srv_key.clone()),
+            transport_tls_ca: Some(ca_pem.clone()),
+            ..base("tls-mtls")
+        })
+        .build()?;
+    server.handle("Echo.Call", |s: String| async move { Ok::<_, micro::core::Error>(s) })?;
+    server.start().await?;
+    let addr = server.server().service().nodes[0].address.clone();
+
+    // A client with a certificate from the CA gets in.
+    let good = Flags {
+        transport_tls_cert: Some(cli_cert.clone()),
+        transport_tls_key: Some(cli_key.clone()),
+        transport_tls_ca: Some(ca_pem.clone()),
+        ..base("tls-mtls-client")
+    };
+    assert_eq!(call(good, &addr).await?, "hi");
+
+    // Without a client certificate: refused.
+    let no_cert = Flags { transport_tls_ca: Some(ca_pem.clone()), ..base("tls-mtls-client") };
+    let e = call(no_cert, &addr).await.err().ok_or("a client without a certificate got in")?;
+    assert!(e.detail.contains("connection error"), "{e}");
+
+    // With a certificate from another CA: refused.
+    let rogue_flags = Flags {
+        transport_tls_cert: Some(bad_cert),
+        transport_tls_key: Some(bad_key),
+        transport_tls_ca: Some(ca_pem.clone()),
+        ..base("tls-mtls-client")
+    };
+    assert!(call(rogue_flags, &addr).await.is_err(), "a client with a rogue certificate got in");
+
+    // A plain-TCP client fails cleanly, well within its deadline.
+    let t0 = Instant::now();
+    let e = call(base("tls-plain-client"), &addr).await.err().ok_or("plain TCP got an answer from a TLS server")?;
+    assert!(t0.elapsed() < Duration::from_secs(3), "took {:?}: {e}", t0.elapsed());
+    server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_only_tls_and_configuration_errors() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ca = make_ca("micro test CA")?;
+    let ca_pem = dir.path().join("ca.pem");
+    std::fs::write(&ca_pem, ca.cert.pem())?;
+    let ca_pem = ca_pem.display().to_string();
+    let (srv_cert, srv_key) = leaf(dir.path(), "server", &ca, ExtendedKeyUsagePurpose::ServerAuth)?;
+
+    // TLS without client certificates: any client that trusts the CA calls.
+    let server = Service::builder("secure")
+        .flags(Flags {
+            transport_tls_cert: Some(srv_cert.clone()),
+            transport_tls_key: Some(srv_key),
+            ..base("tls-server-only")
+        })
+        .build()?;
+    server.handle("Echo.Call", |s: String| async move { Ok::<_, micro::core::Error>(s) })?;
+    server.start().await?;
+    let addr = server.server().service().nodes[0].address.clone();
+    assert_eq!(call(Flags { transport_tls_ca: Some(ca_pem.clone()), ..base("tls-so-client") }, &addr).await?, "hi");
+    server.stop().await?;
+
+    // Bad settings are refused at start-up with the file named.
+    let e = Service::builder("x")
+        .flags(Flags { transport_tls_cert: Some(srv_cert.clone()), ..base("tls-bad") })
+        .build()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("--transport-tls-cert and --transport-tls-key go together"), "{e}");
+    let e = Service::builder("x")
+        .flags(Flags { transport_tls_ca: Some("/nonexistent/ca.pem".into()), ..base("tls-bad") })
+        .build()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+    Ok(())
+}
