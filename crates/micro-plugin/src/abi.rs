@@ -51,6 +51,7 @@ impl FfiStr {
     ///
     /// # Safety
     /// `ptr` must point at `len` readable bytes that live for `'a`.
+    // SAFETY: unsafe to call; the contract is the `# Safety` section above.
     pub unsafe fn as_bytes<'a>(&self) -> &'a [u8] {
         if self.len == 0 || self.ptr.is_null() {
             return &[];
@@ -63,6 +64,7 @@ impl FfiStr {
     ///
     /// # Safety
     /// As for [`as_bytes`](Self::as_bytes).
+    // SAFETY: unsafe to call; the contract is the `# Safety` section above.
     pub unsafe fn to_string_lossy(&self) -> String {
         // SAFETY: guaranteed by the caller.
         String::from_utf8_lossy(unsafe { self.as_bytes() }).into_owned()

@@ -108,6 +108,7 @@ fn ok_reply(object: FfiObject) -> FfiReply {
 ///
 /// # Safety
 /// `host` must point at a valid [`HostApi`] that outlives the process.
+// SAFETY: unsafe to call; the contract is the `# Safety` section above.
 pub unsafe fn init(host: *const HostApi, name: &'static str, hook: impl FnOnce()) -> FfiReply {
     let res = catch_unwind(AssertUnwindSafe(|| -> Result<()> {
         if host.is_null() {
@@ -178,6 +179,7 @@ impl EnterOwned for tokio::runtime::Handle {
 ///
 /// # Safety
 /// `args` must be valid as described by [`FfiArgs`].
+// SAFETY: unsafe to call; the contract is the `# Safety` section above.
 pub unsafe fn construct<K, F: Constructor<K>>(f: &F, args: FfiArgs) -> FfiReply {
     let res = catch_unwind(AssertUnwindSafe(|| {
         let mut objects = Vec::with_capacity(args.n_objects);

@@ -163,6 +163,7 @@ fn io_poll(p: Poll<std::io::Result<usize>>) -> IoPoll {
 /// # Safety
 /// `data` is a live Box<TcpStream> from `stream_ok` used exclusively by this
 /// call; `cx` is a valid FfiContext for this call.
+// SAFETY: unsafe to call; the contract is the `# Safety` section above.
 unsafe fn with_stream(
     data: *mut c_void,
     cx: *mut FfiContext<'_>,

@@ -189,6 +189,7 @@ impl BuildInfo {
 
 /// # Safety
 /// The header's strings must be valid for reads.
+// SAFETY: unsafe to call; the contract is the `# Safety` section above.
 unsafe fn read_build(h: &PluginHeader) -> BuildInfo {
     // SAFETY: guaranteed by the caller.
     unsafe {
@@ -265,6 +266,35 @@ pub fn load(spec: &str, opts: LoadOptions) -> Result<Config, PluginError> {
     // SAFETY: the symbol is at least 8 bytes if it is ours; an unaligned read
     // of the first 8 bytes of any data symbol cannot fault.
     let magic = unsafe { std::ptr::read_unaligned(header_ptr as *const u64) };
+    check_header(&file, magic, None)?;
+    // SAFETY: the magic number says this is a PluginHeader, whose layout never changes.
+    let header = unsafe { &*header_ptr };
+    // SAFETY: a valid header's strings are static.
+    let build = unsafe { read_build(header) };
+    check_header(&file, magic, Some(&build))?;
+    // SAFETY: ABI version and target match, so the symbol is this ABI's descriptor.
+    let descriptor: &'static PluginDescriptor = unsafe { &*(header_ptr as *const PluginDescriptor) };
+    // SAFETY: the descriptor's strings are static data of the library, which is never unloaded.
+    let (name, kind, path_s, new_func) = unsafe {
+        (
+            descriptor.name.to_string_lossy(),
+            descriptor.kind.to_string_lossy(),
+            descriptor.path.to_string_lossy(),
+            descriptor.new_func.to_string_lossy(),
+        )
+    };
+    // Go keeps plugins loaded for the life of the process; so do we.
+    std::mem::forget(lib);
+    let config = Config { name, kind, path: path_s, new_func, file: file.clone(), build, descriptor };
+    loaded.insert(file, config.clone());
+    Ok(config)
+}
+
+/// The loader's checks of a plugin header, in order: the magic number,
+/// then (once the rest may be read) the plugin ABI version, the async-ffi
+/// ABI version and the target. The rustc version is not compared.
+pub fn check_header(path: &Path, magic: u64, build: Option<&BuildInfo>) -> Result<(), PluginError> {
+    let file = path.to_path_buf();
     if magic != abi::MAGIC {
         return Err(PluginError::Mismatch {
             path: file,
@@ -274,10 +304,7 @@ pub fn load(spec: &str, opts: LoadOptions) -> Result<Config, PluginError> {
             hint: ": the symbol is not a micro plugin descriptor".into(),
         });
     }
-    // SAFETY: the magic number says this is a PluginHeader, whose layout never changes.
-    let header = unsafe { &*header_ptr };
-    // SAFETY: a valid header's strings are static.
-    let build = unsafe { read_build(header) };
+    let Some(build) = build else { return Ok(()) };
     let host = BuildInfo::host();
     let rebuild = format!(": rebuild the plugin against micro-plugin {}", host.framework);
     if build.abi_version != host.abi_version {
@@ -302,27 +329,12 @@ pub fn load(spec: &str, opts: LoadOptions) -> Result<Config, PluginError> {
         return Err(PluginError::Mismatch {
             path: file,
             field: "target",
-            plugin: build.target,
+            plugin: build.target.clone(),
             host: host.target,
             hint: ": build the plugin for the host's target".into(),
         });
     }
-    // SAFETY: ABI version and target match, so the symbol is this ABI's descriptor.
-    let descriptor: &'static PluginDescriptor = unsafe { &*(header_ptr as *const PluginDescriptor) };
-    // SAFETY: the descriptor's strings are static data of the library, which is never unloaded.
-    let (name, kind, path_s, new_func) = unsafe {
-        (
-            descriptor.name.to_string_lossy(),
-            descriptor.kind.to_string_lossy(),
-            descriptor.path.to_string_lossy(),
-            descriptor.new_func.to_string_lossy(),
-        )
-    };
-    // Go keeps plugins loaded for the life of the process; so do we.
-    std::mem::forget(lib);
-    let config = Config { name, kind, path: path_s, new_func, file: file.clone(), build, descriptor };
-    loaded.insert(file, config.clone());
-    Ok(config)
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -136,6 +136,7 @@ fn reply_of(res: Result<Reply, Error>) -> FfiReply {
 ///
 /// # Safety
 /// `args.objects` must point at `args.n_objects` initialised objects that the caller gave up.
+// SAFETY: unsafe to call; the contract is the `# Safety` section above.
 unsafe fn take_objects(args: &FfiArgs) -> Vec<FfiObject> {
     let mut v = Vec::with_capacity(args.n_objects);
     for i in 0..args.n_objects {
@@ -289,6 +290,7 @@ impl Remote {
 ///
 /// # Safety
 /// `f` must be an entry point that follows the [`FfiArgs`] contract.
+// SAFETY: unsafe to call; the contract is the `# Safety` section above.
 pub(crate) unsafe fn call_entry_point(
     f: unsafe extern "C" fn(FfiArgs) -> FfiReply,
     bytes: &[u8],
