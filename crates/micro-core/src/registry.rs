@@ -77,6 +77,31 @@ where
     Ok(Option::<T>::deserialize(de)?.unwrap_or_default())
 }
 
+/// Groups single-node records into one service per name and version, as
+/// go-micro's registries return them; a node registered twice counts once
+/// (the later record wins), and nodes are sorted by id.
+pub fn merge_services(records: impl IntoIterator<Item = Service>) -> Vec<Service> {
+    let mut out: Vec<Service> = Vec::new();
+    for rec in records {
+        match out.iter_mut().find(|s| s.name == rec.name && s.version == rec.version) {
+            Some(s) => {
+                for n in rec.nodes {
+                    s.nodes.retain(|m| m.id != n.id);
+                    s.nodes.push(n);
+                }
+                if s.endpoints.is_empty() {
+                    s.endpoints = rec.endpoints;
+                }
+            }
+            None => out.push(rec),
+        }
+    }
+    for s in &mut out {
+        s.nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+    out
+}
+
 /// What happened to a service in the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -104,17 +104,6 @@ fn decode(value: &[u8]) -> Option<Service> {
     serde_json::from_slice(value).ok()
 }
 
-fn merge(records: impl IntoIterator<Item = Service>) -> Vec<Service> {
-    let mut out: Vec<Service> = Vec::new();
-    for r in records {
-        match out.iter_mut().find(|s| s.name == r.name && s.version == r.version) {
-            Some(s) => s.nodes.extend(r.nodes),
-            None => out.push(r),
-        }
-    }
-    out
-}
-
 #[async_trait]
 impl Registry for EtcdRegistry {
     async fn register(&self, service: &Service, opts: RegisterOptions) -> Result<()> {
@@ -166,7 +155,9 @@ impl Registry for EtcdRegistry {
         let mut client = self.client().await?;
         let resp =
             client.get(service_prefix(name), Some(GetOptions::new().with_prefix())).await.map_err(|e| err("get", e))?;
-        let out = merge(resp.kvs().iter().filter_map(|kv| decode(kv.value())).filter(|s| s.name == name));
+        let out = micro_core::registry::merge_services(
+            resp.kvs().iter().filter_map(|kv| decode(kv.value())).filter(|s| s.name == name),
+        );
         if out.is_empty() {
             return Err(Error::not_found("go.micro.registry", format!("service {name}: not found")));
         }
@@ -176,7 +167,7 @@ impl Registry for EtcdRegistry {
     async fn list_services(&self) -> Result<Vec<Service>> {
         let mut client = self.client().await?;
         let resp = client.get(PREFIX, Some(GetOptions::new().with_prefix())).await.map_err(|e| err("get", e))?;
-        let mut out = merge(resp.kvs().iter().filter_map(|kv| decode(kv.value())));
+        let mut out = micro_core::registry::merge_services(resp.kvs().iter().filter_map(|kv| decode(kv.value())));
         out.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
         Ok(out)
     }

@@ -171,17 +171,6 @@ impl MdnsRegistry {
     }
 }
 
-fn merge(records: impl IntoIterator<Item = Service>) -> Vec<Service> {
-    let mut out: Vec<Service> = Vec::new();
-    for r in records {
-        match out.iter_mut().find(|s| s.name == r.name && s.version == r.version) {
-            Some(s) => s.nodes.extend(r.nodes),
-            None => out.push(r),
-        }
-    }
-    out
-}
-
 #[async_trait]
 impl Registry for MdnsRegistry {
     async fn register(&self, service: &Service, opts: RegisterOptions) -> Result<()> {
@@ -211,7 +200,7 @@ impl Registry for MdnsRegistry {
 
     async fn get_service(&self, name: &str) -> Result<Vec<Service>> {
         loop {
-            let out = merge(self.live().into_iter().filter(|s| s.name == name));
+            let out = micro_core::registry::merge_services(self.live().into_iter().filter(|s| s.name == name));
             if !out.is_empty() {
                 return Ok(out);
             }
@@ -227,7 +216,7 @@ impl Registry for MdnsRegistry {
         if self.started.elapsed() < Duration::from_secs(1) {
             tokio::time::sleep(Duration::from_secs(1).saturating_sub(self.started.elapsed())).await;
         }
-        let mut out = merge(self.live());
+        let mut out = micro_core::registry::merge_services(self.live());
         out.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
         Ok(out)
     }

@@ -11,28 +11,7 @@ pub use memory::MemoryRegistry;
 
 use micro_core::{Event, EventKind, Service};
 
-/// Merges registrations into per-version services, as go-micro's registries do.
-pub(crate) fn merge(records: impl IntoIterator<Item = Service>) -> Vec<Service> {
-    let mut out: Vec<Service> = Vec::new();
-    for rec in records {
-        match out.iter_mut().find(|s| s.name == rec.name && s.version == rec.version) {
-            Some(s) => {
-                for n in rec.nodes {
-                    s.nodes.retain(|m| m.id != n.id);
-                    s.nodes.push(n);
-                }
-                if s.endpoints.is_empty() {
-                    s.endpoints = rec.endpoints;
-                }
-            }
-            None => out.push(rec),
-        }
-    }
-    for s in &mut out {
-        s.nodes.sort_by(|a, b| a.id.cmp(&b.id));
-    }
-    out
-}
+pub(crate) use micro_core::registry::merge_services as merge;
 
 /// Applies a watch event to a cached list of service versions.
 pub fn apply_event(services: &mut Vec<Service>, event: &Event) {

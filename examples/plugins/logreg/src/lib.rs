@@ -90,17 +90,6 @@ impl LogRegistry {
     }
 }
 
-fn merge(records: impl Iterator<Item = Service>) -> Vec<Service> {
-    let mut out: Vec<Service> = Vec::new();
-    for r in records {
-        match out.iter_mut().find(|s| s.name == r.name && s.version == r.version) {
-            Some(s) => s.nodes.extend(r.nodes),
-            None => out.push(r),
-        }
-    }
-    out
-}
-
 #[async_trait]
 impl Registry for LogRegistry {
     async fn register(&self, service: &Service, opts: RegisterOptions) -> Result<()> {
@@ -110,14 +99,14 @@ impl Registry for LogRegistry {
         self.append("del", service, Duration::ZERO)
     }
     async fn get_service(&self, name: &str) -> Result<Vec<Service>> {
-        let out = merge(self.replay()?.into_values().filter(|s| s.name == name));
+        let out = micro::core::registry::merge_services(self.replay()?.into_values().filter(|s| s.name == name));
         if out.is_empty() {
             return Err(Error::not_found(ID, format!("service {name}: not found")));
         }
         Ok(out)
     }
     async fn list_services(&self) -> Result<Vec<Service>> {
-        Ok(merge(self.replay()?.into_values()))
+        Ok(micro::core::registry::merge_services(self.replay()?.into_values()))
     }
     async fn watch(&self, opts: WatchOptions) -> Result<Box<dyn Watcher>> {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
