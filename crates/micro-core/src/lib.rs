@@ -15,6 +15,7 @@ pub mod catalog;
 pub mod client;
 pub mod codec;
 pub mod error;
+pub mod frame;
 pub mod headers;
 pub mod message;
 pub mod registry;

@@ -1,6 +1,7 @@
 //! Point-to-point message transport between client and server.
 
-use crate::{async_trait, Message, Result};
+use crate::{async_trait, frame, Error, Message, Result};
+use bytes::{Bytes, BytesMut};
 use std::time::Duration;
 
 /// What a transport constructor is given.
@@ -80,6 +81,20 @@ pub trait Socket: Send {
     async fn recv(&mut self) -> Result<Message>;
     /// Closes the connection.
     async fn close(&mut self) -> Result<()>;
+    /// Sends a message given in [`frame`] encoding (without the length
+    /// prefix). Sockets that write frames natively override this to skip
+    /// decoding; messages from plugins arrive this way.
+    async fn send_frame(&mut self, encoded: Bytes) -> Result<()> {
+        let msg = frame::decode(encoded).map_err(|e| Error::bad_request("go.micro.transport", e.to_string()))?;
+        self.send(msg).await
+    }
+    /// Receives a message in [`frame`] encoding (without the length prefix).
+    async fn recv_frame(&mut self) -> Result<Bytes> {
+        let msg = self.recv().await?;
+        let mut out = BytesMut::new();
+        frame::encode(&msg, &mut out).map_err(|e| Error::internal("go.micro.transport", e.to_string()))?;
+        Ok(out.freeze().slice(4..))
+    }
     /// The local address.
     fn local_addr(&self) -> String;
     /// The peer's address.

@@ -360,15 +360,15 @@ fn export_socket(s: Box<dyn Socket>) -> FfiObject {
 impl Dispatch for SocketExport {
     fn call(self: Arc<Self>, method: u32, args: &[u8], _: Vec<FfiObject>) -> BoxFuture<'static, Result<Reply>> {
         match method {
+            // Messages cross in frame encoding: a socket that speaks frames
+            // (the tcp transport) writes and reads them without decoding.
             socket_m::SEND => {
-                let msg = dec!(wire::get_message(&mut Reader::new(args)));
-                Box::pin(async move { self.socket.lock().await.send(msg).await.and_then(|_| ok()) })
+                let encoded = bytes::Bytes::copy_from_slice(args);
+                Box::pin(async move { self.socket.lock().await.send_frame(encoded).await.and_then(|_| ok()) })
             }
             socket_m::RECV => Box::pin(async move {
-                let msg = self.socket.lock().await.recv().await?;
-                let mut w = Writer::with_capacity(wire::message_len(&msg));
-                wire::put_message(&mut w, &msg);
-                Ok(Reply::bytes(w.finish()))
+                let encoded = self.socket.lock().await.recv_frame().await?;
+                Ok(Reply::bytes(encoded.to_vec()))
             }),
             socket_m::CLOSE => Box::pin(async move { self.socket.lock().await.close().await.and_then(|_| ok()) }),
             m => ready_err(unknown_method("socket", m)),
@@ -401,13 +401,21 @@ impl SocketProxy {
 #[async_trait]
 impl Socket for SocketProxy {
     async fn send(&mut self, msg: Message) -> Result<()> {
-        let mut w = Writer::with_capacity(wire::message_len(&msg));
-        wire::put_message(&mut w, &msg);
-        self.remote.call(socket_m::SEND, &w.finish(), Vec::new()).await.map(|_| ())
+        let mut out = bytes::BytesMut::new();
+        micro_core::frame::encode(&msg, &mut out).map_err(|e| Error::internal("go.micro.plugin", e.to_string()))?;
+        self.remote.call(socket_m::SEND, &out[4..], Vec::new()).await.map(|_| ())
     }
     async fn recv(&mut self) -> Result<Message> {
         let r = self.remote.call(socket_m::RECV, &[], Vec::new()).await?;
-        wire::get_message(&mut Reader::new(r.bytes.as_slice()))
+        micro_core::frame::decode(bytes::Bytes::copy_from_slice(r.bytes.as_slice()))
+            .map_err(|e| Error::internal("go.micro.plugin", format!("message from the plugin: {e}")))
+    }
+    async fn send_frame(&mut self, encoded: bytes::Bytes) -> Result<()> {
+        self.remote.call(socket_m::SEND, &encoded, Vec::new()).await.map(|_| ())
+    }
+    async fn recv_frame(&mut self) -> Result<bytes::Bytes> {
+        let r = self.remote.call(socket_m::RECV, &[], Vec::new()).await?;
+        Ok(bytes::Bytes::copy_from_slice(r.bytes.as_slice()))
     }
     async fn close(&mut self) -> Result<()> {
         self.remote.call(socket_m::CLOSE, &[], Vec::new()).await.map(|_| ())

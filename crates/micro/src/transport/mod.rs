@@ -1,6 +1,6 @@
 //! Built-in transports.
 
-pub mod frame;
+pub use micro_core::frame;
 mod tcp;
 pub mod tls;
 

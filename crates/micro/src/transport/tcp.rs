@@ -1,10 +1,10 @@
 use super::frame;
-use bytes::BytesMut;
+use bytes::{BufMut, Bytes, BytesMut};
 use micro_core::{async_trait, BoxFuture, Error, Listener, Message, Result, Socket, Transport, TransportOptions};
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 const ID: &str = "go.micro.transport";
@@ -162,6 +162,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> TcpSocket<S> {
     fn err(&self, what: &str, e: impl std::fmt::Display) -> Error {
         Error::internal(ID, format!("{what} {}: {e}", self.remote))
     }
+
+    /// Writes the frame in `out` in one write.
+    async fn write_out(&mut self) -> Result<()> {
+        if self.out.len() - 4 > self.max {
+            return Err(self.err("send to", frame::FrameError::TooLarge { size: self.out.len() - 4, max: self.max }));
+        }
+        let res = self.stream.get_mut().write_all(&self.out).await;
+        if self.out.capacity() > 64 * 1024 {
+            self.out = BytesMut::new(); // don't pin a large buffer to an idle connection
+        }
+        res.map_err(|e| self.err("send to", e))
+    }
 }
 
 #[async_trait]
@@ -169,18 +181,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Socket for TcpSocket<S>
     async fn send(&mut self, msg: Message) -> Result<()> {
         self.out.clear();
         frame::encode(&msg, &mut self.out).map_err(|e| self.err("send to", e))?;
-        if self.out.len() - 4 > self.max {
-            return Err(self.err("send to", frame::FrameError::TooLarge { size: self.out.len() - 4, max: self.max }));
-        }
-        // One write per message: header block and body go out together.
-        let res = self.stream.get_mut().write_all(&self.out).await;
-        if self.out.capacity() > 64 * 1024 {
-            self.out = BytesMut::new(); // don't pin a large buffer to an idle connection
-        }
-        res.map_err(|e| self.err("send to", e))
+        self.write_out().await
     }
 
     async fn recv(&mut self) -> Result<Message> {
+        let f = self.recv_frame().await?;
+        frame::decode(f).map_err(|e| self.err("recv from", e))
+    }
+
+    async fn send_frame(&mut self, encoded: Bytes) -> Result<()> {
+        self.out.clear();
+        self.out.reserve(4 + encoded.len());
+        self.out.put_u32(encoded.len() as u32);
+        self.out.extend_from_slice(&encoded);
+        self.write_out().await
+    }
+
+    async fn recv_frame(&mut self) -> Result<Bytes> {
         let len = match self.stream.read_u32().await {
             Ok(len) => len,
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -189,6 +206,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Socket for TcpSocket<S>
             Err(e) => return Err(self.err("recv from", e)),
         };
         let size = frame::check_len(len, self.max).map_err(|e| self.err("recv from", e))?;
+        // Usually the whole frame came with its length prefix: take it from
+        // the read buffer without arming a timer.
+        if self.stream.buffer().len() >= size {
+            let f = Bytes::copy_from_slice(&self.stream.buffer()[..size]);
+            std::pin::Pin::new(&mut self.stream).consume(size);
+            return Ok(f);
+        }
         // Grow the buffer as bytes arrive, so a peer that announces a large
         // frame and sends little costs little; and give the rest of the frame
         // `read_timeout` to arrive.
@@ -205,11 +229,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Socket for TcpSocket<S>
             Ok(())
         };
         match tokio::time::timeout(limit, read).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(self.err("recv from", e)),
-            Err(_) => return Err(self.err("recv from", format!("frame not complete within {limit:?}"))),
+            Ok(Ok(())) => Ok(buf.freeze()),
+            Ok(Err(e)) => Err(self.err("recv from", e)),
+            Err(_) => Err(self.err("recv from", format!("frame not complete within {limit:?}"))),
         }
-        frame::decode(buf.freeze()).map_err(|e| self.err("recv from", e))
     }
 
     async fn close(&mut self) -> Result<()> {

@@ -1,4 +1,6 @@
-//! The TCP transport's frame: one [`Message`] per length-prefixed frame.
+//! micro's message frame: one [`Message`] per length-prefixed frame. The
+//! `tcp` transport writes it on the wire, and messages cross the plugin
+//! boundary in it, so a socket that speaks it natively skips re-encoding.
 //!
 //! ```text
 //! u32 BE  length of everything after this field
@@ -9,8 +11,8 @@
 //! The length is checked against the maximum message size before anything
 //! is allocated, so a hostile length prefix costs nothing.
 
+use crate::Message;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use micro_core::Message;
 use std::collections::HashMap;
 
 /// Why a frame could not be decoded.
