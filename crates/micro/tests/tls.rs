@@ -25,6 +25,14 @@ fn make_ca(name: &str) -> Result<Ca, rcgen::Error> {
     Ok(Ca { cert: p.self_signed(&key)?, key })
 }
 
+/// A CA and the path of its certificate written into `dir`.
+fn ca_file(dir: &Path) -> Result<(Ca, String), Box<dyn std::error::Error>> {
+    let ca = make_ca("micro test CA")?;
+    let path = dir.join("ca.pem");
+    std::fs::write(&path, ca.cert.pem())?;
+    Ok((ca, path.display().to_string()))
+}
+
 /// Writes `<name>.pem` and `<name>.key` signed by `ca`; returns their paths.
 fn leaf(
     dir: &Path,
@@ -65,10 +73,7 @@ async fn call(flags: Flags, addr: &str) -> Result<String, micro::core::Error> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let ca = make_ca("micro test CA")?;
-    let ca_pem = dir.path().join("ca.pem");
-    std::fs::write(&ca_pem, ca.cert.pem())?;
-    let ca_pem = ca_pem.display().to_string();
+    let (ca, ca_pem) = ca_file(dir.path())?;
     let (srv_cert, srv_key) = leaf(dir.path(), "server", &ca, ExtendedKeyUsagePurpose::ServerAuth)?;
     let (cli_cert, cli_key) = leaf(dir.path(), "client", &ca, ExtendedKeyUsagePurpose::ClientAuth)?;
     let rogue = make_ca("rogue CA")?;
@@ -120,10 +125,7 @@ async fn mutual_tls() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_only_tls_and_configuration_errors() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let ca = make_ca("micro test CA")?;
-    let ca_pem = dir.path().join("ca.pem");
-    std::fs::write(&ca_pem, ca.cert.pem())?;
-    let ca_pem = ca_pem.display().to_string();
+    let (ca, ca_pem) = ca_file(dir.path())?;
     let (srv_cert, srv_key) = leaf(dir.path(), "server", &ca, ExtendedKeyUsagePurpose::ServerAuth)?;
 
     // TLS without client certificates: any client that trusts the CA calls.

@@ -19,9 +19,8 @@ use micro_core::{
     async_trait, headers, Broker, BrokerHandler, BrokerOptions, Error, Message, Node, RegisterOptions, Registry,
     Result, Service, SubscribeOptions, Subscription,
 };
-use rand::Rng;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -230,26 +229,14 @@ impl Broker for HttpBroker {
             Err(e) => return Err(e),
         };
         // Broadcast subscribers all get it; each queue group once.
-        let mut targets: Vec<Node> = Vec::new();
-        let mut groups: BTreeMap<String, Vec<Node>> = BTreeMap::new();
-        for s in services {
-            for n in s.nodes {
-                if n.metadata.get("broker").map(String::as_str) != Some("http")
-                    || n.metadata.get("topic").map(String::as_str) != Some(topic)
-                {
-                    continue;
-                }
-                if s.version == BROADCAST {
-                    targets.push(n);
-                } else {
-                    groups.entry(s.version.clone()).or_default().push(n);
-                }
-            }
-        }
-        for members in groups.into_values() {
-            let i = rand::rng().random_range(0..members.len());
-            targets.push(members[i].clone());
-        }
+        let subscribers = services.into_iter().flat_map(|s| {
+            let queue = (s.version != BROADCAST).then(|| s.version.clone());
+            s.nodes.into_iter().map(move |n| (queue.clone(), n))
+        });
+        let targets: Vec<Node> = super::recipients(subscribers.filter(|(_, n)| {
+            n.metadata.get("broker").map(String::as_str) == Some("http")
+                && n.metadata.get("topic").map(String::as_str) == Some(topic)
+        }));
         let body = Bytes::from(
             serde_json::to_vec(&WireMessage { header: msg.header, body: msg.body.to_vec() })
                 .map_err(|e| Error::internal(ID, e.to_string()))?,

@@ -1,6 +1,5 @@
 use micro_core::{async_trait, Broker, BrokerHandler, Error, Message, Result, SubscribeOptions, Subscription};
-use rand::Rng;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 /// A broker inside this process. Instances with the same address share
@@ -68,19 +67,7 @@ impl Broker for MemoryBroker {
         let chosen: Vec<BrokerHandler> = {
             let subs = self.inner.subs.lock().unwrap_or_else(|p| p.into_inner());
             let Some(list) = subs.get(topic) else { return Ok(()) };
-            let mut out = Vec::new();
-            let mut groups: BTreeMap<&str, Vec<&Sub>> = BTreeMap::new();
-            for s in list {
-                match &s.queue {
-                    None => out.push(s.handler.clone()),
-                    Some(q) => groups.entry(q.as_str()).or_default().push(s),
-                }
-            }
-            let mut rng = rand::rng();
-            for members in groups.values() {
-                out.push(members[rng.random_range(0..members.len())].handler.clone());
-            }
-            out
+            super::recipients(list.iter().map(|s| (s.queue.clone(), s.handler.clone())))
         };
         for h in chosen {
             if let Err(e) = h(topic.to_string(), msg.clone()).await {
