@@ -4,11 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
-micro_need_packages protoc:protobuf-compiler
+micro_need_packages protoc:protobuf-compiler nats-server:nats-server
 SECONDS_PER=${SECONDS_PER:-3}
 ROUNDS=${ROUNDS:-3}
 echo "==> building (release)"
-cargo build --locked --release -q -p micro-bench -p micro-cli
+cargo build --locked --release -q -p micro-bench -p micro-cli -p greeter
 mkdir -p target/bench
 target/release/micro plugin build --name tcpx --type transport --path examples/plugins/tcpx \
   --new-func new_transport -o target/bench/tcpx.so --target-dir target/plugin-release
@@ -23,3 +23,7 @@ target/release/micro-bench boundary --kind transport --plugin target/bench/tcpx.
 echo "==> built-in mucp client vs the brpc client plugin (which wraps mucp)"
 MICRO_LOG_LEVEL=warn target/release/micro-bench boundary --kind client --plugin target/bench/brpc.so --name brpc \
   --callers 1,64 --seconds "$SECONDS_PER" --rounds "$ROUNDS"
+echo "==> footprint: idle greeter service, and per idle connection"
+target/release/micro-bench footprint --service target/release/greeter-service --connections 1000
+echo "==> brokers: messages/s published and delivered (nats-server on loopback)"
+target/release/micro-bench broker --messages 50000

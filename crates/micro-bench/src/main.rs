@@ -43,6 +43,28 @@ enum Cmd {
         #[arg(long)]
         plugin: PathBuf,
     },
+    /// Resident memory of an idle service, and per idle client connection
+    #[command(
+        after_help = "Example:\n  micro-bench footprint --service target/release/greeter-service --connections 1000"
+    )]
+    Footprint {
+        /// The service binary to measure
+        #[arg(long)]
+        service: PathBuf,
+        /// Idle connections to open against it
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+    },
+    /// Messages/s published and delivered through the memory, http and nats brokers, and raw async-nats
+    #[command(after_help = "Example:\n  micro-bench broker --messages 20000")]
+    Broker {
+        /// Messages per contender
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+        /// Payload bytes
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+    },
     /// Calls/s through a built-in component and a plugin one (a transport or a client)
     #[command(
         after_help = "Examples:\n  micro-bench boundary --kind transport --plugin target/bench/tcpx.so --name tcpx\n  micro-bench boundary --kind client --plugin target/bench/brpc.so --name brpc"
@@ -81,6 +103,8 @@ fn main() -> std::process::ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     match Cli::parse().cmd {
+        Cmd::Footprint { service, connections } => footprint(&service, connections).await?,
+        Cmd::Broker { messages, payload } => brokers(messages, payload).await?,
         Cmd::PluginLoadOnce { plugin } => {
             let t0 = Instant::now();
             let cfg = micro::plugin::load(&plugin.display().to_string(), Default::default())?;
@@ -237,4 +261,138 @@ async fn measure(
     }
     let q = |p: f64| all[((all.len() - 1) as f64 * p).round() as usize];
     Ok(Sample { rate: all.len() as f64 / window.as_secs_f64(), p50: q(0.5), p99: q(0.99) })
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Starts `service` on a private local registry, waits for it, and measures
+/// its RSS idle and with `n` idle connections open.
+async fn footprint(service: &std::path::Path, n: usize) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("micro-bench-{}", std::process::id()));
+    let mut child = Command::new(service)
+        .env("MICRO_REGISTRY", "local")
+        .env("MICRO_REGISTRY_ADDRESS", &dir)
+        .env("MICRO_LOG_LEVEL", "warn")
+        .env("MICRO_SERVER_MAX_CONNECTIONS", (n + 100).to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", service.display()))?;
+    let reg = micro::registry::LocalRegistry::new(&dir)?;
+    let t0 = Instant::now();
+    let addr = loop {
+        use micro::core::Registry;
+        if let Some(n) = reg.get_service("greeter").await.ok().and_then(|s| s.first()?.nodes.first().cloned()) {
+            break n.address;
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            bail!("the service never registered");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = rss_kib(child.id());
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(tokio::net::TcpStream::connect(&addr).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let loaded = rss_kib(child.id());
+    drop(conns);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("| measure | value |");
+    println!("|---|---:|");
+    println!("| idle service RSS | {:.1} MiB |", idle as f64 / 1024.0);
+    println!("| RSS with {n} idle connections | {:.1} MiB |", loaded as f64 / 1024.0);
+    println!("| per idle connection | {:.1} KiB |", loaded.saturating_sub(idle) as f64 / n.max(1) as f64);
+    Ok(())
+}
+
+/// Publishes `n` messages through a broker to one subscriber and times
+/// until the last one is delivered.
+async fn broker_rate(
+    publisher: &dyn micro::core::Broker,
+    subscriber: &dyn micro::core::Broker,
+    topic: &str,
+    n: usize,
+    payload: usize,
+) -> anyhow::Result<f64> {
+    use micro::core::{BrokerHandler, Message, SubscribeOptions};
+    let got = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let (g, d) = (got.clone(), done.clone());
+    let handler: BrokerHandler = Arc::new(move |_t, _m| {
+        if g.fetch_add(1, Ordering::SeqCst) + 1 == n {
+            d.notify_one();
+        }
+        Box::pin(async { Ok(()) })
+    });
+    subscriber.connect().await?;
+    publisher.connect().await?;
+    let sub = subscriber.subscribe(topic, handler, SubscribeOptions::default()).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let body = bytes::Bytes::from(vec![b'x'; payload]);
+    let t0 = Instant::now();
+    for _ in 0..n {
+        publisher.publish(topic, Message::new(body.clone())).await?;
+    }
+    tokio::time::timeout(Duration::from_secs(60), done.notified()).await.context("messages were lost")?;
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    sub.unsubscribe().await?;
+    Ok(rate)
+}
+
+async fn brokers(n: usize, payload: usize) -> anyhow::Result<()> {
+    use micro::core::BrokerOptions;
+    let nats = micro_testkit::Nats::start().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut rows = Vec::new();
+    let mem = micro::broker::MemoryBroker::new();
+    rows.push(("memory (one process)", broker_rate(&mem, &mem, "bench", n, payload).await?));
+    let registry: Arc<dyn micro::core::Registry> = Arc::new(micro::registry::MemoryRegistry::new());
+    let opts = || BrokerOptions { addresses: vec![], registry: Some(registry.clone()) };
+    let (hp, hs) = (micro::broker::HttpBroker::new(opts())?, micro::broker::HttpBroker::new(opts())?);
+    rows.push(("http", broker_rate(&hp, &hs, "bench", n, payload).await?));
+    let nopts = || BrokerOptions { addresses: vec![nats.address()], registry: None };
+    let (np, ns) = (micro_nats::NatsBroker::new(nopts()), micro_nats::NatsBroker::new(nopts()));
+    let micro_nats_rate = broker_rate(&np, &ns, "bench.micro", n, payload).await?;
+    micro::core::Broker::disconnect(&np).await?;
+    rows.push(("nats", micro_nats_rate));
+    // The ceiling: raw async-nats, publisher and subscriber on their own connections.
+    let (p, s) = (async_nats::connect(nats.address()).await?, async_nats::connect(nats.address()).await?);
+    let mut sub = s.subscribe("bench.raw").await?;
+    s.flush().await?;
+    let body = bytes::Bytes::from(vec![b'x'; payload]);
+    let t0 = Instant::now();
+    let reader = tokio::spawn(async move {
+        use futures::StreamExt;
+        let mut k = 0;
+        while k < n && sub.next().await.is_some() {
+            k += 1;
+        }
+        k
+    });
+    for _ in 0..n {
+        p.publish("bench.raw", body.clone()).await?;
+    }
+    p.flush().await?;
+    let k = tokio::time::timeout(Duration::from_secs(60), reader).await.context("raw nats stalled")??;
+    anyhow::ensure!(k == n, "raw nats lost messages");
+    let raw = n as f64 / t0.elapsed().as_secs_f64();
+    println!("| broker | messages | msg/s | vs raw async-nats |");
+    println!("|---|---:|---:|---:|");
+    for (name, rate) in rows {
+        println!("| {name} | {n} | {rate:.0} | {:.2} |", rate / raw);
+    }
+    println!("| raw async-nats (ceiling) | {n} | {raw:.0} | 1.00 |");
+    Ok(())
 }

@@ -22,7 +22,7 @@ use micro_core::{
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Notify, OnceCell};
 
 const ID: &str = "go.micro.broker.nats";
 
@@ -36,23 +36,24 @@ pub fn register(catalog: &mut Catalog) {
 /// The NATS broker. Connects on first use (or `connect`).
 pub struct NatsBroker {
     servers: Vec<String>,
-    client: Mutex<Option<async_nats::Client>>,
+    // Set once; publishing then needs no lock (the client is a cheap handle).
+    client: OnceCell<async_nats::Client>,
 }
 
 impl NatsBroker {
     /// A broker for `opts.addresses` (default `127.0.0.1:4222`).
     pub fn new(opts: BrokerOptions) -> Self {
         let servers = if opts.addresses.is_empty() { vec!["127.0.0.1:4222".to_string()] } else { opts.addresses };
-        NatsBroker { servers, client: Mutex::new(None) }
+        NatsBroker { servers, client: OnceCell::new() }
     }
 
-    async fn client(&self) -> Result<async_nats::Client> {
-        let mut c = self.client.lock().await;
-        if let Some(c) = &*c {
-            return Ok(c.clone());
-        }
+    async fn client(&self) -> Result<&async_nats::Client> {
+        self.client.get_or_try_init(|| self.connect_client()).await
+    }
+
+    async fn connect_client(&self) -> Result<async_nats::Client> {
         let servers = self.servers.join(",");
-        let client = async_nats::ConnectOptions::new()
+        async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(5))
             // Keep reconnecting: a restarted server must not end the subscriptions.
             .max_reconnects(None)
@@ -61,9 +62,7 @@ impl NatsBroker {
             })
             .connect(servers.as_str())
             .await
-            .map_err(|e| Error::internal(ID, format!("nats connect to {servers}: {e}")))?;
-        *c = Some(client.clone());
-        Ok(client)
+            .map_err(|e| Error::internal(ID, format!("nats connect to {servers}: {e}")))
     }
 }
 
@@ -94,7 +93,8 @@ impl Broker for NatsBroker {
     }
 
     async fn disconnect(&self) -> Result<()> {
-        if let Some(c) = self.client.lock().await.take() {
+        // Flush what is buffered; the connection itself closes when the broker is dropped.
+        if let Some(c) = self.client.get() {
             let _ = c.flush().await;
         }
         Ok(())
@@ -102,10 +102,12 @@ impl Broker for NatsBroker {
 
     async fn publish(&self, topic: &str, msg: Message) -> Result<()> {
         let client = self.client().await?;
-        client
-            .publish_with_headers(topic.to_string(), nats_headers(&msg.header), msg.body)
-            .await
-            .map_err(|e| Error::internal(ID, format!("nats publish to {topic}: {e}")))
+        let res = if msg.header.is_empty() {
+            client.publish(topic.to_string(), msg.body).await
+        } else {
+            client.publish_with_headers(topic.to_string(), nats_headers(&msg.header), msg.body).await
+        };
+        res.map_err(|e| Error::internal(ID, format!("nats publish to {topic}: {e}")))
     }
 
     async fn subscribe(
@@ -124,10 +126,15 @@ impl Broker for NatsBroker {
         let stopped = stop.clone();
         let t = topic.to_string();
         tokio::spawn(async move {
+            // One stop future for the life of the subscription, polled only when
+            // no message is ready (a fresh one per message costs a lock each).
+            let stop = stopped.notified();
+            tokio::pin!(stop);
             loop {
                 let m = tokio::select! {
-                    _ = stopped.notified() => break,
+                    biased;
                     m = sub.next() => match m { Some(m) => m, None => break },
+                    _ = &mut stop => break,
                 };
                 let msg = Message { header: micro_headers(m.headers.as_ref()), body: m.payload };
                 if let Err(e) = handler(m.subject.to_string(), msg).await {
