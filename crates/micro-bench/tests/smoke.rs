@@ -1,0 +1,102 @@
+//! The benchmark tool in a tiny configuration, so that it cannot rot: every
+//! subcommand runs and prints a table with non-zero figures. No timing is
+//! asserted (speed lives in BENCHMARKS.md).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_micro-bench");
+
+fn sibling(name: &str) -> PathBuf {
+    let p = Path::new(BENCH).with_file_name(name);
+    assert!(p.is_file(), "{} is missing: run the tests with `cargo test --workspace`", p.display());
+    p
+}
+
+fn run(args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+    let o = Command::new(BENCH).args(args).env("MICRO_LOG_LEVEL", "error").output()?;
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    if !o.status.success() {
+        return Err(format!("micro-bench {args:?} failed:\n{out}{}", String::from_utf8_lossy(&o.stderr)).into());
+    }
+    Ok(out)
+}
+
+/// The numbers in the table rows whose first cell starts with `label`.
+fn row(out: &str, label: &str) -> Vec<f64> {
+    out.lines()
+        .find(|l| l.starts_with(&format!("| {label}")))
+        .map(|l| {
+            l.split('|')
+                .filter_map(|c| {
+                    c.trim()
+                        .split_whitespace()
+                        .next()
+                        .and_then(|n| n.trim_start_matches('±').replace(',', "").parse().ok())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_benchmark_runs_in_quick_mode() -> TestResult {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target = root.join("target").join("plugin-tests");
+    let plugin = target.join("out").join("bench-tcpx.so");
+    let o = Command::new(sibling("micro"))
+        .args([
+            "plugin",
+            "build",
+            "--name",
+            "tcpx",
+            "--type",
+            "transport",
+            "--new-func",
+            "new_transport",
+            "--debug",
+            "--path",
+        ])
+        .arg(root.join("examples/plugins/tcpx"))
+        .arg("-o")
+        .arg(&plugin)
+        .arg("--target-dir")
+        .arg(&target)
+        .output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let p = plugin.display().to_string();
+
+    let out = run(&[
+        "boundary",
+        "--kind",
+        "transport",
+        "--plugin",
+        &p,
+        "--name",
+        "tcpx",
+        "--callers",
+        "1,2",
+        "--seconds",
+        "0.2",
+        "--rounds",
+        "1",
+    ])?;
+    for label in ["built in: tcp", "plugin: tcpx"] {
+        let r = row(&out, label);
+        assert!(r.len() >= 2 && r[1] > 0.0, "{label}: {out}");
+    }
+    let out = run(&["plugin-load", "--plugin", &p, "--runs", "3"])?;
+    assert!(row(&out, "bench-tcpx.so").first().is_some_and(|&runs| runs == 3.0), "{out}");
+
+    let out =
+        run(&["footprint", "--service", &sibling("greeter-service").display().to_string(), "--connections", "20"])?;
+    assert!(row(&out, "idle service RSS").first().is_some_and(|&mib| mib > 0.0), "{out}");
+
+    let out = run(&["broker", "--messages", "300"])?;
+    for label in ["memory", "http", "nats", "raw async-nats"] {
+        assert!(row(&out, label).get(1).is_some_and(|&rate| rate > 0.0), "{label}: {out}");
+    }
+    Ok(())
+}
