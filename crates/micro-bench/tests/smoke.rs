@@ -31,10 +31,7 @@ fn row(out: &str, label: &str) -> Vec<f64> {
         .map(|l| {
             l.split('|')
                 .filter_map(|c| {
-                    c.trim()
-                        .split_whitespace()
-                        .next()
-                        .and_then(|n| n.trim_start_matches('±').replace(',', "").parse().ok())
+                    c.split_whitespace().next().and_then(|n| n.trim_start_matches('±').replace(',', "").parse().ok())
                 })
                 .collect()
         })
