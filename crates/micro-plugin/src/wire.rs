@@ -178,11 +178,6 @@ pub fn map_len(m: &HashMap<String, String>) -> usize {
     4 + m.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>()
 }
 
-/// The encoded size of a message.
-pub fn message_len(m: &Message) -> usize {
-    map_len(&m.header) + 4 + m.body.len()
-}
-
 /// Encodes a message.
 pub fn put_message(w: &mut Writer, m: &Message) {
     w.map(&m.header).bytes(&m.body);

@@ -15,17 +15,13 @@ struct Tcpx(Arc<dyn Transport>);
 /// The plugin's NewFunc.
 pub fn new_transport(opts: TransportOptions) -> Result<Arc<dyn Transport>> {
     let own = std::env::var("TCPX_OWN_RUNTIME").is_ok_and(|v| v == "1");
-    let inner: Arc<dyn Transport> = if own || !micro_plugin_host_available() {
+    let inner: Arc<dyn Transport> = if own || !micro::plugin::host_sockets_available() {
         Arc::new(TcpTransport::new(opts))
     } else {
         Arc::new(TcpTransport::with_net(opts, HostNet, "tcpx"))
     };
     tracing::info!(host_sockets = !own, "tcpx transport created");
     Ok(Arc::new(Tcpx(inner)))
-}
-
-fn micro_plugin_host_available() -> bool {
-    micro::plugin::host_sockets_available()
 }
 
 #[async_trait]
