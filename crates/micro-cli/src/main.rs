@@ -52,7 +52,7 @@ enum Command {
     },
     /// Call an endpoint of a service with a JSON request
     #[command(
-        after_help = "Examples:\n  micro call greeter Greeter.Hello '{\"name\": \"John\"}'\n  micro call greeter Greeter.Hello '{\"name\": \"John\"}' --address 127.0.0.1:40000 --metadata trace=1"
+        after_help = "Examples:\n  micro call greeter Greeter.Hello '{\"name\": \"John\"}'\n  micro call greeter Greeter.Hello '{\"name\": \"John\"}' --address 127.0.0.1:40000 --metadata trace=1\n  micro call counter Counter.Count '{\"n\": 5}' --stream           # prints each streamed response\n  seq 3 | jq -c '{n: .}' | micro call counter Counter.Sum - --stream  # one message per stdin line"
     )]
     Call {
         /// The service name
@@ -71,6 +71,9 @@ enum Command {
         /// Call metadata, key=value (repeatable)
         #[arg(long = "metadata", short = 'm')]
         metadata: Vec<String>,
+        /// Open a stream: send the request (or, for `-`, each line of stdin) and print every response
+        #[arg(long)]
+        stream: bool,
     },
     /// Build, generate and inspect plugins
     #[command(subcommand)]
@@ -289,6 +292,60 @@ async fn plugin_command(cmd: PluginCommand, output: Output, allow_insecure: bool
     Ok(())
 }
 
+/// Streams `request` (or each stdin line, for `-`) to a stream endpoint and
+/// prints each response as it comes.
+async fn call_stream(
+    svc: &Service,
+    req: Request,
+    opts: CallOptions,
+    request: &str,
+    output: Output,
+) -> anyhow::Result<()> {
+    let mut stream = svc.client().inner().stream(req, opts).await?;
+    if request == "-" {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        let (mut tx, mut rx) = stream.split();
+        let send = async move {
+            while let Some(line) = lines.next_line().await? {
+                if !line.trim().is_empty() {
+                    tx.send(json_body(&line)?).await?;
+                }
+            }
+            tx.close();
+            anyhow::Ok(())
+        };
+        let print = async move {
+            while let Some(body) = rx.recv().await? {
+                print_json(&body, output)?;
+            }
+            anyhow::Ok(())
+        };
+        let (sent, printed) = tokio::join!(send, print);
+        printed?;
+        return sent;
+    }
+    stream.send(json_body(request)?).await?;
+    stream.close_send();
+    while let Some(body) = stream.recv().await? {
+        print_json(&body, output)?;
+    }
+    Ok(())
+}
+
+/// Prints one JSON response: pretty for people, one line for `--output json`.
+fn print_json(body: &[u8], output: Output) -> anyhow::Result<()> {
+    let v: serde_json::Value = serde_json::from_slice(body).context("the response is not JSON")?;
+    if output == Output::Json {
+        println!("{v}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    Ok(())
+}
+
 fn json_body(text: &str) -> anyhow::Result<bytes::Bytes> {
     let v: serde_json::Value =
         serde_json::from_str(text).with_context(|| format!("the request is not valid JSON: {text}"))?;
@@ -368,11 +425,22 @@ async fn run() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Call { service, endpoint, request, address, timeout, metadata } => {
+        Command::Call { service, endpoint, request, address, timeout, metadata, stream } => {
             let mut md = HashMap::new();
             for kv in metadata {
                 let Some((k, v)) = kv.split_once('=') else { bail!("--metadata {kv:?} is not key=value") };
                 md.insert(k.to_string(), v.to_string());
+            }
+            if stream {
+                let req = Request {
+                    service,
+                    endpoint,
+                    content_type: micro::codec::JSON.into(),
+                    body: Default::default(),
+                    metadata: md,
+                };
+                let opts = CallOptions { timeout, address, retries: None };
+                return call_stream(&svc, req, opts, &request, cli.output).await;
             }
             let req = Request {
                 service,

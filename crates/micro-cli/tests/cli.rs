@@ -117,6 +117,67 @@ fn services_describe_call_and_health() -> TestResult {
     Ok(())
 }
 
+/// The greeter on the `grpc` server, called by the tool's `grpc` client
+/// (JSON as `application/grpc+json`), streams from the command line over
+/// both protocols.
+#[test]
+fn grpc_and_streams_from_the_command_line() -> TestResult {
+    let w = World::new()?;
+    let mut c = Command::new(bin("greeter-service"));
+    w.env(&mut c);
+    let _grpc = Proc(c.env("MICRO_SERVER", "grpc").stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+    w.registered()?;
+    let o = w.micro(&["describe", "greeter", "--output", "json"])?;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    assert_eq!(v[0]["nodes"][0]["metadata"]["protocol"], "grpc");
+    let count = v[0]["endpoints"].as_array().and_then(|e| e.iter().find(|e| e["name"] == "Greeter.Count")).cloned();
+    assert_eq!(count.ok_or("no Greeter.Count")?["metadata"]["stream"], "true");
+
+    let o = w.micro(&["call", "greeter", "Greeter.Hello", r#"{"name": "gRPC"}"#, "--client", "grpc"])?;
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o), "{\n  \"greeting\": \"Hello gRPC\"\n}\n");
+    let o = w.micro(&["call", "greeter", "Greeter.Hello", r#"{"name": ""}"#, "--client", "grpc"])?;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains(r#""code":400,"detail":"name must not be empty""#), "{}", err(&o));
+
+    let stream = |client: &str| -> std::io::Result<Output> {
+        w.micro(&["call", "greeter", "Greeter.Count", r#"{"n": 3}"#, "--stream", "--output", "json", "--client", client])
+    };
+    let o = stream("grpc")?;
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o), "{\"i\":1}\n{\"i\":2}\n{\"i\":3}\n");
+    let o = w.micro(&["call", "greeter", "Greeter.Count", r#"{"n": 100000}"#, "--stream", "--client", "grpc"])?;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("n must be at most 10000"), "{}", err(&o));
+
+    // Bidirectional from stdin, one message per line.
+    let mut c = Command::new(MICRO);
+    w.env(&mut c);
+    let mut child = c
+        .args(["call", "greeter", "Greeter.Chat", "-", "--stream", "--output", "json", "--client", "grpc"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().ok_or("no stdin")?;
+        stdin.write_all(b"{\"name\": \"a\"}\n{\"name\": \"b\"}\n")?;
+    }
+    let o = child.wait_with_output()?;
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o), "{\"greeting\":\"Hello a\"}\n{\"greeting\":\"Hello b\"}\n");
+
+    // The same stream over mucp, from a greeter on the default server.
+    let w2 = World::new()?;
+    let _mucp = w2.greeter()?;
+    w2.registered()?;
+    let o = w2.micro(&["call", "greeter", "Greeter.Count", r#"{"n": 2}"#, "--stream", "--output", "json"])?;
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(out(&o), "{\"i\":1}\n{\"i\":2}\n");
+    Ok(())
+}
+
 #[test]
 fn health_reports_a_dead_node() -> TestResult {
     let w = World::new()?;

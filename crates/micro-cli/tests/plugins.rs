@@ -177,7 +177,11 @@ fn bad_plugins_stop_start_up_with_exact_errors() -> TestResult {
     refused(
         &bad_abi.display().to_string(),
         &[],
-        "plugin ABI version mismatch: plugin has 999, host has 1: rebuild the plugin against micro-plugin",
+        &format!(
+            "plugin ABI version mismatch: plugin has {}, host has {}: rebuild the plugin against micro-plugin",
+            micro_plugin::abi::ABI_VERSION + 998,
+            micro_plugin::abi::ABI_VERSION
+        ),
     )?;
 
     let unknown = probe(Some("unknown-type"));
@@ -266,7 +270,7 @@ fn inspect_shows_the_config_and_whether_it_loads() -> TestResult {
         "Name:         probe",
         "Type:         client",
         "NewFunc:      new_client",
-        "ABI version:  1 (host 1)",
+        &format!("ABI version:  {v} (host {v})", v = micro_plugin::abi::ABI_VERSION),
         "Loadable:     yes",
     ] {
         assert!(out.contains(want), "{want:?} in:\n{out}");
@@ -274,7 +278,7 @@ fn inspect_shows_the_config_and_whether_it_loads() -> TestResult {
     let o = Command::new(MICRO).args(["plugin", "inspect", "--output", "json"]).arg(&good).output()?;
     let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
     assert_eq!(v["name"], "probe");
-    assert_eq!(v["build"]["abi_version"], 1);
+    assert_eq!(v["build"]["abi_version"], micro_plugin::abi::ABI_VERSION);
     assert_eq!(v["loadable"], true);
 
     let bad = probe(Some("bad-abi"));

@@ -1,6 +1,6 @@
 //! Making calls to services and publishing messages.
 
-use crate::{async_trait, Broker, Message, Result, Selector, Transport};
+use crate::{async_trait, Broker, Error, Message, Result, Selector, Stream, TlsOptions, Transport};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -61,6 +61,9 @@ pub struct ClientOptions {
     pub pool_size: usize,
     /// How long an idle pooled connection is kept.
     pub pool_ttl: Duration,
+    /// TLS files, for clients that dial on their own (the `grpc` client);
+    /// the `mucp` client gets TLS from its transport.
+    pub tls: TlsOptions,
 }
 
 impl std::fmt::Debug for ClientOptions {
@@ -73,6 +76,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("request_timeout", &self.request_timeout)
             .field("pool_size", &self.pool_size)
             .field("pool_ttl", &self.pool_ttl)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -82,6 +86,18 @@ impl std::fmt::Debug for ClientOptions {
 pub trait Client: Send + Sync {
     /// Calls an endpoint; errors come back in go-micro's shape.
     async fn call(&self, req: Request, opts: CallOptions) -> Result<Response>;
+    /// Opens a stream to a streaming endpoint. `req.body`, when not empty,
+    /// is sent as the first message. Only an explicit `opts.timeout` bounds
+    /// a stream (streams are often long-lived); dropping the stream cancels
+    /// it.
+    async fn stream(&self, req: Request, opts: CallOptions) -> Result<Stream> {
+        let _ = opts;
+        Err(Error::new(
+            "go.micro.client",
+            format!("client {} cannot open streams (to {}.{})", self.name(), req.service, req.endpoint),
+            501,
+        ))
+    }
     /// Publishes a message (already encoded) to a topic.
     async fn publish(&self, topic: &str, msg: Message) -> Result<()>;
     /// The client's name, e.g. `mucp`.

@@ -104,6 +104,7 @@ pub fn status_text(code: i32) -> &'static str {
         409 => "Conflict",
         413 => "Request Entity Too Large",
         429 => "Too Many Requests",
+        499 => "Client Closed Request",
         500 => "Internal Server Error",
         501 => "Not Implemented",
         502 => "Bad Gateway",

@@ -18,3 +18,8 @@ pub const TOPIC: &str = "Micro-Topic";
 pub const TIMEOUT: &str = "Timeout";
 /// The service that sent a request or published a message.
 pub const FROM_SERVICE: &str = "Micro-From-Service";
+/// Marks stream messages of the RPC protocol: `open` on the message that
+/// opens a stream (a connection carries one stream from then on), `eos` on
+/// the message that ends one direction (with [`ERROR`] when it ends in an
+/// error). Messages in between carry only their body.
+pub const STREAM: &str = "Micro-Stream";

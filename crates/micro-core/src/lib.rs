@@ -21,6 +21,7 @@ pub mod message;
 pub mod registry;
 pub mod selector;
 pub mod server;
+pub mod stream;
 pub mod transport;
 
 pub use async_trait::async_trait;
@@ -35,7 +36,8 @@ pub use registry::{
 };
 pub use selector::{SelectOptions, Selector, SelectorOptions};
 pub use server::{Handler, HandlerFn, Server, ServerLimits, ServerOptions, Subscriber};
-pub use transport::{Listener, Socket, TlsOptions, Transport, TransportOptions};
+pub use stream::{Stream, StreamEnds, StreamHandlerFn, StreamReceiver, StreamSender};
+pub use transport::{Listener, Socket, SocketReceiver, SocketSender, TlsOptions, Transport, TransportOptions};
 
 /// The result type used throughout micro's interfaces.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,6 +1,9 @@
 //! Serving endpoints and topic subscriptions.
 
-use crate::{async_trait, BoxFuture, Broker, BrokerHandler, Endpoint, Request, Response, Result, Service, Transport};
+use crate::{
+    async_trait, BoxFuture, Broker, BrokerHandler, Endpoint, Error, Request, Response, Result, Service,
+    StreamHandlerFn, TlsOptions, Transport,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +18,28 @@ pub struct Handler {
     pub endpoint: Endpoint,
     /// Serves a request.
     pub func: HandlerFn,
+    /// Serves a stream, for a streaming endpoint (whose `func` answers
+    /// plain calls with an error).
+    pub stream: Option<StreamHandlerFn>,
+}
+
+impl Handler {
+    /// A handler of plain calls.
+    pub fn unary(endpoint: Endpoint, func: HandlerFn) -> Self {
+        Handler { endpoint, func, stream: None }
+    }
+
+    /// A handler of streams; the endpoint is marked with `stream: true`
+    /// in its metadata, as go-micro marks stream endpoints.
+    pub fn streaming(mut endpoint: Endpoint, stream: StreamHandlerFn) -> Self {
+        endpoint.metadata.insert("stream".into(), "true".into());
+        let name = endpoint.name.clone();
+        let func: HandlerFn = Arc::new(move |_| {
+            let e = Error::bad_request("go.micro.server", format!("{name} is a stream endpoint: open a stream to call it"));
+            Box::pin(async move { Err(e) })
+        });
+        Handler { endpoint, func, stream: Some(stream) }
+    }
 }
 
 impl std::fmt::Debug for Handler {
@@ -63,6 +88,9 @@ pub struct ServerOptions {
     pub drain_timeout: Duration,
     /// Bounds on what peers can make the server hold.
     pub limits: ServerLimits,
+    /// TLS files, for servers that listen on their own (the `grpc` server);
+    /// the `mucp` server gets TLS from its transport.
+    pub tls: TlsOptions,
 }
 
 /// Bounds on connections and requests, so that no peer can exhaust a server.
@@ -95,6 +123,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("broker", &self.broker.name())
             .field("drain_timeout", &self.drain_timeout)
             .field("limits", &self.limits)
+            .field("tls", &self.tls)
             .finish()
     }
 }

@@ -95,8 +95,31 @@ pub trait Socket: Send {
         frame::encode(&msg, &mut out).map_err(|e| Error::internal("go.micro.transport", e.to_string()))?;
         Ok(out.freeze().slice(4..))
     }
+    /// Splits the connection into halves that two tasks can use at once,
+    /// which streams need; the socket is unusable afterwards. `None` when
+    /// the transport cannot split its connections (then it carries no
+    /// streams).
+    fn split(&mut self) -> Option<(Box<dyn SocketSender>, Box<dyn SocketReceiver>)> {
+        None
+    }
     /// The local address.
     fn local_addr(&self) -> String;
     /// The peer's address.
     fn remote_addr(&self) -> String;
+}
+
+/// The sending half of a split [`Socket`].
+#[async_trait]
+pub trait SocketSender: Send {
+    /// Sends one message.
+    async fn send(&mut self, msg: Message) -> Result<()>;
+    /// Shuts the connection's sending direction down.
+    async fn close(&mut self) -> Result<()>;
+}
+
+/// The receiving half of a split [`Socket`].
+#[async_trait]
+pub trait SocketReceiver: Send {
+    /// Receives one message.
+    async fn recv(&mut self) -> Result<Message>;
 }

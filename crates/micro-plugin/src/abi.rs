@@ -15,7 +15,7 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"MICROPLG");
 
 /// The version of this ABI. Bumped on any change to the types in this
 /// module, the method numbering, or the wire encoding.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// The name of the symbol every plugin exports.
 pub const SYMBOL: &str = "MICRO_PLUGIN";

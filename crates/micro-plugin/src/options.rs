@@ -13,6 +13,14 @@ fn next(objects: &mut std::vec::IntoIter<FfiObject>, what: &str) -> Result<FfiOb
     objects.next().ok_or_else(|| Error::internal("go.micro.plugin", format!("constructor options lack the {what}")))
 }
 
+fn put_tls(w: &mut Writer, tls: &micro_core::TlsOptions) {
+    w.opt_str(tls.cert.as_deref()).opt_str(tls.key.as_deref()).opt_str(tls.ca.as_deref());
+}
+
+fn get_tls(r: &mut Reader<'_>) -> Result<micro_core::TlsOptions> {
+    Ok(micro_core::TlsOptions { cert: r.opt_string()?, key: r.opt_string()?, ca: r.opt_string()? })
+}
+
 /// Encoded options: bytes and objects.
 pub type Encoded = (Vec<u8>, Vec<FfiObject>);
 
@@ -34,7 +42,7 @@ pub fn decode_registry(b: &[u8], _: Vec<FfiObject>) -> Result<RegistryOptions> {
 pub fn encode_transport(o: &TransportOptions) -> Encoded {
     let mut w = Writer::new();
     w.strs(&o.addresses).duration(o.dial_timeout).u64(o.max_message_size as u64).duration(o.read_timeout);
-    w.opt_str(o.tls.cert.as_deref()).opt_str(o.tls.key.as_deref()).opt_str(o.tls.ca.as_deref());
+    put_tls(&mut w, &o.tls);
     (w.finish(), Vec::new())
 }
 /// Transport options.
@@ -45,7 +53,7 @@ pub fn decode_transport(b: &[u8], _: Vec<FfiObject>) -> Result<TransportOptions>
         dial_timeout: r.duration()?,
         max_message_size: r.u64()? as usize,
         read_timeout: r.duration()?,
-        tls: micro_core::TlsOptions { cert: r.opt_string()?, key: r.opt_string()?, ca: r.opt_string()? },
+        tls: get_tls(&mut r)?,
     })
 }
 
@@ -83,6 +91,7 @@ pub fn decode_broker(b: &[u8], objects: Vec<FfiObject>) -> Result<BrokerOptions>
 pub fn encode_client(o: &ClientOptions) -> Encoded {
     let mut w = Writer::new();
     w.u32(o.retries).duration(o.request_timeout).u64(o.pool_size as u64).duration(o.pool_ttl);
+    put_tls(&mut w, &o.tls);
     let objects = vec![
         export_selector(o.selector.clone()),
         export_transport(o.transport.clone()),
@@ -99,6 +108,7 @@ pub fn decode_client(b: &[u8], objects: Vec<FfiObject>) -> Result<ClientOptions>
         request_timeout: r.duration()?,
         pool_size: r.u64()? as usize,
         pool_ttl: r.duration()?,
+        tls: get_tls(&mut r)?,
         selector: import_selector(next(&mut it, "selector")?)?,
         transport: import_transport(next(&mut it, "transport")?)?,
         broker: import_broker(next(&mut it, "broker")?)?,
@@ -111,6 +121,7 @@ pub fn encode_server(o: &ServerOptions) -> Encoded {
     w.str(&o.name).str(&o.version).str(&o.id).str(&o.address).opt_str(o.advertise.as_deref());
     w.map(&o.metadata).duration(o.drain_timeout);
     w.u64(o.limits.max_connections as u64).u64(o.limits.max_in_flight as u64).duration(o.limits.idle_timeout);
+    put_tls(&mut w, &o.tls);
     (w.finish(), vec![export_transport(o.transport.clone()), export_broker(o.broker.clone())])
 }
 /// Server options.
@@ -130,6 +141,7 @@ pub fn decode_server(b: &[u8], objects: Vec<FfiObject>) -> Result<ServerOptions>
             max_in_flight: r.u64()? as usize,
             idle_timeout: r.duration()?,
         },
+        tls: get_tls(&mut r)?,
         transport: import_transport(next(&mut it, "transport")?)?,
         broker: import_broker(next(&mut it, "broker")?)?,
     })

@@ -841,7 +841,7 @@ impl Dispatch for ServerExport {
             server_m::HANDLE => {
                 let endpoint: Endpoint = r.json()?;
                 let func = import_handler_fn(take_object(&mut objects, "handler")?)?;
-                self.0.handle(Handler { endpoint, func })?;
+                self.0.handle(Handler::unary(endpoint, func))?;
                 ok()
             }
             server_m::SUBSCRIBE => {
@@ -878,6 +878,13 @@ pub fn import_server(obj: FfiObject) -> Result<Arc<dyn Server>> {
 #[async_trait]
 impl Server for ServerProxy {
     fn handle(&self, handler: Handler) -> Result<()> {
+        if handler.stream.is_some() {
+            return Err(Error::new(
+                "go.micro.plugin",
+                format!("stream endpoint {} cannot be served by a server from a plugin", handler.endpoint.name),
+                501,
+            ));
+        }
         let mut w = Writer::new();
         w.json(&handler.endpoint);
         let obj = export(Arc::new(HandlerFnExport(handler.func)));

@@ -64,6 +64,15 @@ pub fn builtin() -> Catalog {
             }
         }) as NewTransport,
     );
+    #[cfg(feature = "grpc")]
+    {
+        c.clients.insert(
+            "grpc",
+            Arc::new(|o| Ok(Arc::new(crate::grpc::GrpcClient::new(o)?) as Arc<dyn Client>)) as NewClient,
+        );
+        c.servers
+            .insert("grpc", Arc::new(|o| Ok(Arc::new(crate::grpc::GrpcServer::new(o)) as Arc<dyn Server>)) as NewServer);
+    }
     #[cfg(feature = "etcd")]
     micro_etcd::register(&mut c);
     #[cfg(feature = "nats")]
@@ -81,7 +90,8 @@ mod tests {
     fn unknown_name_lists_the_known_ones() {
         let c = builtin();
         let e = c.clients.get("brpc").err().map(|e| e.to_string()).unwrap_or_default();
-        assert_eq!(e, "unknown client \"brpc\"; available: mucp");
+        let clients = if cfg!(feature = "grpc") { "grpc, mucp" } else { "mucp" };
+        assert_eq!(e, format!("unknown client \"brpc\"; available: {clients}"));
         let e = c.registries.get("consul").err().map(|e| e.to_string()).unwrap_or_default();
         // The etcd registry is there when the `etcd` feature is (as in a workspace build).
         let known =

@@ -33,11 +33,14 @@ pub mod catalog;
 pub mod client;
 pub mod codec;
 pub mod flags;
+#[cfg(feature = "grpc")]
+pub mod grpc;
 pub mod plugin;
 pub mod registry;
 pub mod selector;
 pub mod server;
 mod service;
+pub mod stream;
 pub mod transport;
 
 pub use catalog::Catalog;
@@ -47,6 +50,7 @@ pub use micro_core as core;
 pub use micro_core::Error as RpcError;
 pub use server::Context;
 pub use service::{shutdown_signal, Service, ServiceBuilder};
+pub use stream::TypedStream;
 
 /// Errors of building and running a service.
 #[derive(Debug, thiserror::Error)]

@@ -107,16 +107,17 @@ impl ServiceBuilder {
             registry: Some(registry.clone()),
         })
         .map_err(failed("broker", &names.broker))?;
+        let tls = micro_core::TlsOptions {
+            cert: f.transport_tls_cert.clone(),
+            key: f.transport_tls_key.clone(),
+            ca: f.transport_tls_ca.clone(),
+        };
         let defaults = TransportOptions::default();
         let transport = new_transport(TransportOptions {
             addresses: split_list(f.transport_address.as_deref()),
             max_message_size: f.max_message_size.unwrap_or(defaults.max_message_size),
             read_timeout: f.transport_read_timeout.unwrap_or(defaults.read_timeout),
-            tls: micro_core::TlsOptions {
-                cert: f.transport_tls_cert.clone(),
-                key: f.transport_tls_key.clone(),
-                ca: f.transport_tls_ca.clone(),
-            },
+            tls: tls.clone(),
             ..defaults
         })
         .map_err(failed("transport", &names.transport))?;
@@ -130,6 +131,7 @@ impl ServiceBuilder {
             request_timeout: f.client_request_timeout.unwrap_or(Duration::from_secs(5)),
             pool_size: f.client_pool_size.unwrap_or(100),
             pool_ttl: f.client_pool_ttl.unwrap_or(Duration::from_secs(60)),
+            tls: tls.clone(),
         })
         .map_err(failed("client", &names.client))?;
 
@@ -165,6 +167,7 @@ impl ServiceBuilder {
                 max_in_flight: f.server_max_in_flight.unwrap_or(4096),
                 idle_timeout: f.server_idle_timeout.unwrap_or(Duration::from_secs(300)),
             },
+            tls,
         })
         .map_err(failed("server", &names.server))?;
 
@@ -247,6 +250,19 @@ impl Service {
         Fut: Future<Output = micro_core::Result<Resp>> + Send + 'static,
     {
         self.handle_raw(typed_handler(name, self.codecs.clone(), f))
+    }
+
+    /// Serves a stream endpoint `name` (`Handler.Method`) with a typed async
+    /// function: it receives `Req` messages and sends `Resp` messages on its
+    /// [`TypedStream`](crate::TypedStream), and its result ends the stream.
+    pub fn handle_stream<Req, Resp, F, Fut>(&self, name: &str, f: F) -> Result<(), Error>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(Context, crate::TypedStream<Resp, Req>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = micro_core::Result<()>> + Send + 'static,
+    {
+        self.handle_raw(crate::server::typed_stream_handler(name, self.codecs.clone(), f))
     }
 
     /// Serves an untyped [`Handler`].

@@ -1,7 +1,8 @@
 //! TLS and mutual TLS on the TCP transport, with certificates made by the
 //! test: a client with a valid certificate calls; one without, or with a
 //! certificate from another CA, is refused; a plain-TCP client to a TLS
-//! server fails cleanly (an error, within its deadline).
+//! server fails cleanly (an error, within its deadline). The same for the
+//! `grpc` server and client, which take the same `--transport-tls-*` flags.
 
 use micro::core::CallOptions;
 use micro::{Flags, Service};
@@ -63,15 +64,31 @@ fn base(world: &str) -> Flags {
 
 async fn call(flags: Flags, addr: &str) -> Result<String, micro::core::Error> {
     let svc = Service::builder("caller")
-        .flags(flags)
+        .flags(Flags { client: PROTOCOL.with(|p| p.borrow().clone()), ..flags })
         .build()
         .map_err(|e| micro::core::Error::internal("test", e.to_string()))?;
     let opts = CallOptions { address: Some(addr.to_string()), ..Default::default() };
     svc.client().call_with("secure", "Echo.Call", &"hi".to_string(), HashMap::new(), opts).await
 }
 
+thread_local! {
+    /// The client of the test running on this thread (`None`: the default, mucp).
+    static PROTOCOL: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls() -> TestResult {
+    mutual_tls_over(None).await
+}
+
+#[cfg(feature = "grpc")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_grpc() -> TestResult {
+    mutual_tls_over(Some("grpc")).await
+}
+
+async fn mutual_tls_over(protocol: Option<&str>) -> TestResult {
+    PROTOCOL.with(|p| *p.borrow_mut() = protocol.map(String::from));
     let dir = tempfile::tempdir()?;
     let (ca, ca_pem) = ca_file(dir.path())?;
     let (srv_cert, srv_key) = leaf(dir.path(), "server", &ca, ExtendedKeyUsagePurpose::ServerAuth)?;
@@ -84,6 +101,7 @@ async fn mutual_tls() -> TestResult {
             transport_tls_cert: Some(srv_cert.clone()),
             transport_tls_key: Some(srv_key.clone()),
             transport_tls_ca: Some(ca_pem.clone()),
+            server: protocol.map(String::from),
             ..base("tls-mtls")
         })
         .build()?;

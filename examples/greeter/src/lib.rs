@@ -34,6 +34,20 @@ pub struct WhoamiResponse {
     pub id: String,
 }
 
+/// `Greeter.Count` request: how far to count.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CountRequest {
+    /// Count from 1 to `n` (at most 10000).
+    pub n: u64,
+}
+
+/// One `Greeter.Count` response.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CountResponse {
+    /// The number.
+    pub i: u64,
+}
+
 /// The greeter service with its handlers, built from `flags`.
 pub fn service(flags: Flags) -> Result<Service, micro::Error> {
     let svc = Service::builder("greeter").version("1.0.0").flags(flags).build()?;
@@ -49,6 +63,24 @@ pub fn service(flags: Flags) -> Result<Service, micro::Error> {
         }
         tokio::time::sleep(Duration::from_millis(req.ms)).await;
         Ok(HelloResponse { greeting: format!("slept {}ms", req.ms) })
+    })?;
+    // Server-streaming: one request, `n` responses.
+    svc.handle_stream("Greeter.Count", |_ctx, mut s: micro::TypedStream<CountResponse, CountRequest>| async move {
+        let Some(req) = s.recv().await? else { return Ok(()) };
+        if req.n > 10_000 {
+            return Err(Error::bad_request("greeter", "n must be at most 10000"));
+        }
+        for i in 1..=req.n {
+            s.send(&CountResponse { i }).await?;
+        }
+        Ok(())
+    })?;
+    // Bidirectional: a greeting for every name, as the names arrive.
+    svc.handle_stream("Greeter.Chat", |_ctx, mut s: micro::TypedStream<HelloResponse, HelloRequest>| async move {
+        while let Some(req) = s.recv().await? {
+            s.send(&HelloResponse { greeting: format!("Hello {}", req.name) }).await?;
+        }
+        Ok(())
     })?;
     // Pub/sub: count the events published to `greeter.events`; Greeter.Events reports them.
     let events = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -207,7 +207,7 @@ async fn a_node_that_stops_heart_beating_expires_after_its_ttl() -> TestResult {
 fn unknown_component_name_fails_start_up_listing_the_names() -> TestResult {
     let w = World::new()?;
     for (flag, value, want) in [
-        ("--client", "brpc", r#"unknown client "brpc"; available: mucp"#),
+        ("--client", "brpc", r#"unknown client "brpc"; available: grpc, mucp"#),
         ("--registry", "consul", r#"unknown registry "consul"; available: etcd, local, mdns, memory"#),
         ("--selector", "fastest", r#"unknown selector "fastest"; available: random, roundrobin"#),
     ] {

@@ -1,7 +1,86 @@
-//! The built-in `mucp` client and the typed client wrapper.
+//! The built-in `mucp` client, the typed client wrapper, and the retry
+//! policy clients share.
 
 mod mucp;
 mod typed;
 
 pub use mucp::MucpClient;
 pub use typed::TypedClient;
+
+use micro_core::{CallOptions, Error, Request, Response, Result, SelectOptions, Selector};
+use std::future::Future;
+use std::time::Duration;
+
+/// What one attempt of a call ended with: the call's answer, or a
+/// connection problem that another attempt (maybe to another node) may fix.
+pub(crate) enum Attempt {
+    Done(Result<Response>),
+    Conn(Error),
+}
+
+/// The retry policy both protocols share: up to `retries` more attempts
+/// after a connection error or a 503 (a node at its limit or stopping),
+/// each to another node when the selector has one, with a short
+/// exponential backoff; a node that failed is reported to the selector.
+pub(crate) async fn with_retries<F, Fut>(
+    selector: &dyn Selector,
+    req: &Request,
+    opts: &CallOptions,
+    retries: u32,
+    mut attempt_at: F,
+) -> Result<Response>
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = Attempt>,
+{
+    let mut exclude = Vec::new();
+    let mut last = None;
+    for attempt in 0..=retries {
+        if attempt > 0 {
+            // 10ms, 20ms, 40ms … capped at 1s.
+            let backoff = Duration::from_millis(10u64 << (attempt - 1).min(7)).min(Duration::from_secs(1));
+            tokio::time::sleep(backoff).await;
+        }
+        let (address, node_id) = match &opts.address {
+            Some(a) => (a.clone(), None),
+            None => {
+                let sel = SelectOptions { exclude: exclude.clone() };
+                match selector.select(&req.service, sel).await {
+                    Ok(n) => (n.address, Some(n.id)),
+                    // Every node failed this call already: try them again.
+                    Err(_) if !exclude.is_empty() => {
+                        exclude.clear();
+                        let n = selector.select(&req.service, SelectOptions::default()).await?;
+                        (n.address, Some(n.id))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        match attempt_at(address.clone()).await {
+            Attempt::Done(Err(e)) if e.code == 503 && attempt < retries => {
+                tracing::debug!(service = %req.service, %address, attempt, "node busy; trying another");
+                if let Some(id) = node_id {
+                    exclude.push(id);
+                }
+                last = Some(e);
+            }
+            Attempt::Done(res) => {
+                // The node answered, even if with an application error: it is healthy.
+                if let Some(id) = &node_id {
+                    selector.mark(&req.service, id, Ok(()));
+                }
+                return res;
+            }
+            Attempt::Conn(e) => {
+                tracing::debug!(service = %req.service, %address, error = %e.detail, attempt, "call attempt failed");
+                if let Some(id) = node_id {
+                    selector.mark(&req.service, &id, Err(&e));
+                    exclude.push(id);
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::internal("go.micro.client", "no attempt made")))
+}

@@ -1,7 +1,8 @@
 use micro_core::{
     async_trait, headers, CallOptions, Client, ClientOptions, Error, Message, Request, Response, Result, SelectOptions,
-    Socket,
+    Socket, SocketReceiver, SocketSender, Stream, StreamEnds,
 };
+use super::Attempt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -16,13 +17,6 @@ pub struct MucpClient {
     opts: ClientOptions,
     pool: Pool,
     seq: AtomicU64,
-}
-
-/// What one attempt ended with: the call's answer, or a connection
-/// problem that another attempt (maybe to another node) may fix.
-enum Attempt {
-    Done(Result<Response>),
-    Conn(Error),
 }
 
 impl MucpClient {
@@ -77,57 +71,10 @@ impl MucpClient {
 
     async fn call_inner(&self, req: &Request, opts: &CallOptions, deadline: Instant) -> Result<Response> {
         let retries = opts.retries.unwrap_or(self.opts.retries);
-        let mut exclude = Vec::new();
-        let mut last = None;
-        for attempt in 0..=retries {
-            if attempt > 0 {
-                // Short exponential backoff: 10ms, 20ms, 40ms … capped at 1s.
-                let backoff = Duration::from_millis(10u64 << (attempt - 1).min(7)).min(Duration::from_secs(1));
-                tokio::time::sleep(backoff).await;
-            }
-            let (address, node_id) = match &opts.address {
-                Some(a) => (a.clone(), None),
-                None => {
-                    let sel = SelectOptions { exclude: exclude.clone() };
-                    match self.opts.selector.select(&req.service, sel).await {
-                        Ok(n) => (n.address, Some(n.id)),
-                        // Every node failed this call already: try them again.
-                        Err(_) if !exclude.is_empty() => {
-                            exclude.clear();
-                            let n = self.opts.selector.select(&req.service, SelectOptions::default()).await?;
-                            (n.address, Some(n.id))
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-            };
-            match self.attempt(&address, req, deadline).await {
-                // A server at its limit or shutting down: another node may take it.
-                Attempt::Done(Err(e)) if e.code == 503 && attempt < retries => {
-                    tracing::debug!(service = %req.service, %address, attempt, "node busy; trying another");
-                    if let Some(id) = node_id {
-                        exclude.push(id);
-                    }
-                    last = Some(e);
-                }
-                Attempt::Done(res) => {
-                    // The node answered, even if with an application error: it is healthy.
-                    if let Some(id) = &node_id {
-                        self.opts.selector.mark(&req.service, id, Ok(()));
-                    }
-                    return res;
-                }
-                Attempt::Conn(e) => {
-                    tracing::debug!(service = %req.service, %address, error = %e.detail, attempt, "call attempt failed");
-                    if let Some(id) = node_id {
-                        self.opts.selector.mark(&req.service, &id, Err(&e));
-                        exclude.push(id);
-                    }
-                    last = Some(e);
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| Error::internal(ID, "no attempt made")))
+        super::with_retries(&*self.opts.selector, req, opts, retries, |address| async move {
+            self.attempt(&address, req, deadline).await
+        })
+        .await
     }
 }
 
@@ -144,6 +91,64 @@ impl Client for MucpClient {
         }
     }
 
+    async fn stream(&self, req: Request, opts: CallOptions) -> Result<Stream> {
+        let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
+        // A stream gets a connection of its own, not one from the pool.
+        let retries = opts.retries.unwrap_or(self.opts.retries);
+        let mut exclude = Vec::new();
+        let mut attempt = 0;
+        let (mut sock, address) = loop {
+            let (address, node_id) = match &opts.address {
+                Some(a) => (a.clone(), None),
+                None => {
+                    let n = self.opts.selector.select(&req.service, SelectOptions { exclude: exclude.clone() }).await?;
+                    (n.address, Some(n.id))
+                }
+            };
+            match self.opts.transport.dial(&address).await {
+                Ok(s) => break (s, address),
+                Err(e) if attempt < retries => {
+                    if let Some(id) = node_id {
+                        self.opts.selector.mark(&req.service, &id, Err(&e));
+                        exclude.push(id);
+                    }
+                    attempt += 1;
+                }
+                Err(e) => return Err(Error::internal(ID, format!("connection error: {}", e.detail))),
+            }
+        };
+        let id = self.seq.fetch_add(1, Ordering::Relaxed).to_string();
+        let mut open = Message { header: req.metadata.clone(), body: bytes::Bytes::new() };
+        for (k, v) in [
+            (headers::SERVICE, req.service.as_str()),
+            (headers::ENDPOINT, &req.endpoint),
+            (headers::METHOD, &req.endpoint),
+            (headers::ID, &id),
+            (headers::CONTENT_TYPE, &req.content_type),
+            (headers::STREAM, "open"),
+        ] {
+            open.header.insert(k.to_string(), v.to_string());
+        }
+        if let Some(t) = opts.timeout {
+            open.header.insert(headers::TIMEOUT.into(), t.as_millis().to_string());
+        }
+        sock.send(open).await?;
+        let Some((mut tx, rx)) = sock.split() else {
+            return Err(Error::new(
+                ID,
+                format!("transport {} cannot carry streams", self.opts.transport.name()),
+                501,
+            ));
+        };
+        if !req.body.is_empty() {
+            tx.send(Message::new(req.body)).await?;
+        }
+        let (stream, ends) = Stream::pair();
+        tracing::debug!(service = %req.service, endpoint = %req.endpoint, %address, "stream opened");
+        tokio::spawn(drive_stream(tx, rx, ends, deadline));
+        Ok(stream)
+    }
+
     async fn publish(&self, topic: &str, mut msg: Message) -> Result<()> {
         msg.header.insert(headers::TOPIC.into(), topic.into());
         msg.header.entry(headers::ID.into()).or_insert_with(|| uuid::Uuid::new_v4().to_string());
@@ -152,6 +157,65 @@ impl Client for MucpClient {
 
     fn name(&self) -> &str {
         "mucp"
+    }
+}
+
+/// Moves a client stream's messages between its channels and the
+/// connection until the server ends it, the caller drops it, or the
+/// deadline passes; then drops the connection, which tells the server.
+async fn drive_stream(
+    mut tx: Box<dyn SocketSender>,
+    mut rx: Box<dyn SocketReceiver>,
+    ends: StreamEnds,
+    deadline: Option<tokio::time::Instant>,
+) {
+    let StreamEnds { incoming, mut outgoing } = ends;
+    let watch = incoming.clone();
+    let writer = async {
+        while let Some(body) = outgoing.recv().await {
+            if tx.send(Message::new(body)).await.is_err() {
+                break;
+            }
+        }
+        let _ = tx.send(Message::default().with_header(headers::STREAM, "eos")).await;
+        // The sending direction stays open: closing it would look like a cancellation.
+        std::future::pending::<()>().await
+    };
+    let reader = async {
+        loop {
+            match rx.recv().await {
+                Ok(mut m) if m.get(headers::STREAM) == Some("eos") => {
+                    if let Some(e) = m.header.remove(headers::ERROR) {
+                        let _ = incoming.send(Err(Error::parse(&e))).await;
+                    }
+                    return;
+                }
+                Ok(m) => {
+                    if incoming.send(Ok(m.body)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let e = Error::internal(ID, format!("stream broken: {}", e.detail));
+                    let _ = incoming.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    };
+    let expired = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = reader => {}
+        _ = writer => {}
+        _ = watch.closed() => tracing::debug!("stream cancelled by the caller"),
+        _ = expired => {
+            let _ = watch.send(Err(Error::timeout(ID, "stream timed out"))).await;
+        }
     }
 }
 

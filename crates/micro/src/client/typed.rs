@@ -1,4 +1,5 @@
 use micro_core::codec::{decode, encode};
+use crate::stream::TypedStream;
 use micro_core::{headers, CallOptions, Client, Codecs, Message, Request, Result};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
@@ -62,6 +63,37 @@ impl TypedClient {
         let resp = self.client.call(request, opts).await?;
         let codec = self.codecs.get(&resp.content_type)?;
         decode(&*codec, &resp.body)
+    }
+
+    /// Opens a stream to the stream endpoint `endpoint` of `service`: send
+    /// `Req` messages, receive `Resp` messages. Dropping it cancels it.
+    pub async fn stream<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        service: &str,
+        endpoint: &str,
+    ) -> Result<TypedStream<Req, Resp>> {
+        self.stream_with(service, endpoint, HashMap::new(), CallOptions::default()).await
+    }
+
+    /// Opens a stream with metadata and per-call options (`timeout` bounds
+    /// the whole stream).
+    pub async fn stream_with<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        service: &str,
+        endpoint: &str,
+        metadata: HashMap<String, String>,
+        opts: CallOptions,
+    ) -> Result<TypedStream<Req, Resp>> {
+        let codec = self.codecs.get(&self.content_type)?;
+        let request = Request {
+            service: service.to_string(),
+            endpoint: endpoint.to_string(),
+            content_type: self.content_type.clone(),
+            body: Default::default(),
+            metadata,
+        };
+        let stream = self.client.stream(request, opts).await?;
+        Ok(TypedStream::new(stream, codec))
     }
 
     /// Publishes a typed message to a topic.

@@ -1,13 +1,29 @@
 use bytes::Bytes;
 use micro_core::{Codec, Error, Result};
 
-/// JSON bodies (`application/json`) through serde_json.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct JsonCodec;
+/// JSON bodies through serde_json, under `application/json` (and, for
+/// gRPC, `application/grpc+json`).
+#[derive(Debug, Clone, Copy)]
+pub struct JsonCodec {
+    content_type: &'static str,
+}
+
+impl Default for JsonCodec {
+    fn default() -> Self {
+        JsonCodec { content_type: super::JSON }
+    }
+}
+
+impl JsonCodec {
+    /// The JSON codec under another content type.
+    pub fn with_content_type(content_type: &'static str) -> Self {
+        JsonCodec { content_type }
+    }
+}
 
 impl Codec for JsonCodec {
     fn content_type(&self) -> &str {
-        super::JSON
+        self.content_type
     }
 
     fn encode(&self, value: &dyn erased_serde::Serialize) -> Result<Bytes> {
@@ -47,17 +63,17 @@ mod tests {
     #[test]
     fn round_trip() -> Result<()> {
         let v = Hello { name: "John".into(), n: 3 };
-        let bytes = encode(&JsonCodec, &v)?;
+        let bytes = encode(&JsonCodec::default(), &v)?;
         assert_eq!(&bytes[..], br#"{"name":"John","n":3}"#);
-        assert_eq!(decode::<Hello>(&JsonCodec, &bytes)?, v);
+        assert_eq!(decode::<Hello>(&JsonCodec::default(), &bytes)?, v);
         Ok(())
     }
 
     #[test]
     fn bad_input_is_a_400() {
-        let e = decode::<Hello>(&JsonCodec, b"{\"name\":1}").err();
+        let e = decode::<Hello>(&JsonCodec::default(), b"{\"name\":1}").err();
         assert_eq!(e.map(|e| e.code), Some(400));
-        let e = decode::<Hello>(&JsonCodec, br#"{"name":"a","n":1} x"#).err();
+        let e = decode::<Hello>(&JsonCodec::default(), br#"{"name":"a","n":1} x"#).err();
         assert_eq!(e.map(|e| e.code), Some(400));
     }
 

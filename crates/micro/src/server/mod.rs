@@ -3,5 +3,7 @@
 mod mucp;
 mod typed;
 
+#[cfg(feature = "grpc")]
+pub(crate) use mucp::invoke;
 pub use mucp::MucpServer;
-pub use typed::{typed_handler, typed_subscriber, Context};
+pub use typed::{typed_handler, typed_stream_handler, typed_subscriber, Context};

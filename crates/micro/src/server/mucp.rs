@@ -212,6 +212,17 @@ impl Conn {
                     break;
                 }
             };
+            if msg.get(headers::STREAM) == Some("open") {
+                // The connection carries this stream and nothing else.
+                match self.in_flight.clone().try_acquire_owned() {
+                    Ok(_permit) => self.serve_stream(sock, msg).await,
+                    Err(_) => {
+                        let _ = sock.send(busy(msg)).await;
+                        let _ = sock.close().await;
+                    }
+                }
+                return;
+            }
             let reply = match self.in_flight.clone().try_acquire_owned() {
                 Ok(_permit) => dispatch(&self.handlers, &self.service, msg).await,
                 // Over the in-flight limit: answer at once instead of queueing without bound.
@@ -223,6 +234,136 @@ impl Conn {
             }
         }
         let _ = sock.close().await;
+    }
+}
+
+/// How a served stream ended, besides by its handler returning.
+enum StreamEnd {
+    Done,
+    Cancelled,
+    Stopping,
+    Timeout(Duration),
+}
+
+/// The message that ends the server's side of a stream.
+fn end_of_stream(id: &str, err: Option<Error>) -> Message {
+    let mut m = Message::default().with_header(headers::STREAM, "eos").with_header(headers::ID, id);
+    if let Some(e) = err {
+        m.header.insert(headers::ERROR.into(), e.to_json());
+    }
+    m
+}
+
+impl Conn {
+    /// Serves one stream on `sock`, opened by `open`: the peer's messages go
+    /// to the handler until the peer's `eos`, the handler's go to the peer,
+    /// and the handler's result ends the stream. A peer that goes away
+    /// cancels the handler.
+    async fn serve_stream(&self, mut sock: Box<dyn Socket>, mut open: Message) {
+        let take = |m: &mut Message, k: &str| m.header.remove(k).unwrap_or_default();
+        let id = take(&mut open, headers::ID);
+        let endpoint = take(&mut open, headers::ENDPOINT);
+        let content_type = take(&mut open, headers::CONTENT_TYPE);
+        let timeout = take(&mut open, headers::TIMEOUT).parse::<u64>().ok().map(Duration::from_millis);
+        let req_service = take(&mut open, headers::SERVICE);
+        for k in [headers::METHOD, headers::STREAM] {
+            open.header.remove(k);
+        }
+        let handler = match self.handlers.get(&endpoint) {
+            None => Err(Error::not_found(ID, format!("unknown endpoint {endpoint} of service {}", self.service))),
+            Some(h) => h.stream.clone().ok_or_else(|| {
+                Error::bad_request(ID, format!("{endpoint} is not a stream endpoint: call it instead"))
+            }),
+        };
+        let handler = match handler {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = sock.send(end_of_stream(&id, Some(e))).await;
+                let _ = sock.close().await;
+                return;
+            }
+        };
+        let Some((mut tx, mut rx)) = sock.split() else {
+            let e = Error::new(ID, "this transport cannot carry streams", 501);
+            let _ = sock.send(end_of_stream(&id, Some(e))).await;
+            let _ = sock.close().await;
+            return;
+        };
+        let (stream, ends) = micro_core::Stream::pair();
+        let req = Request {
+            service: req_service,
+            endpoint: endpoint.clone(),
+            content_type,
+            body: bytes::Bytes::new(),
+            metadata: open.header,
+        };
+        let mut task = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(req, stream))) {
+            Ok(fut) => tokio::spawn(fut),
+            Err(_) => {
+                let e = Error::internal(&*self.service, format!("handler {endpoint} panicked"));
+                let _ = tx.send(end_of_stream(&id, Some(e))).await;
+                return;
+            }
+        };
+        let micro_core::StreamEnds { incoming, mut outgoing } = ends;
+        let end = {
+            let writer = async {
+                while let Some(body) = outgoing.recv().await {
+                    if tx.send(Message { header: HashMap::new(), body }).await.is_err() {
+                        return false;
+                    }
+                }
+                // The handler dropped its stream: it has finished, or is about to.
+                let err = match (&mut task).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e),
+                    Err(_) => Some(Error::internal(&*self.service, format!("handler {endpoint} panicked"))),
+                };
+                tx.send(end_of_stream(&id, err)).await.is_ok()
+            };
+            let reader = async move {
+                let mut incoming = Some(incoming);
+                loop {
+                    match rx.recv().await {
+                        Ok(m) if m.get(headers::STREAM) == Some("eos") => incoming = None,
+                        Ok(m) => {
+                            if let Some(tx) = &incoming {
+                                // A handler that stopped receiving still gets to send.
+                                let _ = tx.send(Ok(m.body)).await;
+                            }
+                        }
+                        // The peer went away: that cancels the stream.
+                        Err(_) => return,
+                    }
+                }
+            };
+            let deadline = async {
+                match timeout {
+                    Some(t) => tokio::time::sleep(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                sent = writer => if sent { StreamEnd::Done } else { StreamEnd::Cancelled },
+                _ = reader => StreamEnd::Cancelled,
+                _ = self.cancel.cancelled() => StreamEnd::Stopping,
+                _ = deadline => StreamEnd::Timeout(timeout.unwrap_or_default()),
+            }
+        };
+        task.abort();
+        let err = match end {
+            StreamEnd::Done => None,
+            StreamEnd::Cancelled => {
+                tracing::debug!(%endpoint, "stream cancelled by the peer");
+                None
+            }
+            StreamEnd::Stopping => Some(Error::unavailable(ID, "server stopping")),
+            StreamEnd::Timeout(t) => Some(Error::timeout(ID, format!("{endpoint} exceeded the caller's timeout of {t:?}"))),
+        };
+        if let Some(e) = err {
+            let _ = tx.send(end_of_stream(&id, Some(e))).await;
+        }
+        let _ = tx.close().await;
     }
 }
 
@@ -264,26 +405,7 @@ async fn dispatch(handlers: &HashMap<String, Handler>, service: &str, mut msg: M
                 body: msg.body,
                 metadata: msg.header,
             };
-            let func = h.func.clone();
-            // A panicking handler answers 500; the connection and server go on.
-            let fut = std::panic::catch_unwind(AssertUnwindSafe(|| func(req)));
-            match fut {
-                Err(_) => Err(Error::internal(service, format!("handler {endpoint} panicked"))),
-                Ok(fut) => {
-                    let fut = AssertUnwindSafe(fut).catch_unwind();
-                    let res = match timeout {
-                        Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| {
-                            Error::timeout(ID, format!("{endpoint} exceeded the caller's timeout of {t:?}"))
-                        }),
-                        None => Ok(fut.await),
-                    };
-                    match res {
-                        Ok(Ok(r)) => r,
-                        Ok(Err(_)) => Err(Error::internal(service, format!("handler {endpoint} panicked"))),
-                        Err(e) => Err(e),
-                    }
-                }
-            }
+            invoke(&h.func, req, timeout, service).await
         }
     };
     match result {
@@ -303,4 +425,28 @@ async fn dispatch(handlers: &HashMap<String, Handler>, service: &str, mut msg: M
             Message { header, body: bytes::Bytes::new() }
         }
     }
+}
+
+/// Calls a handler with a request: a panic answers 500, and the caller's
+/// remaining `timeout` (when it sent one) is enforced. Both protocols serve
+/// plain calls through this.
+pub(crate) async fn invoke(
+    func: &micro_core::HandlerFn,
+    req: Request,
+    timeout: Option<Duration>,
+    service: &str,
+) -> Result<micro_core::Response> {
+    let endpoint = req.endpoint.clone();
+    // A panicking handler answers 500; the connection and server go on.
+    let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| func(req))) {
+        Ok(fut) => AssertUnwindSafe(fut).catch_unwind(),
+        Err(_) => return Err(Error::internal(service, format!("handler {endpoint} panicked"))),
+    };
+    let res = match timeout {
+        Some(t) => tokio::time::timeout(t, fut)
+            .await
+            .map_err(|_| Error::timeout(ID, format!("{endpoint} exceeded the caller's timeout of {t:?}")))?,
+        None => fut.await,
+    };
+    res.unwrap_or_else(|_| Err(Error::internal(service, format!("handler {endpoint} panicked"))))
 }

@@ -1,6 +1,8 @@
 use micro_core::codec::{decode, encode};
+use crate::stream::TypedStream;
 use micro_core::{
-    headers, BrokerHandler, Codecs, Endpoint, Error, Handler, HandlerFn, Request, Response, Result, Subscriber, Value,
+    headers, BrokerHandler, Codecs, Endpoint, Error, Handler, HandlerFn, Request, Response, Result, Stream,
+    StreamHandlerFn, Subscriber, Value,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
@@ -55,15 +57,43 @@ where
             Ok(Response { content_type: ct, body: encode(&*codec, &resp)?, metadata: HashMap::new() })
         })
     });
-    Handler {
-        endpoint: Endpoint {
-            name: name.to_string(),
-            request: Some(shape::<Req>("request")),
-            response: Some(shape::<Resp>("response")),
-            metadata: HashMap::new(),
-        },
-        func,
+    Handler::unary(endpoint::<Req, Resp>(name), func)
+}
+
+fn endpoint<Req, Resp>(name: &str) -> Endpoint {
+    Endpoint {
+        name: name.to_string(),
+        request: Some(shape::<Req>("request")),
+        response: Some(shape::<Resp>("response")),
+        metadata: HashMap::new(),
     }
+}
+
+/// Turns a typed async function into a stream [`Handler`] for `name`. The
+/// function gets a [`TypedStream`] that receives `Req` and sends `Resp`,
+/// encoded with the codec of the stream's content type; whatever it returns
+/// ends the stream (an `Err` reaches the caller as the stream's error). The
+/// same function serves server-streaming, client-streaming and
+/// bidirectional calls, over `mucp` and `grpc` alike.
+pub fn typed_stream_handler<Req, Resp, F, Fut>(name: &str, codecs: Codecs, f: F) -> Handler
+where
+    Req: DeserializeOwned + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    F: Fn(Context, TypedStream<Resp, Req>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    let f = Arc::new(f);
+    let func: StreamHandlerFn = Arc::new(move |req: Request, stream: Stream| {
+        let f = f.clone();
+        let codecs = codecs.clone();
+        Box::pin(async move {
+            let ct = if req.content_type.is_empty() { codecs.default_type().to_string() } else { req.content_type };
+            let codec = codecs.get(&ct)?;
+            let ctx = Context { service: req.service, endpoint: req.endpoint, metadata: req.metadata };
+            f(ctx, TypedStream::new(stream, codec)).await
+        })
+    });
+    Handler::streaming(endpoint::<Req, Resp>(name), func)
 }
 
 /// Turns a typed async function into a [`Subscriber`] of `topic`; each

@@ -1,6 +1,9 @@
 use super::frame;
 use bytes::{BufMut, Bytes, BytesMut};
-use micro_core::{async_trait, BoxFuture, Error, Listener, Message, Result, Socket, Transport, TransportOptions};
+use micro_core::{
+    async_trait, BoxFuture, Error, Listener, Message, Result, Socket, SocketReceiver, SocketSender, Transport,
+    TransportOptions,
+};
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,7 +142,8 @@ impl<N: Net> Listener for TcpListenerImpl<N> {
 
 struct TcpSocket<S> {
     // Buffered reads: a small frame usually arrives in one read syscall.
-    stream: BufReader<S>,
+    // `None` once split.
+    stream: Option<BufReader<S>>,
     local: String,
     remote: String,
     max: usize,
@@ -150,7 +154,7 @@ struct TcpSocket<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> TcpSocket<S> {
     fn new(conn: Conn<S>, opts: &TransportOptions) -> Self {
         TcpSocket {
-            stream: BufReader::with_capacity(16 * 1024, conn.stream),
+            stream: Some(BufReader::with_capacity(16 * 1024, conn.stream)),
             local: conn.local,
             remote: conn.peer,
             max: opts.max_message_size,
@@ -168,7 +172,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> TcpSocket<S> {
         if self.out.len() - 4 > self.max {
             return Err(self.err("send to", frame::FrameError::TooLarge { size: self.out.len() - 4, max: self.max }));
         }
-        let res = self.stream.get_mut().write_all(&self.out).await;
+        let Some(stream) = self.stream.as_mut() else { return Err(self.err("send to", "socket was split")) };
+        let res = stream.get_mut().write_all(&self.out).await;
         if self.out.capacity() > 64 * 1024 {
             self.out = BytesMut::new(); // don't pin a large buffer to an idle connection
         }
@@ -198,45 +203,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Socket for TcpSocket<S>
     }
 
     async fn recv_frame(&mut self) -> Result<Bytes> {
-        let len = match self.stream.read_u32().await {
-            Ok(len) => len,
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(self.err("recv from", "connection closed"))
-            }
-            Err(e) => return Err(self.err("recv from", e)),
+        let Some(stream) = self.stream.as_mut() else { return Err(self.err("recv from", "socket was split")) };
+        read_frame(stream, self.max, self.read_timeout).await.map_err(|e| self.err("recv from", e))
+    }
+
+    fn split(&mut self) -> Option<(Box<dyn SocketSender>, Box<dyn SocketReceiver>)> {
+        let stream = self.stream.take()?;
+        // Bytes the reader already buffered belong to the receiving half.
+        let buffered = std::io::Cursor::new(stream.buffer().to_vec());
+        let (r, w) = tokio::io::split(stream.into_inner());
+        let receiver = TcpReceiver {
+            stream: BufReader::with_capacity(16 * 1024, buffered.chain(r)),
+            remote: self.remote.clone(),
+            max: self.max,
+            read_timeout: self.read_timeout,
         };
-        let size = frame::check_len(len, self.max).map_err(|e| self.err("recv from", e))?;
-        // Usually the whole frame came with its length prefix: take it from
-        // the read buffer without arming a timer.
-        if self.stream.buffer().len() >= size {
-            let f = Bytes::copy_from_slice(&self.stream.buffer()[..size]);
-            std::pin::Pin::new(&mut self.stream).consume(size);
-            return Ok(f);
-        }
-        // Grow the buffer as bytes arrive, so a peer that announces a large
-        // frame and sends little costs little; and give the rest of the frame
-        // `read_timeout` to arrive.
-        let mut buf = BytesMut::with_capacity(size.min(64 * 1024));
-        let (stream, limit) = (&mut self.stream, self.read_timeout);
-        let read = async {
-            while buf.len() < size {
-                buf.reserve((size - buf.len()).min(64 * 1024));
-                let n = (&mut *stream).take((size - buf.len()) as u64).read_buf(&mut buf).await?;
-                if n == 0 {
-                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "truncated frame"));
-                }
-            }
-            Ok(())
-        };
-        match tokio::time::timeout(limit, read).await {
-            Ok(Ok(())) => Ok(buf.freeze()),
-            Ok(Err(e)) => Err(self.err("recv from", e)),
-            Err(_) => Err(self.err("recv from", format!("frame not complete within {limit:?}"))),
-        }
+        let sender = TcpSender { stream: w, remote: self.remote.clone(), max: self.max, out: BytesMut::new() };
+        Some((Box::new(sender), Box::new(receiver)))
     }
 
     async fn close(&mut self) -> Result<()> {
-        self.stream.get_mut().shutdown().await.map_err(|e| self.err("close", e))
+        match self.stream.as_mut() {
+            Some(s) => s.get_mut().shutdown().await.map_err(|e| self.err("close", e)),
+            None => Ok(()),
+        }
     }
 
     fn local_addr(&self) -> String {
@@ -245,6 +235,90 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Socket for TcpSocket<S>
 
     fn remote_addr(&self) -> String {
         self.remote.clone()
+    }
+}
+
+/// Reads one length-prefixed frame: the length is checked against `max`
+/// before anything is allocated, and the buffer grows as bytes arrive, so a
+/// peer that announces a large frame and sends little costs little; the
+/// rest of a started frame must arrive within `read_timeout`.
+async fn read_frame<R: AsyncRead + Unpin>(
+    stream: &mut BufReader<R>,
+    max: usize,
+    read_timeout: Duration,
+) -> io::Result<Bytes> {
+    let len = match stream.read_u32().await {
+        Ok(len) => len,
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"))
+        }
+        Err(e) => return Err(e),
+    };
+    let size = frame::check_len(len, max).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    // Usually the whole frame came with its length prefix: take it from
+    // the read buffer without arming a timer.
+    if stream.buffer().len() >= size {
+        let f = Bytes::copy_from_slice(&stream.buffer()[..size]);
+        std::pin::Pin::new(&mut *stream).consume(size);
+        return Ok(f);
+    }
+    let mut buf = BytesMut::with_capacity(size.min(64 * 1024));
+    let read = async {
+        while buf.len() < size {
+            buf.reserve((size - buf.len()).min(64 * 1024));
+            let n = (&mut *stream).take((size - buf.len()) as u64).read_buf(&mut buf).await?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated frame"));
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(read_timeout, read).await {
+        Ok(Ok(())) => Ok(buf.freeze()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("frame not complete within {read_timeout:?}"))),
+    }
+}
+
+/// The sending half of a split TCP socket.
+struct TcpSender<W> {
+    stream: W,
+    remote: String,
+    max: usize,
+    out: BytesMut,
+}
+
+#[async_trait]
+impl<W: AsyncWrite + Unpin + Send> SocketSender for TcpSender<W> {
+    async fn send(&mut self, msg: Message) -> Result<()> {
+        let err = |e: &dyn std::fmt::Display| Error::internal(ID, format!("send to {}: {e}", self.remote));
+        self.out.clear();
+        frame::encode(&msg, &mut self.out).map_err(|e| err(&e))?;
+        if self.out.len() - 4 > self.max {
+            return Err(err(&frame::FrameError::TooLarge { size: self.out.len() - 4, max: self.max }));
+        }
+        self.stream.write_all(&self.out).await.map_err(|e| err(&e))
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.stream.shutdown().await.map_err(|e| Error::internal(ID, format!("close {}: {e}", self.remote)))
+    }
+}
+
+/// The receiving half of a split TCP socket.
+struct TcpReceiver<R> {
+    stream: BufReader<R>,
+    remote: String,
+    max: usize,
+    read_timeout: Duration,
+}
+
+#[async_trait]
+impl<R: AsyncRead + Unpin + Send> SocketReceiver for TcpReceiver<R> {
+    async fn recv(&mut self) -> Result<Message> {
+        let err = |e: &dyn std::fmt::Display| Error::internal(ID, format!("recv from {}: {e}", self.remote));
+        let f = read_frame(&mut self.stream, self.max, self.read_timeout).await.map_err(|e| err(&e))?;
+        frame::decode(f).map_err(|e| err(&e))
     }
 }
 

@@ -58,6 +58,11 @@ pub struct TlsNet {
 impl TlsNet {
     /// Builds the server and client sides from PEM files (see [`TlsOptions`]).
     pub fn new(opts: &TlsOptions, handshake_timeout: Duration) -> Result<Self> {
+        Self::with_alpn(opts, handshake_timeout, Vec::new())
+    }
+
+    /// Like [`new`](Self::new), offering these ALPN protocols (gRPC needs `h2`).
+    pub fn with_alpn(opts: &TlsOptions, handshake_timeout: Duration, alpn: Vec<Vec<u8>>) -> Result<Self> {
         let versions = rustls::DEFAULT_VERSIONS;
         let acceptor = match (&opts.cert, &opts.key) {
             (Some(cert), Some(k)) => {
@@ -73,8 +78,9 @@ impl TlsNet {
                     ),
                     None => builder.with_no_client_auth(),
                 };
-                let config =
+                let mut config =
                     builder.with_single_cert(certs(cert)?, key(k)?).map_err(|e| bad("certificate", cert, e))?;
+                config.alpn_protocols = alpn.clone();
                 Some(TlsAcceptor::from(Arc::new(config)))
             }
             (None, None) => None,
@@ -86,12 +92,13 @@ impl TlsNet {
                     .with_protocol_versions(versions)
                     .map_err(|e| Error::internal(ID, e.to_string()))?
                     .with_root_certificates(roots(ca)?);
-                let config = match (&opts.cert, &opts.key) {
+                let mut config = match (&opts.cert, &opts.key) {
                     (Some(cert), Some(k)) => {
                         builder.with_client_auth_cert(certs(cert)?, key(k)?).map_err(|e| bad("certificate", cert, e))?
                     }
                     _ => builder.with_no_client_auth(),
                 };
+                config.alpn_protocols = alpn;
                 Some(TlsConnector::from(Arc::new(config)))
             }
             None => None,

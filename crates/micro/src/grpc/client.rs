@@ -1,0 +1,269 @@
+//! The `grpc` client: a tonic `Channel` (one multiplexed HTTP/2 connection)
+//! per node, the same selector and retry policy as the `mucp` client.
+
+use super::{from_status, put_metadata, wire_content_type, BytesCodec};
+use crate::client::{with_retries, Attempt};
+use crate::transport::Net;
+use futures::StreamExt;
+use micro_core::{
+    async_trait, headers, CallOptions, Client, ClientOptions, Error, Message, Request, Response, Result, Stream,
+    StreamEnds,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+const ID: &str = "go.micro.client";
+
+/// The gRPC client, selected with `--client grpc`. It dials on its own
+/// (TLS with ALPN `h2` when `--transport-tls-ca` is set) and calls
+/// `/<service>.<Handler>/<Method>` (see [`crate::grpc`]).
+pub struct GrpcClient {
+    opts: ClientOptions,
+    channels: Mutex<HashMap<String, Channel>>,
+    tls: Option<Arc<crate::transport::tls::TlsNet>>,
+}
+
+impl GrpcClient {
+    /// A client with these options.
+    pub fn new(opts: ClientOptions) -> Result<Self> {
+        let tls = if opts.tls.ca.is_some() {
+            let net = crate::transport::tls::TlsNet::with_alpn(&opts.tls, Duration::from_secs(10), vec![b"h2".to_vec()])?;
+            Some(Arc::new(net))
+        } else {
+            None
+        };
+        Ok(GrpcClient { opts, channels: Mutex::new(HashMap::new()), tls })
+    }
+
+    /// The channel to `address`, made on first use (it connects lazily and
+    /// reconnects by itself).
+    fn channel(&self, address: &str) -> Result<Channel> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(address) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| Error::bad_request(ID, format!("grpc address {address:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        let channel = match &self.tls {
+            None => endpoint.connect_lazy(),
+            Some(tls) => {
+                let (tls, address) = (tls.clone(), address.to_string());
+                endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+                    let (tls, address) = (tls.clone(), address.clone());
+                    async move {
+                        let c = tls.connect(&address).await?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(c.stream))
+                    }
+                }))
+            }
+        };
+        channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// A tonic client over the channel that sends `content_type` instead of
+    /// tonic's fixed `application/grpc`.
+    fn grpc(&self, address: &str, content_type: &str) -> Result<tonic::client::Grpc<WithContentType>> {
+        let ct = http::HeaderValue::from_str(wire_content_type(content_type))
+            .map_err(|_| Error::bad_request(ID, format!("content type {content_type:?} is not a valid header")))?;
+        let channel = self.channel(address)?;
+        let set: SetContentType = Box::new(move |mut r: http::Request<tonic::body::Body>| {
+            r.headers_mut().insert(http::header::CONTENT_TYPE, ct.clone());
+            r
+        });
+        let svc = tower::ServiceExt::map_request(channel, set);
+        Ok(tonic::client::Grpc::new(svc))
+    }
+
+    async fn attempt(&self, address: &str, req: &Request, timeout: Duration) -> Attempt {
+        let mut grpc = match self.grpc(address, &req.content_type) {
+            Ok(g) => g,
+            Err(e) => return Attempt::Done(Err(e)),
+        };
+        let mut request = tonic::Request::new(req.body.clone());
+        if let Err(e) = put_metadata(request.metadata_mut(), &req.metadata) {
+            return Attempt::Done(Err(e));
+        }
+        request.set_timeout(timeout);
+        let path = match path_of(&req.service, &req.endpoint) {
+            Ok(p) => p,
+            Err(e) => return Attempt::Done(Err(e)),
+        };
+        if let Err(e) = grpc.ready().await {
+            return Attempt::Conn(Error::internal(ID, format!("connection error: {e}")));
+        }
+        match grpc.unary(request, path, BytesCodec).await {
+            Ok(resp) => {
+                let metadata = super::metadata_of(resp.metadata());
+                Attempt::Done(Ok(Response {
+                    content_type: req.content_type.clone(),
+                    body: resp.into_inner(),
+                    metadata,
+                }))
+            }
+            // tonic's own enforcement of the deadline we gave it.
+            Err(s) if is_timeout(&s) => Attempt::Done(Err(Error::timeout(
+                ID,
+                format!("call {}.{} timed out after {timeout:?}", req.service, req.endpoint),
+            ))),
+            // A node that cannot be reached, or a connection that broke (say, the
+            // server refused our certificate), is a status made here from an
+            // I/O error, not one the server sent.
+            Err(s) if is_connection_error(&s) => {
+                let cause = std::error::Error::source(&s).map(|c| c.to_string()).unwrap_or_default();
+                Attempt::Conn(Error::internal(ID, format!("connection error: {} {cause}", s.message())))
+            }
+            Err(s) => Attempt::Done(Err(from_status(&s, ID))),
+        }
+    }
+}
+
+fn is_timeout(s: &tonic::Status) -> bool {
+    let mut cause = std::error::Error::source(s);
+    while let Some(c) = cause {
+        if c.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+fn is_connection_error(s: &tonic::Status) -> bool {
+    let local = std::error::Error::source(s).is_some() && Error::parse(s.message()).code == 0;
+    local && matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown)
+}
+
+type SetContentType =
+    Box<dyn Fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> + Send + Sync>;
+type WithContentType = tower::util::MapRequest<Channel, SetContentType>;
+
+/// `Greeter.Hello` of `greeter` → `/greeter.Greeter/Hello`; a full path is kept.
+fn path_of(service: &str, endpoint: &str) -> Result<http::uri::PathAndQuery> {
+    let path = if endpoint.starts_with('/') {
+        endpoint.to_string()
+    } else {
+        match endpoint.split_once('.') {
+            Some((h, m)) if !h.is_empty() && !m.is_empty() && !m.contains('.') => {
+                if service.is_empty() {
+                    format!("/{h}/{m}")
+                } else {
+                    format!("/{service}.{h}/{m}")
+                }
+            }
+            _ => return Err(Error::bad_request(ID, format!("endpoint {endpoint:?} is not of the form Handler.Method"))),
+        }
+    };
+    path.parse().map_err(|e| Error::bad_request(ID, format!("grpc path {path:?}: {e}")))
+}
+
+#[async_trait]
+impl Client for GrpcClient {
+    async fn call(&self, req: Request, opts: CallOptions) -> Result<Response> {
+        let timeout = opts.timeout.unwrap_or(self.opts.request_timeout);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let retries = opts.retries.unwrap_or(self.opts.retries);
+        let call = with_retries(&*self.opts.selector, &req, &opts, retries, |address| {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let req = &req;
+            async move { self.attempt(&address, req, left).await }
+        });
+        match tokio::time::timeout_at(deadline, call).await {
+            Ok(res) => res,
+            Err(_) => {
+                Err(Error::timeout(ID, format!("call {}.{} timed out after {timeout:?}", req.service, req.endpoint)))
+            }
+        }
+    }
+
+    async fn stream(&self, req: Request, opts: CallOptions) -> Result<Stream> {
+        let address = match &opts.address {
+            Some(a) => a.clone(),
+            None => self.opts.selector.select(&req.service, Default::default()).await?.address,
+        };
+        let mut grpc = self.grpc(&address, &req.content_type)?;
+        let path = path_of(&req.service, &req.endpoint)?;
+        let (stream, ends) = Stream::pair();
+        let StreamEnds { incoming, outgoing } = ends;
+        let first = (!req.body.is_empty()).then(|| req.body.clone());
+        let messages = futures::stream::iter(first).chain(tokio_stream::wrappers::ReceiverStream::new(outgoing));
+        let mut request = tonic::Request::new(messages);
+        put_metadata(request.metadata_mut(), &req.metadata)?;
+        if let Some(t) = opts.timeout {
+            request.set_timeout(t);
+        }
+        grpc.ready().await.map_err(|e| Error::internal(ID, format!("connection error: {e}")))?;
+        let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
+        // The response headers come when the server starts answering, which
+        // for a client stream may be after its last message: open in the background.
+        tokio::spawn(async move {
+            let watch = incoming.clone();
+            let run = async {
+                let mut inbound = match grpc.streaming(request, path, BytesCodec).await {
+                    Ok(r) => r.into_inner(),
+                    Err(s) => {
+                        let _ = incoming.send(Err(from_status(&s, ID))).await;
+                        return;
+                    }
+                };
+                loop {
+                    match inbound.message().await {
+                        Ok(Some(b)) => {
+                            if incoming.send(Ok(b)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => return,
+                        Err(s) => {
+                            let _ = incoming.send(Err(from_status(&s, ID))).await;
+                            return;
+                        }
+                    }
+                }
+            };
+            let expired = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            // Returning drops the call, which resets the HTTP/2 stream: the server sees the cancellation.
+            tokio::select! {
+                _ = run => {}
+                _ = watch.closed() => tracing::debug!("grpc stream cancelled by the caller"),
+                _ = expired => {
+                    let _ = watch.send(Err(Error::timeout(ID, "stream timed out"))).await;
+                }
+            }
+        });
+        Ok(stream)
+    }
+
+    async fn publish(&self, topic: &str, mut msg: Message) -> Result<()> {
+        msg.header.insert(headers::TOPIC.into(), topic.into());
+        msg.header.entry(headers::ID.into()).or_insert_with(|| uuid::Uuid::new_v4().to_string());
+        self.opts.broker.publish(topic, msg).await
+    }
+
+    fn name(&self) -> &str {
+        "grpc"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_of;
+
+    #[test]
+    fn the_package_is_the_service_name() {
+        let p = |s, e| path_of(s, e).map(|p| p.to_string()).unwrap_or_else(|e| e.detail);
+        assert_eq!(p("greeter", "Greeter.Hello"), "/greeter.Greeter/Hello");
+        assert_eq!(p("", "Greeter.Hello"), "/Greeter/Hello");
+        assert_eq!(p("x", "/helloworld.Greeter/SayHello"), "/helloworld.Greeter/SayHello");
+        assert!(p("x", "Hello").contains("not of the form"));
+    }
+}

@@ -1,0 +1,479 @@
+//! The `grpc` server: one HTTP/2 connection per client (hyper), gRPC
+//! framing and status by tonic's `Grpc` helpers over pass-through bytes,
+//! and every path routed to micro's handlers by name.
+
+use super::{metadata_of, parse_timeout, to_status, BytesCodec};
+use crate::server::invoke;
+use crate::transport::{Net, TokioNet};
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
+use micro_core::{
+    async_trait, Endpoint, Error, Handler, HandlerFn, Node, Request, Result, Server, ServerOptions, Service,
+    StreamHandlerFn, SubscribeOptions, Subscriber, Subscription,
+};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+use tonic::Status;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
+use tonic_health::ServingStatus;
+use tower::ServiceExt;
+
+const ID: &str = "go.micro.server";
+
+/// The gRPC server, selected with `--server grpc`. It listens on its own
+/// (plain TCP, or TLS with ALPN `h2` when `--transport-tls-*` are set),
+/// serves handlers at their gRPC paths (see [`crate::grpc`]) and the
+/// standard health service `grpc.health.v1.Health`.
+pub struct GrpcServer {
+    opts: ServerOptions,
+    handlers: Mutex<HashMap<String, Handler>>,
+    subscribers: Mutex<Vec<Subscriber>>,
+    running: Mutex<Option<Running>>,
+    address: Mutex<Option<String>>,
+}
+
+struct Running {
+    stop_accepting: CancellationToken,
+    hard_stop: CancellationToken,
+    accept: tokio::task::JoinHandle<GracefulShutdown>,
+    subs: Vec<Box<dyn Subscription>>,
+    health: HealthReporter,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl GrpcServer {
+    /// A server with these options.
+    pub fn new(opts: ServerOptions) -> Self {
+        GrpcServer {
+            opts,
+            handlers: Mutex::new(HashMap::new()),
+            subscribers: Mutex::new(Vec::new()),
+            running: Mutex::new(None),
+            address: Mutex::new(None),
+        }
+    }
+}
+
+#[async_trait]
+impl Server for GrpcServer {
+    fn handle(&self, handler: Handler) -> Result<()> {
+        let name = handler.endpoint.name.clone();
+        if name.split('.').count() != 2 || name.starts_with('.') || name.ends_with('.') {
+            return Err(Error::bad_request(ID, format!("handler name {name:?} is not of the form Handler.Method")));
+        }
+        if lock(&self.running).is_some() {
+            return Err(Error::conflict(ID, format!("cannot add handler {name} to a running server")));
+        }
+        lock(&self.handlers).insert(name, handler);
+        Ok(())
+    }
+
+    fn subscribe(&self, subscriber: Subscriber) -> Result<()> {
+        if lock(&self.running).is_some() {
+            return Err(Error::conflict(ID, "cannot subscribe on a running server"));
+        }
+        lock(&self.subscribers).push(subscriber);
+        Ok(())
+    }
+
+    async fn start(&self) -> Result<()> {
+        if lock(&self.running).is_some() {
+            return Err(Error::conflict(ID, "server already started"));
+        }
+        let (health, health_server) = {
+            let reporter = HealthReporter::new();
+            (reporter.clone(), HealthServer::new(HealthService::from_health_reporter(reporter)))
+        };
+        // "" is the whole server, as grpc_health_probe asks by default.
+        for name in ["", self.opts.name.as_str()] {
+            health.set_service_status(name, ServingStatus::Serving).await;
+        }
+        let router = Arc::new(Router {
+            handlers: lock(&self.handlers).clone(),
+            service: self.opts.name.clone(),
+            in_flight: Arc::new(Semaphore::new(self.opts.limits.max_in_flight.max(1))),
+            health: health_server,
+        });
+        let stop_accepting = CancellationToken::new();
+        let hard_stop = CancellationToken::new();
+        let conns = Arc::new(Semaphore::new(self.opts.limits.max_connections.max(1)));
+        let (accept, address) = if self.opts.tls.enabled() {
+            let net = crate::transport::tls::TlsNet::with_alpn(&self.opts.tls, Duration::from_secs(10), vec![b"h2".to_vec()])?;
+            listen(net, &self.opts.address, router, conns, stop_accepting.clone(), hard_stop.clone()).await?
+        } else {
+            listen(TokioNet, &self.opts.address, router, conns, stop_accepting.clone(), hard_stop.clone()).await?
+        };
+
+        let mut subs = Vec::new();
+        let subscribers = lock(&self.subscribers).clone();
+        for s in subscribers {
+            match self.opts.broker.subscribe(&s.topic, s.handler.clone(), SubscribeOptions { queue: s.queue.clone() }).await
+            {
+                Ok(sub) => subs.push(sub),
+                Err(e) => {
+                    stop_accepting.cancel();
+                    hard_stop.cancel();
+                    return Err(e);
+                }
+            }
+        }
+        tracing::info!(service = %self.opts.name, %address, tls = self.opts.tls.enabled(), "grpc server listening");
+        *lock(&self.address) = Some(address);
+        *lock(&self.running) = Some(Running { stop_accepting, hard_stop, accept, subs, health });
+        Ok(())
+    }
+
+    async fn stop(&self) -> Result<()> {
+        let Some(running) = lock(&self.running).take() else { return Ok(()) };
+        for name in ["", self.opts.name.as_str()] {
+            running.health.set_service_status(name, ServingStatus::NotServing).await;
+        }
+        for s in &running.subs {
+            if let Err(e) = s.unsubscribe().await {
+                tracing::warn!(topic = s.topic(), error = %e, "unsubscribe failed");
+            }
+        }
+        running.stop_accepting.cancel();
+        // GOAWAY to every connection; calls under way finish, up to the drain timeout.
+        if let Ok(graceful) = running.accept.await {
+            if tokio::time::timeout(self.opts.drain_timeout, graceful.shutdown()).await.is_err() {
+                tracing::warn!("drain timeout: abandoning in-flight calls and streams");
+            }
+        }
+        running.hard_stop.cancel();
+        Ok(())
+    }
+
+    fn service(&self) -> Service {
+        let mut endpoints: Vec<Endpoint> = lock(&self.handlers).values().map(|h| h.endpoint.clone()).collect();
+        endpoints.sort_by(|a, b| a.name.cmp(&b.name));
+        for s in lock(&self.subscribers).iter() {
+            let metadata = HashMap::from([
+                ("topic".to_string(), s.topic.clone()),
+                ("subscriber".to_string(), "true".to_string()),
+            ]);
+            endpoints.push(Endpoint { name: format!("Subscriber.{}", s.topic), metadata, ..Default::default() });
+        }
+        let address = lock(&self.address).clone().unwrap_or_default();
+        let mut metadata = self.opts.metadata.clone();
+        // go-micro's grpc server advertises these.
+        for (k, v) in [("protocol", "grpc"), ("server", "grpc"), ("transport", "grpc")] {
+            metadata.insert(k.into(), v.into());
+        }
+        metadata.insert("broker".into(), self.opts.broker.name().into());
+        Service {
+            name: self.opts.name.clone(),
+            version: self.opts.version.clone(),
+            metadata: HashMap::new(),
+            endpoints,
+            nodes: vec![Node {
+                id: self.opts.id.clone(),
+                address: self.opts.advertise.clone().unwrap_or(address),
+                metadata,
+            }],
+        }
+    }
+
+    fn name(&self) -> &str {
+        "grpc"
+    }
+}
+
+/// Binds and spawns the accept loop, which hands each connection to hyper's
+/// HTTP/2 server; the loop returns its graceful-shutdown handle when told to
+/// stop accepting.
+async fn listen<N: Net>(
+    net: N,
+    address: &str,
+    router: Arc<Router>,
+    conns: Arc<Semaphore>,
+    stop_accepting: CancellationToken,
+    hard_stop: CancellationToken,
+) -> Result<(tokio::task::JoinHandle<GracefulShutdown>, String)> {
+    let (listener, bound) =
+        net.bind(address).await.map_err(|e| Error::internal(ID, format!("grpc listen on {address}: {e}")))?;
+    let task = tokio::spawn(async move {
+        let graceful = GracefulShutdown::new();
+        loop {
+            let conn = tokio::select! {
+                _ = stop_accepting.cancelled() => return graceful,
+                c = net.accept(&listener) => c,
+            };
+            let conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "grpc accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = conns.clone().try_acquire_owned() else {
+                tracing::warn!(peer = %conn.peer, "connection limit reached; closing");
+                continue;
+            };
+            let router = router.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let router = router.clone();
+                async move { Ok::<_, Infallible>(router.route(req).await) }
+            });
+            let http = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(conn.stream), svc);
+            let watched = graceful.watch(http);
+            let hard_stop = hard_stop.clone();
+            let peer = conn.peer;
+            tokio::spawn(async move {
+                tokio::select! {
+                    r = watched => if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "grpc connection ended");
+                    },
+                    _ = hard_stop.cancelled() => {}
+                }
+                drop(permit);
+            });
+        }
+    });
+    Ok((task, bound))
+}
+
+/// Routes requests: the health service by its path, everything else to the
+/// handler named by the path.
+struct Router {
+    handlers: HashMap<String, Handler>,
+    service: String,
+    in_flight: Arc<Semaphore>,
+    health: HealthServer<HealthService>,
+}
+
+/// `/pkg.Greeter/Hello` (or `/Greeter/Hello`) → `Greeter.Hello`.
+fn endpoint_of(path: &str) -> Option<String> {
+    let (svc, method) = path.strip_prefix('/')?.split_once('/')?;
+    let handler = svc.rsplit('.').next()?;
+    if handler.is_empty() || method.is_empty() || method.contains('/') {
+        return None;
+    }
+    Some(format!("{handler}.{method}"))
+}
+
+fn status_response(s: Status) -> http::Response<Body> {
+    s.into_http()
+}
+
+impl Router {
+    async fn route(&self, req: http::Request<Incoming>) -> http::Response<Body> {
+        let path = req.uri().path();
+        if path.starts_with("/grpc.health.v1.Health/") {
+            return match self.health.clone().oneshot(req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+        }
+        let Some(endpoint) = endpoint_of(path) else {
+            return status_response(Status::unimplemented(format!("no gRPC method at {path}")));
+        };
+        let Some(handler) = self.handlers.get(&endpoint) else {
+            let e = Error::not_found(ID, format!("unknown endpoint {endpoint} of service {}", self.service));
+            return status_response(Status::new(tonic::Code::Unimplemented, e.to_json()));
+        };
+        let content_type = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/grpc")
+            .to_string();
+        if !content_type.starts_with("application/grpc") {
+            return status_response(Status::invalid_argument(format!("content type {content_type:?} is not gRPC")));
+        }
+        let timeout = req.headers().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_timeout);
+        // Over the in-flight limit: answer at once instead of queueing without bound.
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            let e = Error::unavailable(ID, "server busy: too many requests in flight");
+            return status_response(to_status(&e));
+        };
+        let call = Call { service: self.service.clone(), endpoint, content_type: content_type.clone(), timeout };
+        let mut grpc = tonic::server::Grpc::new(BytesCodec);
+        let mut resp = match &handler.stream {
+            None => grpc.unary(Unary { call, func: handler.func.clone() }, req).await,
+            Some(func) => grpc.streaming(Streaming { call, func: func.clone(), permit: Arc::new(permit) }, req).await,
+        };
+        // Answer in the caller's encoding (tonic writes plain application/grpc).
+        if let Ok(v) = http::HeaderValue::from_str(&content_type) {
+            resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
+        }
+        resp
+    }
+}
+
+/// What both kinds of call know from the request line and headers.
+#[derive(Clone)]
+struct Call {
+    service: String,
+    endpoint: String,
+    content_type: String,
+    timeout: Option<Duration>,
+}
+
+impl Call {
+    fn request(&self, metadata: &tonic::metadata::MetadataMap, body: Bytes) -> Request {
+        Request {
+            service: self.service.clone(),
+            endpoint: self.endpoint.clone(),
+            content_type: self.content_type.clone(),
+            body,
+            metadata: metadata_of(metadata),
+        }
+    }
+}
+
+struct Unary {
+    call: Call,
+    func: HandlerFn,
+}
+
+impl tonic::server::UnaryService<Bytes> for Unary {
+    type Response = Bytes;
+    type Future = micro_core::BoxFuture<'static, std::result::Result<tonic::Response<Bytes>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        let req = self.call.request(request.metadata(), request.get_ref().clone());
+        let (func, call) = (self.func.clone(), self.call.clone());
+        Box::pin(async move {
+            match invoke(&func, req, call.timeout, &call.service).await {
+                Ok(r) => {
+                    let mut resp = tonic::Response::new(r.body);
+                    // Response metadata that cannot travel as gRPC metadata is dropped.
+                    let _ = super::put_metadata(resp.metadata_mut(), &r.metadata);
+                    Ok(resp)
+                }
+                Err(e) => {
+                    if e.code >= 500 {
+                        tracing::warn!(endpoint = %call.endpoint, error = %e, "request failed");
+                    }
+                    Err(to_status(&e))
+                }
+            }
+        })
+    }
+}
+
+struct Streaming {
+    call: Call,
+    func: StreamHandlerFn,
+    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// Aborts the handler and the reader of the caller's messages when the
+/// response stream is dropped: hyper drops it when the caller cancels.
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+impl tonic::server::StreamingService<Bytes> for Streaming {
+    type Response = Bytes;
+    type ResponseStream = BoxStream<'static, std::result::Result<Bytes, Status>>;
+    type Future = micro_core::BoxFuture<'static, std::result::Result<tonic::Response<Self::ResponseStream>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<tonic::Streaming<Bytes>>) -> Self::Future {
+        let req = self.call.request(request.metadata(), Bytes::new());
+        let mut inbound = request.into_inner();
+        let (func, call, permit) = (self.func.clone(), self.call.clone(), self.permit.clone());
+        Box::pin(async move {
+            let (stream, ends) = micro_core::Stream::pair();
+            let micro_core::StreamEnds { incoming, outgoing } = ends;
+            let handler = match std::panic::catch_unwind(AssertUnwindSafe(|| func(req, stream))) {
+                Ok(fut) => tokio::spawn(fut),
+                Err(_) => {
+                    let e = Error::internal(&*call.service, format!("handler {} panicked", call.endpoint));
+                    return Err(to_status(&e));
+                }
+            };
+            let reader = tokio::spawn(async move {
+                loop {
+                    match inbound.message().await {
+                        // A handler that stopped receiving still gets to send: drain.
+                        Ok(Some(b)) => {
+                            let _ = incoming.send(Ok(b)).await;
+                        }
+                        Ok(None) => return,
+                        Err(s) => {
+                            let _ = incoming.send(Err(super::from_status(&s, ID))).await;
+                            return;
+                        }
+                    }
+                }
+            });
+            let guard = AbortOnDrop(vec![handler.abort_handle(), reader.abort_handle()]);
+            let deadline = call.timeout.map(|t| tokio::time::Instant::now() + t);
+            let state = Some((outgoing, handler, guard, permit));
+            let out = futures::stream::unfold(state, move |state| {
+                let call = call.clone();
+                async move {
+                    let (mut outgoing, mut handler, guard, permit) = state?;
+                    let next = async {
+                        match outgoing.recv().await {
+                            Some(b) => Ok(b),
+                            // The handler dropped its stream: its result ends ours.
+                            None => Err(match (&mut handler).await {
+                                Ok(Ok(())) => None,
+                                Ok(Err(e)) => Some(to_status(&e)),
+                                Err(_) => Some(to_status(&Error::internal(
+                                    &*call.service,
+                                    format!("handler {} panicked", call.endpoint),
+                                ))),
+                            }),
+                        }
+                    };
+                    let next = match deadline {
+                        Some(d) => tokio::time::timeout_at(d, next).await.unwrap_or_else(|_| {
+                            let e = Error::timeout(
+                                ID,
+                                format!("{} exceeded the caller's timeout of {:?}", call.endpoint, call.timeout),
+                            );
+                            Err(Some(to_status(&e)))
+                        }),
+                        None => next.await,
+                    };
+                    match next {
+                        Ok(b) => Some((Ok(b), Some((outgoing, handler, guard, permit)))),
+                        Err(Some(status)) => Some((Err(status), None)),
+                        Err(None) => None,
+                    }
+                }
+            });
+            Ok(tonic::Response::new(Box::pin(out) as Self::ResponseStream))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint_of;
+
+    #[test]
+    fn paths_map_to_endpoints_whatever_the_package() {
+        assert_eq!(endpoint_of("/greeter.Greeter/Hello").as_deref(), Some("Greeter.Hello"));
+        assert_eq!(endpoint_of("/go.micro.srv.greeter.Greeter/Hello").as_deref(), Some("Greeter.Hello"));
+        assert_eq!(endpoint_of("/Greeter/Hello").as_deref(), Some("Greeter.Hello"));
+        assert_eq!(endpoint_of("/Greeter"), None);
+        assert_eq!(endpoint_of("/Greeter/Hello/x"), None);
+        assert_eq!(endpoint_of("/pkg./Hello"), None);
+    }
+}

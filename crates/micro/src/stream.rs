@@ -1,0 +1,93 @@
+//! Typed streams: a [`micro_core::Stream`] whose messages are encoded and
+//! decoded with one codec. Clients get a `TypedStream<Request, Response>`
+//! from [`TypedClient::stream`](crate::TypedClient::stream); stream
+//! handlers get a `TypedStream<Response, Request>`: each side sends its own
+//! type and receives the other's, with the same API on both sides and over
+//! both protocols (`mucp` and `grpc`).
+
+use micro_core::codec::{decode, encode};
+use micro_core::{Codec, Result, Stream, StreamReceiver, StreamSender};
+use serde::{de::DeserializeOwned, Serialize};
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// A stream that sends `S` and receives `R`.
+pub struct TypedStream<S, R> {
+    sender: TypedSender<S>,
+    receiver: TypedReceiver<R>,
+}
+
+/// The sending half of a [`TypedStream`].
+pub struct TypedSender<S> {
+    inner: StreamSender,
+    codec: Arc<dyn Codec>,
+    _t: PhantomData<fn(S)>,
+}
+
+/// The receiving half of a [`TypedStream`].
+pub struct TypedReceiver<R> {
+    inner: StreamReceiver,
+    codec: Arc<dyn Codec>,
+    _t: PhantomData<fn() -> R>,
+}
+
+impl<S: Serialize, R: DeserializeOwned> TypedStream<S, R> {
+    /// Wraps a stream whose messages are in `codec`'s encoding.
+    pub fn new(stream: Stream, codec: Arc<dyn Codec>) -> Self {
+        let (tx, rx) = stream.split();
+        TypedStream {
+            sender: TypedSender { inner: tx, codec: codec.clone(), _t: PhantomData },
+            receiver: TypedReceiver { inner: rx, codec, _t: PhantomData },
+        }
+    }
+
+    /// Sends one message; fails once the peer has gone.
+    pub async fn send(&self, msg: &S) -> Result<()> {
+        self.sender.send(msg).await
+    }
+
+    /// The peer's next message; `Ok(None)` when the peer finished, `Err`
+    /// with the peer's error when it failed or went away.
+    pub async fn recv(&mut self) -> Result<Option<R>> {
+        self.receiver.recv().await
+    }
+
+    /// Ends this side's messages; receiving goes on.
+    pub fn close_send(&mut self) {
+        self.sender.close();
+    }
+
+    /// Splits the stream so that sending and receiving can go on in
+    /// different tasks. Dropping both halves cancels the stream.
+    pub fn split(self) -> (TypedSender<S>, TypedReceiver<R>) {
+        (self.sender, self.receiver)
+    }
+}
+
+impl<S: Serialize> TypedSender<S> {
+    /// Sends one message.
+    pub async fn send(&self, msg: &S) -> Result<()> {
+        self.inner.send(encode(&*self.codec, msg)?).await
+    }
+
+    /// Ends this side's messages.
+    pub fn close(&mut self) {
+        self.inner.close();
+    }
+}
+
+impl<R: DeserializeOwned> TypedReceiver<R> {
+    /// The peer's next message; `Ok(None)` when the peer finished.
+    pub async fn recv(&mut self) -> Result<Option<R>> {
+        match self.inner.recv().await? {
+            Some(b) => decode(&*self.codec, &b).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl<S, R> std::fmt::Debug for TypedStream<S, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TypedStream").field("content_type", &self.sender.codec.content_type()).finish()
+    }
+}

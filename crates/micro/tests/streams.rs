@@ -1,0 +1,274 @@
+//! Streams of each kind — server-streaming, client-streaming and
+//! bidirectional — over both protocols (`mucp`, and `grpc` when the feature
+//! is on), with the same handler code, including cancellation from either
+//! side. In-process services on loopback; every wait is bounded.
+
+use micro::core::{CallOptions, Error};
+use micro::{Flags, Service, TypedStream};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Num {
+    n: u64,
+}
+
+/// Signals on the channel when dropped: tells the test that a handler has
+/// ended (or was dropped by its server).
+struct Ended(mpsc::UnboundedSender<&'static str>, &'static str);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        let _ = self.0.send(self.1);
+    }
+}
+
+struct World {
+    server: Service,
+    client: Service,
+    ended: mpsc::UnboundedReceiver<&'static str>,
+}
+
+async fn world(protocol: &str) -> Result<World, Box<dyn std::error::Error>> {
+    let registry = format!("streams-{protocol}-{}", uuid_like());
+    let flags = Flags {
+        registry: Some("memory".into()),
+        registry_address: Some(registry),
+        server: Some(protocol.into()),
+        client: Some(protocol.into()),
+        ..Flags::default()
+    };
+    let server = Service::builder("counter").flags(flags.clone()).build()?;
+    let (tx, ended) = mpsc::unbounded_channel();
+
+    // Server-streaming: one request, `n` answers (or forever when n = 0).
+    let t = tx.clone();
+    server.handle_stream("Counter.Count", move |_ctx, mut s: TypedStream<Num, Num>| {
+        let guard = Ended(t.clone(), "count");
+        async move {
+            let _guard = guard;
+            let Some(req) = s.recv().await? else { return Err(Error::bad_request("counter", "no request")) };
+            let mut i = 0;
+            loop {
+                i += 1;
+                if req.n > 0 && i > req.n {
+                    return Ok(());
+                }
+                s.send(&Num { n: i }).await?;
+                if req.n == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    })?;
+    // Client-streaming: many numbers in, their sum out.
+    server.handle_stream("Counter.Sum", |_ctx, mut s: TypedStream<Num, Num>| async move {
+        let mut sum = 0;
+        while let Some(x) = s.recv().await? {
+            sum += x.n;
+        }
+        s.send(&Num { n: sum }).await
+    })?;
+    // Bidirectional: each number doubled, and metadata echoed first.
+    server.handle_stream("Counter.Double", |ctx, mut s: TypedStream<Num, Num>| async move {
+        let first: u64 = ctx.metadata.get("x-first").and_then(|v| v.parse().ok()).unwrap_or(0);
+        s.send(&Num { n: first }).await?;
+        while let Some(x) = s.recv().await? {
+            s.send(&Num { n: x.n * 2 }).await?;
+        }
+        Ok(())
+    })?;
+    // The server gives up after two messages with an error of its own.
+    let t = tx.clone();
+    server.handle_stream("Counter.Refuse", move |_ctx, s: TypedStream<Num, Num>| {
+        let guard = Ended(t.clone(), "refuse");
+        async move {
+            let _guard = guard;
+            s.send(&Num { n: 1 }).await?;
+            s.send(&Num { n: 2 }).await?;
+            Err(Error::new("counter", "enough: the counter refuses to go on", 429))
+        }
+    })?;
+    server.handle("Counter.Plain", |x: Num| async move { Ok::<_, Error>(x) })?;
+    server.start().await?;
+    let client = Service::builder("caller").flags(flags).build()?;
+    Ok(World { server, client, ended })
+}
+
+fn uuid_like() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+async fn server_streaming(protocol: &str) -> TestResult {
+    let w = world(protocol).await?;
+    let mut s: TypedStream<Num, Num> = w.client.client().stream("counter", "Counter.Count").await?;
+    s.send(&Num { n: 5 }).await?;
+    s.close_send();
+    let mut got = Vec::new();
+    while let Some(x) = timeout(LIMIT, s.recv()).await?? {
+        got.push(x.n);
+    }
+    assert_eq!(got, vec![1, 2, 3, 4, 5]);
+    w.server.stop().await?;
+    Ok(())
+}
+
+async fn client_streaming(protocol: &str) -> TestResult {
+    let w = world(protocol).await?;
+    let mut s: TypedStream<Num, Num> = w.client.client().stream("counter", "Counter.Sum").await?;
+    for n in 1..=100 {
+        s.send(&Num { n }).await?;
+    }
+    s.close_send();
+    assert_eq!(timeout(LIMIT, s.recv()).await??, Some(Num { n: 5050 }));
+    assert_eq!(timeout(LIMIT, s.recv()).await??, None);
+    w.server.stop().await?;
+    Ok(())
+}
+
+async fn bidirectional(protocol: &str) -> TestResult {
+    let w = world(protocol).await?;
+    let md = HashMap::from([("x-first".to_string(), "7".to_string())]);
+    let s: TypedStream<Num, Num> =
+        w.client.client().stream_with("counter", "Counter.Double", md, CallOptions::default()).await?;
+    let (mut tx, mut rx) = s.split();
+    assert_eq!(timeout(LIMIT, rx.recv()).await??, Some(Num { n: 7 }), "metadata reached the handler");
+    // Lock-step: each answer arrives before the next request is sent.
+    for n in 1..=20 {
+        tx.send(&Num { n }).await?;
+        assert_eq!(timeout(LIMIT, rx.recv()).await??, Some(Num { n: n * 2 }));
+    }
+    // And sending from another task while this one receives.
+    let sender = tokio::spawn(async move {
+        for n in 100..200 {
+            tx.send(&Num { n }).await?;
+        }
+        tx.close();
+        Ok::<_, Error>(())
+    });
+    let mut got = Vec::new();
+    while let Some(x) = timeout(LIMIT, rx.recv()).await?? {
+        got.push(x.n);
+    }
+    sender.await??;
+    assert_eq!(got, (100..200).map(|n| n * 2).collect::<Vec<_>>());
+    w.server.stop().await?;
+    Ok(())
+}
+
+async fn caller_cancels(protocol: &str) -> TestResult {
+    let mut w = world(protocol).await?;
+    let mut s: TypedStream<Num, Num> = w.client.client().stream("counter", "Counter.Count").await?;
+    s.send(&Num { n: 0 }).await?; // endless
+    for i in 1..=3 {
+        assert_eq!(timeout(LIMIT, s.recv()).await??, Some(Num { n: i }));
+    }
+    drop(s);
+    let ended = timeout(LIMIT, w.ended.recv()).await?;
+    assert_eq!(ended, Some("count"), "the server dropped the handler after the caller cancelled");
+    w.server.stop().await?;
+    Ok(())
+}
+
+async fn server_cancels(protocol: &str) -> TestResult {
+    let mut w = world(protocol).await?;
+    let mut s: TypedStream<Num, Num> = w.client.client().stream("counter", "Counter.Refuse").await?;
+    assert_eq!(timeout(LIMIT, s.recv()).await??, Some(Num { n: 1 }));
+    assert_eq!(timeout(LIMIT, s.recv()).await??, Some(Num { n: 2 }));
+    let err = timeout(LIMIT, s.recv()).await?.err().ok_or("the stream should end in an error")?;
+    assert_eq!(err.code, 429, "{err}");
+    assert!(err.detail.contains("enough: the counter refuses"), "{err}");
+    assert_eq!(timeout(LIMIT, w.ended.recv()).await?, Some("refuse"));
+    // The caller's side is over too: sending fails once the protocol noticed.
+    let mut failed = false;
+    for _ in 0..100 {
+        if s.send(&Num { n: 3 }).await.is_err() {
+            failed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(failed, "send kept succeeding after the server ended the stream");
+    w.server.stop().await?;
+    Ok(())
+}
+
+async fn wrong_kind(protocol: &str) -> TestResult {
+    let w = world(protocol).await?;
+    if protocol == "grpc" {
+        // gRPC's wire does not tell a plain call from a stream of one
+        // message each way (every gRPC stack behaves so): a plain call to a
+        // stream endpoint is served as such a stream, and a stream to a plain
+        // endpoint as a plain call.
+        let x: Num = w.client.client().call("counter", "Counter.Count", &Num { n: 1 }).await?;
+        assert_eq!(x, Num { n: 1 });
+        let mut s: TypedStream<Num, Num> = w.client.client().stream("counter", "Counter.Plain").await?;
+        s.send(&Num { n: 9 }).await?;
+        s.close_send();
+        assert_eq!(timeout(LIMIT, s.recv()).await??, Some(Num { n: 9 }));
+        assert_eq!(timeout(LIMIT, s.recv()).await??, None);
+        w.server.stop().await?;
+        return Ok(());
+    }
+    // A stream endpoint called as a plain call, and a plain one as a stream.
+    let err = w.client.client().call::<_, Num>("counter", "Counter.Count", &Num { n: 1 }).await.err();
+    let err = err.ok_or("a plain call to a stream endpoint should fail")?;
+    assert!(err.detail.contains("stream endpoint"), "{err}");
+    let mut s: TypedStream<Num, Num> = match w.client.client().stream("counter", "Counter.Plain").await {
+        Ok(s) => s,
+        Err(e) => {
+            assert!(e.detail.contains("not a stream endpoint"), "{e}");
+            return Ok(());
+        }
+    };
+    let _ = s.send(&Num { n: 1 }).await;
+    s.close_send();
+    let err = timeout(LIMIT, s.recv()).await?.err().ok_or("a stream to a plain endpoint should fail")?;
+    assert!(err.detail.contains("not a stream endpoint"), "{err}");
+    w.server.stop().await?;
+    Ok(())
+}
+
+macro_rules! per_protocol {
+    ($proto:ident, $name:literal) => {
+        mod $proto {
+            #[tokio::test]
+            async fn server_streaming() -> super::TestResult {
+                super::server_streaming($name).await
+            }
+            #[tokio::test]
+            async fn client_streaming() -> super::TestResult {
+                super::client_streaming($name).await
+            }
+            #[tokio::test]
+            async fn bidirectional() -> super::TestResult {
+                super::bidirectional($name).await
+            }
+            #[tokio::test]
+            async fn caller_cancels() -> super::TestResult {
+                super::caller_cancels($name).await
+            }
+            #[tokio::test]
+            async fn server_cancels() -> super::TestResult {
+                super::server_cancels($name).await
+            }
+            #[tokio::test]
+            async fn wrong_kind() -> super::TestResult {
+                super::wrong_kind($name).await
+            }
+        }
+    };
+}
+
+per_protocol!(mucp, "mucp");
+#[cfg(feature = "grpc")]
+per_protocol!(grpc, "grpc");
+
