@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces BENCHMARKS.md: builds micro-bench and the tcpx transport plugin
-# in release mode, then runs each benchmark. Takes a few minutes.
+# in release mode, then runs each benchmark. Takes about 15 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
@@ -27,3 +27,9 @@ echo "==> footprint: idle greeter service, and per idle connection"
 target/release/micro-bench footprint --service target/release/greeter-service --connections 1000
 echo "==> brokers: messages/s published and delivered (nats-server on loopback)"
 target/release/micro-bench broker --messages 50000
+echo "==> RPC: unary echo, every contender's server and client in separate processes (about 12 minutes)"
+MICRO_LOG_LEVEL=warn target/release/micro-bench rpc --plugins target/bench --out target/bench \
+  --callers 1,16,64,256 --payloads 64,4096 --seconds "${RPC_SECONDS:-2}" --rounds "$ROUNDS"
+mkdir -p docs
+cp target/bench/rpc-64.svg target/bench/rpc-4096.svg docs/
+echo "charts copied to docs/rpc-64.svg and docs/rpc-4096.svg"

@@ -1,6 +1,8 @@
 //! `micro-bench`: measures what the README's targets promise, in release
 //! mode, and prints a Markdown table for BENCHMARKS.md.
 //!
+//! * `rpc`: unary echo against tarpc, tonic and the raw TCP ceiling, each
+//!   contender's server and client in separate processes, with charts.
 //! * `plugin-load`: time to load, verify and init one plugin, each sample
 //!   in a fresh process (loading is cached within a process).
 //! * `boundary`: calls per second and latency of unary calls through a
@@ -18,6 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod rpc;
+use rpc::contenders::Contender;
+
 #[derive(Parser)]
 #[command(version, about = "micro benchmarks: plugin load time and the plugin boundary's cost per call")]
 struct Cli {
@@ -27,6 +32,67 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Unary echo calls/s and latency of every RPC contender, servers and clients in separate processes
+    #[command(
+        after_help = "Examples:\n  micro-bench rpc --plugins target/bench            # the full run (minutes)\n  micro-bench rpc --quick                            # a few hundred calls per contender\n  micro-bench rpc --contenders ceiling,micro,tarpc --callers 64 --payloads 64"
+    )]
+    Rpc {
+        /// Contenders, comma-separated (default: all; plugin ones need their .so in --plugins)
+        #[arg(long, value_enum, value_delimiter = ',')]
+        contenders: Vec<Contender>,
+        /// Concurrent callers, comma-separated
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+        callers: Vec<usize>,
+        /// Payload sizes in bytes, comma-separated
+        #[arg(long, value_delimiter = ',', default_value = "64,4096")]
+        payloads: Vec<usize>,
+        /// Warm-up before each measurement, seconds
+        #[arg(long, default_value_t = 0.5)]
+        warmup: f64,
+        /// Measuring window, seconds
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Rounds (the order of contenders rotates); medians are reported
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Quick mode: 1 and 16 callers, 64 B, 300 calls per measurement, one round
+        #[arg(long)]
+        quick: bool,
+        /// Where tcpx.so and brpc.so are (for the plugin contenders)
+        #[arg(long, default_value = "target/bench")]
+        plugins: PathBuf,
+        /// Where the charts (rpc-<payload>.svg) and raw results (rpc.json) go
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
+    /// One contender's server (used by rpc)
+    #[command(hide = true)]
+    RpcServer {
+        #[arg(long, value_enum)]
+        contender: Contender,
+        #[arg(long)]
+        plugins: PathBuf,
+    },
+    /// One measurement against a contender's server (used by rpc)
+    #[command(hide = true)]
+    RpcClient {
+        #[arg(long, value_enum)]
+        contender: Contender,
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        callers: usize,
+        #[arg(long)]
+        payload: usize,
+        #[arg(long)]
+        warmup: f64,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long)]
+        calls: Option<u64>,
+        #[arg(long)]
+        plugins: PathBuf,
+    },
     /// Time to load, verify and init a plugin (fresh process per sample)
     #[command(after_help = "Example:\n  micro-bench plugin-load --plugin target/bench/tcpx.so --runs 50")]
     PluginLoad {
@@ -103,6 +169,50 @@ fn main() -> std::process::ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     match Cli::parse().cmd {
+        Cmd::Rpc { contenders, callers, payloads, warmup, seconds, rounds, quick, plugins, out } => {
+            let contenders = if contenders.is_empty() { Contender::ALL.to_vec() } else { contenders };
+            let plan = if quick {
+                rpc::Plan {
+                    contenders,
+                    callers: vec![1, 16],
+                    payloads: vec![64],
+                    warmup: Duration::from_millis(20),
+                    window: Duration::ZERO,
+                    rounds: 1,
+                    calls: Some(300),
+                    plugins,
+                    out,
+                }
+            } else {
+                rpc::Plan {
+                    contenders,
+                    callers,
+                    payloads,
+                    warmup: Duration::from_secs_f64(warmup),
+                    window: Duration::from_secs_f64(seconds),
+                    rounds: rounds.max(1),
+                    calls: None,
+                    plugins,
+                    out,
+                }
+            };
+            // The orchestrator only starts processes: keep it off the async runtime.
+            tokio::task::spawn_blocking(move || rpc::run(&plan)).await??;
+        }
+        Cmd::RpcServer { contender, plugins } => rpc::server(contender, &plugins).await?,
+        Cmd::RpcClient { contender, addr, callers, payload, warmup, seconds, calls, plugins } => {
+            rpc::client(
+                contender,
+                &addr,
+                callers.max(1),
+                payload,
+                Duration::from_secs_f64(warmup),
+                Duration::from_secs_f64(seconds),
+                calls,
+                &plugins,
+            )
+            .await?
+        }
         Cmd::Footprint { service, connections } => footprint(&service, connections).await?,
         Cmd::Broker { messages, payload } => brokers(messages, payload).await?,
         Cmd::PluginLoadOnce { plugin } => {

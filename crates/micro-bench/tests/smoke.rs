@@ -95,5 +95,25 @@ fn every_benchmark_runs_in_quick_mode() -> TestResult {
     for label in ["memory", "http", "nats", "raw async-nats"] {
         assert!(row(&out, label).get(1).is_some_and(|&rate| rate > 0.0), "{label}: {out}");
     }
+
+    // The RPC benchmark's quick mode: every contender's server and client in
+    // their own processes, 300 calls each (the transport plugin included;
+    // the client plugin is skipped when not built, as it is here).
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(&plugin, dir.path().join("tcpx.so"))?;
+    let d = dir.path().display().to_string();
+    let out = run(&["rpc", "--quick", "--plugins", &d, "--out", &d])?;
+    for c in ["ceiling", "tarpc", "tonic", "volo", "micro", "micro-proto", "micro-grpc", "micro-tcpx"] {
+        for callers in [1.0, 16.0] {
+            let hit = out.lines().any(|l| {
+                let r = row(l, &format!("{c} "));
+                l.starts_with(&format!("| {c} |")) && r.first() == Some(&callers) && r.get(1).is_some_and(|&x| x > 0.0)
+            });
+            assert!(hit, "{c} at {callers} callers: {out}");
+        }
+    }
+    assert!(out.contains("| micro / tarpc |"), "{out}");
+    let chart = std::fs::read_to_string(dir.path().join("rpc-64.svg"))?;
+    assert!(chart.contains("<svg") && chart.contains("micro-grpc"), "the chart names every contender");
     Ok(())
 }

@@ -38,22 +38,24 @@ pub fn decode<T: DeserializeOwned>(codec: &dyn Codec, data: &[u8]) -> Result<T> 
     out.ok_or_else(|| Error::internal("go.micro.codec", "codec produced no value"))
 }
 
-/// The codecs a client or server knows, keyed by content type.
+/// The codecs a client or server knows, keyed by content type. Cheap to
+/// clone (typed handlers hold one per request).
 #[derive(Clone, Default)]
 pub struct Codecs {
-    by_type: HashMap<String, Arc<dyn Codec>>,
-    default_type: String,
+    by_type: Arc<HashMap<String, Arc<dyn Codec>>>,
+    default_type: Arc<str>,
 }
 
 impl Codecs {
     /// An empty table whose default is `default_type`.
     pub fn new(default_type: impl Into<String>) -> Self {
-        Codecs { by_type: HashMap::new(), default_type: default_type.into() }
+        let default_type: String = default_type.into();
+        Codecs { by_type: Arc::new(HashMap::new()), default_type: default_type.into() }
     }
 
     /// Adds (or replaces) a codec under its content type.
     pub fn insert(&mut self, codec: Arc<dyn Codec>) {
-        self.by_type.insert(codec.content_type().to_string(), codec);
+        Arc::make_mut(&mut self.by_type).insert(codec.content_type().to_string(), codec);
     }
 
     /// The codec of a content type; parameters such as `; charset=utf-8` are ignored.

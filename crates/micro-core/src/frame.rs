@@ -87,6 +87,57 @@ pub fn decode(mut frame: Bytes) -> Result<Message, FrameError> {
     Ok(Message { header, body: frame })
 }
 
+/// Encodes headers given as pairs and a body into the part of a frame after
+/// its length prefix (what [`Socket::send_frame`](crate::Socket::send_frame)
+/// takes), without building a [`Message`]: the request path uses this to
+/// skip a header map per call.
+pub fn encode_parts<'a, I>(headers: I, body: &[u8], out: &mut BytesMut) -> Result<(), FrameError>
+where
+    I: IntoIterator<Item = (&'a str, &'a str)>,
+    I::IntoIter: Clone,
+{
+    let headers = headers.into_iter();
+    let (mut count, mut len) = (0usize, 2usize);
+    for (k, v) in headers.clone() {
+        if k.len() > u16::MAX as usize {
+            return Err(FrameError::TooLarge { size: k.len(), max: u16::MAX as usize });
+        }
+        count += 1;
+        len += 2 + k.len() + 4 + v.len();
+    }
+    len += body.len();
+    if count > u16::MAX as usize || len > u32::MAX as usize {
+        return Err(FrameError::TooLarge { size: len, max: u32::MAX as usize });
+    }
+    out.reserve(len);
+    out.put_u16(count as u16);
+    for (k, v) in headers {
+        out.put_u16(k.len() as u16);
+        out.put_slice(k.as_bytes());
+        out.put_u32(v.len() as u32);
+        out.put_slice(v.as_bytes());
+    }
+    out.put_slice(body);
+    Ok(())
+}
+
+/// Decodes the part of a frame after its length prefix, handing each header
+/// to `visit` as borrowed strings instead of building a map; returns the body.
+pub fn decode_with(mut frame: Bytes, mut visit: impl FnMut(&str, &str)) -> Result<Bytes, FrameError> {
+    if frame.remaining() < 2 {
+        return Err(FrameError::Truncated);
+    }
+    let count = frame.get_u16() as usize;
+    for _ in 0..count {
+        let key = take(&mut frame, 2)?;
+        let value = take(&mut frame, 4)?;
+        let key = std::str::from_utf8(&key).map_err(|_| FrameError::BadUtf8)?;
+        let value = std::str::from_utf8(&value).map_err(|_| FrameError::BadUtf8)?;
+        visit(key, value);
+    }
+    Ok(frame)
+}
+
 /// Takes a field with a `width`-byte length prefix.
 fn take(buf: &mut Bytes, width: usize) -> Result<Bytes, FrameError> {
     if buf.remaining() < width {
@@ -139,6 +190,18 @@ mod tests {
             check_len(100 * 1024 * 1024, 4 * 1024 * 1024),
             Err(FrameError::TooLarge { size: 100 * 1024 * 1024, max: 4 * 1024 * 1024 })
         );
+    }
+
+    #[test]
+    fn parts_encode_like_messages_and_decode_without_a_map() -> Result<(), FrameError> {
+        let mut buf = BytesMut::new();
+        encode_parts([("Micro-Endpoint", "Greeter.Hello"), ("Content-Type", "application/json")], b"hello body", &mut buf)?;
+        assert_eq!(decode(buf.clone().freeze())?, sample());
+        let mut seen = Vec::new();
+        let body = decode_with(buf.freeze(), |k, v| seen.push(format!("{k}={v}")))?;
+        assert_eq!(&body[..], b"hello body");
+        assert_eq!(seen, ["Micro-Endpoint=Greeter.Hello", "Content-Type=application/json"]);
+        Ok(())
     }
 
     #[test]

@@ -3,6 +3,7 @@ use micro_core::{
     Socket, SocketReceiver, SocketSender, Stream, StreamEnds,
 };
 use super::Attempt;
+use micro_core::frame;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -34,39 +35,64 @@ impl MucpClient {
             },
         };
         let id = self.seq.fetch_add(1, Ordering::Relaxed).to_string();
-        let mut header = HashMap::with_capacity(req.metadata.len() + 6);
-        for (k, v) in &req.metadata {
-            header.insert(k.clone(), v.clone());
+        let left = deadline.saturating_duration_since(Instant::now()).as_millis().to_string();
+        // The frame is written straight from the request: no header map per call.
+        let fixed = [
+            (headers::SERVICE, req.service.as_str()),
+            (headers::ENDPOINT, req.endpoint.as_str()),
+            (headers::METHOD, req.endpoint.as_str()),
+            (headers::ID, id.as_str()),
+            (headers::CONTENT_TYPE, req.content_type.as_str()),
+            (headers::TIMEOUT, left.as_str()),
+        ];
+        let metadata = req
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .filter(|(k, _)| !fixed.iter().any(|(f, _)| f == k));
+        let mut out = bytes::BytesMut::new();
+        if let Err(e) = frame::encode_parts(fixed.iter().copied().chain(metadata), &req.body, &mut out) {
+            self.pool.put(address, sock);
+            return Attempt::Done(Err(Error::bad_request(ID, format!("cannot encode the request: {e}"))));
         }
-        header.insert(headers::SERVICE.into(), req.service.clone());
-        header.insert(headers::ENDPOINT.into(), req.endpoint.clone());
-        header.insert(headers::METHOD.into(), req.endpoint.clone());
-        header.insert(headers::ID.into(), id.clone());
-        header.insert(headers::CONTENT_TYPE.into(), req.content_type.clone());
-        let left = deadline.saturating_duration_since(Instant::now());
-        header.insert(headers::TIMEOUT.into(), left.as_millis().to_string());
-        if let Err(e) = sock.send(Message { header, body: req.body.clone() }).await {
+        if let Err(e) = sock.send_frame(out.freeze()).await {
             self.pool.clear(address);
             return Attempt::Conn(Error::internal(ID, format!("connection error: {}", e.detail)));
         }
-        let msg = match sock.recv().await {
-            Ok(m) => m,
+        let reply = match sock.recv_frame().await {
+            Ok(f) => f,
             Err(e) => {
                 self.pool.clear(address);
                 return Attempt::Conn(Error::internal(ID, format!("connection error: {}", e.detail)));
             }
         };
-        if msg.get(headers::ID).is_some_and(|got| got != id) {
+        let (mut got_id, mut error, mut content_type) = (None, None, None);
+        let mut metadata = HashMap::new();
+        let body = frame::decode_with(reply, |k, v| match k {
+            headers::ID => got_id = Some(v == id),
+            headers::ERROR => error = Some(Error::parse(v)),
+            headers::CONTENT_TYPE => content_type = Some(v.to_owned()),
+            // The protocol's echo of the request, not the handler's metadata.
+            headers::SERVICE | headers::ENDPOINT | headers::METHOD => {}
+            _ => {
+                metadata.insert(k.to_owned(), v.to_owned());
+            }
+        });
+        let body = match body {
+            Ok(b) => b,
+            // A garbled reply: the connection is not to be trusted again.
+            Err(e) => return Attempt::Done(Err(Error::internal(ID, format!("bad reply frame: {e}")))),
+        };
+        if got_id == Some(false) {
             // The connection is out of step; never reuse it.
             return Attempt::Done(Err(Error::internal(ID, "response id does not match request id")));
         }
         self.pool.put(address, sock);
-        let mut msg = msg;
-        if let Some(err) = msg.header.remove(headers::ERROR) {
-            return Attempt::Done(Err(Error::parse(&err)));
+        if let Some(e) = error {
+            return Attempt::Done(Err(e));
         }
-        let content_type = msg.header.remove(headers::CONTENT_TYPE).unwrap_or_else(|| req.content_type.clone());
-        Attempt::Done(Ok(Response { content_type, body: msg.body, metadata: msg.header }))
+        let content_type = content_type.unwrap_or_else(|| req.content_type.clone());
+        Attempt::Done(Ok(Response { content_type, body, metadata }))
     }
 
     async fn call_inner(&self, req: &Request, opts: &CallOptions, deadline: Instant) -> Result<Response> {

@@ -21,7 +21,11 @@ const ID: &str = "go.micro.client";
 /// `/<service>.<Handler>/<Method>` (see [`crate::grpc`]).
 pub struct GrpcClient {
     opts: ClientOptions,
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Mutex<HashMap<String, Vec<Channel>>>,
+    turn: std::sync::atomic::AtomicUsize,
+    // address → content type → a ready-made client, cloned per call; looked
+    // up without allocating, under a read lock.
+    clients: std::sync::RwLock<HashMap<String, HashMap<String, Clients>>>,
     tls: Option<Arc<crate::transport::tls::TlsNet>>,
 }
 
@@ -34,21 +38,22 @@ impl GrpcClient {
         } else {
             None
         };
-        Ok(GrpcClient { opts, channels: Mutex::new(HashMap::new()), tls })
+        Ok(GrpcClient {
+            opts,
+            channels: Mutex::new(HashMap::new()),
+            turn: Default::default(),
+            clients: Default::default(),
+            tls,
+        })
     }
 
-    /// The channel to `address`, made on first use (it connects lazily and
-    /// reconnects by itself).
+    /// A new channel to `address` (it connects lazily and reconnects by itself).
     fn channel(&self, address: &str) -> Result<Channel> {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = channels.get(address) {
-            return Ok(c.clone());
-        }
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| Error::bad_request(ID, format!("grpc address {address:?}: {e}")))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
-        let channel = match &self.tls {
+        Ok(match &self.tls {
             None => endpoint.connect_lazy(),
             Some(tls) => {
                 let (tls, address) = (tls.clone(), address.to_string());
@@ -60,26 +65,49 @@ impl GrpcClient {
                     }
                 }))
             }
-        };
-        channels.insert(address.to_string(), channel.clone());
-        Ok(channel)
+        })
     }
 
-    /// A tonic client over the channel that sends `content_type` instead of
-    /// tonic's fixed `application/grpc`.
+    /// A tonic client to `address` that sends `content_type` instead of
+    /// tonic's fixed `application/grpc`. Each node gets one HTTP/2
+    /// connection per core, used in turn: one connection is driven by one
+    /// task, which under many concurrent calls becomes the bottleneck.
     fn grpc(&self, address: &str, content_type: &str) -> Result<tonic::client::Grpc<WithContentType>> {
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(list) =
+            self.clients.read().unwrap_or_else(|p| p.into_inner()).get(address).and_then(|m| m.get(content_type))
+        {
+            return Ok(list[turn % list.len()].clone());
+        }
         let ct = http::HeaderValue::from_str(wire_content_type(content_type))
             .map_err(|_| Error::bad_request(ID, format!("content type {content_type:?} is not a valid header")))?;
-        let channel = self.channel(address)?;
-        let set: SetContentType = Box::new(move |mut r: http::Request<tonic::body::Body>| {
-            r.headers_mut().insert(http::header::CONTENT_TYPE, ct.clone());
-            r
-        });
-        let svc = tower::ServiceExt::map_request(channel, set);
-        Ok(tonic::client::Grpc::new(svc))
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let list = match channels.get(address) {
+            Some(l) => l.clone(),
+            None => {
+                let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4);
+                let l = (0..n).map(|_| self.channel(address)).collect::<Result<Vec<_>>>()?;
+                channels.insert(address.to_string(), l.clone());
+                l
+            }
+        };
+        drop(channels);
+        let grpcs: Clients = list
+            .into_iter()
+            .map(|c| tonic::client::Grpc::new(WithContentType { inner: c, content_type: ct.clone() }))
+            .collect();
+        let pick = grpcs[turn % grpcs.len()].clone();
+        self.clients
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(address.to_string())
+            .or_default()
+            .insert(content_type.to_string(), grpcs);
+        Ok(pick)
     }
 
     async fn attempt(&self, address: &str, req: &Request, timeout: Duration) -> Attempt {
+        let started = tokio::time::Instant::now();
         let mut grpc = match self.grpc(address, &req.content_type) {
             Ok(g) => g,
             Err(e) => return Attempt::Done(Err(e)),
@@ -96,7 +124,9 @@ impl GrpcClient {
         if let Err(e) = grpc.ready().await {
             return Attempt::Conn(Error::internal(ID, format!("connection error: {e}")));
         }
-        match grpc.unary(request, path, BytesCodec).await {
+        // Boxed: tonic's call future is large, and inline it would make every
+        // future around it (and the per-call allocation holding them) large too.
+        match Box::pin(grpc.unary(request, path, BytesCodec)).await {
             Ok(resp) => {
                 let metadata = super::metadata_of(resp.metadata());
                 Attempt::Done(Ok(Response {
@@ -106,10 +136,14 @@ impl GrpcClient {
                 }))
             }
             // tonic's own enforcement of the deadline we gave it.
-            Err(s) if is_timeout(&s) => Attempt::Done(Err(Error::timeout(
+            // tonic servers answer CANCELLED when our grpc-timeout passes on
+            // their side, which can arrive just before our own timer fires.
+            Err(s) if is_timeout(&s) || (s.code() == tonic::Code::Cancelled && started.elapsed() >= timeout) => {
+                Attempt::Done(Err(Error::timeout(
                 ID,
-                format!("call {}.{} timed out after {timeout:?}", req.service, req.endpoint),
-            ))),
+                    format!("call {}.{} timed out after {timeout:?}", req.service, req.endpoint),
+                )))
+            }
             // A node that cannot be reached, or a connection that broke (say, the
             // server refused our certificate), is a status made here from an
             // I/O error, not one the server sent.
@@ -138,9 +172,30 @@ fn is_connection_error(s: &tonic::Status) -> bool {
     local && matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown)
 }
 
-type SetContentType =
-    Box<dyn Fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> + Send + Sync>;
-type WithContentType = tower::util::MapRequest<Channel, SetContentType>;
+/// One client per connection to a node, for one content type.
+type Clients = Arc<[tonic::client::Grpc<WithContentType>]>;
+
+/// The channel, sending `content_type` instead of tonic's fixed `application/grpc`.
+#[derive(Clone)]
+struct WithContentType {
+    inner: Channel,
+    content_type: http::HeaderValue,
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for WithContentType {
+    type Response = <Channel as tower::Service<http::Request<tonic::body::Body>>>::Response;
+    type Error = <Channel as tower::Service<http::Request<tonic::body::Body>>>::Error;
+    type Future = <Channel as tower::Service<http::Request<tonic::body::Body>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::result::Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
+        req.headers_mut().insert(http::header::CONTENT_TYPE, self.content_type.clone());
+        self.inner.call(req)
+    }
+}
 
 /// `Greeter.Hello` of `greeter` → `/greeter.Greeter/Hello`; a full path is kept.
 fn path_of(service: &str, endpoint: &str) -> Result<http::uri::PathAndQuery> {
@@ -167,17 +222,29 @@ impl Client for GrpcClient {
         let timeout = opts.timeout.unwrap_or(self.opts.request_timeout);
         let deadline = tokio::time::Instant::now() + timeout;
         let retries = opts.retries.unwrap_or(self.opts.retries);
-        let call = with_retries(&*self.opts.selector, &req, &opts, retries, |address| {
+        // Each attempt carries the time left as its gRPC deadline, which
+        // tonic enforces (one timer per call, not two).
+        with_retries(&*self.opts.selector, &req, &opts, retries, |address| {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let req = &req;
-            async move { self.attempt(&address, req, left).await }
-        });
-        match tokio::time::timeout_at(deadline, call).await {
-            Ok(res) => res,
-            Err(_) => {
-                Err(Error::timeout(ID, format!("call {}.{} timed out after {timeout:?}", req.service, req.endpoint)))
+            async move {
+                if left.is_zero() {
+                    return Attempt::Done(Err(Error::timeout(
+                        ID,
+                        format!("call {}.{} timed out after {timeout:?}", req.service, req.endpoint),
+                    )));
+                }
+                self.attempt(&address, req, left).await
             }
-        }
+        })
+        .await
+        .map_err(|e| {
+            if e.code == 408 && e.id == ID {
+                Error::timeout(ID, format!("call {}.{} timed out after {timeout:?}", req.service, req.endpoint))
+            } else {
+                e
+            }
+        })
     }
 
     async fn stream(&self, req: Request, opts: CallOptions) -> Result<Stream> {

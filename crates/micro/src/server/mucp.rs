@@ -3,6 +3,7 @@ use micro_core::{
     async_trait, headers, Endpoint, Error, Handler, Message, Node, Request, Result, Server, ServerOptions, Service,
     Socket, SubscribeOptions, Subscriber, Subscription,
 };
+use micro_core::frame;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -189,15 +190,42 @@ struct Conn {
 
 impl Conn {
     async fn serve(&self, mut sock: Box<dyn Socket>) {
+        // Registered once per connection, not once per request: every
+        // connection waits on the same token and timers share one wheel.
+        let cancelled = self.cancel.cancelled();
+        tokio::pin!(cancelled);
+        let idle = tokio::time::sleep(self.idle_timeout);
+        tokio::pin!(idle);
+        let mut last = tokio::time::Instant::now();
         loop {
-            let msg = tokio::select! {
-                biased;
-                _ = self.cancel.cancelled() => break,
-                m = tokio::time::timeout(self.idle_timeout, sock.recv()) => m,
+            let frame = {
+                // The read stays pinned while the idle timer is re-armed: a
+                // frame half-read is never dropped.
+                let recv = sock.recv_frame();
+                tokio::pin!(recv);
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = &mut cancelled => break None,
+                        f = &mut recv => break Some(f),
+                        _ = &mut idle => {
+                            let since = last.elapsed();
+                            if since >= self.idle_timeout {
+                                break Some(Err(Error::timeout(ID, "idle")));
+                            }
+                            idle.as_mut().reset(tokio::time::Instant::now() + (self.idle_timeout - since));
+                        }
+                    }
+                }
             };
-            let msg = match msg {
-                Ok(Ok(m)) => m,
-                Ok(Err(e)) => {
+            let frame = match frame {
+                None => break,
+                Some(Ok(f)) => f,
+                Some(Err(e)) if e.code == 408 => {
+                    tracing::debug!(peer = %sock.remote_addr(), idle = ?self.idle_timeout, "closing idle connection");
+                    break;
+                }
+                Some(Err(e)) => {
                     // A peer hanging up is normal; anything else (garbage, a
                     // truncated, oversized or stalled frame) is worth a warning.
                     if e.detail.ends_with("connection closed") {
@@ -207,33 +235,100 @@ impl Conn {
                     }
                     break;
                 }
-                Err(_) => {
-                    tracing::debug!(peer = %sock.remote_addr(), idle = ?self.idle_timeout, "closing idle connection");
+            };
+            last = tokio::time::Instant::now();
+            let req = match parse_request(frame.clone()) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(peer = %sock.remote_addr(), reason = %e, "closing connection");
                     break;
                 }
             };
-            if msg.get(headers::STREAM) == Some("open") {
+            if req.stream {
                 // The connection carries this stream and nothing else.
+                let msg = match frame::decode(frame) {
+                    Ok(m) => m,
+                    Err(_) => break,
+                };
                 match self.in_flight.clone().try_acquire_owned() {
                     Ok(_permit) => self.serve_stream(sock, msg).await,
                     Err(_) => {
-                        let _ = sock.send(busy(msg)).await;
+                        let _ = sock.send_frame(busy(&req)).await;
                         let _ = sock.close().await;
                     }
                 }
                 return;
             }
             let reply = match self.in_flight.clone().try_acquire_owned() {
-                Ok(_permit) => dispatch(&self.handlers, &self.service, msg).await,
+                Ok(_permit) => dispatch(&self.handlers, &self.service, req).await,
                 // Over the in-flight limit: answer at once instead of queueing without bound.
-                Err(_) => busy(msg),
+                Err(_) => busy(&req),
             };
-            if let Err(e) = sock.send(reply).await {
+            if let Err(e) = sock.send_frame(reply).await {
                 tracing::debug!(peer = %sock.remote_addr(), reason = %e.detail, "closing connection");
                 break;
             }
         }
         let _ = sock.close().await;
+    }
+}
+
+/// A request read from a frame: the protocol's headers picked out, the rest
+/// kept as the caller's metadata (no map is built for the protocol's own).
+#[derive(Default)]
+struct Incoming {
+    id: String,
+    endpoint: String,
+    content_type: String,
+    service: String,
+    timeout: Option<Duration>,
+    stream: bool,
+    metadata: HashMap<String, String>,
+    body: bytes::Bytes,
+}
+
+fn parse_request(frame: bytes::Bytes) -> std::result::Result<Incoming, frame::FrameError> {
+    let mut r = Incoming::default();
+    r.body = frame::decode_with(frame, |k, v| match k {
+        headers::ID => r.id = v.to_owned(),
+        headers::ENDPOINT => r.endpoint = v.to_owned(),
+        headers::CONTENT_TYPE => r.content_type = v.to_owned(),
+        headers::SERVICE => r.service = v.to_owned(),
+        headers::TIMEOUT => r.timeout = v.parse::<u64>().ok().map(Duration::from_millis),
+        headers::METHOD => {}
+        headers::STREAM => r.stream = v == "open",
+        _ => {
+            r.metadata.insert(k.to_owned(), v.to_owned());
+        }
+    })?;
+    Ok(r)
+}
+
+/// Encodes a reply frame: the protocol's headers, then `extra`.
+fn reply_frame<'a>(
+    req: &'a Incoming,
+    content_type: &'a str,
+    extra: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+    body: &[u8],
+) -> bytes::Bytes {
+    let fixed = [
+        (headers::ID, req.id.as_str()),
+        (headers::SERVICE, req.service.as_str()),
+        (headers::ENDPOINT, req.endpoint.as_str()),
+        (headers::CONTENT_TYPE, content_type),
+    ];
+    let extra = extra.filter(|(k, _)| !fixed.iter().any(|(f, _)| f == k));
+    let mut out = bytes::BytesMut::new();
+    match frame::encode_parts(fixed.iter().copied().chain(extra), body, &mut out) {
+        Ok(()) => out.freeze(),
+        Err(e) => {
+            // Only a reply over 4 GiB or with a 64 KiB header key gets here.
+            let err = Error::internal(ID, format!("cannot encode the reply: {e}")).to_json();
+            let mut out = bytes::BytesMut::new();
+            let pairs = fixed.iter().copied().chain([(headers::ERROR, err.as_str())]);
+            let _ = frame::encode_parts(pairs, &[], &mut out);
+            out.freeze()
+        }
     }
 }
 
@@ -368,61 +463,37 @@ impl Conn {
 }
 
 /// The reply to a request refused because the server is at its in-flight limit.
-fn busy(mut msg: Message) -> Message {
-    let mut header = HashMap::with_capacity(3);
-    for k in [headers::ID, headers::SERVICE, headers::ENDPOINT] {
-        if let Some(v) = msg.header.remove(k) {
-            header.insert(k.to_string(), v);
-        }
-    }
-    let e = Error::unavailable(ID, "server busy: too many requests in flight");
-    header.insert(headers::ERROR.to_string(), e.to_json());
-    Message { header, body: bytes::Bytes::new() }
+fn busy(req: &Incoming) -> bytes::Bytes {
+    let e = Error::unavailable(ID, "server busy: too many requests in flight").to_json();
+    reply_frame(req, &req.content_type, [(headers::ERROR, e.as_str())].into_iter(), &[])
 }
 
-/// Serves one request message and builds the reply message.
-async fn dispatch(handlers: &HashMap<String, Handler>, service: &str, mut msg: Message) -> Message {
-    let take = |m: &mut Message, k: &str| m.header.remove(k).unwrap_or_default();
-    let id = take(&mut msg, headers::ID);
-    let endpoint = take(&mut msg, headers::ENDPOINT);
-    let content_type = take(&mut msg, headers::CONTENT_TYPE);
-    let timeout = take(&mut msg, headers::TIMEOUT).parse::<u64>().ok().map(Duration::from_millis);
-    msg.header.remove(headers::METHOD);
-    let req_service = take(&mut msg, headers::SERVICE);
-
-    let mut header = HashMap::with_capacity(4);
-    header.insert(headers::ID.to_string(), id);
-    header.insert(headers::SERVICE.to_string(), req_service.clone());
-    header.insert(headers::ENDPOINT.to_string(), endpoint.clone());
-
-    let result = match handlers.get(&endpoint) {
-        None => Err(Error::not_found(ID, format!("unknown endpoint {endpoint} of service {service}"))),
+/// Serves one request and encodes the reply frame.
+async fn dispatch(handlers: &HashMap<String, Handler>, service: &str, mut req: Incoming) -> bytes::Bytes {
+    let result = match handlers.get(&req.endpoint) {
+        None => Err(Error::not_found(ID, format!("unknown endpoint {} of service {service}", req.endpoint))),
         Some(h) => {
-            let req = Request {
-                service: req_service,
-                endpoint: endpoint.clone(),
-                content_type: content_type.clone(),
-                body: msg.body,
-                metadata: msg.header,
+            let request = Request {
+                service: req.service.clone(),
+                endpoint: req.endpoint.clone(),
+                content_type: req.content_type.clone(),
+                body: std::mem::take(&mut req.body),
+                metadata: std::mem::take(&mut req.metadata),
             };
-            invoke(&h.func, req, timeout, service).await
+            invoke(&h.func, request, req.timeout, service).await
         }
     };
     match result {
         Ok(resp) => {
-            header.insert(headers::CONTENT_TYPE.to_string(), resp.content_type);
-            for (k, v) in resp.metadata {
-                header.entry(k).or_insert(v);
-            }
-            Message { header, body: resp.body }
+            let extra = resp.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            reply_frame(&req, &resp.content_type, extra, &resp.body)
         }
         Err(e) => {
             if e.code >= 500 {
-                tracing::warn!(%endpoint, error = %e, "request failed");
+                tracing::warn!(endpoint = %req.endpoint, error = %e, "request failed");
             }
-            header.insert(headers::CONTENT_TYPE.to_string(), content_type);
-            header.insert(headers::ERROR.to_string(), e.to_json());
-            Message { header, body: bytes::Bytes::new() }
+            let json = e.to_json();
+            reply_frame(&req, &req.content_type, [(headers::ERROR, json.as_str())].into_iter(), &[])
         }
     }
 }
