@@ -141,7 +141,17 @@ fn grpc_and_streams_from_the_command_line() -> TestResult {
     assert!(err(&o).contains(r#""code":400,"detail":"name must not be empty""#), "{}", err(&o));
 
     let stream = |client: &str| -> std::io::Result<Output> {
-        w.micro(&["call", "greeter", "Greeter.Count", r#"{"n": 3}"#, "--stream", "--output", "json", "--client", client])
+        w.micro(&[
+            "call",
+            "greeter",
+            "Greeter.Count",
+            r#"{"n": 3}"#,
+            "--stream",
+            "--output",
+            "json",
+            "--client",
+            client,
+        ])
     };
     let o = stream("grpc")?;
     assert!(o.status.success(), "{}", err(&o));

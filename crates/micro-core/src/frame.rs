@@ -195,7 +195,11 @@ mod tests {
     #[test]
     fn parts_encode_like_messages_and_decode_without_a_map() -> Result<(), FrameError> {
         let mut buf = BytesMut::new();
-        encode_parts([("Micro-Endpoint", "Greeter.Hello"), ("Content-Type", "application/json")], b"hello body", &mut buf)?;
+        encode_parts(
+            [("Micro-Endpoint", "Greeter.Hello"), ("Content-Type", "application/json")],
+            b"hello body",
+            &mut buf,
+        )?;
         assert_eq!(decode(buf.clone().freeze())?, sample());
         let mut seen = Vec::new();
         let body = decode_with(buf.freeze(), |k, v| seen.push(format!("{k}={v}")))?;

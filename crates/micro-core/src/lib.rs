@@ -36,7 +36,7 @@ pub use registry::{
 };
 pub use selector::{SelectOptions, Selector, SelectorOptions};
 pub use server::{Handler, HandlerFn, Server, ServerLimits, ServerOptions, Subscriber};
-pub use stream::{Stream, StreamEnds, StreamHandlerFn, StreamReceiver, StreamSender};
+pub use stream::{DroppedFlag, Stream, StreamEnds, StreamHandlerFn, StreamReceiver, StreamSender};
 pub use transport::{Listener, Socket, SocketReceiver, SocketSender, TlsOptions, Transport, TransportOptions};
 
 /// The result type used throughout micro's interfaces.

@@ -35,7 +35,8 @@ impl Handler {
         endpoint.metadata.insert("stream".into(), "true".into());
         let name = endpoint.name.clone();
         let func: HandlerFn = Arc::new(move |_| {
-            let e = Error::bad_request("go.micro.server", format!("{name} is a stream endpoint: open a stream to call it"));
+            let e =
+                Error::bad_request("go.micro.server", format!("{name} is a stream endpoint: open a stream to call it"));
             Box::pin(async move { Err(e) })
         });
         Handler { endpoint, func, stream: Some(stream) }

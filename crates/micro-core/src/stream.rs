@@ -5,10 +5,12 @@
 //! Both sides see the same [`Stream`]: `send` messages to the peer, `recv`
 //! the peer's messages until `Ok(None)` (the peer finished) or an error (the
 //! peer failed or went away). A client ends its sending side with
-//! [`Stream::close_send`]; a handler ends the stream by returning, and its
-//! `Err` reaches the caller as the stream's error. Dropping a [`Stream`]
-//! cancels it: the protocol tells the other side, whose `recv` and `send`
-//! then fail, and a server drops the handler.
+//! [`Stream::close_send`] (or by dropping the sending half of a split
+//! stream); a handler ends the stream by returning, and its `Err` reaches
+//! the caller as the stream's error. Dropping a [`Stream`], or the receiving
+//! half of a split one, cancels it: the protocol tells the other side, whose
+//! `recv` and `send` then fail, and a server drops the handler. A
+//! cancellation is never seen by the peer as a clean end of input.
 //!
 //! Protocols drive a stream through its [`StreamEnds`], the other ends of
 //! the two channels that a [`Stream`] holds; they are plain tokio channels,
@@ -16,6 +18,7 @@
 
 use crate::{BoxFuture, Error, Request, Result};
 use bytes::Bytes;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -36,8 +39,20 @@ pub fn closed_error() -> Error {
 /// One side of a stream: messages out, messages in.
 #[derive(Debug)]
 pub struct Stream {
-    sender: StreamSender,
-    receiver: StreamReceiver,
+    // `None` only after `split`, which hands both halves out.
+    sender: Option<StreamSender>,
+    receiver: Option<StreamReceiver>,
+    dropped: Arc<AtomicBool>,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // Set before the fields (and so the channels) close: the protocol
+        // sees the outgoing channel end and must know it was no close_send.
+        if self.sender.is_some() {
+            self.dropped.store(true, Ordering::Release);
+        }
+    }
 }
 
 /// The sending half of a [`Stream`].
@@ -56,13 +71,15 @@ pub struct StreamReceiver {
 /// The protocol's ends of a [`Stream`]: what arrives from the peer goes
 /// into `incoming` (an `Err` ends the stream with that error; dropping it
 /// ends the stream normally), what the local side sends comes out of
-/// `outgoing` (which ends when the local side closed its sending half).
+/// `outgoing`. When `outgoing` ends, [`StreamEnds::dropped`] tells a
+/// close_send (end the direction cleanly) from a dropped stream (cancel).
 #[derive(Debug)]
 pub struct StreamEnds {
     /// Messages from the peer, to the local side.
     pub incoming: mpsc::Sender<Result<Bytes>>,
     /// Messages from the local side, to the peer.
     pub outgoing: mpsc::Receiver<Bytes>,
+    dropped: Arc<AtomicBool>,
 }
 
 impl Stream {
@@ -70,35 +87,51 @@ impl Stream {
     pub fn pair() -> (Stream, StreamEnds) {
         let (out_tx, out_rx) = mpsc::channel(STREAM_BUFFER);
         let (in_tx, in_rx) = mpsc::channel(STREAM_BUFFER);
+        let dropped = Arc::new(AtomicBool::new(false));
         let stream = Stream {
-            sender: StreamSender { tx: Some(out_tx) },
-            receiver: StreamReceiver { rx: in_rx, done: false },
+            sender: Some(StreamSender { tx: Some(out_tx) }),
+            receiver: Some(StreamReceiver { rx: in_rx, done: false }),
+            dropped: dropped.clone(),
         };
-        (stream, StreamEnds { incoming: in_tx, outgoing: out_rx })
+        (stream, StreamEnds { incoming: in_tx, outgoing: out_rx, dropped })
     }
 
     /// Sends one encoded message; fails once the peer has gone or this side
     /// closed its sending half.
     pub async fn send(&self, body: Bytes) -> Result<()> {
-        self.sender.send(body).await
+        match &self.sender {
+            Some(s) => s.send(body).await,
+            None => Err(closed_error()),
+        }
     }
 
     /// Ends this side's messages; the peer's `recv` then returns `Ok(None)`.
     /// Receiving goes on.
     pub fn close_send(&mut self) {
-        self.sender.close();
+        if let Some(s) = &mut self.sender {
+            s.close();
+        }
     }
 
     /// The peer's next message; `Ok(None)` when the peer finished, `Err`
     /// when it failed or went away.
     pub async fn recv(&mut self) -> Result<Option<Bytes>> {
-        self.receiver.recv().await
+        match &mut self.receiver {
+            Some(r) => r.recv().await,
+            None => Ok(None),
+        }
     }
 
     /// Splits the stream so that sending and receiving can go on in
-    /// different tasks. Dropping both halves cancels the stream.
-    pub fn split(self) -> (StreamSender, StreamReceiver) {
-        (self.sender, self.receiver)
+    /// different tasks. Dropping the sending half ends this side's messages
+    /// (as `close_send`); dropping the receiving half cancels the stream.
+    pub fn split(mut self) -> (StreamSender, StreamReceiver) {
+        let sender = self.sender.take().unwrap_or(StreamSender { tx: None });
+        let receiver = self.receiver.take().unwrap_or_else(|| {
+            let (_, rx) = mpsc::channel(1);
+            StreamReceiver { rx, done: true }
+        });
+        (sender, receiver)
     }
 }
 
@@ -143,6 +176,30 @@ impl StreamEnds {
     pub async fn cancelled(&self) {
         self.incoming.closed().await
     }
+
+    /// Whether the local side dropped the whole stream: once `outgoing` has
+    /// ended, `true` means cancel, `false` means the sending side was closed.
+    pub fn dropped(&self) -> bool {
+        self.dropped.load(Ordering::Acquire)
+    }
+
+    /// A handle that answers [`dropped`](Self::dropped) after the ends are
+    /// taken apart.
+    pub fn dropped_flag(&self) -> DroppedFlag {
+        DroppedFlag(self.dropped.clone())
+    }
+}
+
+/// Tells whether the local side dropped its whole [`Stream`] (see
+/// [`StreamEnds::dropped`]).
+#[derive(Debug, Clone)]
+pub struct DroppedFlag(Arc<AtomicBool>);
+
+impl DroppedFlag {
+    /// `true` once the whole stream was dropped.
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 #[cfg(test)]
@@ -167,9 +224,27 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_the_stream_is_seen_as_cancellation() {
-        let (s, ends) = Stream::pair();
+        let (s, mut ends) = Stream::pair();
         drop(s);
         tokio::time::timeout(std::time::Duration::from_secs(1), ends.cancelled()).await.ok();
         assert!(ends.incoming.is_closed());
+        assert_eq!(ends.outgoing.recv().await, None);
+        assert!(ends.dropped(), "a dropped stream is a cancellation");
+    }
+
+    #[tokio::test]
+    async fn close_send_and_a_dropped_sending_half_are_no_cancellation() {
+        let (mut s, mut ends) = Stream::pair();
+        s.close_send();
+        assert_eq!(ends.outgoing.recv().await, None);
+        assert!(!ends.dropped());
+        drop(s);
+        assert!(ends.dropped());
+
+        let (s, mut ends) = Stream::pair();
+        let (tx, _rx) = s.split();
+        drop(tx);
+        assert_eq!(ends.outgoing.recv().await, None);
+        assert!(!ends.dropped(), "split halves never set the flag");
     }
 }

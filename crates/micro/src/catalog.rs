@@ -70,8 +70,10 @@ pub fn builtin() -> Catalog {
             "grpc",
             Arc::new(|o| Ok(Arc::new(crate::grpc::GrpcClient::new(o)?) as Arc<dyn Client>)) as NewClient,
         );
-        c.servers
-            .insert("grpc", Arc::new(|o| Ok(Arc::new(crate::grpc::GrpcServer::new(o)) as Arc<dyn Server>)) as NewServer);
+        c.servers.insert(
+            "grpc",
+            Arc::new(|o| Ok(Arc::new(crate::grpc::GrpcServer::new(o)) as Arc<dyn Server>)) as NewServer,
+        );
     }
     #[cfg(feature = "etcd")]
     micro_etcd::register(&mut c);

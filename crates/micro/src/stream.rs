@@ -11,10 +11,14 @@ use serde::{de::DeserializeOwned, Serialize};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-/// A stream that sends `S` and receives `R`.
+/// A stream that sends `S` and receives `R`. Dropping it cancels the
+/// stream; dropping the sending half of a split one ends this side's
+/// messages (as `close_send`).
 pub struct TypedStream<S, R> {
-    sender: TypedSender<S>,
-    receiver: TypedReceiver<R>,
+    // Whole until `split`, so that dropping it is seen as a cancellation.
+    inner: Stream,
+    codec: Arc<dyn Codec>,
+    _t: PhantomData<fn(S) -> R>,
 }
 
 /// The sending half of a [`TypedStream`].
@@ -34,33 +38,37 @@ pub struct TypedReceiver<R> {
 impl<S: Serialize, R: DeserializeOwned> TypedStream<S, R> {
     /// Wraps a stream whose messages are in `codec`'s encoding.
     pub fn new(stream: Stream, codec: Arc<dyn Codec>) -> Self {
-        let (tx, rx) = stream.split();
-        TypedStream {
-            sender: TypedSender { inner: tx, codec: codec.clone(), _t: PhantomData },
-            receiver: TypedReceiver { inner: rx, codec, _t: PhantomData },
-        }
+        TypedStream { inner: stream, codec, _t: PhantomData }
     }
 
     /// Sends one message; fails once the peer has gone.
     pub async fn send(&self, msg: &S) -> Result<()> {
-        self.sender.send(msg).await
+        self.inner.send(encode(&*self.codec, msg)?).await
     }
 
     /// The peer's next message; `Ok(None)` when the peer finished, `Err`
     /// with the peer's error when it failed or went away.
     pub async fn recv(&mut self) -> Result<Option<R>> {
-        self.receiver.recv().await
+        match self.inner.recv().await? {
+            Some(b) => decode(&*self.codec, &b).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Ends this side's messages; receiving goes on.
     pub fn close_send(&mut self) {
-        self.sender.close();
+        self.inner.close_send();
     }
 
     /// Splits the stream so that sending and receiving can go on in
-    /// different tasks. Dropping both halves cancels the stream.
+    /// different tasks. Dropping the sending half ends this side's messages;
+    /// dropping the receiving half cancels the stream.
     pub fn split(self) -> (TypedSender<S>, TypedReceiver<R>) {
-        (self.sender, self.receiver)
+        let (tx, rx) = self.inner.split();
+        (
+            TypedSender { inner: tx, codec: self.codec.clone(), _t: PhantomData },
+            TypedReceiver { inner: rx, codec: self.codec, _t: PhantomData },
+        )
     }
 }
 
@@ -88,6 +96,6 @@ impl<R: DeserializeOwned> TypedReceiver<R> {
 
 impl<S, R> std::fmt::Debug for TypedStream<S, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TypedStream").field("content_type", &self.sender.codec.content_type()).finish()
+        f.debug_struct("TypedStream").field("content_type", &self.codec.content_type()).finish()
     }
 }

@@ -96,6 +96,29 @@ async fn world(protocol: &str) -> Result<World, Box<dyn std::error::Error>> {
             Err(Error::new("counter", "enough: the counter refuses to go on", 429))
         }
     })?;
+    // Client-streaming that "commits" only on a clean end of input.
+    let t = tx.clone();
+    server.handle_stream("Counter.Upload", move |_ctx, mut s: TypedStream<Num, Num>| {
+        let t = t.clone();
+        let guard = Ended(t.clone(), "upload-dropped");
+        async move {
+            let _guard = guard;
+            loop {
+                match s.recv().await {
+                    // Acknowledged, so the caller knows the handler has it.
+                    Ok(Some(x)) => s.send(&x).await?,
+                    Ok(None) => {
+                        let _ = t.send("upload-committed");
+                        return s.send(&Num { n: 0 }).await;
+                    }
+                    Err(e) => {
+                        let _ = t.send("upload-failed");
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    })?;
     server.handle("Counter.Plain", |x: Num| async move { Ok::<_, Error>(x) })?;
     server.start().await?;
     let client = Service::builder("caller").flags(flags).build()?;
@@ -174,6 +197,33 @@ async fn caller_cancels(protocol: &str) -> TestResult {
     drop(s);
     let ended = timeout(LIMIT, w.ended.recv()).await?;
     assert_eq!(ended, Some("count"), "the server dropped the handler after the caller cancelled");
+    w.server.stop().await?;
+    Ok(())
+}
+
+/// A caller that drops its stream in the middle of an upload cancels it:
+/// the handler must never see that as a clean end of input.
+async fn dropped_upload_is_no_end_of_input(protocol: &str) -> TestResult {
+    let mut w = world(protocol).await?;
+    for round in 0..5 {
+        let mut s: TypedStream<Num, Num> = w.client.client().stream("counter", "Counter.Upload").await?;
+        for n in 1..=3 {
+            s.send(&Num { n }).await?;
+            assert_eq!(timeout(LIMIT, s.recv()).await??, Some(Num { n }));
+        }
+        drop(s);
+        let first = timeout(LIMIT, w.ended.recv()).await?;
+        assert_ne!(first, Some("upload-committed"), "round {round}: a cancelled upload was committed");
+        // Drain this round's events (the guard fires after a failure).
+        while let Ok(Some(_)) = timeout(Duration::from_millis(100), w.ended.recv()).await {}
+    }
+    // And a clean close_send commits.
+    let mut s: TypedStream<Num, Num> = w.client.client().stream("counter", "Counter.Upload").await?;
+    s.send(&Num { n: 1 }).await?;
+    s.close_send();
+    assert_eq!(timeout(LIMIT, s.recv()).await??, Some(Num { n: 1 }));
+    assert_eq!(timeout(LIMIT, s.recv()).await??, Some(Num { n: 0 }));
+    assert_eq!(timeout(LIMIT, w.ended.recv()).await?, Some("upload-committed"));
     w.server.stop().await?;
     Ok(())
 }
@@ -261,6 +311,10 @@ macro_rules! per_protocol {
                 super::server_cancels($name).await
             }
             #[tokio::test]
+            async fn dropped_upload_is_no_end_of_input() -> super::TestResult {
+                super::dropped_upload_is_no_end_of_input($name).await
+            }
+            #[tokio::test]
             async fn wrong_kind() -> super::TestResult {
                 super::wrong_kind($name).await
             }
@@ -271,4 +325,3 @@ macro_rules! per_protocol {
 per_protocol!(mucp, "mucp");
 #[cfg(feature = "grpc")]
 per_protocol!(grpc, "grpc");
-

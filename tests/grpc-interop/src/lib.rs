@@ -90,10 +90,7 @@ pub struct PlainGreeter;
 
 #[tonic::async_trait]
 impl pb::greeter_server::Greeter for PlainGreeter {
-    async fn hello(
-        &self,
-        req: tonic::Request<HelloRequest>,
-    ) -> Result<tonic::Response<HelloReply>, tonic::Status> {
+    async fn hello(&self, req: tonic::Request<HelloRequest>) -> Result<tonic::Response<HelloReply>, tonic::Status> {
         let caller = req.metadata().get("x-caller").and_then(|v| v.to_str().ok()).map(String::from);
         let name = req.into_inner().name;
         if name == "nobody" {

@@ -97,7 +97,10 @@ async fn eventually(what: &str, f: impl Fn() -> bool) -> TestResult {
 
 /// Runs `py/client.py` against `addr` (over TLS when `ca` is given) and
 /// returns its checks, one JSON object each.
-async fn run_python_client(addr: &str, ca: Option<&Path>) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error>> {
+async fn run_python_client(
+    addr: &str,
+    ca: Option<&Path>,
+) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error>> {
     let py = python()?;
     let stubs = tempfile::tempdir()?;
     let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
@@ -203,7 +206,8 @@ async fn tonic_generated_client_calls_a_micro_grpc_service() -> TestResult {
     assert!(status.message().contains("name must not be empty"), "{status:?}");
 
     // An unknown method is Unimplemented, as gRPC clients expect.
-    let mut raw = tonic::client::Grpc::new(tonic::transport::Channel::from_shared(format!("http://{addr}"))?.connect().await?);
+    let mut raw =
+        tonic::client::Grpc::new(tonic::transport::Channel::from_shared(format!("http://{addr}"))?.connect().await?);
     raw.ready().await?;
     let status = raw
         .unary::<HelloRequest, HelloReply, _>(
@@ -292,7 +296,13 @@ async fn micro_grpc_client_calls_a_plain_tonic_server() -> TestResult {
     let t0 = Instant::now();
     let opts = CallOptions { timeout: Some(Duration::from_millis(300)), ..at() };
     let err = client
-        .call_with::<_, Proto<HelloReply>>("greeter", "Greeter.Slow", &Proto(SlowRequest { ms: 3000 }), HashMap::new(), opts)
+        .call_with::<_, Proto<HelloReply>>(
+            "greeter",
+            "Greeter.Slow",
+            &Proto(SlowRequest { ms: 3000 }),
+            HashMap::new(),
+            opts,
+        )
         .await
         .err()
         .ok_or("the slow call beat its deadline")?;

@@ -46,10 +46,8 @@ pub(super) fn draw(
         .draw()
         .map_err(|e| anyhow::anyhow!("chart: {e}"))?;
     for (i, &c) in contenders.iter().enumerate() {
-        let points: Vec<(f64, f64)> = callers
-            .iter()
-            .filter_map(|&n| summary.get(&(c, payload, n)).map(|s| (n as f64, s.rate)))
-            .collect();
+        let points: Vec<(f64, f64)> =
+            callers.iter().filter_map(|&n| summary.get(&(c, payload, n)).map(|s| (n as f64, s.rate))).collect();
         if points.is_empty() {
             continue;
         }

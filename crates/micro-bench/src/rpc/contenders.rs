@@ -198,9 +198,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn tokio_stream_incoming(
-    l: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<TcpStream>> + Send + 'static {
+fn tokio_stream_incoming(l: TcpListener) -> impl futures::Stream<Item = std::io::Result<TcpStream>> + Send + 'static {
     futures::stream::unfold(l, |l| async move {
         let r = l.accept().await.map(|(s, _)| {
             let _ = s.set_nodelay(true);
@@ -241,12 +239,8 @@ impl Echo for EchoServer {
     }
 }
 
-type TarpcTransport<Item, SinkItem> = tarpc::serde_transport::Transport<
-    TcpStream,
-    Item,
-    SinkItem,
-    tarpc::tokio_serde::formats::Bincode<Item, SinkItem>,
->;
+type TarpcTransport<Item, SinkItem> =
+    tarpc::serde_transport::Transport<TcpStream, Item, SinkItem, tarpc::tokio_serde::formats::Bincode<Item, SinkItem>>;
 
 fn tarpc_transport<Item, SinkItem>(s: TcpStream) -> TarpcTransport<Item, SinkItem>
 where
@@ -304,10 +298,8 @@ pub(crate) async fn connect(
             Box::new(())
         }
         Contender::Tonic => {
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-                .tcp_nodelay(true)
-                .connect()
-                .await?;
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect().await?;
             let client = pb::echo_client::EchoClient::new(channel);
             for _ in 0..callers {
                 out.push(Box::new(TonicCaller { client: client.clone(), data: data.clone() }));

@@ -55,7 +55,9 @@ pub(crate) struct Plan {
 fn peak_kib(pid: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -373,7 +375,11 @@ fn print_report(contenders: &[Contender], plan: &Plan, summary: &BTreeMap<Key, S
                 match (summary.get(&(a, payload, callers)), summary.get(&(b, payload, callers))) {
                     (Some(x), Some(y)) => {
                         any = true;
-                        let p99 = if b == Contender::Ceiling { String::new() } else { format!(" (p99 {:.2})", x.p99 / y.p99) };
+                        let p99 = if b == Contender::Ceiling {
+                            String::new()
+                        } else {
+                            format!(" (p99 {:.2})", x.p99 / y.p99)
+                        };
                         row.push_str(&format!(" {:.2}{p99} |", x.rate / y.rate));
                     }
                     _ => row.push_str(" |"),

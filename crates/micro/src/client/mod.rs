@@ -58,7 +58,9 @@ where
             }
         };
         match attempt_at(address.clone()).await {
-            Attempt::Done(Err(e)) if e.code == 503 && attempt < retries => {
+            // Only the server's own refusal (at its limit, or stopping) is
+            // retried: a 503 from a handler may come after it did its work.
+            Attempt::Done(Err(e)) if e.code == 503 && e.id == "go.micro.server" && attempt < retries => {
                 tracing::debug!(service = %req.service, %address, attempt, "node busy; trying another");
                 if let Some(id) = node_id {
                     exclude.push(id);

@@ -1,9 +1,9 @@
+use super::Attempt;
+use micro_core::frame;
 use micro_core::{
     async_trait, headers, CallOptions, Client, ClientOptions, Error, Message, Request, Response, Result, SelectOptions,
     Socket, SocketReceiver, SocketSender, Stream, StreamEnds,
 };
-use super::Attempt;
-use micro_core::frame;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -160,11 +160,7 @@ impl Client for MucpClient {
         }
         sock.send(open).await?;
         let Some((mut tx, rx)) = sock.split() else {
-            return Err(Error::new(
-                ID,
-                format!("transport {} cannot carry streams", self.opts.transport.name()),
-                501,
-            ));
+            return Err(Error::new(ID, format!("transport {} cannot carry streams", self.opts.transport.name()), 501));
         };
         if !req.body.is_empty() {
             tx.send(Message::new(req.body)).await?;
@@ -195,53 +191,61 @@ async fn drive_stream(
     ends: StreamEnds,
     deadline: Option<tokio::time::Instant>,
 ) {
-    let StreamEnds { incoming, mut outgoing } = ends;
-    let watch = incoming.clone();
-    let writer = async {
-        while let Some(body) = outgoing.recv().await {
-            if tx.send(Message::new(body)).await.is_err() {
-                break;
-            }
-        }
-        let _ = tx.send(Message::default().with_header(headers::STREAM, "eos")).await;
-        // The sending direction stays open: closing it would look like a cancellation.
-        std::future::pending::<()>().await
-    };
-    let reader = async {
-        loop {
-            match rx.recv().await {
-                Ok(mut m) if m.get(headers::STREAM) == Some("eos") => {
-                    if let Some(e) = m.header.remove(headers::ERROR) {
-                        let _ = incoming.send(Err(Error::parse(&e))).await;
-                    }
-                    return;
-                }
-                Ok(m) => {
-                    if incoming.send(Ok(m.body)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let e = Error::internal(ID, format!("stream broken: {}", e.detail));
-                    let _ = incoming.send(Err(e)).await;
-                    return;
+    let dropped = ends.dropped_flag();
+    let StreamEnds { incoming, mut outgoing, .. } = ends;
+    let failure = {
+        let writer = async {
+            while let Some(body) = outgoing.recv().await {
+                if let Err(e) = tx.send(Message::new(body)).await {
+                    // Not an end of input: the caller learns why, and the
+                    // connection is dropped without `eos`.
+                    return e;
                 }
             }
+            // A dropped stream is a cancellation, which only closing the
+            // connection (below) may tell the server, never an `eos`.
+            if !dropped.get() {
+                let _ = tx.send(Message::default().with_header(headers::STREAM, "eos")).await;
+            }
+            // The sending direction stays open: closing it would look like a cancellation.
+            std::future::pending().await
+        };
+        let reader = async {
+            loop {
+                match rx.recv().await {
+                    Ok(mut m) if m.get(headers::STREAM) == Some("eos") => {
+                        return m.header.remove(headers::ERROR).map(|e| Error::parse(&e));
+                    }
+                    Ok(m) => {
+                        if incoming.send(Ok(m.body)).await.is_err() {
+                            return None;
+                        }
+                    }
+                    Err(e) => return Some(Error::internal(ID, format!("stream broken: {}", e.detail))),
+                }
+            }
+        };
+        let expired = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            e = reader => e,
+            e = writer => Some(e),
+            _ = incoming.closed() => {
+                tracing::debug!("stream cancelled by the caller");
+                None
+            }
+            _ = expired => Some(Error::timeout(ID, "stream timed out")),
         }
     };
-    let expired = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = reader => {}
-        _ = writer => {}
-        _ = watch.closed() => tracing::debug!("stream cancelled by the caller"),
-        _ = expired => {
-            let _ = watch.send(Err(Error::timeout(ID, "stream timed out"))).await;
-        }
+    // The caller's sends fail from here on; then it gets the error, if any.
+    drop(outgoing);
+    drop((tx, rx));
+    if let Some(e) = failure {
+        let _ = incoming.send(Err(e)).await;
     }
 }
 

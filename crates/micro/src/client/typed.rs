@@ -1,5 +1,5 @@
-use micro_core::codec::{decode, encode};
 use crate::stream::TypedStream;
+use micro_core::codec::{decode, encode};
 use micro_core::{headers, CallOptions, Client, Codecs, Message, Request, Result};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;

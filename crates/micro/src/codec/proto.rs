@@ -102,7 +102,9 @@ impl Codec for ProtoCodec {
         visit(&mut erased).map_err(|e| {
             Error::bad_request(
                 "go.micro.codec",
-                format!("protobuf decode: {e} (protobuf bodies decode into prost messages wrapped in micro::codec::Proto)"),
+                format!(
+                    "protobuf decode: {e} (protobuf bodies decode into prost messages wrapped in micro::codec::Proto)"
+                ),
             )
         })
     }
@@ -237,7 +239,10 @@ mod tests {
         let c = ProtoCodec::new("application/grpc");
         let e = encode(&c, &"a serde string").err().map(|e| e.detail).unwrap_or_default();
         assert!(e.contains("only prost messages wrapped in micro::codec::Proto"), "{e}");
-        let e = decode::<std::collections::HashMap<String, String>>(&c, b"\x0a\x01a").err().map(|e| e.detail).unwrap_or_default();
+        let e = decode::<std::collections::HashMap<String, String>>(&c, b"\x0a\x01a")
+            .err()
+            .map(|e| e.detail)
+            .unwrap_or_default();
         assert!(e.contains("protobuf decode"), "{e}");
         let json = super::super::JsonCodec::default();
         let e = encode(&json, &Proto(Hello::default())).err().map(|e| e.detail).unwrap_or_default();

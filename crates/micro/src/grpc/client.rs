@@ -33,7 +33,8 @@ impl GrpcClient {
     /// A client with these options.
     pub fn new(opts: ClientOptions) -> Result<Self> {
         let tls = if opts.tls.ca.is_some() {
-            let net = crate::transport::tls::TlsNet::with_alpn(&opts.tls, Duration::from_secs(10), vec![b"h2".to_vec()])?;
+            let net =
+                crate::transport::tls::TlsNet::with_alpn(&opts.tls, Duration::from_secs(10), vec![b"h2".to_vec()])?;
             Some(Arc::new(net))
         } else {
             None
@@ -140,7 +141,7 @@ impl GrpcClient {
             // their side, which can arrive just before our own timer fires.
             Err(s) if is_timeout(&s) || (s.code() == tonic::Code::Cancelled && started.elapsed() >= timeout) => {
                 Attempt::Done(Err(Error::timeout(
-                ID,
+                    ID,
                     format!("call {}.{} timed out after {timeout:?}", req.service, req.endpoint),
                 )))
             }
@@ -210,7 +211,9 @@ fn path_of(service: &str, endpoint: &str) -> Result<http::uri::PathAndQuery> {
                     format!("/{service}.{h}/{m}")
                 }
             }
-            _ => return Err(Error::bad_request(ID, format!("endpoint {endpoint:?} is not of the form Handler.Method"))),
+            _ => {
+                return Err(Error::bad_request(ID, format!("endpoint {endpoint:?} is not of the form Handler.Method")))
+            }
         }
     };
     path.parse().map_err(|e| Error::bad_request(ID, format!("grpc path {path:?}: {e}")))
@@ -228,13 +231,17 @@ impl Client for GrpcClient {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let req = &req;
             async move {
+                let expired =
+                    || Error::timeout(ID, format!("call {}.{} timed out after {timeout:?}", req.service, req.endpoint));
                 if left.is_zero() {
-                    return Attempt::Done(Err(Error::timeout(
-                        ID,
-                        format!("call {}.{} timed out after {timeout:?}", req.service, req.endpoint),
-                    )));
+                    return Attempt::Done(Err(expired()));
                 }
-                self.attempt(&address, req, left).await
+                // tonic's own deadline covers the wait for the response's
+                // headers; this one covers a body that stalls after them.
+                match tokio::time::timeout_at(deadline, self.attempt(&address, req, left)).await {
+                    Ok(a) => a,
+                    Err(_) => Attempt::Done(Err(expired())),
+                }
             }
         })
         .await
@@ -255,10 +262,22 @@ impl Client for GrpcClient {
         let mut grpc = self.grpc(&address, &req.content_type)?;
         let path = path_of(&req.service, &req.endpoint)?;
         let (stream, ends) = Stream::pair();
-        let StreamEnds { incoming, outgoing } = ends;
+        let dropped = ends.dropped_flag();
+        let StreamEnds { incoming, outgoing, .. } = ends;
         let first = (!req.body.is_empty()).then(|| req.body.clone());
-        let messages = futures::stream::iter(first).chain(tokio_stream::wrappers::ReceiverStream::new(outgoing));
+        // The request ends (END_STREAM) on close_send only; a dropped stream
+        // never ends it, so the call is reset instead (a cancellation).
+        let rest = futures::stream::unfold((outgoing, dropped), |(mut out, dropped)| async move {
+            match out.recv().await {
+                Some(b) => Some((b, (out, dropped))),
+                None if dropped.get() => std::future::pending().await,
+                None => None,
+            }
+        });
+        let messages = futures::stream::iter(first).chain(rest);
         let mut request = tonic::Request::new(messages);
+        // Resets the HTTP/2 stream (RST_STREAM) unless the request ended cleanly.
+        let cancel = request.cancellation_handle();
         put_metadata(request.metadata_mut(), &req.metadata)?;
         if let Some(t) = opts.timeout {
             request.set_timeout(t);
@@ -301,8 +320,12 @@ impl Client for GrpcClient {
             // Returning drops the call, which resets the HTTP/2 stream: the server sees the cancellation.
             tokio::select! {
                 _ = run => {}
-                _ = watch.closed() => tracing::debug!("grpc stream cancelled by the caller"),
+                _ = watch.closed() => {
+                    tracing::debug!("grpc stream cancelled by the caller");
+                    cancel.cancel();
+                }
                 _ = expired => {
+                    cancel.cancel();
                     let _ = watch.send(Err(Error::timeout(ID, "stream timed out"))).await;
                 }
             }

@@ -161,7 +161,9 @@ fn put_metadata(map: &mut tonic::metadata::MetadataMap, md: &HashMap<String, Str
             _ => {
                 return Err(Error::bad_request(
                     "go.micro.client",
-                    format!("metadata {k:?} cannot travel as gRPC metadata (keys: lower-case ASCII; values: printable)"),
+                    format!(
+                        "metadata {k:?} cannot travel as gRPC metadata (keys: lower-case ASCII; values: printable)"
+                    ),
                 ))
             }
         }

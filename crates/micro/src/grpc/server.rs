@@ -111,7 +111,11 @@ impl Server for GrpcServer {
         let hard_stop = CancellationToken::new();
         let conns = Arc::new(Semaphore::new(self.opts.limits.max_connections.max(1)));
         let (accept, address) = if self.opts.tls.enabled() {
-            let net = crate::transport::tls::TlsNet::with_alpn(&self.opts.tls, Duration::from_secs(10), vec![b"h2".to_vec()])?;
+            let net = crate::transport::tls::TlsNet::with_alpn(
+                &self.opts.tls,
+                Duration::from_secs(10),
+                vec![b"h2".to_vec()],
+            )?;
             listen(net, &self.opts.address, router, conns, stop_accepting.clone(), hard_stop.clone()).await?
         } else {
             listen(TokioNet, &self.opts.address, router, conns, stop_accepting.clone(), hard_stop.clone()).await?
@@ -120,7 +124,11 @@ impl Server for GrpcServer {
         let mut subs = Vec::new();
         let subscribers = lock(&self.subscribers).clone();
         for s in subscribers {
-            match self.opts.broker.subscribe(&s.topic, s.handler.clone(), SubscribeOptions { queue: s.queue.clone() }).await
+            match self
+                .opts
+                .broker
+                .subscribe(&s.topic, s.handler.clone(), SubscribeOptions { queue: s.queue.clone() })
+                .await
             {
                 Ok(sub) => subs.push(sub),
                 Err(e) => {
@@ -161,10 +169,8 @@ impl Server for GrpcServer {
         let mut endpoints: Vec<Endpoint> = lock(&self.handlers).values().map(|h| h.endpoint.clone()).collect();
         endpoints.sort_by(|a, b| a.name.cmp(&b.name));
         for s in lock(&self.subscribers).iter() {
-            let metadata = HashMap::from([
-                ("topic".to_string(), s.topic.clone()),
-                ("subscriber".to_string(), "true".to_string()),
-            ]);
+            let metadata =
+                HashMap::from([("topic".to_string(), s.topic.clone()), ("subscriber".to_string(), "true".to_string())]);
             endpoints.push(Endpoint { name: format!("Subscriber.{}", s.topic), metadata, ..Default::default() });
         }
         let address = lock(&self.address).clone().unwrap_or_default();
@@ -229,7 +235,12 @@ async fn listen<N: Net>(
                 let router = router.clone();
                 async move { Ok::<_, Infallible>(router.route(req).await) }
             });
+            // Pings find peers that vanished without closing (their
+            // connections and streams would otherwise be held forever).
             let http = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(Some(Duration::from_secs(60)))
+                .keep_alive_timeout(Duration::from_secs(20))
                 .serve_connection(TokioIo::new(conn.stream), svc);
             let watched = graceful.watch(http);
             let hard_stop = hard_stop.clone();
@@ -297,16 +308,17 @@ impl Router {
             return status_response(Status::invalid_argument(format!("content type {content_type:?} is not gRPC")));
         }
         let timeout = req.headers().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_timeout);
-        // Over the in-flight limit: answer at once instead of queueing without bound.
-        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            let e = Error::unavailable(ID, "server busy: too many requests in flight");
-            return status_response(to_status(&e));
+        let call = Call {
+            service: self.service.clone(),
+            endpoint,
+            content_type: content_type.clone(),
+            timeout,
+            in_flight: self.in_flight.clone(),
         };
-        let call = Call { service: self.service.clone(), endpoint, content_type: content_type.clone(), timeout };
         let mut grpc = tonic::server::Grpc::new(BytesCodec);
         let mut resp = match &handler.stream {
             None => grpc.unary(Unary { call, func: handler.func.clone() }, req).await,
-            Some(func) => grpc.streaming(Streaming { call, func: func.clone(), permit: Arc::new(permit) }, req).await,
+            Some(func) => grpc.streaming(Streaming { call, func: func.clone() }, req).await,
         };
         // Answer in the caller's encoding (tonic writes plain application/grpc).
         if let Ok(v) = http::HeaderValue::from_str(&content_type) {
@@ -323,9 +335,20 @@ struct Call {
     endpoint: String,
     content_type: String,
     timeout: Option<Duration>,
+    in_flight: Arc<Semaphore>,
 }
 
 impl Call {
+    /// A slot among the calls in flight, taken once the request has arrived
+    /// (a peer that never sends its body holds none); over the limit the
+    /// call is answered UNAVAILABLE at once instead of queueing.
+    fn permit(&self) -> std::result::Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| to_status(&Error::unavailable(ID, "server busy: too many requests in flight")))
+    }
+
     fn request(&self, metadata: &tonic::metadata::MetadataMap, body: Bytes) -> Request {
         Request {
             service: self.service.clone(),
@@ -350,6 +373,7 @@ impl tonic::server::UnaryService<Bytes> for Unary {
         let req = self.call.request(request.metadata(), request.get_ref().clone());
         let (func, call) = (self.func.clone(), self.call.clone());
         Box::pin(async move {
+            let _permit = call.permit()?;
             match invoke(&func, req, call.timeout, &call.service).await {
                 Ok(r) => {
                     let mut resp = tonic::Response::new(r.body);
@@ -371,7 +395,6 @@ impl tonic::server::UnaryService<Bytes> for Unary {
 struct Streaming {
     call: Call,
     func: StreamHandlerFn,
-    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Aborts the handler and the reader of the caller's messages when the
@@ -394,10 +417,12 @@ impl tonic::server::StreamingService<Bytes> for Streaming {
     fn call(&mut self, request: tonic::Request<tonic::Streaming<Bytes>>) -> Self::Future {
         let req = self.call.request(request.metadata(), Bytes::new());
         let mut inbound = request.into_inner();
-        let (func, call, permit) = (self.func.clone(), self.call.clone(), self.permit.clone());
+        let (func, call) = (self.func.clone(), self.call.clone());
         Box::pin(async move {
+            // A stream holds its slot for its whole life.
+            let permit = call.permit()?;
             let (stream, ends) = micro_core::Stream::pair();
-            let micro_core::StreamEnds { incoming, outgoing } = ends;
+            let micro_core::StreamEnds { incoming, outgoing, .. } = ends;
             let handler = match std::panic::catch_unwind(AssertUnwindSafe(|| func(req, stream))) {
                 Ok(fut) => tokio::spawn(fut),
                 Err(_) => {

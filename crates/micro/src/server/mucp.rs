@@ -1,9 +1,9 @@
 use futures::FutureExt;
+use micro_core::frame;
 use micro_core::{
     async_trait, headers, Endpoint, Error, Handler, Message, Node, Request, Result, Server, ServerOptions, Service,
     Socket, SubscribeOptions, Subscriber, Subscription,
 };
-use micro_core::frame;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -236,7 +236,6 @@ impl Conn {
                     break;
                 }
             };
-            last = tokio::time::Instant::now();
             let req = match parse_request(frame.clone()) {
                 Ok(r) => r,
                 Err(e) => {
@@ -253,7 +252,8 @@ impl Conn {
                 match self.in_flight.clone().try_acquire_owned() {
                     Ok(_permit) => self.serve_stream(sock, msg).await,
                     Err(_) => {
-                        let _ = sock.send_frame(busy(&req)).await;
+                        let e = Error::unavailable(ID, "server busy: too many requests in flight");
+                        let _ = sock.send(end_of_stream(&req.id, Some(e))).await;
                         let _ = sock.close().await;
                     }
                 }
@@ -268,6 +268,8 @@ impl Conn {
                 tracing::debug!(peer = %sock.remote_addr(), reason = %e.detail, "closing connection");
                 break;
             }
+            // Idle from the reply on, not from the request: a long call is no idleness.
+            last = tokio::time::Instant::now();
         }
         let _ = sock.close().await;
     }
@@ -332,11 +334,17 @@ fn reply_frame<'a>(
     }
 }
 
-/// How a served stream ended, besides by its handler returning.
+/// How a served stream ended.
 enum StreamEnd {
-    Done,
+    /// The handler returned (its error, if any).
+    Done(Option<Error>),
+    /// The peer went away.
     Cancelled,
+    /// Writing to the peer failed.
+    Failed(Error),
+    /// The server is stopping.
     Stopping,
+    /// The caller's timeout passed.
     Timeout(Duration),
 }
 
@@ -366,9 +374,10 @@ impl Conn {
         }
         let handler = match self.handlers.get(&endpoint) {
             None => Err(Error::not_found(ID, format!("unknown endpoint {endpoint} of service {}", self.service))),
-            Some(h) => h.stream.clone().ok_or_else(|| {
-                Error::bad_request(ID, format!("{endpoint} is not a stream endpoint: call it instead"))
-            }),
+            Some(h) => h
+                .stream
+                .clone()
+                .ok_or_else(|| Error::bad_request(ID, format!("{endpoint} is not a stream endpoint: call it instead"))),
         };
         let handler = match handler {
             Ok(h) => h,
@@ -400,21 +409,44 @@ impl Conn {
                 return;
             }
         };
-        let micro_core::StreamEnds { incoming, mut outgoing } = ends;
+        let micro_core::StreamEnds { incoming, mut outgoing, .. } = ends;
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let expired = || async move {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
         let end = {
+            // The writer checks the deadline and the server's stop between
+            // frames only: a frame is never cut in half on the wire.
             let writer = async {
-                while let Some(body) = outgoing.recv().await {
-                    if tx.send(Message { header: HashMap::new(), body }).await.is_err() {
-                        return false;
+                loop {
+                    let next = tokio::select! {
+                        biased;
+                        _ = self.cancel.cancelled() => return StreamEnd::Stopping,
+                        _ = expired() => return StreamEnd::Timeout(timeout.unwrap_or_default()),
+                        b = outgoing.recv() => b,
+                    };
+                    let Some(body) = next else { break };
+                    if let Err(e) = tx.send(Message { header: HashMap::new(), body }).await {
+                        return StreamEnd::Failed(e);
                     }
                 }
                 // The handler dropped its stream: it has finished, or is about to.
-                let err = match (&mut task).await {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(e),
-                    Err(_) => Some(Error::internal(&*self.service, format!("handler {endpoint} panicked"))),
+                let result = tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => return StreamEnd::Stopping,
+                    _ = expired() => return StreamEnd::Timeout(timeout.unwrap_or_default()),
+                    r = &mut task => r,
                 };
-                tx.send(end_of_stream(&id, err)).await.is_ok()
+                match result {
+                    Ok(Ok(())) => StreamEnd::Done(None),
+                    Ok(Err(e)) => StreamEnd::Done(Some(e)),
+                    Err(_) => {
+                        StreamEnd::Done(Some(Error::internal(&*self.service, format!("handler {endpoint} panicked"))))
+                    }
+                }
             };
             let reader = async move {
                 let mut incoming = Some(incoming);
@@ -432,33 +464,36 @@ impl Conn {
                     }
                 }
             };
-            let deadline = async {
-                match timeout {
-                    Some(t) => tokio::time::sleep(t).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
-                sent = writer => if sent { StreamEnd::Done } else { StreamEnd::Cancelled },
+                end = writer => end,
                 _ = reader => StreamEnd::Cancelled,
-                _ = self.cancel.cancelled() => StreamEnd::Stopping,
-                _ = deadline => StreamEnd::Timeout(timeout.unwrap_or_default()),
             }
         };
         task.abort();
-        let err = match end {
-            StreamEnd::Done => None,
+        let last = match end {
+            StreamEnd::Done(err) => Some(err),
             StreamEnd::Cancelled => {
                 tracing::debug!(%endpoint, "stream cancelled by the peer");
                 None
             }
-            StreamEnd::Stopping => Some(Error::unavailable(ID, "server stopping")),
-            StreamEnd::Timeout(t) => Some(Error::timeout(ID, format!("{endpoint} exceeded the caller's timeout of {t:?}"))),
+            StreamEnd::Failed(e) => {
+                // Say why if the connection still takes it (e.g. an oversized message).
+                Some(Some(Error::internal(ID, format!("stream {endpoint}: {}", e.detail))))
+            }
+            StreamEnd::Stopping => Some(Some(Error::unavailable(ID, "server stopping"))),
+            StreamEnd::Timeout(t) => {
+                Some(Some(Error::timeout(ID, format!("{endpoint} exceeded the caller's timeout of {t:?}"))))
+            }
         };
-        if let Some(e) = err {
-            let _ = tx.send(end_of_stream(&id, Some(e))).await;
-        }
-        let _ = tx.close().await;
+        // A peer that stopped reading cannot hold this task: the last frame
+        // and the close get a bounded time.
+        let finish = async {
+            if let Some(err) = last {
+                let _ = tx.send(end_of_stream(&id, err)).await;
+            }
+            let _ = tx.close().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), finish).await;
     }
 }
 

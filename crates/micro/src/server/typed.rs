@@ -1,5 +1,5 @@
-use micro_core::codec::{decode, encode};
 use crate::stream::TypedStream;
+use micro_core::codec::{decode, encode};
 use micro_core::{
     headers, BrokerHandler, Codecs, Endpoint, Error, Handler, HandlerFn, Request, Response, Result, Stream,
     StreamHandlerFn, Subscriber, Value,
