@@ -107,6 +107,13 @@ impl GrpcClient {
         Ok(pick)
     }
 
+    /// Drops the connections to a node that failed, so that nodes which went
+    /// away do not pile up; the next call to it (if any) connects afresh.
+    fn forget(&self, address: &str) {
+        self.clients.write().unwrap_or_else(|p| p.into_inner()).remove(address);
+        self.channels.lock().unwrap_or_else(|p| p.into_inner()).remove(address);
+    }
+
     async fn attempt(&self, address: &str, req: &Request, timeout: Duration) -> Attempt {
         let started = tokio::time::Instant::now();
         let mut grpc = match self.grpc(address, &req.content_type) {
@@ -123,6 +130,7 @@ impl GrpcClient {
             Err(e) => return Attempt::Done(Err(e)),
         };
         if let Err(e) = grpc.ready().await {
+            self.forget(address);
             return Attempt::Conn(Error::internal(ID, format!("connection error: {e}")));
         }
         // Boxed: tonic's call future is large, and inline it would make every
@@ -149,6 +157,7 @@ impl GrpcClient {
             // server refused our certificate), is a status made here from an
             // I/O error, not one the server sent.
             Err(s) if is_connection_error(&s) => {
+                self.forget(address);
                 let cause = std::error::Error::source(&s).map(|c| c.to_string()).unwrap_or_default();
                 Attempt::Conn(Error::internal(ID, format!("connection error: {} {cause}", s.message())))
             }
