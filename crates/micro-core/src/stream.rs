@@ -71,8 +71,9 @@ pub struct StreamReceiver {
 /// The protocol's ends of a [`Stream`]: what arrives from the peer goes
 /// into `incoming` (an `Err` ends the stream with that error; dropping it
 /// ends the stream normally), what the local side sends comes out of
-/// `outgoing`. When `outgoing` ends, [`StreamEnds::dropped`] tells a
-/// close_send (end the direction cleanly) from a dropped stream (cancel).
+/// `outgoing`. When `outgoing` ends, [`StreamEnds::dropped_flag`] tells a
+/// close_send (end the direction cleanly) from a dropped stream (cancel);
+/// a dropped receiving half closes `incoming` (`Sender::closed`).
 #[derive(Debug)]
 pub struct StreamEnds {
     /// Messages from the peer, to the local side.
@@ -171,27 +172,16 @@ impl StreamReceiver {
 }
 
 impl StreamEnds {
-    /// Completes when the local side dropped its receiving half, which means
-    /// it cancelled the stream (or, on a server, the handler has finished).
-    pub async fn cancelled(&self) {
-        self.incoming.closed().await
-    }
-
-    /// Whether the local side dropped the whole stream: once `outgoing` has
-    /// ended, `true` means cancel, `false` means the sending side was closed.
-    pub fn dropped(&self) -> bool {
-        self.dropped.load(Ordering::Acquire)
-    }
-
-    /// A handle that answers [`dropped`](Self::dropped) after the ends are
-    /// taken apart.
+    /// Tells, once `outgoing` has ended, whether the local side dropped the
+    /// whole stream (cancel) or closed its sending side; kept apart from the
+    /// ends so that they can be moved into different tasks.
     pub fn dropped_flag(&self) -> DroppedFlag {
         DroppedFlag(self.dropped.clone())
     }
 }
 
 /// Tells whether the local side dropped its whole [`Stream`] (see
-/// [`StreamEnds::dropped`]).
+/// [`StreamEnds::dropped_flag`]).
 #[derive(Debug, Clone)]
 pub struct DroppedFlag(Arc<AtomicBool>);
 
@@ -226,10 +216,10 @@ mod tests {
     async fn dropping_the_stream_is_seen_as_cancellation() {
         let (s, mut ends) = Stream::pair();
         drop(s);
-        tokio::time::timeout(std::time::Duration::from_secs(1), ends.cancelled()).await.ok();
+        tokio::time::timeout(std::time::Duration::from_secs(1), ends.incoming.closed()).await.ok();
         assert!(ends.incoming.is_closed());
         assert_eq!(ends.outgoing.recv().await, None);
-        assert!(ends.dropped(), "a dropped stream is a cancellation");
+        assert!(ends.dropped_flag().get(), "a dropped stream is a cancellation");
     }
 
     #[tokio::test]
@@ -237,14 +227,14 @@ mod tests {
         let (mut s, mut ends) = Stream::pair();
         s.close_send();
         assert_eq!(ends.outgoing.recv().await, None);
-        assert!(!ends.dropped());
+        assert!(!ends.dropped_flag().get());
         drop(s);
-        assert!(ends.dropped());
+        assert!(ends.dropped_flag().get());
 
         let (s, mut ends) = Stream::pair();
         let (tx, _rx) = s.split();
         drop(tx);
         assert_eq!(ends.outgoing.recv().await, None);
-        assert!(!ends.dropped(), "split halves never set the flag");
+        assert!(!ends.dropped_flag().get(), "split halves never set the flag");
     }
 }

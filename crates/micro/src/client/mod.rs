@@ -7,9 +7,17 @@ mod typed;
 pub use mucp::MucpClient;
 pub use typed::TypedClient;
 
-use micro_core::{CallOptions, Error, Request, Response, Result, SelectOptions, Selector};
+use micro_core::{headers, Broker, CallOptions, Error, Message, Request, Response, Result, SelectOptions, Selector};
 use std::future::Future;
 use std::time::Duration;
+
+/// Publishes as every client does: the topic and a message id (unless the
+/// caller set one) in the headers, then through the broker.
+pub(crate) async fn publish(broker: &dyn Broker, topic: &str, mut msg: Message) -> Result<()> {
+    msg.header.insert(headers::TOPIC.into(), topic.into());
+    msg.header.entry(headers::ID.into()).or_insert_with(|| uuid::Uuid::new_v4().to_string());
+    broker.publish(topic, msg).await
+}
 
 /// What one attempt of a call ended with: the call's answer, or a
 /// connection problem that another attempt (maybe to another node) may fix.

@@ -171,10 +171,8 @@ impl Client for MucpClient {
         Ok(stream)
     }
 
-    async fn publish(&self, topic: &str, mut msg: Message) -> Result<()> {
-        msg.header.insert(headers::TOPIC.into(), topic.into());
-        msg.header.entry(headers::ID.into()).or_insert_with(|| uuid::Uuid::new_v4().to_string());
-        self.opts.broker.publish(topic, msg).await
+    async fn publish(&self, topic: &str, msg: Message) -> Result<()> {
+        crate::client::publish(&*self.opts.broker, topic, msg).await
     }
 
     fn name(&self) -> &str {

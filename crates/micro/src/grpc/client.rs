@@ -6,8 +6,7 @@ use crate::client::{with_retries, Attempt};
 use crate::transport::Net;
 use futures::StreamExt;
 use micro_core::{
-    async_trait, headers, CallOptions, Client, ClientOptions, Error, Message, Request, Response, Result, Stream,
-    StreamEnds,
+    async_trait, CallOptions, Client, ClientOptions, Error, Message, Request, Response, Result, Stream, StreamEnds,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -342,10 +341,8 @@ impl Client for GrpcClient {
         Ok(stream)
     }
 
-    async fn publish(&self, topic: &str, mut msg: Message) -> Result<()> {
-        msg.header.insert(headers::TOPIC.into(), topic.into());
-        msg.header.entry(headers::ID.into()).or_insert_with(|| uuid::Uuid::new_v4().to_string());
-        self.opts.broker.publish(topic, msg).await
+    async fn publish(&self, topic: &str, msg: Message) -> Result<()> {
+        crate::client::publish(&*self.opts.broker, topic, msg).await
     }
 
     fn name(&self) -> &str {

@@ -3,7 +3,7 @@
 //! and every path routed to micro's handlers by name.
 
 use super::{metadata_of, parse_timeout, to_status, BytesCodec};
-use crate::server::invoke;
+use crate::server::{invoke, unsubscribe_all, Endpoints};
 use crate::transport::{Net, TokioNet};
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -11,8 +11,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 use micro_core::{
-    async_trait, Endpoint, Error, Handler, HandlerFn, Node, Request, Result, Server, ServerOptions, Service,
-    StreamHandlerFn, SubscribeOptions, Subscriber, Subscription,
+    async_trait, Error, Handler, HandlerFn, Request, Result, Server, ServerOptions, Service, StreamHandlerFn,
+    Subscriber, Subscription,
 };
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -36,8 +36,7 @@ const ID: &str = "go.micro.server";
 /// standard health service `grpc.health.v1.Health`.
 pub struct GrpcServer {
     opts: ServerOptions,
-    handlers: Mutex<HashMap<String, Handler>>,
-    subscribers: Mutex<Vec<Subscriber>>,
+    endpoints: Endpoints,
     running: Mutex<Option<Running>>,
     address: Mutex<Option<String>>,
 }
@@ -57,36 +56,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl GrpcServer {
     /// A server with these options.
     pub fn new(opts: ServerOptions) -> Self {
-        GrpcServer {
-            opts,
-            handlers: Mutex::new(HashMap::new()),
-            subscribers: Mutex::new(Vec::new()),
-            running: Mutex::new(None),
-            address: Mutex::new(None),
-        }
+        GrpcServer { opts, endpoints: Endpoints::default(), running: Mutex::new(None), address: Mutex::new(None) }
     }
 }
 
 #[async_trait]
 impl Server for GrpcServer {
     fn handle(&self, handler: Handler) -> Result<()> {
-        let name = handler.endpoint.name.clone();
-        if name.split('.').count() != 2 || name.starts_with('.') || name.ends_with('.') {
-            return Err(Error::bad_request(ID, format!("handler name {name:?} is not of the form Handler.Method")));
-        }
-        if lock(&self.running).is_some() {
-            return Err(Error::conflict(ID, format!("cannot add handler {name} to a running server")));
-        }
-        lock(&self.handlers).insert(name, handler);
-        Ok(())
+        self.endpoints.add_handler(handler, lock(&self.running).is_some())
     }
 
     fn subscribe(&self, subscriber: Subscriber) -> Result<()> {
-        if lock(&self.running).is_some() {
-            return Err(Error::conflict(ID, "cannot subscribe on a running server"));
-        }
-        lock(&self.subscribers).push(subscriber);
-        Ok(())
+        self.endpoints.add_subscriber(subscriber, lock(&self.running).is_some())
     }
 
     async fn start(&self) -> Result<()> {
@@ -102,7 +83,7 @@ impl Server for GrpcServer {
             health.set_service_status(name, ServingStatus::Serving).await;
         }
         let router = Arc::new(Router {
-            handlers: lock(&self.handlers).clone(),
+            handlers: self.endpoints.handlers(),
             service: self.opts.name.clone(),
             in_flight: Arc::new(Semaphore::new(self.opts.limits.max_in_flight.max(1))),
             health: health_server,
@@ -121,23 +102,14 @@ impl Server for GrpcServer {
             listen(TokioNet, &self.opts.address, router, conns, stop_accepting.clone(), hard_stop.clone()).await?
         };
 
-        let mut subs = Vec::new();
-        let subscribers = lock(&self.subscribers).clone();
-        for s in subscribers {
-            match self
-                .opts
-                .broker
-                .subscribe(&s.topic, s.handler.clone(), SubscribeOptions { queue: s.queue.clone() })
-                .await
-            {
-                Ok(sub) => subs.push(sub),
-                Err(e) => {
-                    stop_accepting.cancel();
-                    hard_stop.cancel();
-                    return Err(e);
-                }
+        let subs = match self.endpoints.subscribe_all(&*self.opts.broker).await {
+            Ok(subs) => subs,
+            Err(e) => {
+                stop_accepting.cancel();
+                hard_stop.cancel();
+                return Err(e);
             }
-        }
+        };
         tracing::info!(service = %self.opts.name, %address, tls = self.opts.tls.enabled(), "grpc server listening");
         *lock(&self.address) = Some(address);
         *lock(&self.running) = Some(Running { stop_accepting, hard_stop, accept, subs, health });
@@ -149,11 +121,7 @@ impl Server for GrpcServer {
         for name in ["", self.opts.name.as_str()] {
             running.health.set_service_status(name, ServingStatus::NotServing).await;
         }
-        for s in &running.subs {
-            if let Err(e) = s.unsubscribe().await {
-                tracing::warn!(topic = s.topic(), error = %e, "unsubscribe failed");
-            }
-        }
+        unsubscribe_all(&running.subs).await;
         running.stop_accepting.cancel();
         // GOAWAY to every connection; calls under way finish, up to the drain timeout.
         if let Ok(graceful) = running.accept.await {
@@ -166,31 +134,9 @@ impl Server for GrpcServer {
     }
 
     fn service(&self) -> Service {
-        let mut endpoints: Vec<Endpoint> = lock(&self.handlers).values().map(|h| h.endpoint.clone()).collect();
-        endpoints.sort_by(|a, b| a.name.cmp(&b.name));
-        for s in lock(&self.subscribers).iter() {
-            let metadata =
-                HashMap::from([("topic".to_string(), s.topic.clone()), ("subscriber".to_string(), "true".to_string())]);
-            endpoints.push(Endpoint { name: format!("Subscriber.{}", s.topic), metadata, ..Default::default() });
-        }
         let address = lock(&self.address).clone().unwrap_or_default();
-        let mut metadata = self.opts.metadata.clone();
         // go-micro's grpc server advertises these.
-        for (k, v) in [("protocol", "grpc"), ("server", "grpc"), ("transport", "grpc")] {
-            metadata.insert(k.into(), v.into());
-        }
-        metadata.insert("broker".into(), self.opts.broker.name().into());
-        Service {
-            name: self.opts.name.clone(),
-            version: self.opts.version.clone(),
-            metadata: HashMap::new(),
-            endpoints,
-            nodes: vec![Node {
-                id: self.opts.id.clone(),
-                address: self.opts.advertise.clone().unwrap_or(address),
-                metadata,
-            }],
-        }
+        self.endpoints.record(&self.opts, address, &[("protocol", "grpc"), ("server", "grpc"), ("transport", "grpc")])
     }
 
     fn name(&self) -> &str {

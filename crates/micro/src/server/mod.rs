@@ -1,7 +1,11 @@
 //! The built-in `mucp` server and the typed handler adapters.
 
+mod endpoints;
 mod mucp;
 mod typed;
+
+#[cfg(feature = "grpc")]
+pub(crate) use endpoints::{unsubscribe_all, Endpoints};
 
 #[cfg(feature = "grpc")]
 pub(crate) use mucp::invoke;

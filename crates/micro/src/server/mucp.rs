@@ -1,8 +1,9 @@
+use super::endpoints::{unsubscribe_all, Endpoints};
 use futures::FutureExt;
 use micro_core::frame;
 use micro_core::{
-    async_trait, headers, Endpoint, Error, Handler, Message, Node, Request, Result, Server, ServerOptions, Service,
-    Socket, SubscribeOptions, Subscriber, Subscription,
+    async_trait, headers, Error, Handler, Message, Request, Result, Server, ServerOptions, Service, Socket, Subscriber,
+    Subscription,
 };
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -18,8 +19,7 @@ const ID: &str = "go.micro.server";
 /// `Micro-Endpoint`, and answers on the same connection.
 pub struct MucpServer {
     opts: ServerOptions,
-    handlers: Mutex<HashMap<String, Handler>>,
-    subscribers: Mutex<Vec<Subscriber>>,
+    endpoints: Endpoints,
     running: Mutex<Option<Running>>,
     address: Mutex<Option<String>>,
 }
@@ -33,13 +33,7 @@ struct Running {
 impl MucpServer {
     /// A server with these options.
     pub fn new(opts: ServerOptions) -> Self {
-        MucpServer {
-            opts,
-            handlers: Mutex::new(HashMap::new()),
-            subscribers: Mutex::new(Vec::new()),
-            running: Mutex::new(None),
-            address: Mutex::new(None),
-        }
+        MucpServer { opts, endpoints: Endpoints::default(), running: Mutex::new(None), address: Mutex::new(None) }
     }
 
     fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -50,23 +44,11 @@ impl MucpServer {
 #[async_trait]
 impl Server for MucpServer {
     fn handle(&self, handler: Handler) -> Result<()> {
-        let name = handler.endpoint.name.clone();
-        if name.split('.').count() != 2 || name.starts_with('.') || name.ends_with('.') {
-            return Err(Error::bad_request(ID, format!("handler name {name:?} is not of the form Handler.Method")));
-        }
-        if Self::lock(&self.running).is_some() {
-            return Err(Error::conflict(ID, format!("cannot add handler {name} to a running server")));
-        }
-        Self::lock(&self.handlers).insert(name, handler);
-        Ok(())
+        self.endpoints.add_handler(handler, Self::lock(&self.running).is_some())
     }
 
     fn subscribe(&self, subscriber: Subscriber) -> Result<()> {
-        if Self::lock(&self.running).is_some() {
-            return Err(Error::conflict(ID, "cannot subscribe on a running server"));
-        }
-        Self::lock(&self.subscribers).push(subscriber);
-        Ok(())
+        self.endpoints.add_subscriber(subscriber, Self::lock(&self.running).is_some())
     }
 
     async fn start(&self) -> Result<()> {
@@ -77,18 +59,8 @@ impl Server for MucpServer {
         let address = listener.addr();
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let handlers = Arc::new(Self::lock(&self.handlers).clone());
-
-        let mut subs = Vec::new();
-        let subscribers = Self::lock(&self.subscribers).clone();
-        for s in subscribers {
-            let sub = self
-                .opts
-                .broker
-                .subscribe(&s.topic, s.handler.clone(), SubscribeOptions { queue: s.queue.clone() })
-                .await?;
-            subs.push(sub);
-        }
+        let handlers = Arc::new(self.endpoints.handlers());
+        let subs = self.endpoints.subscribe_all(&*self.opts.broker).await?;
 
         let (c, t) = (cancel.clone(), tracker.clone());
         let limits = self.opts.limits;
@@ -132,11 +104,7 @@ impl Server for MucpServer {
 
     async fn stop(&self) -> Result<()> {
         let Some(running) = Self::lock(&self.running).take() else { return Ok(()) };
-        for s in &running.subs {
-            if let Err(e) = s.unsubscribe().await {
-                tracing::warn!(topic = s.topic(), error = %e, "unsubscribe failed");
-            }
-        }
+        unsubscribe_all(&running.subs).await;
         // Idle connections close now; connections inside a request finish it first.
         running.cancel.cancel();
         running.tracker.close();
@@ -147,31 +115,13 @@ impl Server for MucpServer {
     }
 
     fn service(&self) -> Service {
-        let mut endpoints: Vec<Endpoint> = Self::lock(&self.handlers).values().map(|h| h.endpoint.clone()).collect();
-        endpoints.sort_by(|a, b| a.name.cmp(&b.name));
-        for s in Self::lock(&self.subscribers).iter() {
-            let mut metadata = HashMap::new();
-            metadata.insert("topic".to_string(), s.topic.clone());
-            metadata.insert("subscriber".to_string(), "true".to_string());
-            endpoints.push(Endpoint { name: format!("Subscriber.{}", s.topic), metadata, ..Default::default() });
-        }
         let address = Self::lock(&self.address).clone().unwrap_or_default();
-        let mut metadata = self.opts.metadata.clone();
-        metadata.insert("protocol".into(), "mucp".into());
-        metadata.insert("server".into(), "mucp".into());
-        metadata.insert("transport".into(), self.opts.transport.name().into());
-        metadata.insert("broker".into(), self.opts.broker.name().into());
-        Service {
-            name: self.opts.name.clone(),
-            version: self.opts.version.clone(),
-            metadata: HashMap::new(),
-            endpoints,
-            nodes: vec![Node {
-                id: self.opts.id.clone(),
-                address: self.opts.advertise.clone().unwrap_or(address),
-                metadata,
-            }],
-        }
+        let transport = self.opts.transport.name();
+        self.endpoints.record(
+            &self.opts,
+            address,
+            &[("protocol", "mucp"), ("server", "mucp"), ("transport", transport)],
+        )
     }
 
     fn name(&self) -> &str {

@@ -169,15 +169,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> TcpSocket<S> {
 
     /// Writes the frame in `out` in one write.
     async fn write_out(&mut self) -> Result<()> {
-        if self.out.len() - 4 > self.max {
-            return Err(self.err("send to", frame::FrameError::TooLarge { size: self.out.len() - 4, max: self.max }));
-        }
         let Some(stream) = self.stream.as_mut() else { return Err(self.err("send to", "socket was split")) };
-        let res = stream.get_mut().write_all(&self.out).await;
-        if self.out.capacity() > 64 * 1024 {
-            self.out = BytesMut::new(); // don't pin a large buffer to an idle connection
-        }
-        res.map_err(|e| self.err("send to", e))
+        write_frame(stream.get_mut(), &mut self.out, self.max).await.map_err(|e| self.err("send to", e))
     }
 }
 
@@ -280,6 +273,21 @@ async fn read_frame<R: AsyncRead + Unpin>(
     }
 }
 
+/// Writes the frame in `out` (length prefix included) in one write, after
+/// checking it against the limit; a buffer grown by a large frame is not
+/// kept pinned to an idle connection.
+async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, out: &mut BytesMut, max: usize) -> io::Result<()> {
+    if out.len() - 4 > max {
+        let e = frame::FrameError::TooLarge { size: out.len() - 4, max };
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, e));
+    }
+    let res = w.write_all(out).await;
+    if out.capacity() > 64 * 1024 {
+        *out = BytesMut::new();
+    }
+    res
+}
+
 /// The sending half of a split TCP socket.
 struct TcpSender<W> {
     stream: W,
@@ -294,10 +302,7 @@ impl<W: AsyncWrite + Unpin + Send> SocketSender for TcpSender<W> {
         let err = |e: &dyn std::fmt::Display| Error::internal(ID, format!("send to {}: {e}", self.remote));
         self.out.clear();
         frame::encode(&msg, &mut self.out).map_err(|e| err(&e))?;
-        if self.out.len() - 4 > self.max {
-            return Err(err(&frame::FrameError::TooLarge { size: self.out.len() - 4, max: self.max }));
-        }
-        self.stream.write_all(&self.out).await.map_err(|e| err(&e))
+        write_frame(&mut self.stream, &mut self.out, self.max).await.map_err(|e| err(&e))
     }
 
     async fn close(&mut self) -> Result<()> {
