@@ -138,6 +138,37 @@ pub fn decode_with(mut frame: Bytes, mut visit: impl FnMut(&str, &str)) -> Resul
     Ok(frame)
 }
 
+/// Like [`encode_parts`], with the frame's length prefix in front: what
+/// [`SocketSender::send_frames`](crate::SocketSender::send_frames) takes,
+/// several of them back to back.
+pub fn encode_parts_prefixed<'a, I>(headers: I, body: &[u8], out: &mut BytesMut) -> Result<(), FrameError>
+where
+    I: IntoIterator<Item = (&'a str, &'a str)>,
+    I::IntoIter: Clone,
+{
+    let start = out.len();
+    out.put_u32(0);
+    if let Err(e) = encode_parts(headers, body, out) {
+        out.truncate(start);
+        return Err(e);
+    }
+    // encode_parts refused anything over u32::MAX.
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+/// Splits a batch of length-prefixed frames (as [`encode_parts_prefixed`]
+/// writes them) into the frames, without their prefixes and without copying.
+pub fn split_batch(mut batch: Bytes) -> impl Iterator<Item = Result<Bytes, FrameError>> {
+    std::iter::from_fn(move || {
+        if batch.is_empty() {
+            return None;
+        }
+        Some(take(&mut batch, 4).inspect_err(|_| batch.clear()))
+    })
+}
+
 /// Takes a field with a `width`-byte length prefix.
 fn take(buf: &mut Bytes, width: usize) -> Result<Bytes, FrameError> {
     if buf.remaining() < width {
@@ -205,6 +236,21 @@ mod tests {
         let body = decode_with(buf.freeze(), |k, v| seen.push(format!("{k}={v}")))?;
         assert_eq!(&body[..], b"hello body");
         assert_eq!(seen, ["Micro-Endpoint=Greeter.Hello", "Content-Type=application/json"]);
+        Ok(())
+    }
+
+    #[test]
+    fn prefixed_frames_batch_and_split() -> Result<(), FrameError> {
+        let mut batch = BytesMut::new();
+        encode_parts_prefixed([("a", "1")], b"one", &mut batch)?;
+        encode_parts_prefixed([("b", "2")], b"two", &mut batch)?;
+        let frames = split_batch(batch.freeze()).collect::<Result<Vec<_>, _>>()?;
+        assert_eq!(frames.len(), 2);
+        assert_eq!(decode(frames[0].clone())?, Message::new(&b"one"[..]).with_header("a", "1"));
+        assert_eq!(decode(frames[1].clone())?, Message::new(&b"two"[..]).with_header("b", "2"));
+        // A batch cut inside a frame ends in an error, once.
+        let cut = split_batch(Bytes::from_static(&[0, 0, 0, 9, 1])).collect::<Vec<_>>();
+        assert_eq!(cut, [Err(FrameError::Truncated)]);
         Ok(())
     }
 

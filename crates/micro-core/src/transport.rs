@@ -115,6 +115,24 @@ pub trait SocketSender: Send {
     async fn send(&mut self, msg: Message) -> Result<()>;
     /// Shuts the connection's sending direction down.
     async fn close(&mut self) -> Result<()>;
+    /// Sends several messages given as frames back to back, each with its
+    /// length prefix (as [`frame::encode_parts_prefixed`] writes them).
+    /// Sockets that write frames natively send the batch in one write, which
+    /// is how a multiplexed connection saves a syscall per message; the
+    /// default sends the messages one by one.
+    async fn send_frames(&mut self, batch: Bytes) -> Result<()> {
+        let bad = |e: frame::FrameError| Error::bad_request("go.micro.transport", e.to_string());
+        for f in frame::split_batch(batch) {
+            let msg = frame::decode(f.map_err(bad)?).map_err(bad)?;
+            self.send(msg).await?;
+        }
+        Ok(())
+    }
+    /// The largest message this socket sends, when it has a limit: a
+    /// caller checks a message against it before queueing it behind others.
+    fn max_message_size(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// The receiving half of a split [`Socket`].
@@ -122,4 +140,11 @@ pub trait SocketSender: Send {
 pub trait SocketReceiver: Send {
     /// Receives one message.
     async fn recv(&mut self) -> Result<Message>;
+    /// Receives a message in [`frame`] encoding (without the length prefix).
+    async fn recv_frame(&mut self) -> Result<Bytes> {
+        let msg = self.recv().await?;
+        let mut out = BytesMut::new();
+        frame::encode(&msg, &mut out).map_err(|e| Error::internal("go.micro.transport", e.to_string()))?;
+        Ok(out.freeze().slice(4..))
+    }
 }

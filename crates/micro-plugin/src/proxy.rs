@@ -9,7 +9,8 @@ use crate::wire::{self, Reader, Writer};
 use micro_core::{
     async_trait, BoxFuture, Broker, BrokerHandler, CallOptions, Client, Endpoint, Error, Event, EventKind, Handler,
     HandlerFn, Listener, Message, Node, RegisterOptions, Registry, Request, Response, Result, SelectOptions, Selector,
-    Server, Service, Socket, SubscribeOptions, Subscriber, Subscription, Transport, WatchOptions, Watcher,
+    Server, Service, Socket, SocketReceiver, SocketSender, SubscribeOptions, Subscriber, Subscription, Transport,
+    WatchOptions, Watcher,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -343,6 +344,16 @@ mod socket_m {
     pub(super) const CLOSE: u32 = 3;
     pub(super) const LOCAL_ADDR: u32 = 4;
     pub(super) const REMOTE_ADDR: u32 = 5;
+    pub(super) const SPLIT: u32 = 6;
+}
+
+/// Methods of a split socket's halves, served by one object.
+mod halves_m {
+    pub(super) const SEND: u32 = 1;
+    pub(super) const SEND_FRAMES: u32 = 2;
+    pub(super) const CLOSE: u32 = 3;
+    pub(super) const RECV: u32 = 4;
+    pub(super) const MAX_MESSAGE_SIZE: u32 = 5;
 }
 
 struct SocketExport {
@@ -378,8 +389,103 @@ impl Dispatch for SocketExport {
         match method {
             socket_m::LOCAL_ADDR => string_reply(&self.local),
             socket_m::REMOTE_ADDR => string_reply(&self.remote),
+            socket_m::SPLIT => {
+                // Split is synchronous and nothing else runs on a socket being split.
+                let Ok(mut socket) = self.socket.try_lock() else {
+                    return Err(Error::internal("go.micro.plugin", "socket busy: cannot split it"));
+                };
+                match socket.split() {
+                    None => Ok(Reply::default()),
+                    Some((tx, rx)) => Ok(Reply::object(export(Arc::new(HalvesExport {
+                        max: tx.max_message_size(),
+                        tx: tokio::sync::Mutex::new(tx),
+                        rx: tokio::sync::Mutex::new(rx),
+                    })))),
+                }
+            }
             m => Err(unknown_method("socket", m)),
         }
+    }
+}
+
+/// Both halves of a split socket, exported as one object: each half has
+/// its own lock, so one task may send while another receives.
+struct HalvesExport {
+    tx: tokio::sync::Mutex<Box<dyn SocketSender>>,
+    rx: tokio::sync::Mutex<Box<dyn SocketReceiver>>,
+    max: Option<usize>,
+}
+
+impl Dispatch for HalvesExport {
+    fn call(self: Arc<Self>, method: u32, args: &[u8], _: Vec<FfiObject>) -> BoxFuture<'static, Result<Reply>> {
+        match method {
+            halves_m::SEND => {
+                let msg = dec!(micro_core::frame::decode(bytes::Bytes::copy_from_slice(args))
+                    .map_err(|e| Error::bad_request("go.micro.plugin", e.to_string())));
+                Box::pin(async move { self.tx.lock().await.send(msg).await.and_then(|_| ok()) })
+            }
+            // A batch crosses as it is and leaves in the socket's one write.
+            halves_m::SEND_FRAMES => {
+                let batch = bytes::Bytes::copy_from_slice(args);
+                Box::pin(async move { self.tx.lock().await.send_frames(batch).await.and_then(|_| ok()) })
+            }
+            halves_m::CLOSE => Box::pin(async move { self.tx.lock().await.close().await.and_then(|_| ok()) }),
+            halves_m::RECV => Box::pin(async move {
+                let encoded = self.rx.lock().await.recv_frame().await?;
+                Ok(Reply::bytes(encoded.to_vec()))
+            }),
+            m => ready_err(unknown_method("split socket", m)),
+        }
+    }
+    fn call_sync(&self, method: u32, _: &[u8], _: Vec<FfiObject>) -> Result<Reply> {
+        match method {
+            halves_m::MAX_MESSAGE_SIZE => {
+                Ok(Reply::bytes(self.max.map(|m| m as u64).unwrap_or(0).to_be_bytes().to_vec()))
+            }
+            m => Err(unknown_method("split socket", m)),
+        }
+    }
+}
+
+/// The sending half of a socket split on the other side.
+struct SenderProxy {
+    remote: Arc<Remote>,
+    max: Option<usize>,
+}
+
+#[async_trait]
+impl SocketSender for SenderProxy {
+    async fn send(&mut self, msg: Message) -> Result<()> {
+        let mut out = bytes::BytesMut::new();
+        micro_core::frame::encode(&msg, &mut out).map_err(|e| Error::internal("go.micro.plugin", e.to_string()))?;
+        self.remote.call(halves_m::SEND, &out[4..], Vec::new()).await.map(|_| ())
+    }
+    async fn send_frames(&mut self, batch: bytes::Bytes) -> Result<()> {
+        self.remote.call(halves_m::SEND_FRAMES, &batch, Vec::new()).await.map(|_| ())
+    }
+    async fn close(&mut self) -> Result<()> {
+        self.remote.call(halves_m::CLOSE, &[], Vec::new()).await.map(|_| ())
+    }
+    fn max_message_size(&self) -> Option<usize> {
+        self.max
+    }
+}
+
+/// The receiving half of a socket split on the other side.
+struct ReceiverProxy {
+    remote: Arc<Remote>,
+}
+
+#[async_trait]
+impl SocketReceiver for ReceiverProxy {
+    async fn recv(&mut self) -> Result<Message> {
+        let f = self.recv_frame().await?;
+        micro_core::frame::decode(f)
+            .map_err(|e| Error::internal("go.micro.plugin", format!("message from the other side: {e}")))
+    }
+    async fn recv_frame(&mut self) -> Result<bytes::Bytes> {
+        let r = self.remote.call(halves_m::RECV, &[], Vec::new()).await?;
+        Ok(bytes::Bytes::copy_from_slice(r.bytes.as_slice()))
     }
 }
 
@@ -419,6 +525,18 @@ impl Socket for SocketProxy {
     }
     async fn close(&mut self) -> Result<()> {
         self.remote.call(socket_m::CLOSE, &[], Vec::new()).await.map(|_| ())
+    }
+    fn split(&mut self) -> Option<(Box<dyn SocketSender>, Box<dyn SocketReceiver>)> {
+        let r = self.remote.call_sync(socket_m::SPLIT, &[], Vec::new()).ok()?;
+        let remote = Arc::new(Remote::new(r.object?).ok()?);
+        let max = remote
+            .call_sync(halves_m::MAX_MESSAGE_SIZE, &[], Vec::new())
+            .ok()
+            .and_then(|r| <[u8; 8]>::try_from(r.bytes.as_slice()).ok())
+            .map(u64::from_be_bytes)
+            .filter(|&m| m > 0)
+            .map(|m| m as usize);
+        Some((Box::new(SenderProxy { remote: remote.clone(), max }), Box::new(ReceiverProxy { remote })))
     }
     fn local_addr(&self) -> String {
         self.local_addr.clone()

@@ -2,6 +2,7 @@
 //! policy clients share.
 
 mod mucp;
+mod mux;
 mod typed;
 
 pub use mucp::MucpClient;

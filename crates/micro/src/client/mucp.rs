@@ -1,3 +1,4 @@
+use super::mux::{Conns, Got, QueueError};
 use super::Attempt;
 use micro_core::frame;
 use micro_core::{
@@ -5,94 +6,128 @@ use micro_core::{
     Socket, SocketReceiver, SocketSender, Stream, StreamEnds,
 };
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const ID: &str = "go.micro.client";
 
+/// Connections per address: `MICRO_CLIENT_CONNECTIONS`, else one per core
+/// up to 4. A few are enough, since each carries many calls at once; more
+/// than one lets a server spread one client's calls over its cores.
+fn connections_per_address() -> usize {
+    std::env::var("MICRO_CLIENT_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(4))
+}
+
 /// The RPC client in the manner of go-micro's mucp: a request is one
-/// message with `Micro-*` headers over a pooled transport connection, and
-/// one connection carries one call at a time.
+/// message with `Micro-*` headers. Calls to one address share a few
+/// connections, many calls in flight on each (see [`mux`](super::mux));
+/// over a transport whose sockets cannot be split, each connection carries
+/// one call at a time and idle ones are pooled.
 pub struct MucpClient {
     opts: ClientOptions,
+    conns: Conns,
+    /// Set once the transport turned out unable to split its sockets.
+    plain: AtomicBool,
     pool: Pool,
     seq: AtomicU64,
 }
 
 impl MucpClient {
-    /// A client with these options.
+    /// A client with these options, and as many connections per address
+    /// as `MICRO_CLIENT_CONNECTIONS` says (default: one per core, up to 4).
     pub fn new(opts: ClientOptions) -> Self {
-        MucpClient { pool: Pool::new(opts.pool_size, opts.pool_ttl), opts, seq: AtomicU64::new(1) }
+        Self::with_connections(opts, connections_per_address())
+    }
+
+    /// A client with these options that opens up to `per_address`
+    /// connections to each address (at least one).
+    pub fn with_connections(opts: ClientOptions, per_address: usize) -> Self {
+        MucpClient {
+            conns: Conns::new(per_address, opts.pool_ttl),
+            plain: AtomicBool::new(false),
+            pool: Pool::new(opts.pool_size, opts.pool_ttl),
+            opts,
+            seq: AtomicU64::new(1),
+        }
     }
 
     async fn attempt(&self, address: &str, req: &Request, deadline: Instant) -> Attempt {
-        let mut sock = match self.pool.get(address) {
+        let conn_err = |e: Error| Attempt::Conn(Error::internal(ID, format!("connection error: {}", e.detail)));
+        if self.plain.load(Ordering::Relaxed) {
+            return self.attempt_plain(None, address, req, deadline).await;
+        }
+        let conn = match self.conns.get(&*self.opts.transport, address).await {
+            Ok(Got::Mux(c)) => c,
+            Ok(Got::Plain(sock)) => {
+                // This transport's sockets cannot be split: one call per connection, pooled.
+                self.plain.store(true, Ordering::Relaxed);
+                return self.attempt_plain(Some(sock), address, req, deadline).await;
+            }
+            Err(e) => return conn_err(e),
+        };
+        let id = self.seq.fetch_add(1, Ordering::Relaxed);
+        let pending = match conn.queue(id, |out| encode_request(req, id, deadline, out)) {
+            Ok(p) => p,
+            Err(QueueError::Request(e)) => return Attempt::Done(Err(e)),
+            Err(QueueError::Conn(e)) => {
+                self.conns.clear(address);
+                return Attempt::Conn(e);
+            }
+        };
+        match pending.reply().await {
+            Ok(reply) => parse_reply(reply, id, req),
+            Err(e) => {
+                self.conns.clear(address);
+                Attempt::Conn(e)
+            }
+        }
+    }
+
+    /// A call over a connection of its own, for transports whose sockets
+    /// cannot be split: idle connections are pooled per address.
+    async fn attempt_plain(
+        &self,
+        sock: Option<Box<dyn Socket>>,
+        address: &str,
+        req: &Request,
+        deadline: Instant,
+    ) -> Attempt {
+        let conn_err = |e: Error| Attempt::Conn(Error::internal(ID, format!("connection error: {}", e.detail)));
+        let mut sock = match sock.or_else(|| self.pool.get(address)) {
             Some(s) => s,
             None => match self.opts.transport.dial(address).await {
                 Ok(s) => s,
-                Err(e) => return Attempt::Conn(Error::internal(ID, format!("connection error: {}", e.detail))),
+                Err(e) => return conn_err(e),
             },
         };
-        let id = self.seq.fetch_add(1, Ordering::Relaxed).to_string();
-        let left = deadline.saturating_duration_since(Instant::now()).as_millis().to_string();
-        // The frame is written straight from the request: no header map per call.
-        let fixed = [
-            (headers::SERVICE, req.service.as_str()),
-            (headers::ENDPOINT, req.endpoint.as_str()),
-            (headers::METHOD, req.endpoint.as_str()),
-            (headers::ID, id.as_str()),
-            (headers::CONTENT_TYPE, req.content_type.as_str()),
-            (headers::TIMEOUT, left.as_str()),
-        ];
-        let metadata = req
-            .metadata
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .filter(|(k, _)| !fixed.iter().any(|(f, _)| f == k));
+        let id = self.seq.fetch_add(1, Ordering::Relaxed);
         let mut out = bytes::BytesMut::new();
-        if let Err(e) = frame::encode_parts(fixed.iter().copied().chain(metadata), &req.body, &mut out) {
+        if let Err(e) = encode_request(req, id, deadline, &mut out) {
             self.pool.put(address, sock);
             return Attempt::Done(Err(Error::bad_request(ID, format!("cannot encode the request: {e}"))));
         }
-        if let Err(e) = sock.send_frame(out.freeze()).await {
+        if let Err(e) = sock.send_frame(out.freeze().slice(4..)).await {
             self.pool.clear(address);
-            return Attempt::Conn(Error::internal(ID, format!("connection error: {}", e.detail)));
+            return conn_err(e);
         }
         let reply = match sock.recv_frame().await {
             Ok(f) => f,
             Err(e) => {
                 self.pool.clear(address);
-                return Attempt::Conn(Error::internal(ID, format!("connection error: {}", e.detail)));
+                return conn_err(e);
             }
         };
-        let (mut got_id, mut error, mut content_type) = (None, None, None);
-        let mut metadata = HashMap::new();
-        let body = frame::decode_with(reply, |k, v| match k {
-            headers::ID => got_id = Some(v == id),
-            headers::ERROR => error = Some(Error::parse(v)),
-            headers::CONTENT_TYPE => content_type = Some(v.to_owned()),
-            // The protocol's echo of the request, not the handler's metadata.
-            headers::SERVICE | headers::ENDPOINT | headers::METHOD => {}
-            _ => {
-                metadata.insert(k.to_owned(), v.to_owned());
-            }
-        });
-        let body = match body {
-            Ok(b) => b,
-            // A garbled reply: the connection is not to be trusted again.
-            Err(e) => return Attempt::Done(Err(Error::internal(ID, format!("bad reply frame: {e}")))),
-        };
-        if got_id == Some(false) {
-            // The connection is out of step; never reuse it.
-            return Attempt::Done(Err(Error::internal(ID, "response id does not match request id")));
+        let res = parse_reply(reply, id, req);
+        // A garbled or out-of-step reply: the connection is not to be trusted again.
+        if !matches!(&res, Attempt::Done(Err(e)) if e.id == ID && e.code == 500) {
+            self.pool.put(address, sock);
         }
-        self.pool.put(address, sock);
-        if let Some(e) = error {
-            return Attempt::Done(Err(e));
-        }
-        let content_type = content_type.unwrap_or_else(|| req.content_type.clone());
-        Attempt::Done(Ok(Response { content_type, body, metadata }))
+        res
     }
 
     async fn call_inner(&self, req: &Request, opts: &CallOptions, deadline: Instant) -> Result<Response> {
@@ -102,6 +137,57 @@ impl MucpClient {
         })
         .await
     }
+}
+
+/// Appends a request's frame, length prefix included. The frame is written
+/// straight from the request: no header map per call.
+fn encode_request(
+    req: &Request,
+    id: u64,
+    deadline: Instant,
+    out: &mut bytes::BytesMut,
+) -> std::result::Result<(), frame::FrameError> {
+    let id = id.to_string();
+    let left = deadline.saturating_duration_since(Instant::now()).as_millis().to_string();
+    let fixed = [
+        (headers::SERVICE, req.service.as_str()),
+        (headers::ENDPOINT, req.endpoint.as_str()),
+        (headers::METHOD, req.endpoint.as_str()),
+        (headers::ID, id.as_str()),
+        (headers::CONTENT_TYPE, req.content_type.as_str()),
+        (headers::TIMEOUT, left.as_str()),
+    ];
+    let metadata =
+        req.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())).filter(|(k, _)| !fixed.iter().any(|(f, _)| f == k));
+    frame::encode_parts_prefixed(fixed.iter().copied().chain(metadata), &req.body, out)
+}
+
+/// Reads a reply frame (without its length prefix) to request `id`.
+fn parse_reply(reply: bytes::Bytes, id: u64, req: &Request) -> Attempt {
+    let (mut got_id, mut error, mut content_type) = (None, None, None);
+    let mut metadata = HashMap::new();
+    let body = frame::decode_with(reply, |k, v| match k {
+        headers::ID => got_id = Some(v.parse::<u64>().ok() == Some(id)),
+        headers::ERROR => error = Some(Error::parse(v)),
+        headers::CONTENT_TYPE => content_type = Some(v.to_owned()),
+        // The protocol's echo of the request, not the handler's metadata.
+        headers::SERVICE | headers::ENDPOINT | headers::METHOD => {}
+        _ => {
+            metadata.insert(k.to_owned(), v.to_owned());
+        }
+    });
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return Attempt::Done(Err(Error::internal(ID, format!("bad reply frame: {e}")))),
+    };
+    if got_id == Some(false) {
+        return Attempt::Done(Err(Error::internal(ID, "response id does not match request id")));
+    }
+    if let Some(e) = error {
+        return Attempt::Done(Err(e));
+    }
+    let content_type = content_type.unwrap_or_else(|| req.content_type.clone());
+    Attempt::Done(Ok(Response { content_type, body, metadata }))
 }
 
 #[async_trait]

@@ -1,15 +1,20 @@
 use super::endpoints::{unsubscribe_all, Endpoints};
-use futures::FutureExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use micro_core::frame;
 use micro_core::{
-    async_trait, headers, Error, Handler, Message, Request, Result, Server, ServerOptions, Service, Socket, Subscriber,
-    Subscription,
+    async_trait, headers, Error, Handler, Message, Request, Result, Server, ServerOptions, Service, Socket,
+    SocketReceiver, SocketSender, Subscriber, Subscription,
 };
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tokio_util::sync::WaitForCancellationFuture;
 use tokio_util::task::TaskTracker;
 
 const ID: &str = "go.micro.server";
@@ -140,88 +145,269 @@ struct Conn {
 
 impl Conn {
     async fn serve(&self, mut sock: Box<dyn Socket>) {
+        let peer = sock.remote_addr();
         // Registered once per connection, not once per request: every
         // connection waits on the same token and timers share one wheel.
         let cancelled = self.cancel.cancelled();
         tokio::pin!(cancelled);
         let idle = tokio::time::sleep(self.idle_timeout);
         tokio::pin!(idle);
-        let mut last = tokio::time::Instant::now();
-        loop {
-            let frame = {
-                // The read stays pinned while the idle timer is re-armed: a
-                // frame half-read is never dropped.
-                let recv = sock.recv_frame();
-                tokio::pin!(recv);
-                loop {
-                    tokio::select! {
-                        biased;
-                        _ = &mut cancelled => break None,
-                        f = &mut recv => break Some(f),
-                        _ = &mut idle => {
-                            let since = last.elapsed();
-                            if since >= self.idle_timeout {
-                                break Some(Err(Error::timeout(ID, "idle")));
-                            }
-                            idle.as_mut().reset(tokio::time::Instant::now() + (self.idle_timeout - since));
-                        }
-                    }
-                }
-            };
-            let frame = match frame {
-                None => break,
-                Some(Ok(f)) => f,
-                Some(Err(e)) if e.code == 408 => {
-                    tracing::debug!(peer = %sock.remote_addr(), idle = ?self.idle_timeout, "closing idle connection");
-                    break;
-                }
-                Some(Err(e)) => {
-                    // A peer hanging up is normal; anything else (garbage, a
-                    // truncated, oversized or stalled frame) is worth a warning.
-                    if e.detail.ends_with("connection closed") {
-                        tracing::debug!(peer = %sock.remote_addr(), "connection closed by peer");
-                    } else {
-                        tracing::warn!(peer = %sock.remote_addr(), reason = %e.detail, "closing connection");
-                    }
-                    break;
-                }
-            };
-            let req = match parse_request(frame.clone()) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(peer = %sock.remote_addr(), reason = %e, "closing connection");
-                    break;
-                }
-            };
-            if req.stream {
-                // The connection carries this stream and nothing else.
-                let msg = match frame::decode(frame) {
-                    Ok(m) => m,
-                    Err(_) => break,
-                };
-                match self.in_flight.clone().try_acquire_owned() {
-                    Ok(_permit) => self.serve_stream(sock, msg).await,
-                    Err(_) => {
-                        let e = Error::unavailable(ID, "server busy: too many requests in flight");
-                        let _ = sock.send(end_of_stream(&req.id, Some(e))).await;
-                        let _ = sock.close().await;
-                    }
-                }
+        let last = tokio::time::Instant::now();
+        // The first request says what the connection is for: a stream takes
+        // it whole; calls may follow one another or overlap (by `Micro-Id`).
+        let first = self.next_frame(sock.recv_frame(), cancelled.as_mut(), idle.as_mut(), last, &peer).await;
+        let Some(frame) = first else {
+            let _ = sock.close().await;
+            return;
+        };
+        let req = match parse_request(frame.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%peer, reason = %e, "closing connection");
+                let _ = sock.close().await;
                 return;
             }
-            let reply = match self.in_flight.clone().try_acquire_owned() {
-                Ok(_permit) => dispatch(&self.handlers, &self.service, req).await,
-                // Over the in-flight limit: answer at once instead of queueing without bound.
-                Err(_) => busy(&req),
-            };
-            if let Err(e) = sock.send_frame(reply).await {
-                tracing::debug!(peer = %sock.remote_addr(), reason = %e.detail, "closing connection");
+        };
+        if req.stream {
+            // The connection carries this stream and nothing else.
+            let Ok(msg) = frame::decode(frame) else { return };
+            match self.in_flight.clone().try_acquire_owned() {
+                Ok(_permit) => self.serve_stream(sock, msg).await,
+                Err(_) => {
+                    let e = Error::unavailable(ID, "server busy: too many requests in flight");
+                    let _ = sock.send(end_of_stream(&req.id, Some(e))).await;
+                    let _ = sock.close().await;
+                }
+            }
+            return;
+        }
+        match sock.split() {
+            Some((tx, rx)) => self.serve_calls(tx, rx, req, cancelled, idle, &peer).await,
+            None => self.serve_in_turn(sock, req, cancelled, idle, &peer).await,
+        }
+    }
+
+    /// Waits for a connection's next frame; `None` when the server stops,
+    /// the connection was idle for the idle timeout since `last`, or it
+    /// failed (logged).
+    async fn next_frame(
+        &self,
+        recv: impl std::future::Future<Output = Result<bytes::Bytes>>,
+        mut cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
+        mut idle: Pin<&mut tokio::time::Sleep>,
+        last: tokio::time::Instant,
+        peer: &str,
+    ) -> Option<bytes::Bytes> {
+        // The read stays pinned while the idle timer is re-armed: a frame
+        // half-read is never dropped.
+        tokio::pin!(recv);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut cancelled => return None,
+                f = &mut recv => return f.map_err(|e| connection_ended(&e, peer)).ok(),
+                _ = &mut idle => {
+                    if !self.still_busy(idle.as_mut(), last, false) {
+                        tracing::debug!(%peer, idle = ?self.idle_timeout, "closing idle connection");
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether an idle timer that fired finds the connection in use (then it
+    /// is re-armed): a request in flight, or a reply less than the idle
+    /// timeout ago.
+    fn still_busy(&self, idle: Pin<&mut tokio::time::Sleep>, last: tokio::time::Instant, in_flight: bool) -> bool {
+        let since = last.elapsed();
+        if !in_flight && since >= self.idle_timeout {
+            return false;
+        }
+        let wait = if in_flight { self.idle_timeout } else { self.idle_timeout - since };
+        idle.reset(tokio::time::Instant::now() + wait);
+        true
+    }
+
+    /// Serves calls one after another on a socket that cannot be split
+    /// (a transport from elsewhere that cannot carry streams either).
+    async fn serve_in_turn(
+        &self,
+        mut sock: Box<dyn Socket>,
+        first: Incoming,
+        mut cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
+        mut idle: Pin<&mut tokio::time::Sleep>,
+        peer: &str,
+    ) {
+        let mut next = Some(first);
+        while let Some(req) = next.take() {
+            let reply = self.call(req).await;
+            if let Err(e) = sock.send_frame(reply.slice(4..)).await {
+                tracing::debug!(%peer, reason = %e.detail, "closing connection");
                 break;
             }
             // Idle from the reply on, not from the request: a long call is no idleness.
-            last = tokio::time::Instant::now();
+            let last = tokio::time::Instant::now();
+            let Some(frame) = self.next_frame(sock.recv_frame(), cancelled.as_mut(), idle.as_mut(), last, peer).await
+            else {
+                break;
+            };
+            match parse_request(frame) {
+                Ok(r) if r.stream => {
+                    tracing::warn!(%peer, "stream opened on a connection used for calls; closing it");
+                    break;
+                }
+                Ok(r) => next = Some(r),
+                Err(e) => {
+                    tracing::warn!(%peer, reason = %e, "closing connection");
+                    break;
+                }
+            }
         }
         let _ = sock.close().await;
+    }
+
+    /// Serves calls on a split connection, as many at once as the client
+    /// sends (each answered with its `Micro-Id`, in the order they finish).
+    /// The handlers run on this connection's task: a reply ready at once
+    /// costs no task, no channel and no wake-up, and everything ready
+    /// together leaves in one write. A client that sends one call at a time
+    /// (go-micro's) gets the same service as before.
+    async fn serve_calls(
+        &self,
+        mut tx: Box<dyn SocketSender>,
+        rx: Box<dyn SocketReceiver>,
+        first: Incoming,
+        mut cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
+        mut idle: Pin<&mut tokio::time::Sleep>,
+        peer: &str,
+    ) {
+        async fn next(mut rx: Box<dyn SocketReceiver>) -> (Box<dyn SocketReceiver>, Result<bytes::Bytes>) {
+            let f = rx.recv_frame().await;
+            (rx, f)
+        }
+        let mut running: FuturesUnordered<BoxFuture<'_, bytes::Bytes>> = FuturesUnordered::new();
+        let mut out = bytes::BytesMut::new();
+        let mut recv = Box::pin(next(rx));
+        let mut reading = true;
+        let mut last = tokio::time::Instant::now();
+        self.start(first, &mut running, &mut out);
+        loop {
+            // Everything ready now is taken before writing, so that one
+            // write carries every reply there is.
+            loop {
+                let mut progressed = false;
+                if reading {
+                    if let Poll::Ready((rx, f)) = futures::poll!(recv.as_mut()) {
+                        progressed = true;
+                        reading = self.on_frame(f, &mut running, &mut out, peer);
+                        if reading {
+                            recv.set(next(rx));
+                        }
+                    }
+                }
+                while let Poll::Ready(Some(reply)) = futures::poll!(running.next()) {
+                    out.extend_from_slice(&reply);
+                    progressed = true;
+                }
+                if !progressed {
+                    break;
+                }
+            }
+            if !out.is_empty() {
+                if let Err(e) = tx.send_frames(out.split().freeze()).await {
+                    tracing::debug!(%peer, reason = %e.detail, "closing connection");
+                    break;
+                }
+                // Idle from the reply on, not from the request: a long call is no idleness.
+                last = tokio::time::Instant::now();
+            }
+            if !reading && running.is_empty() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                // Stopping: no new requests; those running finish and are answered.
+                _ = &mut cancelled, if reading => reading = false,
+                Some(reply) = running.next(), if !running.is_empty() => out.extend_from_slice(&reply),
+                (rx, f) = &mut recv, if reading => {
+                    reading = self.on_frame(f, &mut running, &mut out, peer);
+                    if reading {
+                        recv.set(next(rx));
+                    }
+                }
+                _ = &mut idle, if reading => {
+                    if !self.still_busy(idle.as_mut(), last, !running.is_empty()) {
+                        tracing::debug!(%peer, idle = ?self.idle_timeout, "closing idle connection");
+                        reading = false;
+                    }
+                }
+            }
+        }
+        let _ = tx.close().await;
+    }
+
+    /// Takes a frame read on a multiplexed connection: starts its call, or
+    /// says (false) that the connection is to be read no more.
+    fn on_frame<'a>(
+        &'a self,
+        f: Result<bytes::Bytes>,
+        running: &mut FuturesUnordered<BoxFuture<'a, bytes::Bytes>>,
+        out: &mut bytes::BytesMut,
+        peer: &str,
+    ) -> bool {
+        let req = match f
+            .map_err(|e| connection_ended(&e, peer))
+            .and_then(|f| parse_request(f).map_err(|e| tracing::warn!(%peer, reason = %e, "closing connection")))
+        {
+            Ok(r) => r,
+            Err(()) => return false,
+        };
+        if req.stream {
+            let e = Error::bad_request(ID, "a stream opens a connection of its own, not one that carries calls");
+            out.extend_from_slice(&error_reply(&req, &e));
+            return true;
+        }
+        self.start(req, running, out);
+        true
+    }
+
+    /// Starts a call on a multiplexed connection (or answers at once that
+    /// the server is at its in-flight limit).
+    fn start<'a>(
+        &'a self,
+        req: Incoming,
+        running: &mut FuturesUnordered<BoxFuture<'a, bytes::Bytes>>,
+        out: &mut bytes::BytesMut,
+    ) {
+        match self.in_flight.clone().try_acquire_owned() {
+            Ok(permit) => running.push(Box::pin(async move {
+                let reply = dispatch(&self.handlers, &self.service, req).await;
+                drop(permit);
+                reply
+            })),
+            // Over the in-flight limit: answer at once instead of queueing without bound.
+            Err(_) => out.extend_from_slice(&busy(&req)),
+        }
+    }
+
+    /// Serves one call (or answers that the server is at its limit).
+    async fn call(&self, req: Incoming) -> bytes::Bytes {
+        match self.in_flight.clone().try_acquire_owned() {
+            Ok(_permit) => dispatch(&self.handlers, &self.service, req).await,
+            Err(_) => busy(&req),
+        }
+    }
+}
+
+/// Logs why a connection's reading ended: a peer hanging up is normal;
+/// anything else (garbage, a truncated, oversized or stalled frame) is
+/// worth a warning.
+fn connection_ended(e: &Error, peer: &str) {
+    if e.detail.ends_with("connection closed") {
+        tracing::debug!(%peer, "connection closed by peer");
+    } else {
+        tracing::warn!(%peer, reason = %e.detail, "closing connection");
     }
 }
 
@@ -256,7 +442,7 @@ fn parse_request(frame: bytes::Bytes) -> std::result::Result<Incoming, frame::Fr
     Ok(r)
 }
 
-/// Encodes a reply frame: the protocol's headers, then `extra`.
+/// Encodes a reply frame, length prefix included: the protocol's headers, then `extra`.
 fn reply_frame<'a>(
     req: &'a Incoming,
     content_type: &'a str,
@@ -271,17 +457,23 @@ fn reply_frame<'a>(
     ];
     let extra = extra.filter(|(k, _)| !fixed.iter().any(|(f, _)| f == k));
     let mut out = bytes::BytesMut::new();
-    match frame::encode_parts(fixed.iter().copied().chain(extra), body, &mut out) {
+    match frame::encode_parts_prefixed(fixed.iter().copied().chain(extra), body, &mut out) {
         Ok(()) => out.freeze(),
         Err(e) => {
             // Only a reply over 4 GiB or with a 64 KiB header key gets here.
             let err = Error::internal(ID, format!("cannot encode the reply: {e}")).to_json();
             let mut out = bytes::BytesMut::new();
             let pairs = fixed.iter().copied().chain([(headers::ERROR, err.as_str())]);
-            let _ = frame::encode_parts(pairs, &[], &mut out);
+            let _ = frame::encode_parts_prefixed(pairs, &[], &mut out);
             out.freeze()
         }
     }
+}
+
+/// A reply frame carrying an error.
+fn error_reply(req: &Incoming, e: &Error) -> bytes::Bytes {
+    let json = e.to_json();
+    reply_frame(req, &req.content_type, [(headers::ERROR, json.as_str())].into_iter(), &[])
 }
 
 /// How a served stream ended.
@@ -449,11 +641,10 @@ impl Conn {
 
 /// The reply to a request refused because the server is at its in-flight limit.
 fn busy(req: &Incoming) -> bytes::Bytes {
-    let e = Error::unavailable(ID, "server busy: too many requests in flight").to_json();
-    reply_frame(req, &req.content_type, [(headers::ERROR, e.as_str())].into_iter(), &[])
+    error_reply(req, &Error::unavailable(ID, "server busy: too many requests in flight"))
 }
 
-/// Serves one request and encodes the reply frame.
+/// Serves one request and encodes the reply frame (length prefix included).
 async fn dispatch(handlers: &HashMap<String, Handler>, service: &str, mut req: Incoming) -> bytes::Bytes {
     let result = match handlers.get(&req.endpoint) {
         None => Err(Error::not_found(ID, format!("unknown endpoint {} of service {service}", req.endpoint))),
@@ -477,8 +668,7 @@ async fn dispatch(handlers: &HashMap<String, Handler>, service: &str, mut req: I
             if e.code >= 500 {
                 tracing::warn!(endpoint = %req.endpoint, error = %e, "request failed");
             }
-            let json = e.to_json();
-            reply_frame(&req, &req.content_type, [(headers::ERROR, json.as_str())].into_iter(), &[])
+            error_reply(&req, &e)
         }
     }
 }

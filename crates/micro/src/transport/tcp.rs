@@ -308,6 +308,22 @@ impl<W: AsyncWrite + Unpin + Send> SocketSender for TcpSender<W> {
     async fn close(&mut self) -> Result<()> {
         self.stream.shutdown().await.map_err(|e| Error::internal(ID, format!("close {}: {e}", self.remote)))
     }
+
+    async fn send_frames(&mut self, batch: Bytes) -> Result<()> {
+        let err = |e: &dyn std::fmt::Display| Error::internal(ID, format!("send to {}: {e}", self.remote));
+        // Every frame is checked before any is written: a batch goes out whole or not at all.
+        for f in frame::split_batch(batch.clone()) {
+            let f = f.map_err(|e| err(&e))?;
+            if f.len() > self.max {
+                return Err(err(&frame::FrameError::TooLarge { size: f.len(), max: self.max }));
+            }
+        }
+        self.stream.write_all(&batch).await.map_err(|e| err(&e))
+    }
+
+    fn max_message_size(&self) -> Option<usize> {
+        Some(self.max)
+    }
 }
 
 /// The receiving half of a split TCP socket.
@@ -321,9 +337,13 @@ struct TcpReceiver<R> {
 #[async_trait]
 impl<R: AsyncRead + Unpin + Send> SocketReceiver for TcpReceiver<R> {
     async fn recv(&mut self) -> Result<Message> {
+        let f = self.recv_frame().await?;
+        frame::decode(f).map_err(|e| Error::internal(ID, format!("recv from {}: {e}", self.remote)))
+    }
+
+    async fn recv_frame(&mut self) -> Result<Bytes> {
         let err = |e: &dyn std::fmt::Display| Error::internal(ID, format!("recv from {}: {e}", self.remote));
-        let f = read_frame(&mut self.stream, self.max, self.read_timeout).await.map_err(|e| err(&e))?;
-        frame::decode(f).map_err(|e| err(&e))
+        read_frame(&mut self.stream, self.max, self.read_timeout).await.map_err(|e| err(&e))
     }
 }
 

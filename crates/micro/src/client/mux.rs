@@ -1,0 +1,305 @@
+//! Multiplexed mucp connections: many calls in flight on one connection,
+//! told apart by `Micro-Id`. Requests queued while the connection is busy
+//! writing leave together in one write, and one read brings many replies,
+//! so a busy client makes far fewer syscalls than one connection per call.
+//! The wire format is go-micro's: a server that answers one call at a time
+//! still answers every call, in order.
+
+use micro_core::{frame, headers, Error, Result, SocketReceiver, SocketSender, Transport};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, Notify};
+
+const ID: &str = "go.micro.client";
+
+/// A reply frame, or why the connection failed before it came.
+type Reply = std::result::Result<bytes::Bytes, Error>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The state a connection's callers, writer and reader share.
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the writer when a request is queued while it sleeps.
+    wake: Notify,
+    /// The largest frame the socket sends, checked before queueing so that
+    /// one oversized request never fails the calls queued beside it.
+    max: Option<usize>,
+    /// `state.broken` is set, readable without the lock.
+    broken: AtomicBool,
+    /// When the last reply came, in milliseconds since `born` (for the idle
+    /// TTL, checked without the lock on every call).
+    last_used_ms: AtomicU64,
+    born: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    /// Requests not yet written, each with its length prefix.
+    out: bytes::BytesMut,
+    /// The writer is awake (it looks at `out` again before sleeping).
+    writing: bool,
+    /// Calls waiting for their reply, by request id.
+    waiting: HashMap<u64, oneshot::Sender<Reply>>,
+    /// Why the connection is unusable, once it is.
+    broken: Option<Error>,
+}
+
+impl Shared {
+    /// Fails every waiting call and refuses new ones.
+    fn fail(&self, e: Error) {
+        let waiting = {
+            let mut st = lock(&self.state);
+            st.broken.get_or_insert_with(|| e.clone());
+            self.broken.store(true, Ordering::Relaxed);
+            st.out.clear();
+            std::mem::take(&mut st.waiting)
+        };
+        for (_, w) in waiting {
+            let _ = w.send(Err(e.clone()));
+        }
+    }
+}
+
+/// One multiplexed connection. Dropping the last handle stops its tasks
+/// and closes it.
+pub(super) struct MuxConn {
+    shared: Arc<Shared>,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+/// A request queued on a connection; its reply arrives through [`Pending::reply`].
+pub(super) struct Pending {
+    shared: Arc<Shared>,
+    id: u64,
+    rx: Option<oneshot::Receiver<Reply>>,
+}
+
+impl Pending {
+    /// Waits for the reply frame (without its length prefix).
+    pub(super) async fn reply(mut self) -> Reply {
+        let Some(rx) = self.rx.take() else { return Err(Error::internal(ID, "reply already taken")) };
+        rx.await.unwrap_or_else(|_| Err(Error::internal(ID, "connection closed")))
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // A caller that gave up (its deadline passed) leaves no entry behind;
+        // its reply, if it still comes, is dropped by the reader.
+        if self.rx.is_some() {
+            lock(&self.shared.state).waiting.remove(&self.id);
+        }
+    }
+}
+
+/// Why a request could not be queued.
+pub(super) enum QueueError {
+    /// The connection is broken: another may do.
+    Conn(Error),
+    /// The request itself cannot be sent.
+    Request(Error),
+}
+
+impl MuxConn {
+    fn start(mut tx: Box<dyn SocketSender>, mut rx: Box<dyn SocketReceiver>) -> MuxConn {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            max: tx.max_message_size(),
+            broken: AtomicBool::new(false),
+            last_used_ms: AtomicU64::new(0),
+            born: Instant::now(),
+        });
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (w, r) = (shared.clone(), shared.clone());
+        let (stop_w, stop_r) = (stop.clone(), stop.clone());
+        tokio::spawn(async move {
+            let write = async {
+                loop {
+                    w.wake.notified().await;
+                    // Woken by the first caller of a burst, the writer would
+                    // run straight after it (tokio runs a task just woken
+                    // next) and send one request per write; yielding once
+                    // lets the callers already runnable queue theirs first.
+                    tokio::task::yield_now().await;
+                    loop {
+                        let batch = {
+                            let mut st = lock(&w.state);
+                            if st.out.is_empty() || st.broken.is_some() {
+                                st.writing = false;
+                                break;
+                            }
+                            st.out.split().freeze()
+                        };
+                        if let Err(e) = tx.send_frames(batch).await {
+                            w.fail(Error::internal(ID, format!("connection error: {}", e.detail)));
+                            return;
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                _ = stop_w.cancelled() => {}
+                _ = write => {}
+            }
+            let _ = tx.close().await;
+        });
+        tokio::spawn(async move {
+            let read = async {
+                loop {
+                    let frame = match rx.recv_frame().await {
+                        Ok(f) => f,
+                        Err(e) => return Error::internal(ID, format!("connection error: {}", e.detail)),
+                    };
+                    let mut id = None;
+                    if let Err(e) = frame::decode_with(frame.clone(), |k, v| {
+                        if k == headers::ID {
+                            id = v.parse::<u64>().ok();
+                        }
+                    }) {
+                        return Error::internal(ID, format!("bad reply frame: {e}"));
+                    }
+                    let Some(id) = id else {
+                        // A reply that names no call of ours: the connection is out of step.
+                        return Error::internal(ID, "reply without a request id of this client");
+                    };
+                    let waiter = lock(&r.state).waiting.remove(&id);
+                    r.last_used_ms.store(r.born.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    if let Some(w) = waiter {
+                        let _ = w.send(Ok(frame));
+                    }
+                }
+            };
+            tokio::select! {
+                _ = stop_r.cancelled() => {}
+                e = read => r.fail(e),
+            }
+        });
+        MuxConn { shared, _stop: stop.drop_guard() }
+    }
+
+    /// Queues a request whose frame `encode` appends (length prefix
+    /// included); the reply comes through the returned [`Pending`].
+    pub(super) fn queue(
+        &self,
+        id: u64,
+        encode: impl FnOnce(&mut bytes::BytesMut) -> std::result::Result<(), frame::FrameError>,
+    ) -> std::result::Result<Pending, QueueError> {
+        let (tx, rx) = oneshot::channel();
+        let wake = {
+            let mut st = lock(&self.shared.state);
+            if let Some(e) = &st.broken {
+                return Err(QueueError::Conn(e.clone()));
+            }
+            let start = st.out.len();
+            if let Err(e) = encode(&mut st.out) {
+                st.out.truncate(start);
+                return Err(QueueError::Request(Error::bad_request(ID, format!("cannot encode the request: {e}"))));
+            }
+            let size = st.out.len() - start - 4;
+            if let Some(max) = self.shared.max.filter(|&m| size > m) {
+                st.out.truncate(start);
+                let e = frame::FrameError::TooLarge { size, max };
+                return Err(QueueError::Request(Error::bad_request(ID, format!("cannot send the request: {e}"))));
+            }
+            st.waiting.insert(id, tx);
+            !std::mem::replace(&mut st.writing, true)
+        };
+        if wake {
+            self.shared.wake.notify_one();
+        }
+        Ok(Pending { shared: self.shared.clone(), id, rx: Some(rx) })
+    }
+
+    /// Usable for a new call: not broken, and with a reply less than `ttl`
+    /// ago (or none yet). A connection left idle longer is not trusted to
+    /// be open still (the server closes idle ones) and is replaced.
+    fn usable(&self, ttl: Duration) -> bool {
+        let s = &self.shared;
+        let idle = s.born.elapsed().saturating_sub(Duration::from_millis(s.last_used_ms.load(Ordering::Relaxed)));
+        !s.broken.load(Ordering::Relaxed) && idle < ttl
+    }
+}
+
+impl Drop for MuxConn {
+    fn drop(&mut self) {
+        // The tasks end with `stop`; calls still waiting learn why.
+        self.shared.fail(Error::internal(ID, "connection closed"));
+    }
+}
+
+/// The connections of one address.
+#[derive(Default)]
+struct Address {
+    conns: Mutex<Vec<Arc<MuxConn>>>,
+    next: AtomicUsize,
+    /// One dial at a time per address: a burst of first calls waits for
+    /// the connection instead of opening one each.
+    dialing: tokio::sync::Mutex<()>,
+}
+
+/// What [`Conns::get`] found for an address.
+pub(super) enum Got {
+    /// A multiplexed connection.
+    Mux(Arc<MuxConn>),
+    /// The transport cannot split its sockets: the caller uses this one
+    /// call at a time.
+    Plain(Box<dyn micro_core::Socket>),
+}
+
+/// Multiplexed connections per address, up to `per_address` each, used in turn.
+pub(super) struct Conns {
+    per_address: usize,
+    ttl: Duration,
+    addresses: Mutex<HashMap<String, Arc<Address>>>,
+}
+
+impl Conns {
+    pub(super) fn new(per_address: usize, ttl: Duration) -> Self {
+        Conns { per_address: per_address.max(1), ttl, addresses: Mutex::new(HashMap::new()) }
+    }
+
+    /// A connection to `address`: one already open when there are
+    /// `per_address` of them, else a new one.
+    pub(super) async fn get(&self, transport: &dyn Transport, address: &str) -> Result<Got> {
+        let addr = lock(&self.addresses).entry(address.to_string()).or_default().clone();
+        if let Some(c) = self.pick(&addr) {
+            return Ok(Got::Mux(c));
+        }
+        let _dialing = addr.dialing.lock().await;
+        // Another caller may have dialled while this one waited.
+        if let Some(c) = self.pick(&addr) {
+            return Ok(Got::Mux(c));
+        }
+        let mut sock = transport.dial(address).await?;
+        let Some((tx, rx)) = sock.split() else { return Ok(Got::Plain(sock)) };
+        let conn = Arc::new(MuxConn::start(tx, rx));
+        lock(&addr.conns).push(conn.clone());
+        Ok(Got::Mux(conn))
+    }
+
+    /// Picks a usable connection in turn, dropping unusable ones; `None`
+    /// when fewer than `per_address` are open.
+    fn pick(&self, addr: &Address) -> Option<Arc<MuxConn>> {
+        let mut conns = lock(&addr.conns);
+        conns.retain(|c| c.usable(self.ttl));
+        if conns.len() < self.per_address {
+            return None;
+        }
+        let i = addr.next.fetch_add(1, Ordering::Relaxed) % conns.len();
+        Some(conns[i].clone())
+    }
+
+    /// After a connection error, the other connections to that address are
+    /// suspect too: new calls dial afresh (calls in flight on them go on).
+    pub(super) fn clear(&self, address: &str) {
+        if let Some(addr) = lock(&self.addresses).remove(address) {
+            lock(&addr.conns).clear();
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Many calls in flight on one mucp connection: replies find their callers
+//! in whatever order they finish, a caller giving up or sending too much
+//! disturbs no one else, a go-micro style peer (one call at a time, or
+//! pipelined) is served, and transports that cannot split their sockets
+//! still work one call per connection. Real loopback TCP throughout; the
+//! transport below only counts dials (and can refuse to split).
+
+use bytes::{Buf, BytesMut};
+use micro::core::{
+    async_trait, frame, headers, CallOptions, Error, Listener, Message, Socket, Transport, TransportOptions,
+};
+use micro::transport::TcpTransport;
+use micro::{Flags, Service};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// The tcp transport, counting dials; with `split: false` its sockets
+/// cannot be split (like a third-party transport without streams).
+struct Counting {
+    tcp: TcpTransport,
+    dials: Arc<AtomicUsize>,
+    split: bool,
+}
+
+#[async_trait]
+impl Transport for Counting {
+    async fn dial(&self, addr: &str) -> micro::core::Result<Box<dyn Socket>> {
+        self.dials.fetch_add(1, Ordering::SeqCst);
+        let s = self.tcp.dial(addr).await?;
+        Ok(if self.split { s } else { Box::new(Unsplittable(s)) })
+    }
+    async fn listen(&self, addr: &str) -> micro::core::Result<Box<dyn Listener>> {
+        let l = self.tcp.listen(addr).await?;
+        Ok(if self.split { l } else { Box::new(UnsplittableListener(l)) })
+    }
+    fn name(&self) -> &str {
+        "counting"
+    }
+}
+
+struct UnsplittableListener(Box<dyn Listener>);
+
+#[async_trait]
+impl Listener for UnsplittableListener {
+    fn addr(&self) -> String {
+        self.0.addr()
+    }
+    async fn accept(&self) -> micro::core::Result<Box<dyn Socket>> {
+        Ok(Box::new(Unsplittable(self.0.accept().await?)))
+    }
+}
+
+/// A socket that keeps the default `split` (none).
+struct Unsplittable(Box<dyn Socket>);
+
+#[async_trait]
+impl Socket for Unsplittable {
+    async fn send(&mut self, msg: Message) -> micro::core::Result<()> {
+        self.0.send(msg).await
+    }
+    async fn recv(&mut self) -> micro::core::Result<Message> {
+        self.0.recv().await
+    }
+    async fn close(&mut self) -> micro::core::Result<()> {
+        self.0.close().await
+    }
+    fn local_addr(&self) -> String {
+        self.0.local_addr()
+    }
+    fn remote_addr(&self) -> String {
+        self.0.remote_addr()
+    }
+}
+
+/// A world whose `counting` transport and one-connection `mucp1` client
+/// come from the catalog, as a plugin's would.
+fn catalog(dials: Arc<AtomicUsize>, split: bool, max: usize) -> micro::Catalog {
+    let mut c = micro::catalog::builtin();
+    c.transports.insert(
+        "counting",
+        Arc::new(move |o: TransportOptions| {
+            let tcp = TcpTransport::new(TransportOptions { max_message_size: max, ..o });
+            Ok(Arc::new(Counting { tcp, dials: dials.clone(), split }) as Arc<dyn Transport>)
+        }) as micro::catalog::NewTransport,
+    );
+    c.clients.insert(
+        "mucp1",
+        Arc::new(|o| Ok(Arc::new(micro::client::MucpClient::with_connections(o, 1)) as Arc<dyn micro::core::Client>))
+            as micro::catalog::NewClient,
+    );
+    c
+}
+
+struct World {
+    server: Service,
+    client: Service,
+    dials: Arc<AtomicUsize>,
+}
+
+async fn world(name: &str, split: bool, extra: Flags) -> Result<World, Box<dyn std::error::Error>> {
+    let dials = Arc::new(AtomicUsize::new(0));
+    let flags = Flags {
+        registry: Some("memory".into()),
+        registry_address: Some(name.into()),
+        broker: Some("memory".into()),
+        broker_address: Some(name.into()),
+        transport: Some("counting".into()),
+        client: Some("mucp1".into()),
+        ..extra
+    };
+    let server =
+        Service::builder("echo").flags(flags.clone()).catalog(catalog(dials.clone(), split, 64 * 1024)).build()?;
+    server.handle("Echo.Call", |s: String| async move { Ok::<_, Error>(s) })?;
+    server.handle("Echo.Slow", |(ms, s): (u64, String)| async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok::<_, Error>(s)
+    })?;
+    server.start().await?;
+    let client = Service::builder("caller").flags(flags).catalog(catalog(dials.clone(), split, 64 * 1024)).build()?;
+    Ok(World { server, client, dials })
+}
+
+#[tokio::test]
+async fn overlapping_calls_share_one_connection_and_replies_find_their_callers() -> TestResult {
+    let w = world("mux-overlap", true, Flags::default()).await?;
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut calls = Vec::new();
+    for i in 0..40u64 {
+        let (c, done) = (w.client.client().clone(), done.clone());
+        calls.push(tokio::spawn(async move {
+            let name = format!("caller-{i}");
+            // Every other call is slow: the quick ones must not wait behind it.
+            let got: String = if i % 2 == 0 {
+                c.call("echo", "Echo.Slow", &(400u64, name.clone())).await?
+            } else {
+                c.call("echo", "Echo.Call", &name).await?
+            };
+            Ok::<_, Error>((i, got == name, done.fetch_add(1, Ordering::SeqCst)))
+        }));
+    }
+    let mut order = HashMap::new();
+    for c in calls {
+        let (i, matched, finished_as) = c.await??;
+        assert!(matched, "call {i} got another caller's reply");
+        order.insert(i, finished_as);
+    }
+    // All 20 quick calls finished before any slow one: replies came out of order.
+    assert!((0..40).filter(|i| i % 2 == 1).all(|i| order[&i] < 20), "{order:?}");
+    assert_eq!(w.dials.load(Ordering::SeqCst), 1, "one connection carried every call");
+    w.server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_caller_that_gives_up_or_sends_too_much_disturbs_no_one() -> TestResult {
+    let w = world("mux-isolation", true, Flags::default()).await?;
+    let c = w.client.client().clone();
+    let slow = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let opts = CallOptions { timeout: Some(Duration::from_millis(100)), ..Default::default() };
+            c.call_with::<_, String>("echo", "Echo.Slow", &(600u64, "late".to_string()), HashMap::new(), opts).await
+        })
+    };
+    let slow_ok = {
+        let c = c.clone();
+        tokio::spawn(async move { c.call::<_, String>("echo", "Echo.Slow", &(300u64, "patient".to_string())).await })
+    };
+    // Over the 64 KiB limit: refused before it is queued, and not retried.
+    let big = c.call::<_, String>("echo", "Echo.Call", &"x".repeat(100 * 1024)).await.err();
+    assert_eq!(big.as_ref().map(|e| e.code), Some(400), "{big:?}");
+    assert!(big.is_some_and(|e| e.detail.contains("over the limit")));
+    let e = slow.await?.err();
+    assert_eq!(e.map(|e| e.code), Some(408));
+    assert_eq!(slow_ok.await??, "patient");
+    // The timed-out call's late reply (600 ms) arrives and is dropped; calls go on.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for i in 0..5 {
+        let got: String = c.call("echo", "Echo.Call", &format!("after-{i}")).await?;
+        assert_eq!(got, format!("after-{i}"));
+    }
+    assert_eq!(w.dials.load(Ordering::SeqCst), 1);
+    w.server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn stopping_answers_the_calls_in_flight_on_a_connection() -> TestResult {
+    let w = world("mux-drain", true, Flags::default()).await?;
+    let mut calls = Vec::new();
+    for i in 0..5u64 {
+        let c = w.client.client().clone();
+        calls.push(tokio::spawn(
+            async move { c.call::<_, String>("echo", "Echo.Slow", &(300u64, format!("{i}"))).await },
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    w.server.stop().await?;
+    for (i, c) in calls.into_iter().enumerate() {
+        assert_eq!(c.await??, format!("{i}"));
+    }
+    assert_eq!(w.dials.load(Ordering::SeqCst), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_connection_the_server_closed_as_idle_is_replaced() -> TestResult {
+    let extra = Flags { server_idle_timeout: Some(Duration::from_millis(200)), ..Flags::default() };
+    let w = world("mux-idle", true, extra).await?;
+    let c = w.client.client().clone();
+    assert_eq!(c.call::<_, String>("echo", "Echo.Call", &"one").await?, "one");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(c.call::<_, String>("echo", "Echo.Call", &"two").await?, "two");
+    assert_eq!(w.dials.load(Ordering::SeqCst), 2);
+    w.server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn sockets_that_cannot_split_carry_one_call_at_a_time() -> TestResult {
+    let w = world("mux-plain", false, Flags::default()).await?;
+    let mut calls = Vec::new();
+    for i in 0..8 {
+        let c = w.client.client().clone();
+        calls.push(tokio::spawn(
+            async move { c.call::<_, String>("echo", "Echo.Slow", &(200u64, format!("{i}"))).await },
+        ));
+    }
+    for (i, c) in calls.into_iter().enumerate() {
+        assert_eq!(c.await??, format!("{i}"));
+    }
+    // One connection per concurrent call, then pooled and reused.
+    assert_eq!(w.dials.load(Ordering::SeqCst), 8);
+    assert_eq!(w.client.client().call::<_, String>("echo", "Echo.Call", &"again").await?, "again");
+    assert_eq!(w.dials.load(Ordering::SeqCst), 8);
+    w.server.stop().await?;
+    Ok(())
+}
+
+/// A go-micro style peer on a raw socket: requests written back to back
+/// before any reply is read are all answered, each with its id.
+#[tokio::test]
+async fn pipelined_requests_from_a_raw_peer_are_answered_by_id() -> TestResult {
+    let w = world("mux-raw", true, Flags::default()).await?;
+    let addr = w.server.server().service().nodes[0].address.clone();
+    let mut s = tokio::net::TcpStream::connect(&addr).await?;
+    let mut out = BytesMut::new();
+    for (id, ms) in [("a", 300u64), ("b", 0), ("c", 100)] {
+        let body = serde_json::to_vec(&(ms, format!("body-{id}")))?;
+        let hs = [
+            (headers::ID, id),
+            (headers::SERVICE, "echo"),
+            (headers::ENDPOINT, "Echo.Slow"),
+            (headers::CONTENT_TYPE, "application/json"),
+        ];
+        frame::encode_parts_prefixed(hs, &body, &mut out)?;
+    }
+    s.write_all(&out).await?;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let len = s.read_u32().await? as usize;
+        let mut buf = vec![0u8; len];
+        s.read_exact(&mut buf).await?;
+        let msg = frame::decode(bytes::Bytes::from(buf))?;
+        let body: String = serde_json::from_slice(msg.body.chunk())?;
+        got.push((msg.get(headers::ID).unwrap_or_default().to_string(), body));
+    }
+    // In the order they finished, each with its own id and body.
+    let want = [("b", "body-b"), ("c", "body-c"), ("a", "body-a")].map(|(i, b)| (i.to_string(), b.to_string()));
+    assert_eq!(got, want);
+    w.server.stop().await?;
+    Ok(())
+}
