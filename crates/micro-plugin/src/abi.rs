@@ -15,7 +15,7 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"MICROPLG");
 
 /// The version of this ABI. Bumped on any change to the types in this
 /// module, the method numbering, or the wire encoding.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// The name of the symbol every plugin exports.
 pub const SYMBOL: &str = "MICRO_PLUGIN";
@@ -203,6 +203,10 @@ pub struct HostApi {
     pub log: unsafe extern "C" fn(event: *const LogEvent),
     /// TCP on the host's reactor (see [`NetApi`]).
     pub net: *const NetApi,
+    /// Spawns a task on the host's runtime: a plugin's background tasks
+    /// (a multiplexed connection's reader and writer) then wake the host's
+    /// tasks without crossing threads (see `micro_plugin::host::spawn`).
+    pub spawn: unsafe extern "C" fn(fut: FfiFuture<()>),
 }
 
 // SAFETY: a HostApi is an immutable static of the host: plain data and function pointers.

@@ -28,6 +28,18 @@ pub(crate) fn remember_runtime() {
 
 pub(crate) static NET: NetApi = NetApi { connect, bind };
 
+/// Spawns a plugin's task on the host's runtime (the one remembered at load,
+/// else the caller's). Without either there is nowhere to run it: it is
+/// dropped and logged rather than panicking across the boundary.
+pub(crate) unsafe extern "C" fn spawn(fut: FfiFuture<()>) {
+    match RUNTIME.get().cloned().or_else(|| tokio::runtime::Handle::try_current().ok()) {
+        Some(rt) => {
+            rt.spawn(fut);
+        }
+        None => tracing::error!("a plugin spawned a task outside any runtime; dropped"),
+    }
+}
+
 static STREAM_VTABLE: StreamVTable = StreamVTable { poll_read, poll_write, poll_shutdown, drop: drop_stream };
 static LISTENER_VTABLE: ListenerFfiVTable = ListenerFfiVTable { accept, drop: drop_listener };
 

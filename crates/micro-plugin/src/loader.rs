@@ -421,8 +421,13 @@ unsafe extern "C" fn host_max_level() -> u32 {
 }
 
 fn host_api() -> &'static HostApi {
-    static API: HostApi =
-        HostApi { abi_version: abi::ABI_VERSION, max_level: host_max_level, log: host_log, net: &crate::host_net::NET };
+    static API: HostApi = HostApi {
+        abi_version: abi::ABI_VERSION,
+        max_level: host_max_level,
+        log: host_log,
+        net: &crate::host_net::NET,
+        spawn: crate::host_net::spawn,
+    };
     crate::host_net::remember_runtime();
     &API
 }

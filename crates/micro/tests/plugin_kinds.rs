@@ -157,3 +157,52 @@ async fn a_whole_request_path_through_plugin_components() -> Result<(), Box<dyn 
     assert_eq!(caller.registry().get_service("greeter").await.err().map(|e| e.code), Some(404));
     Ok(())
 }
+
+/// The built-in client and server over a transport from a plugin: its
+/// sockets split across the boundary, so calls overlap on one connection
+/// and streams work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_transport_carries_overlapping_calls_and_streams() -> Result<(), Box<dyn std::error::Error>> {
+    let cat = catalog()?;
+    let flags = Flags {
+        registry: Some("memory".into()),
+        registry_address: Some("kinds-split".into()),
+        broker: Some("memory".into()),
+        broker_address: Some("kinds-split".into()),
+        transport: Some("ptransport".into()),
+        ..Flags::default()
+    };
+    let svc = Service::builder("counter").flags(flags.clone()).catalog(cat.clone()).build()?;
+    svc.handle("Counter.Slow", |ms: u64| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        Ok(ms)
+    })?;
+    svc.handle_stream("Counter.Count", |_ctx, mut s: micro::TypedStream<u64, u64>| async move {
+        let Some(n) = s.recv().await? else { return Ok(()) };
+        for i in 1..=n {
+            s.send(&i).await?;
+        }
+        Ok(())
+    })?;
+    svc.start().await?;
+    let caller = Service::builder("caller").flags(flags).catalog(cat).build()?;
+    // A slow call does not hold up the quick ones sent after it.
+    let c = caller.client().clone();
+    let slow = tokio::spawn(async move { c.call::<_, u64>("counter", "Counter.Slow", &400u64).await });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    for _ in 0..10 {
+        assert_eq!(caller.client().call::<_, u64>("counter", "Counter.Slow", &0u64).await?, 0);
+    }
+    assert!(!slow.is_finished(), "quick calls waited for the slow one");
+    assert_eq!(slow.await??, 400);
+    let mut s: micro::TypedStream<u64, u64> = caller.client().stream("counter", "Counter.Count").await?;
+    s.send(&3).await?;
+    s.close_send();
+    let mut got = Vec::new();
+    while let Some(x) = s.recv().await? {
+        got.push(x);
+    }
+    assert_eq!(got, [1, 2, 3]);
+    svc.stop().await?;
+    Ok(())
+}

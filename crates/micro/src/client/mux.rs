@@ -116,9 +116,10 @@ impl MuxConn {
             born: Instant::now(),
         });
         let stop = tokio_util::sync::CancellationToken::new();
+        // Inside a plugin these run on the host's runtime (see `micro_plugin::host::spawn`).
         let (w, r) = (shared.clone(), shared.clone());
         let (stop_w, stop_r) = (stop.clone(), stop.clone());
-        tokio::spawn(async move {
+        micro_plugin::host::spawn(async move {
             let write = async {
                 loop {
                     w.wake.notified().await;
@@ -149,7 +150,7 @@ impl MuxConn {
             }
             let _ = tx.close().await;
         });
-        tokio::spawn(async move {
+        micro_plugin::host::spawn(async move {
             let read = async {
                 loop {
                     let frame = match rx.recv_frame().await {
