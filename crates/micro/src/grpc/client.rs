@@ -20,8 +20,7 @@ const ID: &str = "go.micro.client";
 /// `/<service>.<Handler>/<Method>` (see [`crate::grpc`]).
 pub struct GrpcClient {
     opts: ClientOptions,
-    channels: Mutex<HashMap<String, Vec<Channel>>>,
-    turn: std::sync::atomic::AtomicUsize,
+    channels: Mutex<HashMap<String, Vec<(Channel, Load)>>>,
     // address → content type → a ready-made client, cloned per call; looked
     // up without allocating, under a read lock.
     clients: std::sync::RwLock<HashMap<String, HashMap<String, Clients>>>,
@@ -38,13 +37,7 @@ impl GrpcClient {
         } else {
             None
         };
-        Ok(GrpcClient {
-            opts,
-            channels: Mutex::new(HashMap::new()),
-            turn: Default::default(),
-            clients: Default::default(),
-            tls,
-        })
+        Ok(GrpcClient { opts, channels: Mutex::new(HashMap::new()), clients: Default::default(), tls })
     }
 
     /// A new channel to `address` (it connects lazily and reconnects by itself).
@@ -69,15 +62,17 @@ impl GrpcClient {
     }
 
     /// A tonic client to `address` that sends `content_type` instead of
-    /// tonic's fixed `application/grpc`. Each node gets one HTTP/2
-    /// connection per core, used in turn: one connection is driven by one
-    /// task, which under many concurrent calls becomes the bottleneck.
-    fn grpc(&self, address: &str, content_type: &str) -> Result<tonic::client::Grpc<WithContentType>> {
-        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    /// tonic's fixed `application/grpc`, with its connection's in-flight
+    /// count taken. Each node gets one HTTP/2 connection per core (one
+    /// connection is driven by one task, which under many concurrent calls
+    /// becomes the bottleneck); a call takes the one with the fewest calls
+    /// in flight, the first on a tie, so that a lone caller keeps to one warm
+    /// connection and concurrent callers spread.
+    fn grpc(&self, address: &str, content_type: &str) -> Result<(tonic::client::Grpc<WithContentType>, InFlight)> {
         if let Some(list) =
             self.clients.read().unwrap_or_else(|p| p.into_inner()).get(address).and_then(|m| m.get(content_type))
         {
-            return Ok(list[turn % list.len()].clone());
+            return Ok(least_loaded(list));
         }
         let ct = http::HeaderValue::from_str(wire_content_type(content_type))
             .map_err(|_| Error::bad_request(ID, format!("content type {content_type:?} is not a valid header")))?;
@@ -86,7 +81,7 @@ impl GrpcClient {
             Some(l) => l.clone(),
             None => {
                 let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4);
-                let l = (0..n).map(|_| self.channel(address)).collect::<Result<Vec<_>>>()?;
+                let l = (0..n).map(|_| Ok((self.channel(address)?, Load::default()))).collect::<Result<Vec<_>>>()?;
                 channels.insert(address.to_string(), l.clone());
                 l
             }
@@ -94,9 +89,9 @@ impl GrpcClient {
         drop(channels);
         let grpcs: Clients = list
             .into_iter()
-            .map(|c| tonic::client::Grpc::new(WithContentType { inner: c, content_type: ct.clone() }))
+            .map(|(c, load)| (tonic::client::Grpc::new(WithContentType { inner: c, content_type: ct.clone() }), load))
             .collect();
-        let pick = grpcs[turn % grpcs.len()].clone();
+        let pick = least_loaded(&grpcs);
         self.clients
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -115,7 +110,7 @@ impl GrpcClient {
 
     async fn attempt(&self, address: &str, req: &Request, timeout: Duration) -> Attempt {
         let started = tokio::time::Instant::now();
-        let mut grpc = match self.grpc(address, &req.content_type) {
+        let (mut grpc, _in_flight) = match self.grpc(address, &req.content_type) {
             Ok(g) => g,
             Err(e) => return Attempt::Done(Err(e)),
         };
@@ -181,8 +176,37 @@ fn is_connection_error(s: &tonic::Status) -> bool {
     local && matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown)
 }
 
-/// One client per connection to a node, for one content type.
-type Clients = Arc<[tonic::client::Grpc<WithContentType>]>;
+/// One client per connection to a node, for one content type, with the
+/// connection's count of calls in flight.
+type Clients = Arc<[(tonic::client::Grpc<WithContentType>, Load)]>;
+
+/// Calls in flight on one connection.
+type Load = Arc<std::sync::atomic::AtomicUsize>;
+
+/// A call counted on its connection until dropped.
+struct InFlight(Load);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The client whose connection has the fewest calls in flight (the first on a tie).
+fn least_loaded(
+    list: &[(tonic::client::Grpc<WithContentType>, Load)],
+) -> (tonic::client::Grpc<WithContentType>, InFlight) {
+    let load = |l: &Load| l.load(std::sync::atomic::Ordering::Relaxed);
+    let mut best = 0;
+    for (i, (_, l)) in list.iter().enumerate().skip(1) {
+        if load(l) < load(&list[best].1) {
+            best = i;
+        }
+    }
+    let (grpc, l) = &list[best];
+    l.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (grpc.clone(), InFlight(l.clone()))
+}
 
 /// The channel, sending `content_type` instead of tonic's fixed `application/grpc`.
 #[derive(Clone)]
@@ -267,7 +291,7 @@ impl Client for GrpcClient {
             Some(a) => a.clone(),
             None => self.opts.selector.select(&req.service, Default::default()).await?.address,
         };
-        let mut grpc = self.grpc(&address, &req.content_type)?;
+        let (mut grpc, _in_flight) = self.grpc(&address, &req.content_type)?;
         let path = path_of(&req.service, &req.endpoint)?;
         let (stream, ends) = Stream::pair();
         let dropped = ends.dropped_flag();
