@@ -456,7 +456,7 @@ async fn broker_rate(
     for _ in 0..n {
         publisher.publish(topic, Message::new(body.clone())).await?;
     }
-    tokio::time::timeout(Duration::from_secs(60), done.notified()).await.context("messages were lost")?;
+    tokio::time::timeout(Duration::from_secs(20), done.notified()).await.context("messages were lost")?;
     let rate = n as f64 / t0.elapsed().as_secs_f64();
     sub.unsubscribe().await?;
     Ok(rate)
@@ -477,15 +477,22 @@ async fn brokers(n: usize, payload: usize) -> anyhow::Result<()> {
     // and whichever goes first finds the server colder.
     const ROUNDS: usize = 5;
     let (mut ours, mut raws) = (Vec::new(), Vec::new());
+    // A sample that stalls (nats-server dropping a subscriber it thinks
+    // slow, on a starved VM) is reported and left out, not fatal.
+    let keep = |v: &mut Vec<f64>, what: &str, r: anyhow::Result<f64>| match r {
+        Ok(x) => v.push(x),
+        Err(e) => eprintln!("warning: {what} sample left out: {e:#}"),
+    };
     for round in 0..ROUNDS {
         if round % 2 == 0 {
-            ours.push(micro_nats_rate(&nats, n, payload, round).await?);
-            raws.push(raw_nats_rate(&nats, n, payload, round).await?);
+            keep(&mut ours, "nats", micro_nats_rate(&nats, n, payload, round).await);
+            keep(&mut raws, "raw nats", raw_nats_rate(&nats, n, payload, round).await);
         } else {
-            raws.push(raw_nats_rate(&nats, n, payload, round).await?);
-            ours.push(micro_nats_rate(&nats, n, payload, round).await?);
+            keep(&mut raws, "raw nats", raw_nats_rate(&nats, n, payload, round).await);
+            keep(&mut ours, "nats", micro_nats_rate(&nats, n, payload, round).await);
         }
     }
+    anyhow::ensure!(!ours.is_empty() && !raws.is_empty(), "every nats sample stalled");
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -530,7 +537,7 @@ async fn raw_nats_rate(nats: &micro_testkit::Nats, n: usize, payload: usize, rou
         p.publish(subject.clone(), body.clone()).await?;
     }
     p.flush().await?;
-    let k = tokio::time::timeout(Duration::from_secs(60), reader).await.context("raw nats stalled")??;
+    let k = tokio::time::timeout(Duration::from_secs(20), reader).await.context("raw nats stalled")??;
     anyhow::ensure!(k == n, "raw nats lost messages");
     Ok(n as f64 / t0.elapsed().as_secs_f64())
 }
