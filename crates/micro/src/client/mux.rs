@@ -127,7 +127,10 @@ impl MuxConn {
                     // run straight after it (tokio runs a task just woken
                     // next) and send one request per write; yielding once
                     // lets the callers already runnable queue theirs first.
-                    tokio::task::yield_now().await;
+                    // A lone call is written at once: nobody else is coming.
+                    if lock(&w.state).waiting.len() > 1 {
+                        tokio::task::yield_now().await;
+                    }
                     loop {
                         let batch = {
                             let mut st = lock(&w.state);
