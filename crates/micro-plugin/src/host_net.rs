@@ -28,15 +28,20 @@ pub(crate) fn remember_runtime() {
 
 pub(crate) static NET: NetApi = NetApi { connect, bind };
 
-/// Spawns a plugin's task on the host's runtime (the one remembered at load,
-/// else the caller's). Without either there is nowhere to run it: it is
-/// dropped and logged rather than panicking across the boundary.
+/// Spawns a plugin's task on the host's runtime (the caller's, else the one
+/// remembered at load). Without either there is nowhere to run it: it is
+/// dropped and logged; nothing unwinds across the boundary.
 pub(crate) unsafe extern "C" fn spawn(fut: FfiFuture<()>) {
-    match RUNTIME.get().cloned().or_else(|| tokio::runtime::Handle::try_current().ok()) {
-        Some(rt) => {
-            rt.spawn(fut);
+    let spawned = catch_unwind(AssertUnwindSafe(move || {
+        match tokio::runtime::Handle::try_current().ok().or_else(|| RUNTIME.get().cloned()) {
+            Some(rt) => {
+                rt.spawn(fut);
+            }
+            None => tracing::error!("a plugin spawned a task outside any runtime; dropped"),
         }
-        None => tracing::error!("a plugin spawned a task outside any runtime; dropped"),
+    }));
+    if spawned.is_err() {
+        tracing::error!("spawning a plugin's task failed (the runtime is shutting down?)");
     }
 }
 

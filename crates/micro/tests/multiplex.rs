@@ -120,6 +120,7 @@ async fn world(name: &str, split: bool, extra: Flags) -> Result<World, Box<dyn s
         tokio::time::sleep(Duration::from_millis(ms)).await;
         Ok::<_, Error>(s)
     })?;
+    server.handle("Echo.Big", |n: usize| async move { Ok::<_, Error>("y".repeat(n)) })?;
     server.start().await?;
     let client = Service::builder("caller").flags(flags).catalog(catalog(dials.clone(), split, 64 * 1024)).build()?;
     Ok(World { server, client, dials })
@@ -273,6 +274,106 @@ async fn pipelined_requests_from_a_raw_peer_are_answered_by_id() -> TestResult {
     // In the order they finished, each with its own id and body.
     let want = [("b", "body-b"), ("c", "body-c"), ("a", "body-a")].map(|(i, b)| (i.to_string(), b.to_string()));
     assert_eq!(got, want);
+    w.server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_oversized_reply_fails_only_its_own_call() -> TestResult {
+    let w = world("mux-big-reply", true, Flags::default()).await?;
+    let mut calls = Vec::new();
+    for i in 0..10usize {
+        let c = w.client.client().clone();
+        calls.push(tokio::spawn(async move {
+            if i == 5 {
+                // Over the 64 KiB limit once encoded.
+                c.call::<_, String>("echo", "Echo.Big", &(100 * 1024usize)).await.map(|s| s.len())
+            } else {
+                c.call::<_, String>("echo", "Echo.Slow", &(100u64, format!("{i}"))).await.map(|s| s.len())
+            }
+        }));
+    }
+    for (i, c) in calls.into_iter().enumerate() {
+        match c.await? {
+            Ok(len) => assert!(i != 5 && len == 1, "call {i}: {len}"),
+            Err(e) => {
+                assert_eq!(i, 5, "call {i} failed: {e}");
+                assert_eq!(e.code, 500);
+                assert!(e.detail.contains("over the limit"), "{e}");
+            }
+        }
+    }
+    assert_eq!(w.dials.load(Ordering::SeqCst), 1, "the connection survived");
+    w.server.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stopping_server_answers_new_calls_503_at_once() -> TestResult {
+    let w = world("mux-stopping", true, Flags::default()).await?;
+    let addr = w.server.server().service().nodes[0].address.clone();
+    let c = w.client.client().clone();
+    let slow =
+        tokio::spawn(async move { c.call::<_, String>("echo", "Echo.Slow", &(600u64, "slow".to_string())).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let server = w.server.server().clone();
+    let stopping = tokio::spawn(async move { server.stop().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // On the connection that still drains the slow call: refused at once, not queued.
+    let opts = CallOptions { address: Some(addr), retries: Some(0), ..Default::default() };
+    let e = w.client.client().call_with::<_, String>("echo", "Echo.Call", &"new", HashMap::new(), opts).await.err();
+    assert_eq!(e.as_ref().map(|e| (e.code, e.id.as_str())), Some((503, "go.micro.server")), "{e:?}");
+    assert!(!slow.is_finished(), "the 503 came only after the drain");
+    assert_eq!(slow.await??, "slow");
+    stopping.await??;
+    Ok(())
+}
+
+/// A peer that sends calls and never reads the replies blocks only its own
+/// connection: its handlers still finish and free their in-flight slots.
+#[tokio::test]
+async fn a_peer_that_reads_nothing_holds_no_in_flight_slots() -> TestResult {
+    let extra = Flags { server_max_in_flight: Some(8), ..Flags::default() };
+    let w = world("mux-no-reader", true, extra).await?;
+    let addr = w.server.server().service().nodes[0].address.clone();
+    let mut s = tokio::net::TcpStream::connect(&addr).await?;
+    let mut out = BytesMut::new();
+    fn request(id: &str, endpoint: &str, body: &[u8], out: &mut BytesMut) -> Result<(), frame::FrameError> {
+        let hs = [
+            (headers::ID, id),
+            (headers::SERVICE, "echo"),
+            (headers::ENDPOINT, endpoint),
+            (headers::CONTENT_TYPE, "application/json"),
+        ];
+        frame::encode_parts_prefixed(hs, body, out)
+    }
+    // 32 MiB of replies, more than loopback buffers hold, then 8 slow calls.
+    for i in 0..512 {
+        request(&format!("big-{i}"), "Echo.Big", b"65000", &mut out)?;
+    }
+    for i in 0..8 {
+        request(&format!("slow-{i}"), "Echo.Slow", b"[300,\"x\"]", &mut out)?;
+    }
+    s.write_all(&out).await?;
+    // The slow calls finish while their replies cannot be written, and free
+    // their slots: a good client is soon served instead of told the server
+    // is busy (which it would be for ever if they held them).
+    let opts = CallOptions { address: Some(addr), retries: Some(0), ..Default::default() };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let c = w.client.client();
+        match c.call_with::<_, String>("echo", "Echo.Call", &"fine", HashMap::new(), opts.clone()).await {
+            Ok(got) => {
+                assert_eq!(got, "fine");
+                break;
+            }
+            Err(e) if e.code == 503 && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    drop(s);
     w.server.stop().await?;
     Ok(())
 }

@@ -35,6 +35,9 @@ struct Shared {
     /// TTL, checked without the lock on every call).
     last_used_ms: AtomicU64,
     born: Instant,
+    /// Ends the reader and writer (which closes the socket) once the
+    /// connection is broken or its last handle is dropped.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 #[derive(Default)]
@@ -56,9 +59,10 @@ impl Shared {
             let mut st = lock(&self.state);
             st.broken.get_or_insert_with(|| e.clone());
             self.broken.store(true, Ordering::Relaxed);
-            st.out.clear();
+            st.out = bytes::BytesMut::new();
             std::mem::take(&mut st.waiting)
         };
+        self.stop.cancel();
         for (_, w) in waiting {
             let _ = w.send(Err(e.clone()));
         }
@@ -69,7 +73,6 @@ impl Shared {
 /// and closes it.
 pub(super) struct MuxConn {
     shared: Arc<Shared>,
-    _stop: tokio_util::sync::DropGuard,
 }
 
 /// A request queued on a connection; its reply arrives through [`Pending::reply`].
@@ -114,11 +117,11 @@ impl MuxConn {
             broken: AtomicBool::new(false),
             last_used_ms: AtomicU64::new(0),
             born: Instant::now(),
+            stop: tokio_util::sync::CancellationToken::new(),
         });
-        let stop = tokio_util::sync::CancellationToken::new();
         // Inside a plugin these run on the host's runtime (see `micro_plugin::host::spawn`).
         let (w, r) = (shared.clone(), shared.clone());
-        let (stop_w, stop_r) = (stop.clone(), stop.clone());
+        let (stop_w, stop_r) = (shared.stop.clone(), shared.stop.clone());
         micro_plugin::host::spawn(async move {
             let write = async {
                 loop {
@@ -138,7 +141,12 @@ impl MuxConn {
                                 st.writing = false;
                                 break;
                             }
-                            st.out.split().freeze()
+                            let batch = st.out.split().freeze();
+                            if st.out.capacity() > 64 * 1024 {
+                                // A large batch's buffer is not kept pinned to the connection.
+                                st.out = bytes::BytesMut::new();
+                            }
+                            batch
                         };
                         if let Err(e) = tx.send_frames(batch).await {
                             w.fail(Error::internal(ID, format!("connection error: {}", e.detail)));
@@ -184,7 +192,7 @@ impl MuxConn {
                 e = read => r.fail(e),
             }
         });
-        MuxConn { shared, _stop: stop.drop_guard() }
+        MuxConn { shared }
     }
 
     /// Queues a request whose frame `encode` appends (length prefix
@@ -271,7 +279,22 @@ impl Conns {
     /// A connection to `address`: one already open when there are
     /// `per_address` of them, else a new one.
     pub(super) async fn get(&self, transport: &dyn Transport, address: &str) -> Result<Got> {
-        let addr = lock(&self.addresses).entry(address.to_string()).or_default().clone();
+        let addr = {
+            let mut addresses = lock(&self.addresses);
+            match addresses.get(address) {
+                Some(a) => a.clone(),
+                None => {
+                    // A new address: forget those whose connections all ended
+                    // (nodes that went away), so the map does not grow forever.
+                    addresses.retain(|_, a| {
+                        let mut conns = lock(&a.conns);
+                        conns.retain(|c| c.usable(self.ttl));
+                        !conns.is_empty()
+                    });
+                    addresses.entry(address.to_string()).or_default().clone()
+                }
+            }
+        };
         if let Some(c) = self.pick(&addr) {
             return Ok(Got::Mux(c));
         }

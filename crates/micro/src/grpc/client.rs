@@ -319,6 +319,8 @@ impl Client for GrpcClient {
         // The response headers come when the server starts answering, which
         // for a client stream may be after its last message: open in the background.
         tokio::spawn(async move {
+            // A stream counts on its connection for as long as it runs.
+            let _in_flight = _in_flight;
             let watch = incoming.clone();
             let run = async {
                 let mut inbound = match grpc.streaming(request, path, BytesCodec).await {

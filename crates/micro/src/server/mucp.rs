@@ -290,8 +290,12 @@ impl Conn {
         let mut out = bytes::BytesMut::new();
         let mut recv = Box::pin(next(rx));
         let mut reading = true;
+        // Stopping: requests still read are answered 503 (the client retries
+        // them elsewhere at once); those running finish and are answered.
+        let mut stopping = false;
         let mut last = tokio::time::Instant::now();
-        self.start(first, &mut running, &mut out);
+        let max = tx.max_message_size();
+        self.start(first, max, stopping, &mut running, &mut out);
         loop {
             // Everything ready now is taken before writing, so that one
             // write carries every reply there is.
@@ -300,7 +304,7 @@ impl Conn {
                 if reading {
                     if let Poll::Ready((rx, f)) = futures::poll!(recv.as_mut()) {
                         progressed = true;
-                        reading = self.on_frame(f, &mut running, &mut out, peer);
+                        reading = self.on_frame(f, max, stopping, &mut running, &mut out, peer);
                         if reading {
                             recv.set(next(rx));
                         }
@@ -315,28 +319,60 @@ impl Conn {
                 }
             }
             if !out.is_empty() {
-                if let Err(e) = tx.send_frames(out.split().freeze()).await {
-                    tracing::debug!(%peer, reason = %e.detail, "closing connection");
-                    break;
+                let batch = out.split().freeze();
+                if out.capacity() > 64 * 1024 {
+                    // A large batch's buffer is not kept pinned to the connection.
+                    out = bytes::BytesMut::new();
+                }
+                let send = tx.send_frames(batch);
+                tokio::pin!(send);
+                // On loopback a write nearly always completes at once; only a
+                // write that waits arms a timer.
+                let sent = match futures::poll!(send.as_mut()) {
+                    Poll::Ready(r) => Some(r),
+                    Poll::Pending => {
+                        let limit = tokio::time::sleep(self.idle_timeout);
+                        tokio::pin!(limit);
+                        loop {
+                            tokio::select! {
+                                biased;
+                                r = &mut send => break Some(r),
+                                // Handlers go on (and free their in-flight slots)
+                                // while a peer that reads slowly holds the write up.
+                                Some(reply) = running.next(), if !running.is_empty() => out.extend_from_slice(&reply),
+                                _ = &mut limit => break None,
+                            }
+                        }
+                    }
+                };
+                match sent {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
+                        tracing::debug!(%peer, reason = %e.detail, "closing connection");
+                        break;
+                    }
+                    None => {
+                        tracing::warn!(%peer, limit = ?self.idle_timeout, "peer reads no replies; closing connection");
+                        break;
+                    }
                 }
                 // Idle from the reply on, not from the request: a long call is no idleness.
                 last = tokio::time::Instant::now();
             }
-            if !reading && running.is_empty() {
+            if (!reading || stopping) && running.is_empty() && out.is_empty() {
                 break;
             }
             tokio::select! {
                 biased;
-                // Stopping: no new requests; those running finish and are answered.
-                _ = &mut cancelled, if reading => reading = false,
+                _ = &mut cancelled, if !stopping => stopping = true,
                 Some(reply) = running.next(), if !running.is_empty() => out.extend_from_slice(&reply),
                 (rx, f) = &mut recv, if reading => {
-                    reading = self.on_frame(f, &mut running, &mut out, peer);
+                    reading = self.on_frame(f, max, stopping, &mut running, &mut out, peer);
                     if reading {
                         recv.set(next(rx));
                     }
                 }
-                _ = &mut idle, if reading => {
+                _ = &mut idle, if reading && !stopping => {
                     if !self.still_busy(idle.as_mut(), last, !running.is_empty()) {
                         tracing::debug!(%peer, idle = ?self.idle_timeout, "closing idle connection");
                         reading = false;
@@ -352,6 +388,8 @@ impl Conn {
     fn on_frame<'a>(
         &'a self,
         f: Result<bytes::Bytes>,
+        max: Option<usize>,
+        stopping: bool,
         running: &mut FuturesUnordered<BoxFuture<'a, bytes::Bytes>>,
         out: &mut bytes::BytesMut,
         peer: &str,
@@ -368,21 +406,27 @@ impl Conn {
             out.extend_from_slice(&error_reply(&req, &e));
             return true;
         }
-        self.start(req, running, out);
+        self.start(req, max, stopping, running, out);
         true
     }
 
-    /// Starts a call on a multiplexed connection (or answers at once that
-    /// the server is at its in-flight limit).
+    /// Starts a call on a multiplexed connection, or answers at once that
+    /// the server is at its in-flight limit or stopping.
     fn start<'a>(
         &'a self,
         req: Incoming,
+        max: Option<usize>,
+        stopping: bool,
         running: &mut FuturesUnordered<BoxFuture<'a, bytes::Bytes>>,
         out: &mut bytes::BytesMut,
     ) {
+        if stopping {
+            out.extend_from_slice(&error_reply(&req, &Error::unavailable(ID, "server stopping")));
+            return;
+        }
         match self.in_flight.clone().try_acquire_owned() {
             Ok(permit) => running.push(Box::pin(async move {
-                let reply = dispatch(&self.handlers, &self.service, req).await;
+                let reply = dispatch(&self.handlers, &self.service, req, max).await;
                 drop(permit);
                 reply
             })),
@@ -394,7 +438,7 @@ impl Conn {
     /// Serves one call (or answers that the server is at its limit).
     async fn call(&self, req: Incoming) -> bytes::Bytes {
         match self.in_flight.clone().try_acquire_owned() {
-            Ok(_permit) => dispatch(&self.handlers, &self.service, req).await,
+            Ok(_permit) => dispatch(&self.handlers, &self.service, req, None).await,
             Err(_) => busy(&req),
         }
     }
@@ -645,7 +689,14 @@ fn busy(req: &Incoming) -> bytes::Bytes {
 }
 
 /// Serves one request and encodes the reply frame (length prefix included).
-async fn dispatch(handlers: &HashMap<String, Handler>, service: &str, mut req: Incoming) -> bytes::Bytes {
+/// A reply over `max` becomes an error reply saying so: on a connection
+/// that carries other calls, one oversized reply must not take it down.
+async fn dispatch(
+    handlers: &HashMap<String, Handler>,
+    service: &str,
+    mut req: Incoming,
+    max: Option<usize>,
+) -> bytes::Bytes {
     let result = match handlers.get(&req.endpoint) {
         None => Err(Error::not_found(ID, format!("unknown endpoint {} of service {service}", req.endpoint))),
         Some(h) => {
@@ -662,7 +713,15 @@ async fn dispatch(handlers: &HashMap<String, Handler>, service: &str, mut req: I
     match result {
         Ok(resp) => {
             let extra = resp.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-            reply_frame(&req, &resp.content_type, extra, &resp.body)
+            let reply = reply_frame(&req, &resp.content_type, extra, &resp.body);
+            match max {
+                Some(max) if reply.len() - 4 > max => {
+                    let e = frame::FrameError::TooLarge { size: reply.len() - 4, max };
+                    tracing::warn!(endpoint = %req.endpoint, error = %e, "reply refused");
+                    error_reply(&req, &Error::internal(ID, format!("the reply of {}: {e}", req.endpoint)))
+                }
+                _ => reply,
+            }
         }
         Err(e) => {
             if e.code >= 500 {
