@@ -60,6 +60,14 @@ pub fn encode(msg: &Message, out: &mut BytesMut) -> Result<(), FrameError> {
     Ok(())
 }
 
+/// Encodes a message into the part of a frame after its length prefix
+/// (what [`Socket::send_frame`](crate::Socket::send_frame) takes).
+pub fn to_frame(msg: &Message) -> Result<Bytes, FrameError> {
+    let mut out = BytesMut::new();
+    encode(msg, &mut out)?;
+    Ok(out.freeze().slice(4..))
+}
+
 /// Checks a length prefix against the limit.
 pub fn check_len(len: u32, max: usize) -> Result<usize, FrameError> {
     let size = len as usize;

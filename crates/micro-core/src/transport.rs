@@ -1,7 +1,7 @@
 //! Point-to-point message transport between client and server.
 
 use crate::{async_trait, frame, Error, Message, Result};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::time::Duration;
 
 /// What a transport constructor is given.
@@ -91,9 +91,7 @@ pub trait Socket: Send {
     /// Receives a message in [`frame`] encoding (without the length prefix).
     async fn recv_frame(&mut self) -> Result<Bytes> {
         let msg = self.recv().await?;
-        let mut out = BytesMut::new();
-        frame::encode(&msg, &mut out).map_err(|e| Error::internal("go.micro.transport", e.to_string()))?;
-        Ok(out.freeze().slice(4..))
+        frame::to_frame(&msg).map_err(|e| Error::internal("go.micro.transport", e.to_string()))
     }
     /// Splits the connection into halves that two tasks can use at once,
     /// which streams need; the socket is unusable afterwards. `None` when
@@ -143,8 +141,6 @@ pub trait SocketReceiver: Send {
     /// Receives a message in [`frame`] encoding (without the length prefix).
     async fn recv_frame(&mut self) -> Result<Bytes> {
         let msg = self.recv().await?;
-        let mut out = BytesMut::new();
-        frame::encode(&msg, &mut out).map_err(|e| Error::internal("go.micro.transport", e.to_string()))?;
-        Ok(out.freeze().slice(4..))
+        frame::to_frame(&msg).map_err(|e| Error::internal("go.micro.transport", e.to_string()))
     }
 }

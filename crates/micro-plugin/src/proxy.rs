@@ -456,9 +456,7 @@ struct SenderProxy {
 #[async_trait]
 impl SocketSender for SenderProxy {
     async fn send(&mut self, msg: Message) -> Result<()> {
-        let mut out = bytes::BytesMut::new();
-        micro_core::frame::encode(&msg, &mut out).map_err(|e| Error::internal("go.micro.plugin", e.to_string()))?;
-        self.remote.call(halves_m::SEND, &out[4..], Vec::new()).await.map(|_| ())
+        self.remote.call(halves_m::SEND, &frame_of(&msg)?, Vec::new()).await.map(|_| ())
     }
     async fn send_frames(&mut self, batch: bytes::Bytes) -> Result<()> {
         self.remote.call(halves_m::SEND_FRAMES, &batch, Vec::new()).await.map(|_| ())
@@ -479,14 +477,23 @@ struct ReceiverProxy {
 #[async_trait]
 impl SocketReceiver for ReceiverProxy {
     async fn recv(&mut self) -> Result<Message> {
-        let f = self.recv_frame().await?;
-        micro_core::frame::decode(f)
-            .map_err(|e| Error::internal("go.micro.plugin", format!("message from the other side: {e}")))
+        message_of(self.recv_frame().await?)
     }
     async fn recv_frame(&mut self) -> Result<bytes::Bytes> {
         let r = self.remote.call(halves_m::RECV, &[], Vec::new()).await?;
         Ok(bytes::Bytes::copy_from_slice(r.bytes.as_slice()))
     }
+}
+
+/// A message in the frame encoding sockets' messages cross the boundary in.
+fn frame_of(msg: &Message) -> Result<bytes::Bytes> {
+    micro_core::frame::to_frame(msg).map_err(|e| Error::internal("go.micro.plugin", e.to_string()))
+}
+
+/// A message received across the boundary, from its frame encoding.
+fn message_of(frame: bytes::Bytes) -> Result<Message> {
+    micro_core::frame::decode(frame)
+        .map_err(|e| Error::internal("go.micro.plugin", format!("message from the other side: {e}")))
 }
 
 struct SocketProxy {
@@ -507,14 +514,10 @@ impl SocketProxy {
 #[async_trait]
 impl Socket for SocketProxy {
     async fn send(&mut self, msg: Message) -> Result<()> {
-        let mut out = bytes::BytesMut::new();
-        micro_core::frame::encode(&msg, &mut out).map_err(|e| Error::internal("go.micro.plugin", e.to_string()))?;
-        self.remote.call(socket_m::SEND, &out[4..], Vec::new()).await.map(|_| ())
+        self.remote.call(socket_m::SEND, &frame_of(&msg)?, Vec::new()).await.map(|_| ())
     }
     async fn recv(&mut self) -> Result<Message> {
-        let r = self.remote.call(socket_m::RECV, &[], Vec::new()).await?;
-        micro_core::frame::decode(bytes::Bytes::copy_from_slice(r.bytes.as_slice()))
-            .map_err(|e| Error::internal("go.micro.plugin", format!("message from the plugin: {e}")))
+        message_of(self.recv_frame().await?)
     }
     async fn send_frame(&mut self, encoded: bytes::Bytes) -> Result<()> {
         self.remote.call(socket_m::SEND, &encoded, Vec::new()).await.map(|_| ())

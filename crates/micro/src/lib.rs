@@ -44,6 +44,13 @@ pub mod stream;
 pub mod transport;
 
 pub use catalog::Catalog;
+
+/// Locks a mutex whose data stays consistent even if a holder panicked
+/// (every lock in this crate guards plain maps and options), so a panic in
+/// one task never poisons the component for the others.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 pub use client::TypedClient;
 pub use flags::Flags;
 pub use micro_core as core;

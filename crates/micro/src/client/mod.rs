@@ -20,6 +20,11 @@ pub(crate) async fn publish(broker: &dyn Broker, topic: &str, mut msg: Message) 
     broker.publish(topic, msg).await
 }
 
+/// A transport failure as a client reports it (retried under the usual rules).
+pub(crate) fn connection_error(e: &Error) -> Error {
+    Error::internal("go.micro.client", format!("connection error: {}", e.detail))
+}
+
 /// What one attempt of a call ended with: the call's answer, or a
 /// connection problem that another attempt (maybe to another node) may fix.
 pub(crate) enum Attempt {

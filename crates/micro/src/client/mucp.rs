@@ -1,5 +1,6 @@
 use super::mux::{Conns, Got, QueueError};
 use super::Attempt;
+use crate::lock;
 use micro_core::frame;
 use micro_core::{
     async_trait, headers, CallOptions, Client, ClientOptions, Error, Message, Request, Response, Result, SelectOptions,
@@ -57,7 +58,6 @@ impl MucpClient {
     }
 
     async fn attempt(&self, address: &str, req: &Request, deadline: Instant) -> Attempt {
-        let conn_err = |e: Error| Attempt::Conn(Error::internal(ID, format!("connection error: {}", e.detail)));
         if self.plain.load(Ordering::Relaxed) {
             return self.attempt_plain(None, address, req, deadline).await;
         }
@@ -68,7 +68,7 @@ impl MucpClient {
                 self.plain.store(true, Ordering::Relaxed);
                 return self.attempt_plain(Some(sock), address, req, deadline).await;
             }
-            Err(e) => return conn_err(e),
+            Err(e) => return Attempt::Conn(super::connection_error(&e)),
         };
         let id = self.seq.fetch_add(1, Ordering::Relaxed);
         let pending = match conn.queue(id, |out| encode_request(req, id, deadline, out)) {
@@ -97,12 +97,11 @@ impl MucpClient {
         req: &Request,
         deadline: Instant,
     ) -> Attempt {
-        let conn_err = |e: Error| Attempt::Conn(Error::internal(ID, format!("connection error: {}", e.detail)));
         let mut sock = match sock.or_else(|| self.pool.get(address)) {
             Some(s) => s,
             None => match self.opts.transport.dial(address).await {
                 Ok(s) => s,
-                Err(e) => return conn_err(e),
+                Err(e) => return Attempt::Conn(super::connection_error(&e)),
             },
         };
         let id = self.seq.fetch_add(1, Ordering::Relaxed);
@@ -113,13 +112,13 @@ impl MucpClient {
         }
         if let Err(e) = sock.send_frame(out.freeze().slice(4..)).await {
             self.pool.clear(address);
-            return conn_err(e);
+            return Attempt::Conn(super::connection_error(&e));
         }
         let reply = match sock.recv_frame().await {
             Ok(f) => f,
             Err(e) => {
                 self.pool.clear(address);
-                return conn_err(e);
+                return Attempt::Conn(super::connection_error(&e));
             }
         };
         let res = parse_reply(reply, id, req);
@@ -226,7 +225,7 @@ impl Client for MucpClient {
                     }
                     attempt += 1;
                 }
-                Err(e) => return Err(Error::internal(ID, format!("connection error: {}", e.detail))),
+                Err(e) => return Err(super::connection_error(&e)),
             }
         };
         let id = self.seq.fetch_add(1, Ordering::Relaxed).to_string();
@@ -349,7 +348,7 @@ impl Pool {
     }
 
     fn get(&self, address: &str) -> Option<Box<dyn Socket>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = lock(&self.idle);
         let list = idle.get_mut(address)?;
         while let Some((sock, since)) = list.pop() {
             if since.elapsed() < self.ttl {
@@ -360,7 +359,7 @@ impl Pool {
     }
 
     fn put(&self, address: &str, sock: Box<dyn Socket>) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = lock(&self.idle);
         let list = idle.entry(address.to_string()).or_default();
         if list.len() < self.size {
             list.push((sock, Instant::now()));
@@ -369,6 +368,6 @@ impl Pool {
 
     /// After a connection error the other idle connections to that address are suspect too.
     fn clear(&self, address: &str) {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).remove(address);
+        lock(&self.idle).remove(address);
     }
 }

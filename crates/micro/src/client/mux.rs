@@ -5,10 +5,11 @@
 //! The wire format is go-micro's: a server that answers one call at a time
 //! still answers every call, in order.
 
+use crate::lock;
 use micro_core::{frame, headers, Error, Result, SocketReceiver, SocketSender, Transport};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
 
@@ -16,10 +17,6 @@ const ID: &str = "go.micro.client";
 
 /// A reply frame, or why the connection failed before it came.
 type Reply = std::result::Result<bytes::Bytes, Error>;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The state a connection's callers, writer and reader share.
 struct Shared {
@@ -31,10 +28,13 @@ struct Shared {
     max: Option<usize>,
     /// `state.broken` is set, readable without the lock.
     broken: AtomicBool,
-    /// When the last reply came, in milliseconds since `born` (for the idle
-    /// TTL, checked without the lock on every call).
+    /// When the last reply came (or the connection was made), in
+    /// milliseconds since `epoch` (for the idle TTL, checked without the
+    /// lock on every call).
     last_used_ms: AtomicU64,
-    born: Instant,
+    /// The clock of the [`Conns`] this connection belongs to: one reading
+    /// of it checks every connection of an address.
+    epoch: Instant,
     /// Ends the reader and writer (which closes the socket) once the
     /// connection is broken or its last handle is dropped.
     stop: tokio_util::sync::CancellationToken,
@@ -109,14 +109,14 @@ pub(super) enum QueueError {
 }
 
 impl MuxConn {
-    fn start(mut tx: Box<dyn SocketSender>, mut rx: Box<dyn SocketReceiver>) -> MuxConn {
+    fn start(mut tx: Box<dyn SocketSender>, mut rx: Box<dyn SocketReceiver>, epoch: Instant) -> MuxConn {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             max: tx.max_message_size(),
             broken: AtomicBool::new(false),
-            last_used_ms: AtomicU64::new(0),
-            born: Instant::now(),
+            last_used_ms: AtomicU64::new(epoch.elapsed().as_millis() as u64),
+            epoch,
             stop: tokio_util::sync::CancellationToken::new(),
         });
         // Inside a plugin these run on the host's runtime (see `micro_plugin::host::spawn`).
@@ -149,7 +149,7 @@ impl MuxConn {
                             batch
                         };
                         if let Err(e) = tx.send_frames(batch).await {
-                            w.fail(Error::internal(ID, format!("connection error: {}", e.detail)));
+                            w.fail(super::connection_error(&e));
                             return;
                         }
                     }
@@ -166,7 +166,7 @@ impl MuxConn {
                 loop {
                     let frame = match rx.recv_frame().await {
                         Ok(f) => f,
-                        Err(e) => return Error::internal(ID, format!("connection error: {}", e.detail)),
+                        Err(e) => return super::connection_error(&e),
                     };
                     let mut id = None;
                     if let Err(e) = frame::decode_with(frame.clone(), |k, v| {
@@ -181,7 +181,7 @@ impl MuxConn {
                         return Error::internal(ID, "reply without a request id of this client");
                     };
                     let waiter = lock(&r.state).waiting.remove(&id);
-                    r.last_used_ms.store(r.born.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    r.last_used_ms.store(r.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
                     if let Some(w) = waiter {
                         let _ = w.send(Ok(frame));
                     }
@@ -228,12 +228,13 @@ impl MuxConn {
         Ok(Pending { shared: self.shared.clone(), id, rx: Some(rx) })
     }
 
-    /// Usable for a new call: not broken, and with a reply less than `ttl`
-    /// ago (or none yet). A connection left idle longer is not trusted to
-    /// be open still (the server closes idle ones) and is replaced.
-    fn usable(&self, ttl: Duration) -> bool {
+    /// Usable for a new call at `now` (since `epoch`): not broken, and with
+    /// a reply (or its making) less than `ttl` ago. A connection left idle
+    /// longer is not trusted to be open still (the server closes idle ones)
+    /// and is replaced.
+    fn usable(&self, ttl: Duration, now: Duration) -> bool {
         let s = &self.shared;
-        let idle = s.born.elapsed().saturating_sub(Duration::from_millis(s.last_used_ms.load(Ordering::Relaxed)));
+        let idle = now.saturating_sub(Duration::from_millis(s.last_used_ms.load(Ordering::Relaxed)));
         !s.broken.load(Ordering::Relaxed) && idle < ttl
     }
 }
@@ -269,11 +270,12 @@ pub(super) struct Conns {
     per_address: usize,
     ttl: Duration,
     addresses: Mutex<HashMap<String, Arc<Address>>>,
+    epoch: Instant,
 }
 
 impl Conns {
     pub(super) fn new(per_address: usize, ttl: Duration) -> Self {
-        Conns { per_address: per_address.max(1), ttl, addresses: Mutex::new(HashMap::new()) }
+        Conns { per_address: per_address.max(1), ttl, addresses: Mutex::new(HashMap::new()), epoch: Instant::now() }
     }
 
     /// A connection to `address`: one already open when there are
@@ -286,9 +288,10 @@ impl Conns {
                 None => {
                     // A new address: forget those whose connections all ended
                     // (nodes that went away), so the map does not grow forever.
+                    let now = self.epoch.elapsed();
                     addresses.retain(|_, a| {
                         let mut conns = lock(&a.conns);
-                        conns.retain(|c| c.usable(self.ttl));
+                        conns.retain(|c| c.usable(self.ttl, now));
                         !conns.is_empty()
                     });
                     addresses.entry(address.to_string()).or_default().clone()
@@ -305,7 +308,7 @@ impl Conns {
         }
         let mut sock = transport.dial(address).await?;
         let Some((tx, rx)) = sock.split() else { return Ok(Got::Plain(sock)) };
-        let conn = Arc::new(MuxConn::start(tx, rx));
+        let conn = Arc::new(MuxConn::start(tx, rx, self.epoch));
         lock(&addr.conns).push(conn.clone());
         Ok(Got::Mux(conn))
     }
@@ -314,7 +317,8 @@ impl Conns {
     /// when fewer than `per_address` are open.
     fn pick(&self, addr: &Address) -> Option<Arc<MuxConn>> {
         let mut conns = lock(&addr.conns);
-        conns.retain(|c| c.usable(self.ttl));
+        let now = self.epoch.elapsed();
+        conns.retain(|c| c.usable(self.ttl, now));
         if conns.len() < self.per_address {
             return None;
         }

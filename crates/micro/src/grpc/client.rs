@@ -3,6 +3,7 @@
 
 use super::{from_status, put_metadata, wire_content_type, BytesCodec};
 use crate::client::{with_retries, Attempt};
+use crate::lock;
 use crate::transport::Net;
 use futures::StreamExt;
 use micro_core::{
@@ -76,7 +77,7 @@ impl GrpcClient {
         }
         let ct = http::HeaderValue::from_str(wire_content_type(content_type))
             .map_err(|_| Error::bad_request(ID, format!("content type {content_type:?} is not a valid header")))?;
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut channels = lock(&self.channels);
         let list = match channels.get(address) {
             Some(l) => l.clone(),
             None => {
@@ -105,7 +106,7 @@ impl GrpcClient {
     /// away do not pile up; the next call to it (if any) connects afresh.
     fn forget(&self, address: &str) {
         self.clients.write().unwrap_or_else(|p| p.into_inner()).remove(address);
-        self.channels.lock().unwrap_or_else(|p| p.into_inner()).remove(address);
+        lock(&self.channels).remove(address);
     }
 
     async fn attempt(&self, address: &str, req: &Request, timeout: Duration) -> Attempt {

@@ -3,6 +3,7 @@
 //! and every path routed to micro's handlers by name.
 
 use super::{metadata_of, parse_timeout, to_status, BytesCodec};
+use crate::lock;
 use crate::server::{invoke, unsubscribe_all, Endpoints};
 use crate::transport::{Net, TokioNet};
 use bytes::Bytes;
@@ -47,10 +48,6 @@ struct Running {
     accept: tokio::task::JoinHandle<GracefulShutdown>,
     subs: Vec<Box<dyn Subscription>>,
     health: HealthReporter,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl GrpcServer {

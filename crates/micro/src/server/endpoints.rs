@@ -2,6 +2,7 @@
 //! were given before start, the checks on adding them, the broker
 //! subscriptions made at start, and the service record they advertise.
 
+use crate::lock;
 use micro_core::{
     Broker, Endpoint, Error, Handler, Node, Result, ServerOptions, Service, SubscribeOptions, Subscriber, Subscription,
 };
@@ -9,10 +10,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 const ID: &str = "go.micro.server";
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The handlers and subscribers of a server.
 #[derive(Default)]

@@ -1,4 +1,5 @@
 use super::endpoints::{unsubscribe_all, Endpoints};
+use crate::lock;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
@@ -40,24 +41,20 @@ impl MucpServer {
     pub fn new(opts: ServerOptions) -> Self {
         MucpServer { opts, endpoints: Endpoints::default(), running: Mutex::new(None), address: Mutex::new(None) }
     }
-
-    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-        m.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 #[async_trait]
 impl Server for MucpServer {
     fn handle(&self, handler: Handler) -> Result<()> {
-        self.endpoints.add_handler(handler, Self::lock(&self.running).is_some())
+        self.endpoints.add_handler(handler, lock(&self.running).is_some())
     }
 
     fn subscribe(&self, subscriber: Subscriber) -> Result<()> {
-        self.endpoints.add_subscriber(subscriber, Self::lock(&self.running).is_some())
+        self.endpoints.add_subscriber(subscriber, lock(&self.running).is_some())
     }
 
     async fn start(&self) -> Result<()> {
-        if Self::lock(&self.running).is_some() {
+        if lock(&self.running).is_some() {
             return Err(Error::conflict(ID, "server already started"));
         }
         let listener = self.opts.transport.listen(&self.opts.address).await?;
@@ -102,13 +99,13 @@ impl Server for MucpServer {
             }
         });
         tracing::info!(service = %self.opts.name, %address, transport = self.opts.transport.name(), "server listening");
-        *Self::lock(&self.address) = Some(address);
-        *Self::lock(&self.running) = Some(Running { cancel, tracker, subs });
+        *lock(&self.address) = Some(address);
+        *lock(&self.running) = Some(Running { cancel, tracker, subs });
         Ok(())
     }
 
     async fn stop(&self) -> Result<()> {
-        let Some(running) = Self::lock(&self.running).take() else { return Ok(()) };
+        let Some(running) = lock(&self.running).take() else { return Ok(()) };
         unsubscribe_all(&running.subs).await;
         // Idle connections close now; connections inside a request finish it first.
         running.cancel.cancel();
@@ -120,7 +117,7 @@ impl Server for MucpServer {
     }
 
     fn service(&self) -> Service {
-        let address = Self::lock(&self.address).clone().unwrap_or_default();
+        let address = lock(&self.address).clone().unwrap_or_default();
         let transport = self.opts.transport.name();
         self.endpoints.record(
             &self.opts,
