@@ -215,7 +215,7 @@ enum PluginCommand {
     },
 }
 
-async fn plugin_command(cmd: PluginCommand, output: Output, allow_insecure: bool) -> anyhow::Result<()> {
+async fn plugin_command(cmd: PluginCommand, output: Output, opts: micro::plugin::LoadOptions) -> anyhow::Result<()> {
     use micro::plugin::{BuildOptions, FrameworkSource, Progress};
     match cmd {
         PluginCommand::Build { spec, out, debug, target_dir, offline } => {
@@ -248,11 +248,12 @@ async fn plugin_command(cmd: PluginCommand, output: Output, allow_insecure: bool
         }
         PluginCommand::Inspect { file } => {
             let host = micro::plugin::BuildInfo::host();
-            let res = micro::plugin::load(&file, micro::plugin::LoadOptions { allow_insecure });
+            // Inspect reads and checks the file; it never opens the library,
+            // so nothing of the file runs (not even its constructors).
+            let res = micro::plugin::inspect(&file, opts);
             let json = match &res {
                 Ok(c) => {
-                    let mut catalog = micro::catalog::builtin();
-                    let init = micro::plugin::init(c, &mut catalog);
+                    let init = micro::plugin::check_kind(c);
                     serde_json::json!({
                         "file": c.file, "name": c.name, "type": c.kind, "path": c.path, "new_func": c.new_func,
                         "build": c.build, "host": host,
@@ -277,6 +278,8 @@ async fn plugin_command(cmd: PluginCommand, output: Output, allow_insecure: bool
                     println!("Future ABI:   {} (host {})", b("future_abi_version"), host.future_abi_version);
                     println!("Built with:   {} (host {})", b("rustc"), host.rustc);
                     println!("Target:       {} (host {})", b("target"), host.target);
+                    println!("Panics:       {} (host {})", b("panic"), host.panic);
+                    println!("Layout:       {} (host {})", b("layout"), host.layout);
                     println!("Framework:    micro-plugin {} (host {})", b("framework"), host.framework);
                 }
                 match json["reason"].as_str() {
@@ -361,7 +364,17 @@ async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Commands that need no components.
     match cli.command {
-        Command::Plugin(cmd) => return plugin_command(cmd, cli.output, cli.micro.plugin_allow_insecure).await,
+        Command::Plugin(cmd) => {
+            return plugin_command(
+                cmd,
+                cli.output,
+                micro::plugin::LoadOptions {
+                    allow_insecure: cli.micro.plugin_allow_insecure,
+                    allow_panic_abort: cli.micro.plugin_allow_panic_abort,
+                },
+            )
+            .await;
+        }
         Command::New { dir, micro_path } => {
             let files = scaffold::generate(&dir, &scaffold::micro_dependency(micro_path.as_deref()))?;
             for f in files {

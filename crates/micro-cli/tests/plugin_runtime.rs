@@ -10,6 +10,7 @@ use micro::core::{CallOptions, Client, Request};
 use micro::{Flags, Service};
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Everything the host's tracing subscriber writes, for assertions.
@@ -104,6 +105,48 @@ async fn tokio_and_tracing_work_inside_a_plugin_and_panics_are_contained() -> Te
     let e = call(&c, "Probe.PanicInPoll", b"").await.err().ok_or("no error")?;
     assert!(e.detail.contains("panic: probe panics inside a polled future"), "{e}");
     assert_eq!(call(&c, "Probe.Spawn", b"").await?, "42");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_plugin_calls_are_dropped_on_the_plugin_runtime_and_never_abort() -> TestResult {
+    captured();
+    let plugin = tokio::task::spawn_blocking(|| probe(None)).await?;
+    let svc = probe_service(&plugin)?;
+    let c = svc.client().inner().clone();
+    let deadline = Duration::from_millis(200);
+
+    // The future's drop spawns a clean-up task: that needs the plugin's
+    // runtime entered on the host thread that cancels the call.
+    let r = tokio::time::timeout(deadline, call(&c, "Probe.DropNeedsRuntime", b"")).await;
+    assert!(r.is_err(), "the call never answers: the deadline cancels it");
+    let t0 = std::time::Instant::now();
+    while call(&c, "Probe.CleanedUp", b"").await? != "true" {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the cancelled call's clean-up never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The future's drop panics: logged, contained, and the host goes on.
+    let r = tokio::time::timeout(deadline, call(&c, "Probe.DropPanics", b"")).await;
+    assert!(r.is_err());
+    assert_eq!(call(&c, "Probe.Spawn", b"").await?, "42");
+    let l = logs();
+    assert!(l.contains("panicked while being dropped"), "the panic in drop is reported:\n{l}");
+    assert!(l.contains("probe panics while its cancelled future is dropped"), "{l}");
+    // Many at once, while other calls are served.
+    let mut cancelled = Vec::new();
+    for _ in 0..20 {
+        let c = c.clone();
+        cancelled.push(tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_millis(50), call(&c, "Probe.DropPanics", b"")).await;
+        }));
+    }
+    for _ in 0..20 {
+        assert_eq!(call(&c, "Probe.Sleep", b"").await?, "slept");
+    }
+    for t in cancelled {
+        t.await?;
+    }
     Ok(())
 }
 

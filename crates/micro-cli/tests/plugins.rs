@@ -156,7 +156,7 @@ fn bad_plugins_stop_start_up_with_exact_errors() -> TestResult {
     refused(
         &text.display().to_string(),
         &[],
-        &format!("error: plugin {}: not a loadable shared library", text.canonicalize()?.display()),
+        &format!("error: plugin {}: not an ELF shared library (no ELF magic number)", text.canonicalize()?.display()),
     )?;
 
     // A C shared library without the symbol, built here with cc.

@@ -11,14 +11,25 @@ use async_ffi::FfiFuture;
 use std::ffi::c_void;
 
 /// The first eight bytes of every plugin descriptor: `MICROPLG`.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"MICROPLG");
+pub const MAGIC: [u8; 8] = *b"MICROPLG";
 
 /// The version of this ABI. Bumped on any change to the types in this
-/// module, the method numbering, or the wire encoding.
-pub const ABI_VERSION: u32 = 3;
+/// module, the method numbering, or the wire encoding. (A forgotten bump of
+/// a layout change is still caught: see [`LAYOUT`].)
+pub const ABI_VERSION: u32 = 4;
 
-/// The name of the symbol every plugin exports.
+/// The name of the symbol every plugin exports: its [`PluginDescriptor`],
+/// read from the file before the library is opened.
 pub const SYMBOL: &str = "MICRO_PLUGIN";
+
+/// The name of the symbol with a plugin's entry points ([`PluginEntry`]),
+/// looked up only after the library passed every check and was opened.
+pub const ENTRY_SYMBOL: &str = "MICRO_PLUGIN_ENTRY";
+
+/// [`PluginDescriptor::panic_strategy`] of a plugin built with `panic = "unwind"`.
+pub const PANIC_UNWIND: u32 = 0;
+/// [`PluginDescriptor::panic_strategy`] of a plugin built with `panic = "abort"`.
+pub const PANIC_ABORT: u32 = 1;
 
 /// A borrowed UTF-8 string or byte slice.
 #[repr(C)]
@@ -135,10 +146,10 @@ pub struct ObjectVTable {
 /// socket, a handler… Dropping it releases it on its own side.
 #[repr(C)]
 pub struct FfiObject {
-    /// Opaque state, only meaningful to `vtable`.
-    pub data: *const c_void,
-    /// Its functions; null for "no object".
-    pub vtable: *const ObjectVTable,
+    // Private: dropping an object calls through its vtable, so only code that
+    // vouches for the pair (the unsafe `from_raw`) may make one.
+    data: *const c_void,
+    vtable: *const ObjectVTable,
 }
 
 // SAFETY: every exported object wraps a `Send + Sync` value (see object.rs).
@@ -155,6 +166,26 @@ impl FfiObject {
     /// Whether this is no object.
     pub fn is_null(&self) -> bool {
         self.vtable.is_null()
+    }
+
+    /// An object from its state and vtable; dropping it calls `vtable.drop(data)`.
+    ///
+    /// # Safety
+    /// `vtable` is null, or points at a vtable that lives as long as the
+    /// object and whose functions accept `data` (owned by the new value:
+    /// `drop` is called once, when it is dropped).
+    pub const unsafe fn from_raw(data: *const c_void, vtable: *const ObjectVTable) -> Self {
+        FfiObject { data, vtable }
+    }
+
+    /// The object's state, for its vtable's functions.
+    pub fn data(&self) -> *const c_void {
+        self.data
+    }
+
+    /// The object's vtable; null for no object.
+    pub fn vtable(&self) -> *const ObjectVTable {
+        self.vtable
     }
 }
 
@@ -206,7 +237,10 @@ pub struct HostApi {
     /// Spawns a task on the host's runtime: a plugin's background tasks
     /// (a multiplexed connection's reader and writer) then wake the host's
     /// tasks without crossing threads (see `micro_plugin::host::spawn`).
-    pub spawn: unsafe extern "C" fn(fut: FfiFuture<()>),
+    /// Returns 0 when it took the future (read it out of `*fut`), and 1 when
+    /// the host has no runtime to run it on: `*fut` is left untouched for the
+    /// plugin to run on its own runtime.
+    pub spawn: unsafe extern "C" fn(fut: *mut FfiFuture<()>) -> u32,
 }
 
 // SAFETY: a HostApi is an immutable static of the host: plain data and function pointers.
@@ -334,24 +368,6 @@ pub struct LogEvent {
     pub fields: FfiStr,
 }
 
-/// What a plugin was built with. Its layout never changes, so the loader
-/// can read it from any plugin before trusting anything else.
-#[repr(C)]
-pub struct PluginHeader {
-    /// [`MAGIC`].
-    pub magic: u64,
-    /// The plugin's [`ABI_VERSION`].
-    pub abi_version: u32,
-    /// `async_ffi::ABI_VERSION` of the plugin: futures cross in its layout.
-    pub future_abi_version: u32,
-    /// `rustc --version` of the compiler that built the plugin.
-    pub rustc: FfiStr,
-    /// The target triple.
-    pub target: FfiStr,
-    /// The version of micro-plugin the plugin was built against.
-    pub framework: FfiStr,
-}
-
 /// The component a constructor makes, by number.
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -397,27 +413,218 @@ impl Produces {
     }
 }
 
-/// The exported symbol: the header, then go-micro's Config fields, then
-/// the entry points.
+/// The exported `MICRO_PLUGIN` symbol: go-micro's Config fields and what
+/// the plugin was built with.
+///
+/// It holds no pointers, so it needs no relocation: its bytes in the file
+/// are its value, and the loader reads it from the file (found through the
+/// ELF dynamic symbol table) before the library is opened, so that a foreign
+/// ABI, target or panic strategy is refused before any of the file's code
+/// runs (its constructors included). Its first three fields (`magic`,
+/// `size`, `abi_version`) keep their places in every ABI version; the rest
+/// is read only once those match. Strings are UTF-8, padded with NULs.
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct PluginDescriptor {
-    /// Read and checked first.
-    pub header: PluginHeader,
-    /// The plugin's name, e.g. `brpc`.
-    pub name: FfiStr,
-    /// Its Type: `broker`, `client`, `registry`, `selector`, `server` or `transport`.
-    pub kind: FfiStr,
-    /// Where the implementation lives (a crate path or module).
-    pub path: FfiStr,
-    /// The constructor's name.
-    pub new_func: FfiStr,
+    /// [`MAGIC`].
+    pub magic: [u8; 8],
+    /// `size_of::<PluginDescriptor>()` of the plugin.
+    pub size: u32,
+    /// The plugin's [`ABI_VERSION`].
+    pub abi_version: u32,
+    /// `async_ffi::ABI_VERSION` of the plugin: futures cross in its layout.
+    pub future_abi_version: u32,
+    /// [`PANIC_UNWIND`] or [`PANIC_ABORT`]: whether the plugin's panics can be caught.
+    pub panic_strategy: u32,
     /// What the constructor makes ([`Produces`] as a number).
     pub produces: u32,
+    /// The plugin's [`LAYOUT`] fingerprint, little-endian.
+    pub layout: [u8; 8],
+    /// The plugin's name, e.g. `brpc`.
+    pub name: [u8; 64],
+    /// Its Type: `broker`, `client`, `registry`, `selector`, `server` or `transport`.
+    pub kind: [u8; 16],
+    /// Where the implementation lives (a crate path or module).
+    pub path: [u8; 256],
+    /// The constructor's name.
+    pub new_func: [u8; 256],
+    /// `rustc --version` of the compiler that built the plugin.
+    pub rustc: [u8; 128],
+    /// The target triple.
+    pub target: [u8; 64],
+    /// The version of micro-plugin the plugin was built against.
+    pub framework: [u8; 32],
+}
+
+/// A string field of a [`PluginDescriptor`]: `s` padded with NULs. Too long
+/// a string fails the build of the plugin (this runs at compile time).
+pub const fn fixed<const N: usize>(s: &str) -> [u8; N] {
+    let b = s.as_bytes();
+    assert!(
+        b.len() < N,
+        "a micro plugin descriptor string is too long (name 63, kind 15, path and new_func 255 bytes)"
+    );
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < b.len() {
+        out[i] = b[i];
+        i += 1;
+    }
+    out
+}
+
+/// The text of a string field of a [`PluginDescriptor`] (up to the first
+/// NUL; invalid UTF-8 replaced).
+pub fn fixed_str(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// The exported `MICRO_PLUGIN_ENTRY` symbol: the plugin's entry points.
+/// Looked up only after the library passed every check and was opened.
+#[repr(C)]
+pub struct PluginEntry {
+    /// The plugin's [`LAYOUT`], compared again once the library is open.
+    pub layout: u64,
     /// Starts the plugin's runtime and logging; called once, before `construct`.
     pub init: unsafe extern "C" fn(host: *const HostApi) -> FfiReply,
     /// Calls the constructor with encoded options; the reply's object is the component.
     pub construct: unsafe extern "C" fn(args: FfiArgs) -> FfiReply,
 }
 
-// SAFETY: a descriptor is an immutable static of plain data and function pointers.
-unsafe impl Sync for PluginDescriptor {}
+// SAFETY: an entry is an immutable static of function pointers.
+unsafe impl Sync for PluginEntry {}
+
+/// FNV-1a over the words, at compile time.
+const fn fingerprint(words: &[u64]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < words.len() {
+        let mut b = 0;
+        while b < 8 {
+            h ^= (words[i] >> (b * 8)) & 0xff;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            b += 1;
+        }
+        i += 1;
+    }
+    h
+}
+
+/// Size, alignment and field offsets of each type, in order.
+macro_rules! layouts {
+    ($($t:ty { $($f:ident),* })*) => {
+        [$(
+            std::mem::size_of::<$t>() as u64,
+            std::mem::align_of::<$t>() as u64,
+            $(std::mem::offset_of!($t, $f) as u64,)*
+        )*]
+    };
+}
+
+/// A fingerprint of the layout of every type that crosses the boundary
+/// (size, alignment and the offset of each field, `async_ffi`'s future
+/// included). Both ends compute it from their own copy of this crate and the
+/// loader compares them, so a layout change without an [`ABI_VERSION`]
+/// bump is a load error, never a misread.
+pub const LAYOUT: u64 = fingerprint(&layouts! {
+    FfiStr { ptr, len }
+    FfiBuf { ptr, len, cap, free }
+    ObjectVTable { call, call_sync, drop }
+    FfiObject { data, vtable }
+    FfiArgs { bytes, objects, n_objects }
+    FfiReply { status, bytes, object }
+    HostApi { abi_version, max_level, log, net, spawn }
+    NetApi { connect, bind }
+    IoPoll { status, n, error }
+    StreamVTable { poll_read, poll_write, poll_shutdown, drop }
+    FfiStream { data, vtable }
+    FfiStreamReply { status, stream, local, peer, error }
+    ListenerFfiVTable { accept, drop }
+    FfiListener { data, vtable }
+    FfiListenerReply { status, listener, addr, error }
+    LogEvent { level, plugin, target, message, fields }
+    PluginDescriptor { magic, size, abi_version, future_abi_version, panic_strategy, produces, layout, name, kind, path, new_func, rustc, target, framework }
+    PluginEntry { layout, init, construct }
+    FfiFuture<FfiReply> {}
+    FfiFuture<()> {}
+});
+
+#[cfg(all(test, target_pointer_width = "64"))]
+mod tests {
+    use super::*;
+    use std::mem::{align_of, offset_of, size_of};
+
+    /// The layout of every type that crosses, pinned: a change here must
+    /// come with an ABI_VERSION bump (and a new LAYOUT, checked at load).
+    #[test]
+    fn layouts_are_pinned() {
+        macro_rules! layout {
+            ($t:ty, $size:expr, $align:expr $(, $f:ident = $off:expr)*) => {
+                assert_eq!((size_of::<$t>(), align_of::<$t>()), ($size, $align), "size/align of {}", stringify!($t));
+                $(assert_eq!(offset_of!($t, $f), $off, "{}.{}", stringify!($t), stringify!($f));)*
+            };
+        }
+        layout!(FfiStr, 16, 8, ptr = 0, len = 8);
+        layout!(FfiBuf, 32, 8, ptr = 0, len = 8, cap = 16, free = 24);
+        layout!(ObjectVTable, 24, 8, call = 0, call_sync = 8, drop = 16);
+        layout!(FfiObject, 16, 8, data = 0, vtable = 8);
+        layout!(FfiArgs, 32, 8, bytes = 0, objects = 16, n_objects = 24);
+        layout!(FfiReply, 56, 8, status = 0, bytes = 8, object = 40);
+        layout!(HostApi, 40, 8, abi_version = 0, max_level = 8, log = 16, net = 24, spawn = 32);
+        layout!(NetApi, 16, 8, connect = 0, bind = 8);
+        layout!(IoPoll, 48, 8, status = 0, n = 8, error = 16);
+        layout!(StreamVTable, 32, 8, poll_read = 0, poll_write = 8, poll_shutdown = 16, drop = 24);
+        layout!(FfiStream, 16, 8, data = 0, vtable = 8);
+        layout!(FfiStreamReply, 120, 8, status = 0, stream = 8, local = 24, peer = 56, error = 88);
+        layout!(ListenerFfiVTable, 16, 8, accept = 0, drop = 8);
+        layout!(FfiListener, 16, 8, data = 0, vtable = 8);
+        layout!(FfiListenerReply, 88, 8, status = 0, listener = 8, addr = 24, error = 56);
+        layout!(LogEvent, 72, 8, level = 0, plugin = 8, target = 24, message = 40, fields = 56);
+        layout!(
+            PluginDescriptor,
+            852,
+            4,
+            magic = 0,
+            size = 8,
+            abi_version = 12,
+            future_abi_version = 16,
+            panic_strategy = 20,
+            produces = 24,
+            layout = 28,
+            name = 36,
+            kind = 100,
+            path = 116,
+            new_func = 372,
+            rustc = 628,
+            target = 756,
+            framework = 820
+        );
+        layout!(PluginEntry, 24, 8, layout = 0, init = 8, construct = 16);
+    }
+
+    #[test]
+    fn the_descriptor_prefix_never_moves() {
+        // The loader reads these before it knows the plugin's ABI version.
+        assert_eq!(offset_of!(PluginDescriptor, magic), 0);
+        assert_eq!(offset_of!(PluginDescriptor, size), 8);
+        assert_eq!(offset_of!(PluginDescriptor, abi_version), 12);
+    }
+
+    #[test]
+    fn the_fingerprint_follows_the_layout() {
+        // Any change of a size, alignment or offset changes the fingerprint.
+        let base = fingerprint(&[1, 2, 3]);
+        assert_ne!(base, fingerprint(&[1, 2, 4]));
+        assert_ne!(base, fingerprint(&[1, 2, 3, 0]));
+        assert_ne!(LAYOUT, 0);
+    }
+
+    #[test]
+    fn fixed_strings_round_trip() {
+        let f: [u8; 16] = fixed("client");
+        assert_eq!(fixed_str(&f), "client");
+        let full: [u8; 4] = [b'a', b'b', b'c', b'd'];
+        assert_eq!(fixed_str(&full), "abcd", "a full field has no NUL");
+    }
+}

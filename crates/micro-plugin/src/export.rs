@@ -3,39 +3,65 @@
 //! events to the host.
 #![allow(unsafe_code)]
 
-use crate::abi::{self, FfiArgs, FfiBuf, FfiObject, FfiReply, FfiStr, HostApi, LogEvent, PluginHeader, Produces};
-use crate::object::panic_message;
+use crate::abi::{self, FfiArgs, FfiBuf, FfiObject, FfiReply, FfiStr, HostApi, LogEvent, PluginDescriptor, Produces};
+use crate::runtime::panic_message;
 use crate::{options, proxy};
 use micro_core::{
     Broker, BrokerOptions, Client, ClientOptions, Error, Registry, RegistryOptions, Result, Selector, SelectorOptions,
     Server, ServerOptions, Transport, TransportOptions,
 };
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-/// The header of a plugin built with this crate.
-pub const fn header() -> PluginHeader {
+/// The ABI version a plugin built with this crate declares.
+const fn abi_version() -> u32 {
     #[cfg(not(feature = "test-bad-abi"))]
-    let abi_version = abi::ABI_VERSION;
+    let v = abi::ABI_VERSION;
     #[cfg(feature = "test-bad-abi")]
-    let abi_version = abi::ABI_VERSION + 998;
+    let v = abi::ABI_VERSION + 998;
+    v
+}
+
+/// The descriptor of a plugin built with this crate (what
+/// [`export_plugin!`](crate::export_plugin) puts in `MICRO_PLUGIN`).
+/// `panic_abort` is the plugin crate's own `cfg!(panic = "abort")`: the
+/// final crate decides the strategy, so the macro evaluates it there.
+pub const fn descriptor(
+    name: &str,
+    kind: &str,
+    path: &str,
+    new_func: &str,
+    produces: u32,
+    panic_abort: bool,
+) -> PluginDescriptor {
     #[cfg(not(feature = "test-bad-magic"))]
     let magic = abi::MAGIC;
     #[cfg(feature = "test-bad-magic")]
-    let magic = u64::from_le_bytes(*b"NOTMICRO");
+    let magic = *b"NOTMICRO";
     #[cfg(not(feature = "test-other-rustc"))]
     let rustc = env!("MICRO_PLUGIN_RUSTC");
     #[cfg(feature = "test-other-rustc")]
     let rustc = "rustc 1.0.0-test (another compiler)";
-    PluginHeader {
+    PluginDescriptor {
         magic,
-        abi_version,
+        size: std::mem::size_of::<PluginDescriptor>() as u32,
+        abi_version: abi_version(),
         future_abi_version: async_ffi::ABI_VERSION,
-        rustc: FfiStr::from_static(rustc),
-        target: FfiStr::from_static(env!("MICRO_PLUGIN_TARGET")),
-        framework: FfiStr::from_static(env!("CARGO_PKG_VERSION")),
+        panic_strategy: if panic_abort { abi::PANIC_ABORT } else { abi::PANIC_UNWIND },
+        produces,
+        layout: abi::LAYOUT.to_le_bytes(),
+        name: abi::fixed(name),
+        kind: abi::fixed(kind),
+        path: abi::fixed(path),
+        new_func: abi::fixed(new_func),
+        rustc: abi::fixed(rustc),
+        target: abi::fixed(env!("MICRO_PLUGIN_TARGET")),
+        framework: abi::fixed(env!("CARGO_PKG_VERSION")),
     }
 }
+
+/// What this copy of the crate is built with, as a descriptor (the host's own).
+pub const HOST: PluginDescriptor = descriptor("", "", "", "", 0, cfg!(panic = "abort"));
 
 /// Marker types that let one function accept each kind of constructor.
 pub mod kinds {
@@ -88,12 +114,7 @@ pub const fn produces<K, F: Constructor<K>>(_: &F) -> u32 {
     F::PRODUCES as u32
 }
 
-static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-
-/// The plugin's own runtime, inside a plugin after initialisation.
-pub fn plugin_runtime() -> Option<tokio::runtime::Handle> {
-    RUNTIME.get().map(|rt| rt.handle().clone())
-}
+pub use crate::runtime::plugin_runtime;
 
 fn error_reply(e: Error) -> FfiReply {
     FfiReply { status: 1, bytes: FfiBuf::from_vec(e.to_json().into_bytes()), object: FfiObject::null() }
@@ -127,17 +148,8 @@ pub unsafe fn init(host: *const HostApi, name: &'static str, hook: impl FnOnce()
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let threads =
             std::env::var("MICRO_PLUGIN_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(cores.min(2)).max(1);
-        if RUNTIME.get().is_none() {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(threads)
-                .thread_name(format!("plugin-{name}"))
-                .enable_all()
-                .build()
-                .map_err(|e| {
-                    Error::internal("go.micro.plugin", format!("init: cannot start the plugin runtime: {e}"))
-                })?;
-            let _ = RUNTIME.set(rt);
-        }
+        crate::runtime::start_plugin_runtime(name, threads)
+            .map_err(|e| Error::internal("go.micro.plugin", format!("init: cannot start the plugin runtime: {e}")))?;
         // SAFETY: the host's API is a static of the host, valid for the process.
         crate::host::set_host(unsafe { &*(host as *const HostApi) });
         let _ = tracing::subscriber::set_global_default(Forwarder { plugin: name, log: host.log, max: host.max_level });
@@ -323,18 +335,20 @@ macro_rules! export_plugin {
                 // SAFETY: called by the micro loader with valid arguments.
                 unsafe { $crate::export::construct(&$new, args) }
             }
-            /// The micro plugin descriptor read by the loader.
+            /// The micro plugin descriptor, read by the loader from the file.
             $(#[$attr])*
-            pub static MICRO_PLUGIN: $crate::abi::PluginDescriptor = $crate::abi::PluginDescriptor {
-                header: $crate::export::header(),
-                name: $crate::abi::FfiStr::from_static($name),
-                kind: $crate::abi::FfiStr::from_static($kind),
-                path: $crate::abi::FfiStr::from_static($crate::__plugin_path!($($path)?)),
-                new_func: $crate::abi::FfiStr::from_static(stringify!($new)),
-                produces: $crate::export::produces(&$new),
-                init,
-                construct,
-            };
+            pub static MICRO_PLUGIN: $crate::abi::PluginDescriptor = $crate::export::descriptor(
+                $name,
+                $kind,
+                $crate::__plugin_path!($($path)?),
+                stringify!($new),
+                $crate::export::produces(&$new),
+                cfg!(panic = "abort"),
+            );
+            /// The plugin's entry points, looked up once the library is open.
+            $(#[$attr])*
+            pub static MICRO_PLUGIN_ENTRY: $crate::abi::PluginEntry =
+                $crate::abi::PluginEntry { layout: $crate::abi::LAYOUT, init, construct };
         }
     };
     ($($rest:tt)*) => {

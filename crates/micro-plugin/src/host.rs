@@ -11,6 +11,7 @@
 #![allow(unsafe_code)]
 
 use crate::abi::{FfiListener, FfiListenerReply, FfiStr, FfiStream, FfiStreamReply, HostApi, IoPoll, NetApi};
+use crate::runtime::Contained;
 use async_ffi::ContextExt;
 use std::io;
 use std::pin::Pin;
@@ -34,46 +35,32 @@ fn net() -> io::Result<&'static NetApi> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "no host network: not running inside a micro host"))
 }
 
-/// Spawns a task: inside a plugin, on the host's runtime (polled with the
-/// plugin's runtime entered, so its timers and `tokio::spawn` work, and a
-/// panic ends only the task); elsewhere with `tokio::spawn`. A plugin's
-/// task that mostly wakes host tasks (a connection's reader waking its
-/// callers) then does so on the host's threads instead of handing every
-/// wake across from the plugin's.
+/// Spawns a task: inside a plugin, on the host's runtime (polled and, if
+/// never finished, dropped with the plugin's runtime entered, so its timers
+/// and `tokio::spawn` work, and a panic ends only the task); on the plugin's
+/// own runtime when the host has none to offer; elsewhere with
+/// `tokio::spawn`. A plugin's task that mostly wakes host tasks (a
+/// connection's reader waking its callers) then does so on the host's
+/// threads instead of handing every wake across from the plugin's.
 pub fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(fut: F) {
-    match HOST.get() {
-        Some(api) => {
-            let task = OnPluginRuntime { fut: Box::pin(fut), rt: crate::export::plugin_runtime() };
-            // SAFETY: `spawn` is the host's function for this ABI version
-            // (checked at init); the future is Send and 'static.
-            unsafe { (api.spawn)(async_ffi::FfiFuture::new(task)) }
-        }
-        None => {
-            tokio::spawn(fut);
-        }
-    }
-}
-
-/// A plugin's future polled from a host thread.
-struct OnPluginRuntime<F> {
-    fut: Pin<Box<F>>,
-    rt: Option<tokio::runtime::Handle>,
-}
-
-impl<F: std::future::Future<Output = ()>> std::future::Future for OnPluginRuntime<F> {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = &mut *self;
-        let _g = match &this.rt {
-            Some(rt) if tokio::runtime::Handle::try_current().is_err() => Some(rt.enter()),
-            _ => None,
-        };
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| this.fut.as_mut().poll(cx))) {
-            Ok(p) => p,
-            Err(_) => {
-                tracing::error!("a plugin task panicked; it ended");
-                Poll::Ready(())
+    let Some(api) = HOST.get() else {
+        tokio::spawn(fut);
+        return;
+    };
+    let own = crate::runtime::plugin_runtime();
+    let task = Contained::new(fut, own.clone(), |e| tracing::error!("a plugin task ended with a {e}"));
+    let mut ffi = std::mem::ManuallyDrop::new(async_ffi::FfiFuture::new(task));
+    // SAFETY: `spawn` is the host's function for this ABI version (checked
+    // at init); it either takes the future out of `ffi` (0) or leaves it.
+    let taken = unsafe { (api.spawn)(&mut *ffi) } == 0;
+    if !taken {
+        // The host has no runtime now: run it on the plugin's own rather than lose it.
+        let ffi = std::mem::ManuallyDrop::into_inner(ffi);
+        match own {
+            Some(rt) => {
+                rt.spawn(ffi);
             }
+            None => tracing::error!("a plugin task was spawned before the plugin's runtime started; dropped"),
         }
     }
 }

@@ -5,12 +5,13 @@ use crate::abi::{
     FfiBuf, FfiListener, FfiListenerReply, FfiStr, FfiStream, FfiStreamReply, IoPoll, ListenerFfiVTable, NetApi,
     StreamVTable,
 };
-use crate::object::panic_message;
+use crate::runtime::{panic_message, Contained};
 use async_ffi::{FfiContext, FfiFuture, FutureExt as _};
 use std::ffi::c_void;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::OnceLock;
 use std::task::Poll;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -28,21 +29,28 @@ pub(crate) fn remember_runtime() {
 
 pub(crate) static NET: NetApi = NetApi { connect, bind };
 
+fn host_runtime() -> Option<tokio::runtime::Handle> {
+    tokio::runtime::Handle::try_current().ok().or_else(|| RUNTIME.get().cloned())
+}
+
 /// Spawns a plugin's task on the host's runtime (the caller's, else the one
-/// remembered at load). Without either there is nowhere to run it: it is
-/// dropped and logged; nothing unwinds across the boundary.
-pub(crate) unsafe extern "C" fn spawn(fut: FfiFuture<()>) {
-    let spawned = catch_unwind(AssertUnwindSafe(move || {
-        match tokio::runtime::Handle::try_current().ok().or_else(|| RUNTIME.get().cloned()) {
-            Some(rt) => {
-                rt.spawn(fut);
-            }
-            None => tracing::error!("a plugin spawned a task outside any runtime; dropped"),
-        }
-    }));
-    if spawned.is_err() {
+/// remembered at load). Without either it leaves the future to the plugin
+/// (returns 1), which runs it on its own runtime; nothing unwinds across
+/// the boundary.
+///
+/// # Safety
+/// `fut` points at a valid future that the plugin gives up if this returns 0.
+pub(crate) unsafe extern "C" fn spawn(fut: *mut FfiFuture<()>) -> u32 {
+    if fut.is_null() {
+        return 1;
+    }
+    let Some(rt) = host_runtime() else { return 1 };
+    // SAFETY: valid per the contract; from here on the future is ours (returns 0 below).
+    let fut = unsafe { std::ptr::read(fut) };
+    if catch_unwind(AssertUnwindSafe(move || drop(rt.spawn(fut)))).is_err() {
         tracing::error!("spawning a plugin's task failed (the runtime is shutting down?)");
     }
+    0
 }
 
 static STREAM_VTABLE: StreamVTable = StreamVTable { poll_read, poll_write, poll_shutdown, drop: drop_stream };
@@ -75,40 +83,26 @@ fn stream_ok(s: TcpStream) -> FfiStreamReply {
     }
 }
 
-/// Runs a host future inside the host runtime (whoever polls it) with panics caught.
-struct OnHost<F: Future> {
-    fut: Pin<Box<F>>,
-    on_panic: fn(String) -> F::Output,
-}
-
-impl<F: Future> Future for OnHost<F> {
-    type Output = F::Output;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
-        let _g = match RUNTIME.get() {
-            Some(rt) if tokio::runtime::Handle::try_current().is_err() => Some(rt.enter()),
-            _ => None,
-        };
-        let on_panic = self.on_panic;
-        match catch_unwind(AssertUnwindSafe(|| self.fut.as_mut().poll(cx))) {
-            Ok(p) => p,
-            Err(p) => Poll::Ready(on_panic(format!("panic: {}", panic_message(&*p)))),
-        }
-    }
+/// Runs a host future inside the host runtime (whoever polls or drops it) with panics caught.
+fn on_host<F: Future + Send + 'static>(fut: F, on_panic: fn(String) -> F::Output) -> FfiFuture<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    Contained::new(fut, host_runtime(), on_panic).into_ffi()
 }
 
 unsafe extern "C" fn connect(addr: FfiStr) -> FfiFuture<FfiStreamReply> {
     // SAFETY: the plugin keeps the address alive during this call; we copy it.
     let addr = unsafe { addr.to_string_lossy() };
-    OnHost {
-        fut: Box::pin(async move {
+    on_host(
+        async move {
             match TcpStream::connect(&addr).await {
                 Ok(s) => stream_ok(s),
                 Err(e) => stream_err(format!("connect {addr}: {e}")),
             }
-        }),
-        on_panic: stream_err,
-    }
-    .into_ffi()
+        },
+        stream_err,
+    )
 }
 
 fn listener_err(e: String) -> FfiListenerReply {
@@ -123,48 +117,46 @@ fn listener_err(e: String) -> FfiListenerReply {
 unsafe extern "C" fn bind(addr: FfiStr) -> FfiFuture<FfiListenerReply> {
     // SAFETY: as in `connect`.
     let addr = unsafe { addr.to_string_lossy() };
-    OnHost {
-        fut: Box::pin(async move {
+    on_host(
+        async move {
             match TcpListener::bind(&addr).await {
                 Ok(l) => {
                     let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                    // Behind an Arc so that each accept future owns a handle:
+                    // the plugin may drop the listener before an accept ends.
+                    let l: Box<Arc<TcpListener>> = Box::new(Arc::new(l));
                     FfiListenerReply {
                         status: 0,
-                        listener: FfiListener {
-                            data: Box::into_raw(Box::new(l)) as *const c_void,
-                            vtable: &LISTENER_VTABLE,
-                        },
+                        listener: FfiListener { data: Box::into_raw(l) as *const c_void, vtable: &LISTENER_VTABLE },
                         addr: buf(bound),
                         error: FfiBuf::empty(),
                     }
                 }
                 Err(e) => listener_err(format!("listen on {addr}: {e}")),
             }
-        }),
-        on_panic: listener_err,
-    }
-    .into_ffi()
+        },
+        listener_err,
+    )
 }
 
 unsafe extern "C" fn accept(data: *const c_void) -> FfiFuture<FfiStreamReply> {
-    // SAFETY: `data` is the Box<TcpListener> made by `bind`, alive until `drop_listener`;
-    // the plugin's HostListener outlives this future (accept borrows it).
-    let l: &'static TcpListener = unsafe { &*(data as *const TcpListener) };
-    OnHost {
-        fut: Box::pin(async move {
+    // SAFETY: `data` is the Box<Arc<TcpListener>> made by `bind`, alive until
+    // `drop_listener`, which cannot run during this call (the caller holds it).
+    let l: Arc<TcpListener> = unsafe { &*(data as *const Arc<TcpListener>) }.clone();
+    on_host(
+        async move {
             match l.accept().await {
                 Ok((s, _)) => stream_ok(s),
                 Err(e) => stream_err(format!("accept: {e}")),
             }
-        }),
-        on_panic: stream_err,
-    }
-    .into_ffi()
+        },
+        stream_err,
+    )
 }
 
 unsafe extern "C" fn drop_listener(data: *const c_void) {
     // SAFETY: made by `bind`, dropped once by its owner.
-    let _ = catch_unwind(|| drop(unsafe { Box::from_raw(data as *mut TcpListener) }));
+    let _ = catch_unwind(|| drop(unsafe { Box::from_raw(data as *mut Arc<TcpListener>) }));
 }
 
 fn io_poll(p: Poll<std::io::Result<usize>>) -> IoPoll {

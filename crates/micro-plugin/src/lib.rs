@@ -51,16 +51,24 @@
 //!   with their level, target, message and fields.
 //! * Libraries stay loaded for the life of the process, as in Go.
 
+// The shared contract, bottom up: the C types and the byte encoding, each
+// side's runtime, the object/vtable machinery, one proxy per component.
 pub mod abi;
-pub mod export;
-pub mod host;
 mod object;
 pub mod options;
 pub mod proxy;
+mod runtime;
 pub mod wire;
 
+// The plugin side: the export macro's functions, host sockets and spawn.
+pub mod export;
+pub mod host;
+
+// The host side: checking and loading files, the host's services, building.
 #[cfg(feature = "host")]
 pub mod build;
+#[cfg(feature = "host")]
+mod elf;
 #[cfg(feature = "host")]
 mod host_net;
 #[cfg(feature = "host")]
@@ -68,7 +76,8 @@ pub mod loader;
 
 pub use micro_core;
 pub use micro_core::async_trait;
-pub use object::{export, panic_message, Dispatch, Remote, RemoteReply, Reply};
+pub use object::{export, Dispatch, Remote, RemoteReply, Reply};
+pub use runtime::{panic_message, plugin_runtime};
 
 #[cfg(feature = "host")]
-pub use loader::{init, load, Config, PluginError};
+pub use loader::{init, inspect, load, Config, PluginError};

@@ -1,13 +1,14 @@
 //! The host side: load, verify and initialise plugins.
 #![allow(unsafe_code)]
 
-use crate::abi::{self, HostApi, LogEvent, PluginDescriptor, PluginHeader, Produces};
+use crate::abi::{self, HostApi, LogEvent, PluginDescriptor, PluginEntry, Produces};
 use crate::{object, options, proxy};
 use micro_core::catalog::{NewBroker, NewClient, NewRegistry, NewSelector, NewServer, NewTransport};
 use micro_core::Catalog;
 use sha2::Digest;
 use std::collections::HashMap;
 use std::fmt;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -46,6 +47,20 @@ pub enum PluginError {
         path: PathBuf,
         /// What went wrong.
         reason: String,
+    },
+    /// The file is not a shared library, or is damaged or cut short.
+    #[error("plugin {path}: {reason}")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A plugin built with `panic = "abort"`, whose panics cannot be contained.
+    #[error("plugin {path}: refusing to load: it was built with panic = \"abort\", so a panic in it would end this process instead of failing one call; rebuild it with panic = \"unwind\" (the default), or pass --plugin-allow-panic-abort to accept that")]
+    PanicAbort {
+        /// The file.
+        path: PathBuf,
     },
     /// The library has no `MICRO_PLUGIN` symbol.
     #[error("plugin {path}: not a micro plugin: no `{symbol}` symbol ({reason})")]
@@ -122,7 +137,9 @@ pub struct Config {
     pub file: PathBuf,
     /// What it was built with.
     pub build: BuildInfo,
-    descriptor: &'static PluginDescriptor,
+    produces: u32,
+    /// The entry points: `None` for a file only inspected, never opened.
+    entry: Option<&'static PluginEntry>,
 }
 
 impl fmt::Debug for Config {
@@ -139,37 +156,57 @@ impl fmt::Debug for Config {
 }
 
 impl Config {
-    /// A Config for a descriptor that is already in this process (made with
+    /// A Config for a plugin that is already in this process (made with
     /// `export_plugin!(@descriptor …)`), as if loaded from `file`: for tests
     /// of `init` and of the adapters without a shared library.
+    ///
+    /// # Safety
+    /// `entry`'s functions must be the entry points that `export_plugin!`
+    /// made next to `descriptor` (`init` and `construct` are called by [`init`]).
     #[doc(hidden)]
-    pub fn from_descriptor(descriptor: &'static PluginDescriptor, file: PathBuf) -> Config {
-        // SAFETY: a descriptor in this process holds static strings.
-        let (build, name, kind, path, new_func) = unsafe {
-            (
-                read_build(&descriptor.header),
-                descriptor.name.to_string_lossy(),
-                descriptor.kind.to_string_lossy(),
-                descriptor.path.to_string_lossy(),
-                descriptor.new_func.to_string_lossy(),
-            )
-        };
-        Config { name, kind, path, new_func, file, build, descriptor }
+    pub unsafe fn from_descriptor(
+        descriptor: &'static PluginDescriptor,
+        entry: &'static PluginEntry,
+        file: PathBuf,
+    ) -> Config {
+        Config::of(descriptor, file, Some(entry))
+    }
+
+    fn of(d: &PluginDescriptor, file: PathBuf, entry: Option<&'static PluginEntry>) -> Config {
+        Config {
+            name: abi::fixed_str(&d.name),
+            kind: abi::fixed_str(&d.kind),
+            path: abi::fixed_str(&d.path),
+            new_func: abi::fixed_str(&d.new_func),
+            file,
+            build: BuildInfo::of(d),
+            produces: d.produces,
+            entry,
+        }
     }
 
     /// What the constructor makes, if the descriptor says something valid.
     pub fn produces(&self) -> Option<Produces> {
-        Produces::from_u32(self.descriptor.produces)
+        Produces::from_u32(self.produces)
+    }
+
+    /// Whether the library was opened (by [`load`]); `false` after [`inspect`].
+    pub fn is_loaded(&self) -> bool {
+        self.entry.is_some()
     }
 }
 
-/// The build information of a plugin's header.
+/// What a plugin was built with, from its descriptor.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BuildInfo {
     /// Plugin ABI version.
     pub abi_version: u32,
     /// `async_ffi` ABI version.
     pub future_abi_version: u32,
+    /// Fingerprint of the layout of the boundary's C types (hex).
+    pub layout: String,
+    /// `unwind` or `abort`.
+    pub panic: String,
     /// `rustc --version`.
     pub rustc: String,
     /// Target triple.
@@ -181,24 +218,18 @@ pub struct BuildInfo {
 impl BuildInfo {
     /// What this host is built with.
     pub fn host() -> BuildInfo {
-        let h = crate::export::header();
-        // SAFETY: the host's own header holds static strings.
-        unsafe { read_build(&h) }
+        BuildInfo::of(&crate::export::HOST)
     }
-}
 
-/// # Safety
-/// The header's strings must be valid for reads.
-// SAFETY: unsafe to call; the contract is the `# Safety` section above.
-unsafe fn read_build(h: &PluginHeader) -> BuildInfo {
-    // SAFETY: guaranteed by the caller.
-    unsafe {
+    fn of(d: &PluginDescriptor) -> BuildInfo {
         BuildInfo {
-            abi_version: h.abi_version,
-            future_abi_version: h.future_abi_version,
-            rustc: h.rustc.to_string_lossy(),
-            target: h.target.to_string_lossy(),
-            framework: h.framework.to_string_lossy(),
+            abi_version: d.abi_version,
+            future_abi_version: d.future_abi_version,
+            layout: format!("{:016x}", u64::from_le_bytes(d.layout)),
+            panic: if d.panic_strategy == abi::PANIC_ABORT { "abort" } else { "unwind" }.into(),
+            rustc: abi::fixed_str(&d.rustc),
+            target: abi::fixed_str(&d.target),
+            framework: abi::fixed_str(&d.framework),
         }
     }
 }
@@ -208,6 +239,8 @@ unsafe fn read_build(h: &PluginHeader) -> BuildInfo {
 pub struct LoadOptions {
     /// Load files that other users can write to.
     pub allow_insecure: bool,
+    /// Load plugins built with `panic = "abort"` (a panic in one ends the process).
+    pub allow_panic_abort: bool,
 }
 
 /// Splits `path#sha256=<hex>` into the path and the pinned digest.
@@ -224,142 +257,327 @@ fn loaded() -> &'static Mutex<HashMap<PathBuf, Config>> {
     LOADED.get_or_init(Default::default)
 }
 
-/// Opens a plugin library and reads its descriptor: go-micro's `Load`.
-/// `spec` is a path, optionally pinned: `path#sha256=<hex>`.
-pub fn load(spec: &str, opts: LoadOptions) -> Result<Config, PluginError> {
+/// The most a plugin file may weigh: it is read into memory whole.
+const MAX_FILE: u64 = 1 << 30;
+
+/// A plugin file read and checked: its bytes, exactly as they will be loaded.
+struct Checked {
+    file: PathBuf,
+    bytes: Vec<u8>,
+    descriptor: PluginDescriptor,
+}
+
+/// Reads and checks a plugin file without running any of it, in this order:
+/// the path is resolved once; unless `allow_insecure`, every directory on it
+/// must be owned by this user or root and not writable by others (sticky
+/// directories excepted), which also rules out a symlink planted in a
+/// writable directory; the file is opened once (`O_NOFOLLOW`, `O_NONBLOCK`,
+/// so a FIFO cannot hang it) and `fstat`ed through that descriptor: a
+/// regular file, owned by this user or root, not writable by others; its
+/// bytes are read through the same descriptor and everything else is
+/// checked on those bytes: the sha256 pin, the ELF structure (see `elf`),
+/// the descriptor (magic, size, ABI version, async-ffi version, layout
+/// fingerprint, target, panic strategy).
+fn check_file(spec: &str, opts: LoadOptions) -> Result<Checked, PluginError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let (path, pin) = parse_pin(spec);
     let file = std::fs::canonicalize(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => PluginError::Missing { path: path.clone() },
         _ => PluginError::Open { path: path.clone(), reason: e.to_string() },
     })?;
+    let open_err = |reason: String| PluginError::Open { path: file.clone(), reason };
     if !opts.allow_insecure {
-        check_permissions(&file)?;
+        check_directories(&file)?;
     }
+    let f =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&file).map_err(
+            |e| match e.raw_os_error() {
+                Some(libc::ELOOP) => {
+                    open_err("refusing to load: the path became a symbolic link after it was resolved".into())
+                }
+                _ => open_err(e.to_string()),
+            },
+        )?;
+    let meta = f.metadata().map_err(|e| open_err(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(open_err(format!("not a regular file but {}", file_type(&meta))));
+    }
+    if !opts.allow_insecure {
+        check_owner_and_mode(&file, &meta)?;
+    }
+    if meta.len() > MAX_FILE {
+        return Err(open_err(format!("{} bytes is too large for a plugin (at most {MAX_FILE})", meta.len())));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.take(MAX_FILE + 1).read_to_end(&mut bytes).map_err(|e| open_err(e.to_string()))?;
     if let Some(expected) = pin {
-        let data = std::fs::read(&file).map_err(|e| PluginError::Open { path: file.clone(), reason: e.to_string() })?;
-        let actual = hex(&sha2::Sha256::digest(&data));
+        let actual = hex(&sha2::Sha256::digest(&bytes));
         if actual != expected {
             return Err(PluginError::Digest { path: file, expected, actual });
         }
     }
+    let found = crate::elf::check(&bytes, abi::SYMBOL).map_err(|e| match e {
+        crate::elf::ElfError::Damaged(reason) => PluginError::Damaged { path: file.clone(), reason },
+        crate::elf::ElfError::Foreign { plugin, host } => PluginError::Mismatch {
+            path: file.clone(),
+            field: "architecture",
+            plugin,
+            host,
+            hint: ": build the plugin for the host's target".into(),
+        },
+        crate::elf::ElfError::NoDescriptor(reason) => {
+            PluginError::NoSymbol { path: file.clone(), symbol: abi::SYMBOL, reason }
+        }
+    })?;
+    let descriptor = read_descriptor(&file, &bytes, found.offset, found.size)?;
+    check_descriptor(&file, &descriptor, opts)?;
+    Ok(Checked { file, bytes, descriptor })
+}
+
+fn file_type(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+/// Reads the descriptor at `offset` (the `MICRO_PLUGIN` symbol of `size`
+/// bytes) field by field from the file's bytes: the fixed prefix first
+/// (magic, size, ABI version), the rest only once those match this host.
+fn read_descriptor(file: &Path, bytes: &[u8], offset: usize, size: usize) -> Result<PluginDescriptor, PluginError> {
+    let damaged = |reason: String| PluginError::Damaged { path: file.to_path_buf(), reason };
+    let at = |off: usize, n: usize| -> Result<&[u8], PluginError> {
+        offset
+            .checked_add(off)
+            .and_then(|s| s.checked_add(n).map(|e| (s, e)))
+            .filter(|&(_, e)| off + n <= size && e <= bytes.len())
+            .map(|(s, e)| &bytes[s..e])
+            .ok_or_else(|| damaged(format!("the `{}` symbol is too small to be a plugin descriptor", abi::SYMBOL)))
+    };
+    let u32_at = |off: usize| -> Result<u32, PluginError> {
+        let b = at(off, 4)?;
+        Ok(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let mut magic = [0u8; 8];
+    magic.copy_from_slice(at(0, 8)?);
+    check_magic(file, magic)?;
+    let (declared, abi_version) = (u32_at(8)?, u32_at(12)?);
+    let host = BuildInfo::host();
+    if abi_version != host.abi_version {
+        return Err(PluginError::Mismatch {
+            path: file.to_path_buf(),
+            field: "plugin ABI version",
+            plugin: abi_version.to_string(),
+            host: host.abi_version.to_string(),
+            hint: format!(": rebuild the plugin against micro-plugin {}", host.framework),
+        });
+    }
+    let want = std::mem::size_of::<PluginDescriptor>();
+    if declared as usize != want || size < want {
+        return Err(PluginError::Mismatch {
+            path: file.to_path_buf(),
+            field: "descriptor size",
+            plugin: format!("{declared} (symbol of {size} bytes)"),
+            host: want.to_string(),
+            hint: format!(": rebuild the plugin against micro-plugin {}", host.framework),
+        });
+    }
+    let raw = at(0, want)?;
+    // SAFETY: PluginDescriptor is repr(C) of integers and byte arrays only,
+    // so every bit pattern is a valid value; `raw` holds exactly its size,
+    // and read_unaligned needs no alignment.
+    Ok(unsafe { std::ptr::read_unaligned(raw.as_ptr() as *const PluginDescriptor) })
+}
+
+fn check_magic(path: &Path, magic: [u8; 8]) -> Result<(), PluginError> {
+    if magic != abi::MAGIC {
+        return Err(PluginError::Mismatch {
+            path: path.to_path_buf(),
+            field: "magic number",
+            plugin: format!("{:#018x}", u64::from_le_bytes(magic)),
+            host: format!("{:#018x}", u64::from_le_bytes(abi::MAGIC)),
+            hint: ": the symbol is not a micro plugin descriptor".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The loader's checks of a descriptor whose prefix matched, in order: the
+/// async-ffi ABI version, the layout fingerprint, the target, the panic
+/// strategy. The rustc version is not compared.
+fn check_descriptor(path: &Path, d: &PluginDescriptor, opts: LoadOptions) -> Result<(), PluginError> {
+    let build = BuildInfo::of(d);
+    let host = BuildInfo::host();
+    let mismatch = |field: &'static str, plugin: String, host: String, hint: String| PluginError::Mismatch {
+        path: path.to_path_buf(),
+        field,
+        plugin,
+        host,
+        hint,
+    };
+    let rebuild = format!(": rebuild the plugin against micro-plugin {}", host.framework);
+    if build.future_abi_version != host.future_abi_version {
+        return Err(mismatch(
+            "async-ffi ABI version",
+            build.future_abi_version.to_string(),
+            host.future_abi_version.to_string(),
+            rebuild,
+        ));
+    }
+    if build.layout != host.layout {
+        return Err(mismatch(
+            "ABI layout fingerprint",
+            build.layout,
+            host.layout,
+            format!(": the plugin's C types differ from the host's under the same ABI version{rebuild}"),
+        ));
+    }
+    if build.target != host.target {
+        return Err(mismatch("target", build.target, host.target, ": build the plugin for the host's target".into()));
+    }
+    if d.panic_strategy != abi::PANIC_UNWIND && !opts.allow_panic_abort {
+        return Err(PluginError::PanicAbort { path: path.to_path_buf() });
+    }
+    Ok(())
+}
+
+/// Reads and checks a plugin file without opening it as a library: nothing
+/// of the file runs (`micro plugin inspect`). The Config it returns cannot be
+/// [`init`]ed; [`load`] does the same checks and then opens the library.
+pub fn inspect(spec: &str, opts: LoadOptions) -> Result<Config, PluginError> {
+    let c = check_file(spec, opts)?;
+    Ok(Config::of(&c.descriptor, c.file, None))
+}
+
+/// Opens a plugin library and reads its descriptor: go-micro's `Load`.
+/// `spec` is a path, optionally pinned: `path#sha256=<hex>`.
+///
+/// Every check of [`inspect`] passes before any of the file runs. The
+/// checked bytes are then copied into a sealed memory file (no one can
+/// change them any more) and that is what `dlopen` maps, with `RTLD_NOW`
+/// (an unresolved symbol fails here, not at the first call) and
+/// `RTLD_LOCAL`. A library whose code has run is never closed.
+pub fn load(spec: &str, opts: LoadOptions) -> Result<Config, PluginError> {
+    let checked = check_file(spec, opts)?;
     let mut loaded = loaded().lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(c) = loaded.get(&file) {
+    if let Some(c) = loaded.get(&checked.file) {
         return Ok(c.clone());
     }
-    let meta = std::fs::metadata(&file).map_err(|e| PluginError::Open { path: file.clone(), reason: e.to_string() })?;
-    if !meta.is_file() {
-        return Err(PluginError::Open { path: file, reason: "not a regular file".into() });
-    }
+    let file = checked.file.clone();
+    let open_err = |reason: String| PluginError::Open { path: file.clone(), reason };
+    let sealed = sealed_copy(&file, &checked.bytes)
+        .map_err(|e| open_err(format!("cannot copy into a sealed memory file: {e}")))?;
+    let proc_path = format!("/proc/self/fd/{}", sealed.as_raw_fd());
     // SAFETY: opening a library runs its initialisers; that is what loading a
-    // plugin means, and the file passed the ownership/permission/digest checks.
-    let lib = unsafe { libloading::Library::new(&file) }
-        .map_err(|e| PluginError::Open { path: file.clone(), reason: format!("not a loadable shared library: {e}") })?;
-    // SAFETY: we only take the symbol's address here; nothing is read yet.
-    let sym: Result<libloading::Symbol<'_, *const PluginHeader>, _> = unsafe { lib.get(b"MICRO_PLUGIN\0") };
-    let header_ptr: *const PluginHeader = match sym {
-        Ok(s) => *s,
-        Err(e) => {
-            return Err(PluginError::NoSymbol { path: file, symbol: abi::SYMBOL, reason: e.to_string() });
-        }
-    };
-    // Read the header field by field, magic first, before trusting the rest.
-    // SAFETY: the symbol is at least 8 bytes if it is ours; an unaligned read
-    // of the first 8 bytes of any data symbol cannot fault.
-    let magic = unsafe { std::ptr::read_unaligned(header_ptr as *const u64) };
-    check_header(&file, magic, None)?;
-    // SAFETY: the magic number says this is a PluginHeader, whose layout never changes.
-    let header = unsafe { &*header_ptr };
-    // SAFETY: a valid header's strings are static.
-    let build = unsafe { read_build(header) };
-    check_header(&file, magic, Some(&build))?;
-    // SAFETY: ABI version and target match, so the symbol is this ABI's descriptor.
-    let descriptor: &'static PluginDescriptor = unsafe { &*(header_ptr as *const PluginDescriptor) };
-    // SAFETY: the descriptor's strings are static data of the library, which is never unloaded.
-    let (name, kind, path_s, new_func) = unsafe {
-        (
-            descriptor.name.to_string_lossy(),
-            descriptor.kind.to_string_lossy(),
-            descriptor.path.to_string_lossy(),
-            descriptor.new_func.to_string_lossy(),
-        )
-    };
-    // Go keeps plugins loaded for the life of the process; so do we.
+    // plugin means. The bytes passed every check above (permissions, pin,
+    // ELF structure, ABI, target, panic strategy) and cannot change any more.
+    let lib = unsafe { libloading::os::unix::Library::open(Some(&proc_path), libc::RTLD_NOW | libc::RTLD_LOCAL) }
+        .map_err(|e| {
+            open_err(format!("not a loadable shared library: {}", e.to_string().replace(&proc_path, "the file")))
+        })?;
+    // The memory file stays open for the life of the process: glibc knows a
+    // loaded library by its path too, and a reused /proc/self/fd/N of a later
+    // plugin must never match this one.
+    std::mem::forget(sealed);
+    // SAFETY: only the symbol's address is taken; it is read below once checked.
+    let sym: Result<libloading::os::unix::Symbol<*const PluginEntry>, _> = unsafe { lib.get(b"MICRO_PLUGIN_ENTRY\0") };
+    // Go keeps plugins loaded for the life of the process; so do we (the
+    // library's code may have run: its constructors, at least).
+    let sym = sym.map(|s| *s);
     std::mem::forget(lib);
-    let config = Config { name, kind, path: path_s, new_func, file: file.clone(), build, descriptor };
+    let entry_ptr = sym.map_err(|e| PluginError::NoSymbol {
+        path: file.clone(),
+        symbol: abi::ENTRY_SYMBOL,
+        reason: e.to_string(),
+    })?;
+    if entry_ptr.is_null() || (entry_ptr as usize) % std::mem::align_of::<PluginEntry>() != 0 {
+        return Err(open_err(format!("the `{}` symbol is misaligned", abi::ENTRY_SYMBOL)));
+    }
+    // SAFETY: non-null and aligned, in a library that stays loaded; the
+    // descriptor, read from these same bytes, declared this ABI's layout.
+    let entry: &'static PluginEntry = unsafe { &*entry_ptr };
+    if entry.layout != abi::LAYOUT {
+        return Err(PluginError::Mismatch {
+            path: file,
+            field: "entry layout fingerprint",
+            plugin: format!("{:016x}", entry.layout),
+            host: format!("{:016x}", abi::LAYOUT),
+            hint: ": the descriptor and the entry points disagree; rebuild the plugin".into(),
+        });
+    }
+    let config = Config::of(&checked.descriptor, file.clone(), Some(entry));
     loaded.insert(file, config.clone());
     Ok(config)
 }
 
-/// The loader's checks of a plugin header, in order: the magic number,
-/// then (once the rest may be read) the plugin ABI version, the async-ffi
-/// ABI version and the target. The rustc version is not compared.
-pub fn check_header(path: &Path, magic: u64, build: Option<&BuildInfo>) -> Result<(), PluginError> {
-    let file = path.to_path_buf();
-    if magic != abi::MAGIC {
-        return Err(PluginError::Mismatch {
-            path: file,
-            field: "magic number",
-            plugin: format!("{magic:#018x}"),
-            host: format!("{:#018x}", abi::MAGIC),
-            hint: ": the symbol is not a micro plugin descriptor".into(),
-        });
+/// A sealed memory file holding `bytes`: no one can write, grow or shrink it.
+fn sealed_copy(file: &Path, bytes: &[u8]) -> std::io::Result<std::fs::File> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = std::ffi::CString::new(format!("micro-plugin:{name}").replace('\0', "")).unwrap_or_default();
+    // SAFETY: a valid NUL-terminated name and flags; the result is checked.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    let Some(build) = build else { return Ok(()) };
-    let host = BuildInfo::host();
-    let rebuild = format!(": rebuild the plugin against micro-plugin {}", host.framework);
-    if build.abi_version != host.abi_version {
-        return Err(PluginError::Mismatch {
-            path: file,
-            field: "plugin ABI version",
-            plugin: build.abi_version.to_string(),
-            host: host.abi_version.to_string(),
-            hint: rebuild,
-        });
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.write_all(bytes)?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl on a descriptor we own, with an integer argument.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    if build.future_abi_version != host.future_abi_version {
-        return Err(PluginError::Mismatch {
-            path: file,
-            field: "async-ffi ABI version",
-            plugin: build.future_abi_version.to_string(),
-            host: host.future_abi_version.to_string(),
-            hint: rebuild,
-        });
-    }
-    if build.target != host.target {
-        return Err(PluginError::Mismatch {
-            path: file,
-            field: "target",
-            plugin: build.target.clone(),
-            host: host.target,
-            hint: ": build the plugin for the host's target".into(),
-        });
-    }
-    Ok(())
+    Ok(f)
+}
+
+/// Where the descriptor of a plugin file lies (offset and size): for tests
+/// that damage one field of a real plugin.
+#[doc(hidden)]
+pub fn descriptor_offset(bytes: &[u8]) -> Option<usize> {
+    crate::elf::check(bytes, abi::SYMBOL).ok().map(|f| f.offset)
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Refuses a file, or a directory on its path, that users other than its
-/// owner (or root) can write to, as ssh does with keys. Sticky directories
-/// such as /tmp are accepted: others cannot replace entries in them.
-fn check_permissions(file: &Path) -> Result<(), PluginError> {
-    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+/// This process's effective user.
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Refuses a path with a directory that a user other than this one (or
+/// root) owns, or that others can write to, as ssh does with keys: either
+/// could replace the file. Sticky directories such as /tmp are accepted when
+/// owned by this user or root: others cannot replace entries in them.
+fn check_directories(file: &Path) -> Result<(), PluginError> {
+    let me = euid();
     let insecure = |reason: String| PluginError::Insecure { path: file.to_path_buf(), reason };
-    let meta = std::fs::metadata(file).map_err(|e| insecure(e.to_string()))?;
-    if meta.mode() & 0o022 != 0 {
-        return Err(insecure(format!(
-            "the file is writable by group or others (mode {:o})",
-            meta.permissions().mode() & 0o7777
-        )));
-    }
-    if meta.uid() != 0 && Some(meta.uid()) != me {
-        return Err(insecure(format!("the file is owned by uid {}, not by this user or root", meta.uid())));
-    }
     let mut dir = file.parent();
     while let Some(d) = dir {
         let m = std::fs::metadata(d).map_err(|e| insecure(format!("{}: {e}", d.display())))?;
+        if m.uid() != 0 && m.uid() != me {
+            return Err(insecure(format!(
+                "directory {} is owned by uid {}, not by this user (uid {me}) or root",
+                d.display(),
+                m.uid()
+            )));
+        }
         let sticky = m.mode() & 0o1000 != 0;
         if m.mode() & 0o022 != 0 && !sticky {
             return Err(insecure(format!(
@@ -369,6 +587,23 @@ fn check_permissions(file: &Path) -> Result<(), PluginError> {
             )));
         }
         dir = d.parent();
+    }
+    Ok(())
+}
+
+/// Refuses a file (as opened: `meta` is from its descriptor) that users
+/// other than its owner can write to, or that another user owns.
+fn check_owner_and_mode(file: &Path, meta: &std::fs::Metadata) -> Result<(), PluginError> {
+    let insecure = |reason: String| PluginError::Insecure { path: file.to_path_buf(), reason };
+    if meta.mode() & 0o022 != 0 {
+        return Err(insecure(format!(
+            "the file is writable by group or others (mode {:o})",
+            meta.permissions().mode() & 0o7777
+        )));
+    }
+    let me = euid();
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(insecure(format!("the file is owned by uid {}, not by this user (uid {me}) or root", meta.uid())));
     }
     Ok(())
 }
@@ -438,12 +673,10 @@ fn initialised() -> &'static Mutex<HashMap<PathBuf, Result<(), String>>> {
     INIT.get_or_init(Default::default)
 }
 
-/// Checks the constructor against the Type and adds it to that Type's
-/// table in `catalog`: go-micro's `Init`. Returns the name of a built-in
-/// it replaced, if any (the caller should warn).
-pub fn init(config: &Config, catalog: &mut Catalog) -> Result<Option<String>, PluginError> {
-    let path = config.file.clone();
+/// go-micro's checks of Init: the Type is known and the constructor fits it.
+pub fn check_kind(config: &Config) -> Result<(), PluginError> {
     const KINDS: [&str; 6] = ["broker", "client", "registry", "selector", "server", "transport"];
+    let path = config.file.clone();
     if !KINDS.contains(&config.kind.as_str()) {
         return Err(PluginError::UnknownType { path, kind: config.kind.clone(), name: config.name.clone() });
     }
@@ -455,26 +688,39 @@ pub fn init(config: &Config, catalog: &mut Catalog) -> Result<Option<String>, Pl
             new_func: config.new_func.clone(),
             makes: produces
                 .map(|p| p.kind().to_string())
-                .unwrap_or_else(|| format!("unknown component #{}", config.descriptor.produces)),
+                .unwrap_or_else(|| format!("unknown component #{}", config.produces)),
             kind: config.kind.clone(),
         });
     }
+    Ok(())
+}
+
+/// Checks the constructor against the Type and adds it to that Type's
+/// table in `catalog`: go-micro's `Init`. Returns the name of a built-in
+/// it replaced, if any (the caller should warn).
+pub fn init(config: &Config, catalog: &mut Catalog) -> Result<Option<String>, PluginError> {
+    let path = config.file.clone();
+    check_kind(config)?;
+    let produces = config.produces();
+    let Some(entry) = config.entry else {
+        return Err(PluginError::Open { path, reason: "only inspected, never loaded: load it first".into() });
+    };
     {
         let mut done = initialised().lock().unwrap_or_else(|p| p.into_inner());
         let res = done.entry(path.clone()).or_insert_with(|| {
-            // SAFETY: the descriptor passed the header checks; init catches its own panics.
-            let reply = unsafe { (config.descriptor.init)(host_api()) };
+            // SAFETY: the entry of a library that passed every check (or of
+            // `from_descriptor`'s caller); init catches its own panics.
+            let reply = unsafe { (entry.init)(host_api()) };
             object::reply_result(reply).map(|_| ()).map_err(|e| e.detail)
         });
         if let Err(detail) = res {
             return Err(PluginError::Init { path, name: config.name.clone(), detail: detail.clone() });
         }
     }
-    let d = config.descriptor;
     let name = config.name.clone();
     let construct = move |(bytes, objects): options::Encoded| -> micro_core::Result<crate::abi::FfiObject> {
         // SAFETY: `construct` is the descriptor's entry point; it catches its own panics.
-        let r = unsafe { object::call_entry_point(d.construct, &bytes, objects) }.map_err(|mut e| {
+        let r = unsafe { object::call_entry_point(entry.construct, &bytes, objects) }.map_err(|mut e| {
             e.detail = format!("plugin {name}: {}", e.detail);
             e
         })?;

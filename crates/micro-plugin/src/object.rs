@@ -9,14 +9,13 @@
 #![allow(unsafe_code)]
 
 use crate::abi::{FfiArgs, FfiBuf, FfiObject, FfiReply, FfiStr, ObjectVTable};
+use crate::runtime;
+pub(crate) use crate::runtime::panic_message;
 use async_ffi::{FfiFuture, FutureExt as _};
 use micro_core::{BoxFuture, Error};
 use std::ffi::c_void;
-use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 const ID: &str = "go.micro.plugin";
 
@@ -59,17 +58,6 @@ pub(crate) fn unknown_method(kind: &str, method: u32) -> Error {
     Error::internal(ID, format!("{kind}: unknown method {method} (plugin ABI mismatch)"))
 }
 
-/// Turns a panic payload into text.
-pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic payload".to_string()
-    }
-}
-
 struct Exported {
     inner: Arc<dyn DispatchDyn>,
     rt: Option<tokio::runtime::Handle>,
@@ -100,18 +88,10 @@ impl<T: Dispatch> DispatchDyn for T {
     }
 }
 
-/// The runtime of this side: the current one, else the plugin's own.
-fn this_side_runtime() -> Option<tokio::runtime::Handle> {
-    tokio::runtime::Handle::try_current().ok().or_else(crate::export::plugin_runtime)
-}
-
 impl Exported {
     /// Enters this side's runtime unless the calling thread is already in it.
     fn enter(&self) -> Option<tokio::runtime::EnterGuard<'_>> {
-        match &self.rt {
-            Some(rt) if tokio::runtime::Handle::try_current().is_err() => Some(rt.enter()),
-            _ => None,
-        }
+        runtime::enter(&self.rt)
     }
 }
 
@@ -119,8 +99,9 @@ static VTABLE: ObjectVTable = ObjectVTable { call: call_entry, call_sync: call_s
 
 /// Exports a value as an [`FfiObject`] owned by the receiver.
 pub fn export<T: Dispatch>(value: Arc<T>) -> FfiObject {
-    let ex = Box::new(Exported { inner: value, rt: this_side_runtime() });
-    FfiObject { data: Box::into_raw(ex) as *const c_void, vtable: &VTABLE }
+    let ex = Box::new(Exported { inner: value, rt: runtime::this_side() });
+    // SAFETY: VTABLE's functions take exactly this Box<Exported>; the object owns it.
+    unsafe { FfiObject::from_raw(Box::into_raw(ex) as *const c_void, &VTABLE) }
 }
 
 fn reply_of(res: Result<Reply, Error>) -> FfiReply {
@@ -156,7 +137,10 @@ unsafe extern "C" fn call_entry(data: *const c_void, method: u32, args: FfiArgs)
         ex.inner.clone().call_dyn(method, bytes, objects)
     }));
     match started {
-        Ok(fut) => Guarded { fut, rt: ex.rt.clone() }.into_ffi(),
+        Ok(fut) => runtime::Contained::new(async move { reply_of(fut.await) }, ex.rt.clone(), |e| {
+            reply_of(Err(Error::internal(ID, e)))
+        })
+        .into_ffi(),
         Err(p) => {
             let e = Error::internal(ID, format!("panic: {}", panic_message(&*p)));
             std::future::ready(reply_of(Err(e))).into_ffi()
@@ -180,35 +164,10 @@ unsafe extern "C" fn drop_entry(data: *const c_void) {
     // SAFETY: `data` is the Box<Exported> made by `export`; the owner drops it once.
     let ex = unsafe { Box::from_raw(data as *mut Exported) };
     // A value's Drop may use its runtime (e.g. to cancel tasks); a panic in it must not unwind out.
-    let _ = catch_unwind(AssertUnwindSafe(move || {
-        let rt = ex.rt.clone();
-        let _g = match &rt {
-            Some(rt) if tokio::runtime::Handle::try_current().is_err() => Some(rt.enter()),
-            _ => None,
-        };
-        drop(ex);
-    }));
-}
-
-/// A future polled inside its side's runtime, with panics turned into errors.
-struct Guarded {
-    fut: BoxFuture<'static, Result<Reply, Error>>,
-    rt: Option<tokio::runtime::Handle>,
-}
-
-impl Future for Guarded {
-    type Output = FfiReply;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<FfiReply> {
-        let this = &mut *self;
-        let _g = match &this.rt {
-            Some(rt) if tokio::runtime::Handle::try_current().is_err() => Some(rt.enter()),
-            _ => None,
-        };
-        match catch_unwind(AssertUnwindSafe(|| this.fut.as_mut().poll(cx))) {
-            Ok(Poll::Ready(res)) => Poll::Ready(reply_of(res)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(p) => Poll::Ready(reply_of(Err(Error::internal(ID, format!("panic: {}", panic_message(&*p)))))),
-        }
+    let rt = ex.rt.clone();
+    let _g = runtime::enter(&rt);
+    if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(ex))) {
+        tracing::error!("an object panicked while being released: {}", panic_message(&*p));
     }
 }
 
@@ -252,7 +211,9 @@ impl Drop for OutObjects {
 }
 
 impl Remote {
-    /// Wraps an object received from the other side.
+    /// Wraps an object received from the other side. Safe because an
+    /// [`FfiObject`] is valid by construction: it is made by [`export`] or by
+    /// the unsafe [`FfiObject::from_raw`], whose caller vouches for it.
     pub fn new(obj: FfiObject) -> Result<Self, Error> {
         if obj.is_null() {
             return Err(Error::internal(ID, "the other side returned no object"));
@@ -264,7 +225,7 @@ impl Remote {
     pub async fn call(&self, method: u32, bytes: &[u8], objects: Vec<FfiObject>) -> Result<RemoteReply, Error> {
         let mut out = OutObjects(objects);
         // SAFETY: `obj` is a live object of the other side; args live during the call.
-        let fut = unsafe { ((*self.obj.vtable).call)(self.obj.data, method, out.args(bytes)) };
+        let fut = unsafe { ((*self.obj.vtable()).call)(self.obj.data(), method, out.args(bytes)) };
         drop(out);
         into_result(fut.await)
     }
@@ -273,7 +234,7 @@ impl Remote {
     pub fn call_sync(&self, method: u32, bytes: &[u8], objects: Vec<FfiObject>) -> Result<RemoteReply, Error> {
         let mut out = OutObjects(objects);
         // SAFETY: as in `call`.
-        let r = unsafe { ((*self.obj.vtable).call_sync)(self.obj.data, method, out.args(bytes)) };
+        let r = unsafe { ((*self.obj.vtable()).call_sync)(self.obj.data(), method, out.args(bytes)) };
         into_result(r)
     }
 

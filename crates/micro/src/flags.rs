@@ -18,6 +18,9 @@ pub struct Flags {
     /// Load plugins even if other users can write to them
     #[arg(long, env = "MICRO_PLUGIN_ALLOW_INSECURE", alias = "plugin_allow_insecure", global = true)]
     pub plugin_allow_insecure: bool,
+    /// Load plugins built with panic = "abort" (a panic in one ends the process)
+    #[arg(long, env = "MICRO_PLUGIN_ALLOW_PANIC_ABORT", global = true)]
+    pub plugin_allow_panic_abort: bool,
     /// Client for RPC calls [default: mucp]
     #[arg(long, env = "MICRO_CLIENT", global = true)]
     pub client: Option<String>,

@@ -5,8 +5,8 @@
 
 use crate::catalog::Catalog;
 pub use micro_plugin::build::{build, generate, BuildConfig, BuildOptions, FrameworkSource, Progress};
-pub use micro_plugin::loader::{parse_pin, BuildInfo, LoadOptions};
-pub use micro_plugin::{init, load, Config, PluginError};
+pub use micro_plugin::loader::{check_kind, parse_pin, BuildInfo, LoadOptions};
+pub use micro_plugin::{init, inspect, load, Config, PluginError};
 
 /// Whether this code runs inside a plugin loaded by a micro host, so that
 /// [`HostNet`] sockets are available.
@@ -18,10 +18,10 @@ pub fn host_sockets_available() -> bool {
 /// Empty entries are skipped and a file named twice is loaded once; the
 /// first failure stops start-up. A plugin that replaces a component of the
 /// same name is reported with a warning.
-pub fn load_all(specs: &[String], allow_insecure: bool, catalog: &mut Catalog) -> Result<Vec<Config>, PluginError> {
+pub fn load_all(specs: &[String], opts: LoadOptions, catalog: &mut Catalog) -> Result<Vec<Config>, PluginError> {
     let mut done: Vec<Config> = Vec::new();
     for spec in specs.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-        let config = load(spec, LoadOptions { allow_insecure })?;
+        let config = load(spec, opts)?;
         if done.iter().any(|c| c.file == config.file) {
             continue;
         }

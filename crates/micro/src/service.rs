@@ -75,7 +75,14 @@ impl ServiceBuilder {
 
     /// Creates the components named by the flags and the service around them.
     pub fn build(mut self) -> Result<Service, Error> {
-        crate::plugin::load_all(&self.flags.plugin, self.flags.plugin_allow_insecure, &mut self.catalog)?;
+        crate::plugin::load_all(
+            &self.flags.plugin,
+            crate::plugin::LoadOptions {
+                allow_insecure: self.flags.plugin_allow_insecure,
+                allow_panic_abort: self.flags.plugin_allow_panic_abort,
+            },
+            &mut self.catalog,
+        )?;
         let f = &self.flags;
         let c = &self.catalog;
         let pick = |flag: &Option<String>, default: &str| flag.clone().unwrap_or_else(|| default.to_string());

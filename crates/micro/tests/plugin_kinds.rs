@@ -49,19 +49,23 @@ micro_plugin::export_plugin!(@descriptor unknown_plugin, name: "pdb", kind: "dat
 micro_plugin::export_plugin!(@descriptor wrong_plugin, name: "pbad", kind: "transport", new: new_client);
 micro_plugin::export_plugin!(@descriptor replacing_plugin, name: "mucp", kind: "client", new: new_client);
 
-fn config(d: &'static micro_plugin::abi::PluginDescriptor, name: &str) -> Config {
-    Config::from_descriptor(d, format!("/in-process/{name}.so").into())
+type Exported = (&'static micro_plugin::abi::PluginDescriptor, &'static micro_plugin::abi::PluginEntry);
+
+#[allow(unsafe_code)]
+fn config((d, e): Exported, name: &str) -> Config {
+    // SAFETY: each pair is one export_plugin! module's descriptor and entry.
+    unsafe { Config::from_descriptor(d, e, format!("/in-process/{name}.so").into()) }
 }
 
 fn catalog() -> Result<micro::Catalog, micro_plugin::PluginError> {
     let mut c = micro::catalog::builtin();
     for (d, n) in [
-        (&broker_plugin::MICRO_PLUGIN, "broker"),
-        (&registry_plugin::MICRO_PLUGIN, "registry"),
-        (&selector_plugin::MICRO_PLUGIN, "selector"),
-        (&transport_plugin::MICRO_PLUGIN, "transport"),
-        (&client_plugin::MICRO_PLUGIN, "client"),
-        (&server_plugin::MICRO_PLUGIN, "server"),
+        ((&broker_plugin::MICRO_PLUGIN, &broker_plugin::MICRO_PLUGIN_ENTRY), "broker"),
+        ((&registry_plugin::MICRO_PLUGIN, &registry_plugin::MICRO_PLUGIN_ENTRY), "registry"),
+        ((&selector_plugin::MICRO_PLUGIN, &selector_plugin::MICRO_PLUGIN_ENTRY), "selector"),
+        ((&transport_plugin::MICRO_PLUGIN, &transport_plugin::MICRO_PLUGIN_ENTRY), "transport"),
+        ((&client_plugin::MICRO_PLUGIN, &client_plugin::MICRO_PLUGIN_ENTRY), "client"),
+        ((&server_plugin::MICRO_PLUGIN, &server_plugin::MICRO_PLUGIN_ENTRY), "server"),
     ] {
         assert_eq!(micro_plugin::init(&config(d, n), &mut c)?, None);
     }
@@ -102,9 +106,15 @@ fn init_accepts_all_six_types() -> Result<(), Box<dyn std::error::Error>> {
 #[test]
 fn init_refuses_unknown_types_and_wrong_constructors() {
     let mut c = micro::catalog::builtin();
-    let e = micro_plugin::init(&config(&unknown_plugin::MICRO_PLUGIN, "db"), &mut c).err().map(|e| e.to_string());
+    let e =
+        micro_plugin::init(&config((&unknown_plugin::MICRO_PLUGIN, &unknown_plugin::MICRO_PLUGIN_ENTRY), "db"), &mut c)
+            .err()
+            .map(|e| e.to_string());
     assert_eq!(e.as_deref(), Some("plugin /in-process/db.so: unknown plugin type: database for pdb"));
-    let e = micro_plugin::init(&config(&wrong_plugin::MICRO_PLUGIN, "bad"), &mut c).err().map(|e| e.to_string());
+    let e =
+        micro_plugin::init(&config((&wrong_plugin::MICRO_PLUGIN, &wrong_plugin::MICRO_PLUGIN_ENTRY), "bad"), &mut c)
+            .err()
+            .map(|e| e.to_string());
     assert_eq!(
         e.as_deref(),
         Some("plugin /in-process/bad.so: invalid plugin pbad: its NewFunc new_client makes a client, but its Type is transport")
@@ -114,7 +124,10 @@ fn init_refuses_unknown_types_and_wrong_constructors() {
 #[test]
 fn a_plugin_may_replace_a_builtin_and_says_so() -> Result<(), micro_plugin::PluginError> {
     let mut c = micro::catalog::builtin();
-    let replaced = micro_plugin::init(&config(&replacing_plugin::MICRO_PLUGIN, "mucp"), &mut c)?;
+    let replaced = micro_plugin::init(
+        &config((&replacing_plugin::MICRO_PLUGIN, &replacing_plugin::MICRO_PLUGIN_ENTRY), "mucp"),
+        &mut c,
+    )?;
     assert_eq!(replaced.as_deref(), Some("mucp"));
     Ok(())
 }

@@ -1,12 +1,17 @@
 //! Streams of each kind — server-streaming, client-streaming and
 //! bidirectional — over both protocols (`mucp`, and `grpc` when the feature
 //! is on), with the same handler code, including cancellation from either
-//! side. In-process services on loopback; every wait is bounded.
+//! side. Each suite runs three times: built in, with the client taken from
+//! a plugin, and with the server taken from a plugin (the built-ins exported
+//! with `export_plugin!` and initialised like a loaded library, so every
+//! message crosses the plugin ABI). In-process services on loopback; every
+//! wait is bounded.
 
-use micro::core::{CallOptions, Error};
+use micro::core::{CallOptions, Client, ClientOptions, Error, Server, ServerOptions};
 use micro::{Flags, Service, TypedStream};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -36,16 +41,67 @@ struct World {
     ended: mpsc::UnboundedReceiver<&'static str>,
 }
 
-async fn world(protocol: &str) -> Result<World, Box<dyn std::error::Error>> {
+fn new_mucp_client(o: ClientOptions) -> micro::core::Result<Arc<dyn Client>> {
+    Ok(Arc::new(micro::client::MucpClient::new(o)))
+}
+fn new_mucp_server(o: ServerOptions) -> micro::core::Result<Arc<dyn Server>> {
+    Ok(Arc::new(micro::server::MucpServer::new(o)))
+}
+micro_plugin::export_plugin!(@descriptor mucp_client, name: "plugin-mucp", kind: "client", new: new_mucp_client);
+micro_plugin::export_plugin!(@descriptor mucp_server, name: "plugin-mucp", kind: "server", new: new_mucp_server);
+
+#[cfg(feature = "grpc")]
+fn new_grpc_client(o: ClientOptions) -> micro::core::Result<Arc<dyn Client>> {
+    Ok(Arc::new(micro::grpc::GrpcClient::new(o)?))
+}
+#[cfg(feature = "grpc")]
+fn new_grpc_server(o: ServerOptions) -> micro::core::Result<Arc<dyn Server>> {
+    Ok(Arc::new(micro::grpc::GrpcServer::new(o)))
+}
+#[cfg(feature = "grpc")]
+micro_plugin::export_plugin!(@descriptor grpc_client, name: "plugin-grpc", kind: "client", new: new_grpc_client);
+#[cfg(feature = "grpc")]
+micro_plugin::export_plugin!(@descriptor grpc_server, name: "plugin-grpc", kind: "server", new: new_grpc_server);
+
+/// The built-in catalog plus the plugin components above.
+#[allow(unsafe_code)]
+fn catalog() -> Result<micro::Catalog, micro_plugin::PluginError> {
+    let mut c = micro::catalog::builtin();
+    let mut add = |d, e, name: &str| {
+        // SAFETY: each pair is one export_plugin! module's descriptor and entry.
+        let config = unsafe { micro_plugin::Config::from_descriptor(d, e, format!("/in-process/{name}.so").into()) };
+        micro_plugin::init(&config, &mut c).map(|_| ())
+    };
+    add(&mucp_client::MICRO_PLUGIN, &mucp_client::MICRO_PLUGIN_ENTRY, "mucp-client")?;
+    add(&mucp_server::MICRO_PLUGIN, &mucp_server::MICRO_PLUGIN_ENTRY, "mucp-server")?;
+    #[cfg(feature = "grpc")]
+    {
+        add(&grpc_client::MICRO_PLUGIN, &grpc_client::MICRO_PLUGIN_ENTRY, "grpc-client")?;
+        add(&grpc_server::MICRO_PLUGIN, &grpc_server::MICRO_PLUGIN_ENTRY, "grpc-server")?;
+    }
+    Ok(c)
+}
+
+/// Which side comes from a plugin.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    BuiltIn,
+    ClientPlugin,
+    ServerPlugin,
+}
+
+async fn world(protocol: &str, via: Via) -> Result<World, Box<dyn std::error::Error>> {
     let registry = format!("streams-{protocol}-{}", uuid_like());
+    let name = |side: Via| if via == side { format!("plugin-{protocol}") } else { protocol.to_string() };
     let flags = Flags {
         registry: Some("memory".into()),
         registry_address: Some(registry),
-        server: Some(protocol.into()),
-        client: Some(protocol.into()),
+        server: Some(name(Via::ServerPlugin)),
+        client: Some(name(Via::ClientPlugin)),
         ..Flags::default()
     };
-    let server = Service::builder("counter").flags(flags.clone()).build()?;
+    let catalog = catalog()?;
+    let server = Service::builder("counter").flags(flags.clone()).catalog(catalog.clone()).build()?;
     let (tx, ended) = mpsc::unbounded_channel();
 
     // Server-streaming: one request, `n` answers (or forever when n = 0).
@@ -121,7 +177,7 @@ async fn world(protocol: &str) -> Result<World, Box<dyn std::error::Error>> {
     })?;
     server.handle("Counter.Plain", |x: Num| async move { Ok::<_, Error>(x) })?;
     server.start().await?;
-    let client = Service::builder("caller").flags(flags).build()?;
+    let client = Service::builder("caller").flags(flags).catalog(catalog).build()?;
     Ok(World { server, client, ended })
 }
 
@@ -130,8 +186,8 @@ fn uuid_like() -> u64 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-async fn server_streaming(protocol: &str) -> TestResult {
-    let w = world(protocol).await?;
+async fn server_streaming(protocol: &str, via: Via) -> TestResult {
+    let w = world(protocol, via).await?;
     let mut s: TypedStream<Num, Num> = w.client.client().stream("counter", "Counter.Count").await?;
     s.send(&Num { n: 5 }).await?;
     s.close_send();
@@ -144,8 +200,8 @@ async fn server_streaming(protocol: &str) -> TestResult {
     Ok(())
 }
 
-async fn client_streaming(protocol: &str) -> TestResult {
-    let w = world(protocol).await?;
+async fn client_streaming(protocol: &str, via: Via) -> TestResult {
+    let w = world(protocol, via).await?;
     let mut s: TypedStream<Num, Num> = w.client.client().stream("counter", "Counter.Sum").await?;
     for n in 1..=100 {
         s.send(&Num { n }).await?;
@@ -157,8 +213,8 @@ async fn client_streaming(protocol: &str) -> TestResult {
     Ok(())
 }
 
-async fn bidirectional(protocol: &str) -> TestResult {
-    let w = world(protocol).await?;
+async fn bidirectional(protocol: &str, via: Via) -> TestResult {
+    let w = world(protocol, via).await?;
     let md = HashMap::from([("x-first".to_string(), "7".to_string())]);
     let s: TypedStream<Num, Num> =
         w.client.client().stream_with("counter", "Counter.Double", md, CallOptions::default()).await?;
@@ -187,8 +243,8 @@ async fn bidirectional(protocol: &str) -> TestResult {
     Ok(())
 }
 
-async fn caller_cancels(protocol: &str) -> TestResult {
-    let mut w = world(protocol).await?;
+async fn caller_cancels(protocol: &str, via: Via) -> TestResult {
+    let mut w = world(protocol, via).await?;
     let mut s: TypedStream<Num, Num> = w.client.client().stream("counter", "Counter.Count").await?;
     s.send(&Num { n: 0 }).await?; // endless
     for i in 1..=3 {
@@ -203,8 +259,8 @@ async fn caller_cancels(protocol: &str) -> TestResult {
 
 /// A caller that drops its stream in the middle of an upload cancels it:
 /// the handler must never see that as a clean end of input.
-async fn dropped_upload_is_no_end_of_input(protocol: &str) -> TestResult {
-    let mut w = world(protocol).await?;
+async fn dropped_upload_is_no_end_of_input(protocol: &str, via: Via) -> TestResult {
+    let mut w = world(protocol, via).await?;
     for round in 0..5 {
         let mut s: TypedStream<Num, Num> = w.client.client().stream("counter", "Counter.Upload").await?;
         for n in 1..=3 {
@@ -228,8 +284,8 @@ async fn dropped_upload_is_no_end_of_input(protocol: &str) -> TestResult {
     Ok(())
 }
 
-async fn server_cancels(protocol: &str) -> TestResult {
-    let mut w = world(protocol).await?;
+async fn server_cancels(protocol: &str, via: Via) -> TestResult {
+    let mut w = world(protocol, via).await?;
     let mut s: TypedStream<Num, Num> = w.client.client().stream("counter", "Counter.Refuse").await?;
     assert_eq!(timeout(LIMIT, s.recv()).await??, Some(Num { n: 1 }));
     assert_eq!(timeout(LIMIT, s.recv()).await??, Some(Num { n: 2 }));
@@ -251,8 +307,8 @@ async fn server_cancels(protocol: &str) -> TestResult {
     Ok(())
 }
 
-async fn wrong_kind(protocol: &str) -> TestResult {
-    let w = world(protocol).await?;
+async fn wrong_kind(protocol: &str, via: Via) -> TestResult {
+    let w = world(protocol, via).await?;
     if protocol == "grpc" {
         // gRPC's wire does not tell a plain call from a stream of one
         // message each way (every gRPC stack behaves so): a plain call to a
@@ -288,40 +344,46 @@ async fn wrong_kind(protocol: &str) -> TestResult {
 }
 
 macro_rules! per_protocol {
-    ($proto:ident, $name:literal) => {
+    ($proto:ident, $name:literal, $via:expr) => {
         mod $proto {
             #[tokio::test]
             async fn server_streaming() -> super::TestResult {
-                super::server_streaming($name).await
+                super::server_streaming($name, $via).await
             }
             #[tokio::test]
             async fn client_streaming() -> super::TestResult {
-                super::client_streaming($name).await
+                super::client_streaming($name, $via).await
             }
             #[tokio::test]
             async fn bidirectional() -> super::TestResult {
-                super::bidirectional($name).await
+                super::bidirectional($name, $via).await
             }
             #[tokio::test]
             async fn caller_cancels() -> super::TestResult {
-                super::caller_cancels($name).await
+                super::caller_cancels($name, $via).await
             }
             #[tokio::test]
             async fn server_cancels() -> super::TestResult {
-                super::server_cancels($name).await
+                super::server_cancels($name, $via).await
             }
             #[tokio::test]
             async fn dropped_upload_is_no_end_of_input() -> super::TestResult {
-                super::dropped_upload_is_no_end_of_input($name).await
+                super::dropped_upload_is_no_end_of_input($name, $via).await
             }
             #[tokio::test]
             async fn wrong_kind() -> super::TestResult {
-                super::wrong_kind($name).await
+                super::wrong_kind($name, $via).await
             }
         }
     };
 }
 
-per_protocol!(mucp, "mucp");
+per_protocol!(mucp, "mucp", super::Via::BuiltIn);
+per_protocol!(mucp_client_plugin, "mucp", super::Via::ClientPlugin);
+per_protocol!(mucp_server_plugin, "mucp", super::Via::ServerPlugin);
 #[cfg(feature = "grpc")]
-per_protocol!(grpc, "grpc");
+per_protocol!(grpc, "grpc", super::Via::BuiltIn);
+#[cfg(feature = "grpc")]
+per_protocol!(grpc_client_plugin, "grpc", super::Via::ClientPlugin);
+#[cfg(feature = "grpc")]
+per_protocol!(grpc_server_plugin, "grpc", super::Via::ServerPlugin);

@@ -1,13 +1,58 @@
 //! The probe plugin of micro's tests: a client whose endpoints exercise
-//! the plugin's own runtime (spawn, timers, TCP), tracing forwarding and
-//! panics. Features export it wrongly in each way the loader must refuse.
+//! the plugin's own runtime (spawn, timers, TCP), tracing forwarding,
+//! panics and cancellation. Features export it wrongly in each way the
+//! loader must refuse. Its library constructor leaves a mark, so that tests
+//! can tell whether any of a refused file ran.
 
 use bytes::Bytes;
 use micro_core::{CallOptions, Client, ClientOptions, Error, Message, Request, Response, Result};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Runs when the library is opened (an ELF constructor, before any micro
+/// code): appends the plugin's name to the file `MICRO_PROBE_MARKER` names.
+/// The name is read from the descriptor, so a copy whose descriptor was
+/// changed leaves a different mark.
+extern "C" fn mark_loaded() {
+    if let Some(path) = std::env::var_os("MICRO_PROBE_MARKER") {
+        let name = micro_plugin::abi::fixed_str(&__micro_plugin::MICRO_PLUGIN.name);
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = std::io::Write::write_all(&mut f, format!("{name}\n").as_bytes());
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+#[used]
+// SAFETY: a plain function pointer in .init_array, which the dynamic loader
+// calls once with no arguments when the library is opened.
+#[unsafe(link_section = ".init_array")]
+static MARK_LOADED: extern "C" fn() = mark_loaded;
+
+/// Set once a cancelled call's clean-up ran (see `Probe.DropNeedsRuntime`).
+static CLEANED_UP: AtomicBool = AtomicBool::new(false);
+
+/// Dropped with a cancelled call's future: spawns its clean-up, which needs
+/// the plugin's runtime to be entered on the dropping thread.
+struct NeedsRuntimeOnDrop;
+
+impl Drop for NeedsRuntimeOnDrop {
+    fn drop(&mut self) {
+        tokio::spawn(async { CLEANED_UP.store(true, Ordering::SeqCst) });
+    }
+}
+
+/// Panics when a cancelled call's future is dropped.
+struct PanicsOnDrop;
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("probe panics while its cancelled future is dropped");
+    }
+}
 
 struct Probe;
 
@@ -61,6 +106,28 @@ impl Client for Probe {
                     tracing::warn!(probe = "yes", answer = 42, "hello from the probe plugin");
                     reply("logged")
                 }
+                "Probe.DropNeedsRuntime" => {
+                    let _guard = NeedsRuntimeOnDrop;
+                    std::future::pending::<()>().await;
+                    reply("never")
+                }
+                "Probe.DropPanics" => {
+                    let _guard = PanicsOnDrop;
+                    std::future::pending::<()>().await;
+                    reply("never")
+                }
+                "Probe.HostSpawn" => {
+                    // A background task through the host (or, without a host
+                    // runtime, the plugin's own): its answer must arrive.
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    micro_plugin::host::spawn(async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                        let _ = tx.send(7);
+                    });
+                    let n = rx.await.map_err(|_| Error::internal("probe", "the spawned task was dropped"))?;
+                    reply(n.to_string())
+                }
+                "Probe.CleanedUp" => reply(CLEANED_UP.load(Ordering::SeqCst).to_string()),
                 "Probe.PanicInPoll" => {
                     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                     panic!("probe panics inside a polled future");

@@ -88,6 +88,63 @@ pub(crate) fn probe(feature: Option<&str>) -> PathBuf {
     out
 }
 
+/// Builds the probe with `panic = "abort"` (only the probe crate itself:
+/// its `export_plugin!` records the strategy the final crate is built with).
+pub(crate) fn probe_panic_abort() -> PathBuf {
+    let mut cache = built().lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = cache.get("probe:abort") {
+        return p.clone();
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let o = Command::new(cargo)
+        .current_dir(root())
+        .args(["rustc", "--locked", "-p", "micro-plugin-probe", "--lib", "--target-dir"])
+        .arg(plugin_target())
+        .args(["--", "-C", "panic=abort"])
+        .output()
+        .expect("run cargo rustc");
+    assert!(o.status.success(), "building the panic=abort probe failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    let out = out_dir().join("probe-abort.so");
+    std::fs::copy(plugin_target().join("debug/libmicro_plugin_probe.so"), &out).expect("copy probe");
+    cache.insert("probe:abort".into(), out.clone());
+    out
+}
+
+/// Runs `cmd` to completion within `limit`, killing it after: a test of a
+/// hostile file must never hang on it.
+pub(crate) fn run_bounded(cmd: &mut Command, limit: Duration) -> Result<Output, Box<dyn std::error::Error>> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    // Drained as it comes, so that a chatty child never blocks on a full pipe.
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut v);
+            }
+            v
+        })
+    };
+    let out = drain(child.stdout.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
+    let err = drain(child.stderr.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{cmd:?} did not finish within {limit:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stdout = out.join().map_err(|_| "stdout reader panicked")?;
+    let stderr = err.join().map_err(|_| "stderr reader panicked")?;
+    Ok(Output { status, stdout, stderr })
+}
+
 /// A child process killed when dropped.
 pub(crate) struct Proc(pub(crate) Child);
 

@@ -1,0 +1,384 @@
+//! The plugin loader as an attacker and an unlucky user meet it, with real
+//! processes and real libraries: damaged, foreign and hostile files are
+//! clean errors (never a signal, never a hang), nothing of a refused file
+//! runs (its ELF constructor leaves a mark when it does), `micro plugin
+//! inspect` never runs any of a file, and a file swapped while it is being
+//! loaded either loads as checked or not at all.
+
+mod common;
+
+use common::*;
+use micro_plugin::abi::PluginDescriptor;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// `micro services` with `plugin` loaded at start-up, on a private local registry.
+fn start_up(plugin: &str, marker: &Path, extra: &[&str]) -> Result<Output, Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let mut c = Command::new(MICRO);
+    c.env_remove("MICRO_CLIENT")
+        .env("MICRO_PLUGIN", plugin)
+        .env("MICRO_PROBE_MARKER", marker)
+        .env("MICRO_REGISTRY", "local")
+        .env("MICRO_REGISTRY_ADDRESS", dir.path())
+        .args(extra)
+        .arg("services");
+    run_bounded(&mut c, LIMIT)
+}
+
+/// `micro plugin inspect` of `plugin`.
+fn inspect(plugin: &str, marker: &Path) -> Result<Output, Box<dyn std::error::Error>> {
+    let mut c = Command::new(MICRO);
+    c.env_remove("MICRO_PLUGIN").env("MICRO_PROBE_MARKER", marker).args(["plugin", "inspect", plugin]);
+    run_bounded(&mut c, LIMIT)
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A refusal: exit status 1 (not a signal, not a panic), `want` in the output.
+fn assert_refused(case: &str, o: &Output, want: &str) {
+    let all = text(o);
+    assert_eq!(o.status.code(), Some(1), "{case}: a clean failure, not a crash or signal ({:?}):\n{all}", o.status);
+    assert!(all.contains(want), "{case}: want {want:?} in:\n{all}");
+    assert!(!all.contains("panicked at"), "{case}: the host must not panic:\n{all}");
+}
+
+fn marks(marker: &Path) -> String {
+    std::fs::read_to_string(marker).unwrap_or_default()
+}
+
+/// A copy of `good` at `dir/name` with `patch` applied to its bytes (mode 0644).
+fn patched(good: &Path, dir: &Path, name: &str, patch: impl FnOnce(&mut Vec<u8>)) -> std::io::Result<PathBuf> {
+    let mut bytes = std::fs::read(good)?;
+    patch(&mut bytes);
+    let p = dir.join(name);
+    std::fs::write(&p, &bytes)?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))?;
+    Ok(p)
+}
+
+fn descriptor_at(bytes: &[u8]) -> usize {
+    micro_plugin::loader::descriptor_offset(bytes).expect("the probe has a descriptor")
+}
+
+fn put(bytes: &mut [u8], at: usize, v: &[u8]) {
+    bytes[at..at + v.len()].copy_from_slice(v);
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// The file offsets of the ELF64 program headers of type `p_type`.
+fn program_headers(b: &[u8], p_type: u32) -> Vec<usize> {
+    let (phoff, phentsize, phnum) = (u64_at(b, 32) as usize, u16_at(b, 54) as usize, u16_at(b, 56) as usize);
+    (0..phnum).map(|i| phoff + i * phentsize).filter(|&at| b[at..at + 4] == p_type.to_le_bytes()).collect()
+}
+
+#[test]
+fn nothing_of_a_refused_file_runs_and_inspect_runs_nothing() -> TestResult {
+    let good = probe(None);
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let marker = d.join("marker");
+    let off = descriptor_at(&std::fs::read(&good)?);
+    let field = |f: usize| off + f;
+    use std::mem::offset_of;
+
+    let abi = patched(&good, d, "abi.so", |b| {
+        put(b, field(offset_of!(PluginDescriptor, abi_version)), &(micro_plugin::abi::ABI_VERSION + 7).to_ne_bytes())
+    })?;
+    let target = patched(&good, d, "target.so", |b| {
+        put(
+            b,
+            field(offset_of!(PluginDescriptor, target)),
+            &micro_plugin::abi::fixed::<64>("riscv64gc-unknown-linux-gnu"),
+        )
+    })?;
+    let layout = patched(&good, d, "layout.so", |b| {
+        put(b, field(offset_of!(PluginDescriptor, layout)), &0x1234_5678_u64.to_le_bytes())
+    })?;
+    let abort = patched(&good, d, "abort.so", |b| {
+        put(b, field(offset_of!(PluginDescriptor, panic_strategy)), &micro_plugin::abi::PANIC_ABORT.to_ne_bytes())
+    })?;
+    let writable = patched(&good, d, "writable.so", |_| {})?;
+    std::fs::set_permissions(&writable, std::fs::Permissions::from_mode(0o666))?;
+    let pinned = format!("{}#sha256={}", patched(&good, d, "pinned.so", |_| {})?.display(), "ab".repeat(32));
+
+    let host = micro_plugin::loader::BuildInfo::host();
+    let cases: Vec<(&str, String, String)> = vec![
+        (
+            "ABI version",
+            abi.display().to_string(),
+            format!("plugin ABI version mismatch: plugin has {}", host.abi_version + 7),
+        ),
+        (
+            "target",
+            target.display().to_string(),
+            format!("target mismatch: plugin has riscv64gc-unknown-linux-gnu, host has {}", host.target),
+        ),
+        ("layout", layout.display().to_string(), "ABI layout fingerprint mismatch: plugin has 0000000012345678".into()),
+        ("panic strategy", abort.display().to_string(), "it was built with panic = \"abort\"".into()),
+        ("permissions", writable.display().to_string(), "the file is writable by group or others (mode 666)".into()),
+        ("pin", pinned.clone(), "sha256 mismatch: pinned abab".into()),
+    ];
+    for (case, plugin, want) in &cases {
+        assert_refused(case, &start_up(plugin, &marker, &[])?, want);
+        assert_eq!(marks(&marker), "", "{case}: the refused file's constructor must not have run");
+        let o = inspect(plugin, &marker)?;
+        assert_refused(case, &o, &format!("Loadable:     no: plugin {}", d.canonicalize()?.display()));
+        assert_eq!(marks(&marker), "", "{case}: inspect must not run the file");
+    }
+
+    // A good plugin: inspect reads it and still runs nothing of it…
+    let o = inspect(&good.display().to_string(), &marker)?;
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("Loadable:     yes"), "{}", text(&o));
+    assert!(text(&o).contains("Panics:       unwind"), "{}", text(&o));
+    assert_eq!(marks(&marker), "", "inspect opened the library");
+    // …and loading it runs its constructor: the mark is real.
+    let o = start_up(&good.display().to_string(), &marker, &[])?;
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(marks(&marker), "probe\n");
+    Ok(())
+}
+
+#[test]
+fn a_panic_abort_plugin_is_refused_with_its_reason_unless_accepted() -> TestResult {
+    let abort = probe_panic_abort().display().to_string();
+    let dir = tempfile::tempdir()?;
+    let marker = dir.path().join("marker");
+    assert_refused(
+        "panic=abort",
+        &start_up(&abort, &marker, &[])?,
+        "refusing to load: it was built with panic = \"abort\", so a panic in it would end this process",
+    );
+    assert_eq!(marks(&marker), "");
+    let o = start_up(&abort, &marker, &["--plugin-allow-panic-abort"])?;
+    assert!(o.status.success(), "the opt-in loads it:\n{}", text(&o));
+    assert_eq!(marks(&marker), "probe\n");
+    Ok(())
+}
+
+#[test]
+fn damaged_and_foreign_libraries_are_clean_errors() -> TestResult {
+    let good = probe(None);
+    let bytes = std::fs::read(&good)?;
+    let len = bytes.len();
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let marker = d.join("marker");
+
+    let mut cases: Vec<(String, PathBuf, String)> = Vec::new();
+    for cut in [0, 3, 16, 63, 64 + 56, 4096, len / 3, len / 2, len - 4096, len - 1] {
+        let p = patched(&good, d, &format!("cut-{cut}.so"), |b| b.truncate(cut))?;
+        let want = match cut {
+            0 => "the file is empty".to_string(),
+            3 => "no ELF magic number".to_string(),
+            16 => "cut short".to_string(),
+            _ => String::new(), // the exact reason depends on where the cut falls
+        };
+        cases.push((format!("cut at {cut} of {len} bytes"), p, want));
+    }
+    let (other, other_name) = if cfg!(target_arch = "aarch64") { (62u16, "x86_64") } else { (183u16, "aarch64") };
+    cases.push((
+        "another machine".into(),
+        patched(&good, d, "machine.so", |b| put(b, 18, &other.to_le_bytes()))?,
+        format!("architecture mismatch: plugin has {other_name} (64-bit, little-endian)"),
+    ));
+    cases.push((
+        "32-bit class".into(),
+        patched(&good, d, "class.so", |b| b[4] = 1)?,
+        "(32-bit, little-endian), host has".into(),
+    ));
+    cases.push((
+        "not a shared object".into(),
+        patched(&good, d, "exec.so", |b| put(b, 16, &2u16.to_le_bytes()))?,
+        "not a shared library (ELF type 2)".into(),
+    ));
+    cases.push((
+        "program headers past the end".into(),
+        patched(&good, d, "phoff.so", |b| put(b, 32, &(len as u64 * 4).to_le_bytes()))?,
+        "program headers".into(),
+    ));
+    let load = program_headers(&bytes, 1)[0];
+    cases.push((
+        "a segment longer than the file".into(),
+        patched(&good, d, "filesz.so", |b| put(b, load + 32, &(len as u64 * 2).to_le_bytes()))?,
+        "cut short or damaged: segment".into(),
+    ));
+    cases.push((
+        "a segment starting past the end".into(),
+        patched(&good, d, "offset.so", |b| put(b, load + 8, &(len as u64 + 4096).to_le_bytes()))?,
+        "cut short or damaged: segment".into(),
+    ));
+    let dynamic = program_headers(&bytes, 2)[0];
+    let dyn_off = u64_at(&bytes, dynamic + 8) as usize;
+    let strtab =
+        (0..).map(|i| dyn_off + i * 16).take_while(|&at| u64_at(&bytes, at) != 0).find(|&at| u64_at(&bytes, at) == 5);
+    let strtab = strtab.ok_or("no DT_STRTAB in the probe")?;
+    cases.push((
+        "a dynamic entry pointing outside the file".into(),
+        patched(&good, d, "dynamic.so", |b| put(b, strtab + 8, &0x7fff_0000_0000_u64.to_le_bytes()))?,
+        "outside the loaded segments".into(),
+    ));
+
+    for (case, p, want) in &cases {
+        let shown = p.canonicalize()?.display().to_string();
+        let o = start_up(&p.display().to_string(), &marker, &[])?;
+        assert_refused(case, &o, &format!("error: plugin {shown}: "));
+        assert_refused(case, &o, want);
+        let o = inspect(&p.display().to_string(), &marker)?;
+        assert_refused(case, &o, &format!("Loadable:     no: plugin {shown}: "));
+        assert_refused(case, &o, want);
+        eprintln!("{case}: {}", text(&o).trim());
+    }
+    assert_eq!(marks(&marker), "", "no damaged file ran");
+    Ok(())
+}
+
+#[test]
+fn special_files_and_unsafe_paths_are_clean_errors_and_never_hang() -> TestResult {
+    let good = probe(None);
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let marker = d.join("marker");
+
+    let fifo = d.join("fifo.so");
+    assert!(Command::new("mkfifo").arg(&fifo).status()?.success(), "mkfifo");
+    let a_dir = d.join("dir.so");
+    std::fs::create_dir(&a_dir)?;
+    let open = d.join("open");
+    std::fs::create_dir(&open)?;
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777))?;
+    let planted = open.join("real.so");
+    std::fs::copy(&good, &planted)?;
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o644))?;
+    let link = d.join("link.so");
+    std::os::unix::fs::symlink(&planted, &link)?;
+    // Another user's directory and file (the suite runs as root in CI: chown works;
+    // as another user it cannot chown, and the case is skipped with a note).
+    let theirs = d.join("theirs");
+    std::fs::create_dir(&theirs)?;
+    let in_theirs = theirs.join("p.so");
+    std::fs::copy(&good, &in_theirs)?;
+    let their_file = d.join("their-file.so");
+    std::fs::copy(&good, &their_file)?;
+    let chowned = Command::new("chown").arg("65534").arg(&theirs).arg(&their_file).status()?.success();
+
+    let mut cases: Vec<(&str, String, String)> = vec![
+        ("a FIFO", fifo.display().to_string(), "not a regular file but a FIFO".into()),
+        ("a character device", "/dev/null".into(), "not a regular file but a character device".into()),
+        ("a directory", a_dir.display().to_string(), "not a regular file but a directory".into()),
+        (
+            "a symlink into a writable directory",
+            link.display().to_string(),
+            format!(
+                "refusing to load: directory {} is writable by group or others (mode 777)",
+                open.canonicalize()?.display()
+            ),
+        ),
+    ];
+    if chowned {
+        cases.push((
+            "a directory owned by another user",
+            in_theirs.display().to_string(),
+            format!("directory {} is owned by uid 65534, not by this user", theirs.canonicalize()?.display()),
+        ));
+        cases.push((
+            "a file owned by another user",
+            their_file.display().to_string(),
+            "the file is owned by uid 65534, not by this user".into(),
+        ));
+    } else {
+        eprintln!("note: cannot chown here (not root): the other-user cases did not run");
+    }
+    for (case, plugin, want) in &cases {
+        assert_refused(case, &start_up(plugin, &marker, &[])?, want);
+        assert_refused(case, &inspect(plugin, &marker)?, want);
+    }
+    assert_eq!(marks(&marker), "");
+
+    // The sticky-directory exemption: a root- or self-owned sticky directory
+    // that everyone can write to (as /tmp) is accepted.
+    let sticky = d.join("sticky");
+    std::fs::create_dir(&sticky)?;
+    std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777))?;
+    let in_sticky = sticky.join("p.so");
+    std::fs::copy(&good, &in_sticky)?;
+    std::fs::set_permissions(&in_sticky, std::fs::Permissions::from_mode(0o644))?;
+    let o = start_up(&in_sticky.display().to_string(), &marker, &[])?;
+    assert!(o.status.success(), "a sticky directory is accepted:\n{}", text(&o));
+    Ok(())
+}
+
+#[test]
+fn a_file_swapped_during_loading_loads_as_checked_or_not_at_all() -> TestResult {
+    let good = probe(None);
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let marker = d.join("marker");
+    let bytes = std::fs::read(&good)?;
+    let digest = Command::new("sha256sum").arg(&good).output()?;
+    let hex = String::from_utf8_lossy(&digest.stdout).split_whitespace().next().unwrap_or("").to_string();
+    // The impostor: the same code under another name, so that its constructor
+    // leaves another mark ("impostor") if any of it ever runs.
+    let off = descriptor_at(&bytes);
+    let name_at = off + std::mem::offset_of!(PluginDescriptor, name);
+    let a = patched(&good, d, "a.so", |_| {})?;
+    let b = patched(&good, d, "b.so", |b| put(b, name_at, &micro_plugin::abi::fixed::<64>("impostor")))?;
+    let target = d.join("plugin.so");
+    std::fs::copy(&a, &target)?;
+
+    // Swap the path between the two files as fast as renames go, while
+    // processes load it pinned to the good one's digest.
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, a, b, target, d) = (stop.clone(), a.clone(), b.clone(), target.clone(), d.to_path_buf());
+        std::thread::spawn(move || -> std::io::Result<u64> {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && n < 1_000_000 {
+                let src = if n % 2 == 0 { &b } else { &a };
+                let tmp = d.join("next.so");
+                std::fs::copy(src, &tmp)?;
+                std::fs::rename(&tmp, &target)?;
+                n += 1;
+            }
+            Ok(n)
+        })
+    };
+    let (mut loaded, mut refused) = (0, 0);
+    for _ in 0..16 {
+        let o = start_up(&format!("{}#sha256={hex}", target.display()), &marker, &[])?;
+        match o.status.code() {
+            Some(0) => loaded += 1,
+            Some(1) => {
+                let all = text(&o);
+                assert!(all.contains("sha256 mismatch"), "an unexpected refusal:\n{all}");
+                refused += 1;
+            }
+            _ => panic!("a crash while loading a swapped file: {:?}\n{}", o.status, text(&o)),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().map_err(|_| "swapper panicked")??;
+    eprintln!("{swaps} swaps; {loaded} loads of the checked file, {refused} refusals");
+    assert!(swaps > 16, "the file was swapped during the loads ({swaps} swaps)");
+    assert!(!marks(&marker).contains("impostor"), "the swapped-in file ran:\n{}", marks(&marker));
+    assert_eq!(marks(&marker).lines().count(), loaded, "each successful load ran the checked file once");
+    Ok(())
+}

@@ -1,0 +1,318 @@
+//! A transport, its listeners and sockets (whole or split into halves) across the boundary.
+
+use super::*;
+
+mod transport_m {
+    pub(super) const DIAL: u32 = 1;
+    pub(super) const LISTEN: u32 = 2;
+    pub(super) const NAME: u32 = 3;
+}
+
+struct TransportExport(Arc<dyn Transport>);
+
+impl Dispatch for TransportExport {
+    fn call(self: Arc<Self>, method: u32, args: &[u8], _: Vec<FfiObject>) -> BoxFuture<'static, Result<Reply>> {
+        let addr = dec!(Reader::new(args).string());
+        match method {
+            transport_m::DIAL => Box::pin(async move { Ok(Reply::object(export_socket(self.0.dial(&addr).await?))) }),
+            transport_m::LISTEN => Box::pin(async move {
+                let l = self.0.listen(&addr).await?;
+                Ok(Reply::object(export(Arc::new(ListenerExport(l)))))
+            }),
+            m => ready_err(unknown_method("transport", m)),
+        }
+    }
+    fn call_sync(&self, method: u32, _: &[u8], _: Vec<FfiObject>) -> Result<Reply> {
+        match method {
+            transport_m::NAME => string_reply(self.0.name()),
+            m => Err(unknown_method("transport", m)),
+        }
+    }
+}
+
+/// Exports a transport.
+pub fn export_transport(t: Arc<dyn Transport>) -> FfiObject {
+    export(Arc::new(TransportExport(t)))
+}
+
+struct TransportProxy {
+    remote: Remote,
+    name: String,
+}
+
+/// A transport exported by the other side.
+pub fn import_transport(obj: FfiObject) -> Result<Arc<dyn Transport>> {
+    let remote = Remote::new(obj)?;
+    let name = remote.call_string(transport_m::NAME);
+    Ok(Arc::new(TransportProxy { remote, name }))
+}
+
+#[async_trait]
+impl Transport for TransportProxy {
+    async fn dial(&self, addr: &str) -> Result<Box<dyn Socket>> {
+        let mut w = Writer::new();
+        w.str(addr);
+        let r = self.remote.call(transport_m::DIAL, &w.finish(), Vec::new()).await?;
+        Ok(Box::new(SocketProxy::new(reply_object(r, "socket")?)?))
+    }
+    async fn listen(&self, addr: &str) -> Result<Box<dyn Listener>> {
+        let mut w = Writer::new();
+        w.str(addr);
+        let r = self.remote.call(transport_m::LISTEN, &w.finish(), Vec::new()).await?;
+        let remote = Remote::new(reply_object(r, "listener")?)?;
+        let addr = remote.call_string(listener_m::ADDR);
+        Ok(Box::new(ListenerProxy { remote, addr }))
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+mod listener_m {
+    pub(super) const ACCEPT: u32 = 1;
+    pub(super) const ADDR: u32 = 2;
+}
+
+struct ListenerExport(Box<dyn Listener>);
+
+impl Dispatch for ListenerExport {
+    fn call(self: Arc<Self>, method: u32, _: &[u8], _: Vec<FfiObject>) -> BoxFuture<'static, Result<Reply>> {
+        match method {
+            listener_m::ACCEPT => Box::pin(async move { Ok(Reply::object(export_socket(self.0.accept().await?))) }),
+            m => ready_err(unknown_method("listener", m)),
+        }
+    }
+    fn call_sync(&self, method: u32, _: &[u8], _: Vec<FfiObject>) -> Result<Reply> {
+        match method {
+            listener_m::ADDR => string_reply(&self.0.addr()),
+            m => Err(unknown_method("listener", m)),
+        }
+    }
+}
+
+struct ListenerProxy {
+    remote: Remote,
+    addr: String,
+}
+
+#[async_trait]
+impl Listener for ListenerProxy {
+    fn addr(&self) -> String {
+        self.addr.clone()
+    }
+    async fn accept(&self) -> Result<Box<dyn Socket>> {
+        let r = self.remote.call(listener_m::ACCEPT, &[], Vec::new()).await?;
+        Ok(Box::new(SocketProxy::new(reply_object(r, "socket")?)?))
+    }
+}
+
+mod socket_m {
+    pub(super) const SEND: u32 = 1;
+    pub(super) const RECV: u32 = 2;
+    pub(super) const CLOSE: u32 = 3;
+    pub(super) const LOCAL_ADDR: u32 = 4;
+    pub(super) const REMOTE_ADDR: u32 = 5;
+    pub(super) const SPLIT: u32 = 6;
+}
+
+/// Methods of a split socket's halves, served by one object.
+mod halves_m {
+    pub(super) const SEND: u32 = 1;
+    pub(super) const SEND_FRAMES: u32 = 2;
+    pub(super) const CLOSE: u32 = 3;
+    pub(super) const RECV: u32 = 4;
+    pub(super) const MAX_MESSAGE_SIZE: u32 = 5;
+}
+
+struct SocketExport {
+    // The trait takes `&mut self`; calls on one socket never overlap, so this lock is uncontended.
+    socket: tokio::sync::Mutex<Box<dyn Socket>>,
+    local: String,
+    remote: String,
+}
+
+fn export_socket(s: Box<dyn Socket>) -> FfiObject {
+    let (local, remote) = (s.local_addr(), s.remote_addr());
+    export(Arc::new(SocketExport { socket: tokio::sync::Mutex::new(s), local, remote }))
+}
+
+impl Dispatch for SocketExport {
+    fn call(self: Arc<Self>, method: u32, args: &[u8], _: Vec<FfiObject>) -> BoxFuture<'static, Result<Reply>> {
+        match method {
+            // Messages cross in frame encoding: a socket that speaks frames
+            // (the tcp transport) writes and reads them without decoding.
+            socket_m::SEND => {
+                let encoded = bytes::Bytes::copy_from_slice(args);
+                Box::pin(async move { self.socket.lock().await.send_frame(encoded).await.and_then(|_| ok()) })
+            }
+            socket_m::RECV => Box::pin(async move {
+                let encoded = self.socket.lock().await.recv_frame().await?;
+                Ok(Reply::bytes(encoded.to_vec()))
+            }),
+            socket_m::CLOSE => Box::pin(async move { self.socket.lock().await.close().await.and_then(|_| ok()) }),
+            m => ready_err(unknown_method("socket", m)),
+        }
+    }
+    fn call_sync(&self, method: u32, _: &[u8], _: Vec<FfiObject>) -> Result<Reply> {
+        match method {
+            socket_m::LOCAL_ADDR => string_reply(&self.local),
+            socket_m::REMOTE_ADDR => string_reply(&self.remote),
+            socket_m::SPLIT => {
+                // Split is synchronous and nothing else runs on a socket being split.
+                let Ok(mut socket) = self.socket.try_lock() else {
+                    return Err(Error::internal("go.micro.plugin", "socket busy: cannot split it"));
+                };
+                match socket.split() {
+                    None => Ok(Reply::default()),
+                    Some((tx, rx)) => Ok(Reply::object(export(Arc::new(HalvesExport {
+                        max: tx.max_message_size(),
+                        tx: tokio::sync::Mutex::new(tx),
+                        rx: tokio::sync::Mutex::new(rx),
+                    })))),
+                }
+            }
+            m => Err(unknown_method("socket", m)),
+        }
+    }
+}
+
+/// Both halves of a split socket, exported as one object: each half has
+/// its own lock, so one task may send while another receives.
+struct HalvesExport {
+    tx: tokio::sync::Mutex<Box<dyn SocketSender>>,
+    rx: tokio::sync::Mutex<Box<dyn SocketReceiver>>,
+    max: Option<usize>,
+}
+
+impl Dispatch for HalvesExport {
+    fn call(self: Arc<Self>, method: u32, args: &[u8], _: Vec<FfiObject>) -> BoxFuture<'static, Result<Reply>> {
+        match method {
+            halves_m::SEND => {
+                let msg = dec!(micro_core::frame::decode(bytes::Bytes::copy_from_slice(args))
+                    .map_err(|e| Error::bad_request("go.micro.plugin", e.to_string())));
+                Box::pin(async move { self.tx.lock().await.send(msg).await.and_then(|_| ok()) })
+            }
+            // A batch crosses as it is and leaves in the socket's one write.
+            halves_m::SEND_FRAMES => {
+                let batch = bytes::Bytes::copy_from_slice(args);
+                Box::pin(async move { self.tx.lock().await.send_frames(batch).await.and_then(|_| ok()) })
+            }
+            halves_m::CLOSE => Box::pin(async move { self.tx.lock().await.close().await.and_then(|_| ok()) }),
+            halves_m::RECV => Box::pin(async move {
+                let encoded = self.rx.lock().await.recv_frame().await?;
+                Ok(Reply::bytes(encoded.to_vec()))
+            }),
+            m => ready_err(unknown_method("split socket", m)),
+        }
+    }
+    fn call_sync(&self, method: u32, _: &[u8], _: Vec<FfiObject>) -> Result<Reply> {
+        match method {
+            halves_m::MAX_MESSAGE_SIZE => {
+                Ok(Reply::bytes(self.max.map(|m| m as u64).unwrap_or(0).to_be_bytes().to_vec()))
+            }
+            m => Err(unknown_method("split socket", m)),
+        }
+    }
+}
+
+/// The sending half of a socket split on the other side.
+struct SenderProxy {
+    remote: Arc<Remote>,
+    max: Option<usize>,
+}
+
+#[async_trait]
+impl SocketSender for SenderProxy {
+    async fn send(&mut self, msg: Message) -> Result<()> {
+        self.remote.call(halves_m::SEND, &frame_of(&msg)?, Vec::new()).await.map(|_| ())
+    }
+    async fn send_frames(&mut self, batch: bytes::Bytes) -> Result<()> {
+        self.remote.call(halves_m::SEND_FRAMES, &batch, Vec::new()).await.map(|_| ())
+    }
+    async fn close(&mut self) -> Result<()> {
+        self.remote.call(halves_m::CLOSE, &[], Vec::new()).await.map(|_| ())
+    }
+    fn max_message_size(&self) -> Option<usize> {
+        self.max
+    }
+}
+
+/// The receiving half of a socket split on the other side.
+struct ReceiverProxy {
+    remote: Arc<Remote>,
+}
+
+#[async_trait]
+impl SocketReceiver for ReceiverProxy {
+    async fn recv(&mut self) -> Result<Message> {
+        message_of(self.recv_frame().await?)
+    }
+    async fn recv_frame(&mut self) -> Result<bytes::Bytes> {
+        let r = self.remote.call(halves_m::RECV, &[], Vec::new()).await?;
+        Ok(bytes::Bytes::copy_from_slice(r.bytes.as_slice()))
+    }
+}
+
+/// A message in the frame encoding sockets' messages cross the boundary in.
+fn frame_of(msg: &Message) -> Result<bytes::Bytes> {
+    micro_core::frame::to_frame(msg).map_err(|e| Error::internal("go.micro.plugin", e.to_string()))
+}
+
+/// A message received across the boundary, from its frame encoding.
+fn message_of(frame: bytes::Bytes) -> Result<Message> {
+    micro_core::frame::decode(frame)
+        .map_err(|e| Error::internal("go.micro.plugin", format!("message from the other side: {e}")))
+}
+
+struct SocketProxy {
+    remote: Remote,
+    local_addr: String,
+    remote_addr: String,
+}
+
+impl SocketProxy {
+    fn new(obj: FfiObject) -> Result<Self> {
+        let remote = Remote::new(obj)?;
+        let local_addr = remote.call_string(socket_m::LOCAL_ADDR);
+        let remote_addr = remote.call_string(socket_m::REMOTE_ADDR);
+        Ok(SocketProxy { remote, local_addr, remote_addr })
+    }
+}
+
+#[async_trait]
+impl Socket for SocketProxy {
+    async fn send(&mut self, msg: Message) -> Result<()> {
+        self.remote.call(socket_m::SEND, &frame_of(&msg)?, Vec::new()).await.map(|_| ())
+    }
+    async fn recv(&mut self) -> Result<Message> {
+        message_of(self.recv_frame().await?)
+    }
+    async fn send_frame(&mut self, encoded: bytes::Bytes) -> Result<()> {
+        self.remote.call(socket_m::SEND, &encoded, Vec::new()).await.map(|_| ())
+    }
+    async fn recv_frame(&mut self) -> Result<bytes::Bytes> {
+        let r = self.remote.call(socket_m::RECV, &[], Vec::new()).await?;
+        Ok(bytes::Bytes::copy_from_slice(r.bytes.as_slice()))
+    }
+    async fn close(&mut self) -> Result<()> {
+        self.remote.call(socket_m::CLOSE, &[], Vec::new()).await.map(|_| ())
+    }
+    fn split(&mut self) -> Option<(Box<dyn SocketSender>, Box<dyn SocketReceiver>)> {
+        let r = self.remote.call_sync(socket_m::SPLIT, &[], Vec::new()).ok()?;
+        let remote = Arc::new(Remote::new(r.object?).ok()?);
+        let max = remote
+            .call_sync(halves_m::MAX_MESSAGE_SIZE, &[], Vec::new())
+            .ok()
+            .and_then(|r| <[u8; 8]>::try_from(r.bytes.as_slice()).ok())
+            .map(u64::from_be_bytes)
+            .filter(|&m| m > 0)
+            .map(|m| m as usize);
+        Some((Box::new(SenderProxy { remote: remote.clone(), max }), Box::new(ReceiverProxy { remote })))
+    }
+    fn local_addr(&self) -> String {
+        self.local_addr.clone()
+    }
+    fn remote_addr(&self) -> String {
+        self.remote_addr.clone()
+    }
+}
