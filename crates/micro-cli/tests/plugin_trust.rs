@@ -382,3 +382,45 @@ fn a_file_swapped_during_loading_loads_as_checked_or_not_at_all() -> TestResult 
     assert_eq!(marks(&marker).lines().count(), loaded, "each successful load ran the checked file once");
     Ok(())
 }
+
+#[test]
+fn an_unresolved_symbol_fails_at_load_not_at_the_first_call() -> TestResult {
+    // A C library with a valid descriptor (the probe's bytes) and a call to a
+    // function nothing defines: RTLD_NOW refuses it inside dlopen, before its
+    // constructor runs; lazily bound, it would load and fail at first call.
+    let good = probe(None);
+    let bytes = std::fs::read(&good)?;
+    let off = descriptor_at(&bytes);
+    let size = std::mem::size_of::<PluginDescriptor>();
+    let body: Vec<String> = bytes[off..off + size].iter().map(|b| b.to_string()).collect();
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let src = d.join("unresolved.c");
+    std::fs::write(
+        &src,
+        format!(
+            "#include <stdio.h>\n#include <stdlib.h>\n\
+             __attribute__((visibility(\"default\"))) const unsigned char MICRO_PLUGIN[{size}] = {{{}}};\n\
+             extern int micro_missing_function(void);\n\
+             int use_it(void) {{ return micro_missing_function(); }}\n\
+             __attribute__((constructor)) static void mark(void) {{\n\
+               const char *p = getenv(\"MICRO_PROBE_MARKER\"); FILE *f = p ? fopen(p, \"a\") : 0;\n\
+               if (f) {{ fputs(\"clib\\n\", f); fclose(f); }}\n\
+             }}\n",
+            body.join(",")
+        ),
+    )?;
+    let lib = d.join("libunresolved.so");
+    let st = Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&lib).arg(&src).status()?;
+    assert!(st.success(), "cc failed");
+    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o755))?;
+    let marker = d.join("marker");
+    // Inspect passes it: its descriptor is fine, and nothing of it runs.
+    let o = inspect(&lib.display().to_string(), &marker)?;
+    assert!(o.status.success(), "{}", text(&o));
+    let o = start_up(&lib.display().to_string(), &marker, &[])?;
+    assert_refused("unresolved symbol", &o, "not a loadable shared library: ");
+    assert_refused("unresolved symbol", &o, "undefined symbol: micro_missing_function");
+    assert_eq!(marks(&marker), "", "the library's constructor must not run");
+    Ok(())
+}

@@ -66,6 +66,45 @@ fn client_plugin_switches_the_unrebuilt_client_binary() -> TestResult {
 }
 
 #[test]
+fn streams_of_every_kind_go_through_a_client_plugin_library() -> TestResult {
+    let plugin = example_plugin("brpc", "client", "new_client");
+    let dir = tempfile::tempdir()?;
+    let env = registry_env(dir.path());
+    let svc = service(&env, &[], &[])?;
+    wait_registered(&env, "greeter", Duration::from_secs(20))?;
+    let micro = |args: &[&str], stdin: &[u8]| -> Result<std::process::Output, Box<dyn std::error::Error>> {
+        let mut c = cmd("micro", &env);
+        c.env("MICRO_PLUGIN", &plugin).args(["--client", "brpc"]).args(args);
+        let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        {
+            use std::io::Write;
+            let mut i = child.stdin.take().ok_or("no stdin")?;
+            i.write_all(stdin)?;
+        }
+        Ok(child.wait_with_output()?)
+    };
+    // Server-streaming: one request, three answers, through the plugin's client.
+    let o = micro(&["call", "greeter", "Greeter.Count", r#"{"n": 3}"#, "--stream", "--output", "json"], b"")?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "{\"i\":1}\n{\"i\":2}\n{\"i\":3}\n");
+    assert!(err.contains("brpc stream"), "the stream went through the plugin:\n{err}");
+    // Bidirectional: names in from stdin, greetings out as they come.
+    let o = micro(
+        &["call", "greeter", "Greeter.Chat", "-", "--stream", "--output", "json"],
+        b"{\"name\": \"a\"}\n{\"name\": \"b\"}\n",
+    )?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "{\"greeting\":\"Hello a\"}\n{\"greeting\":\"Hello b\"}\n");
+    // A handler's error ends the stream with that error, through the plugin.
+    let o = micro(&["call", "greeter", "Greeter.Count", r#"{"n": 100000}"#, "--stream"], b"")?;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("n must be at most 10000"));
+    drop(svc);
+    Ok(())
+}
+
+#[test]
 fn transport_plugin_carries_the_calls_of_service_and_client() -> TestResult {
     let plugin = example_plugin("tcpx", "transport", "new_transport");
     let dir = tempfile::tempdir()?;

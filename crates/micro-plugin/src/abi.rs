@@ -187,13 +187,24 @@ impl FfiObject {
     pub fn vtable(&self) -> *const ObjectVTable {
         self.vtable
     }
+
+    /// The object's vtable functions.
+    ///
+    /// # Panics
+    /// On no object (`is_null`): callers check first.
+    pub(crate) fn vtable_ref(&self) -> &ObjectVTable {
+        assert!(!self.vtable.is_null(), "a call through no object");
+        // SAFETY: non-null, and from_raw's contract keeps the vtable alive as long as the object.
+        unsafe { &*self.vtable }
+    }
 }
 
 impl Drop for FfiObject {
     fn drop(&mut self) {
         if !self.vtable.is_null() {
-            // SAFETY: a non-null vtable belongs to a live object that we own.
-            unsafe { ((*self.vtable).drop)(self.data) }
+            // SAFETY: a non-null vtable belongs to a live object that we own
+            // (from_raw's contract), and it is released once, here.
+            unsafe { (self.vtable_ref().drop)(self.data) }
         }
     }
 }
@@ -479,6 +490,56 @@ pub fn fixed_str(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
+
+/// The ABI version a plugin built with this crate declares.
+const fn abi_version() -> u32 {
+    #[cfg(not(feature = "test-bad-abi"))]
+    let v = ABI_VERSION;
+    #[cfg(feature = "test-bad-abi")]
+    let v = ABI_VERSION + 998;
+    v
+}
+
+/// The descriptor of a plugin built with this crate (what
+/// [`export_plugin!`](crate::export_plugin) puts in `MICRO_PLUGIN`).
+/// `panic_abort` is the plugin crate's own `cfg!(panic = "abort")`: the
+/// final crate decides the strategy, so the macro evaluates it there.
+pub const fn descriptor(
+    name: &str,
+    kind: &str,
+    path: &str,
+    new_func: &str,
+    produces: u32,
+    panic_abort: bool,
+) -> PluginDescriptor {
+    #[cfg(not(feature = "test-bad-magic"))]
+    let magic = MAGIC;
+    #[cfg(feature = "test-bad-magic")]
+    let magic = *b"NOTMICRO";
+    #[cfg(not(feature = "test-other-rustc"))]
+    let rustc = env!("MICRO_PLUGIN_RUSTC");
+    #[cfg(feature = "test-other-rustc")]
+    let rustc = "rustc 1.0.0-test (another compiler)";
+    PluginDescriptor {
+        magic,
+        size: std::mem::size_of::<PluginDescriptor>() as u32,
+        abi_version: abi_version(),
+        future_abi_version: async_ffi::ABI_VERSION,
+        panic_strategy: if panic_abort { PANIC_ABORT } else { PANIC_UNWIND },
+        produces,
+        layout: LAYOUT.to_le_bytes(),
+        name: fixed(name),
+        kind: fixed(kind),
+        path: fixed(path),
+        new_func: fixed(new_func),
+        rustc: fixed(rustc),
+        target: fixed(env!("MICRO_PLUGIN_TARGET")),
+        framework: fixed(env!("CARGO_PKG_VERSION")),
+    }
+}
+
+/// What this copy of the crate is built with, as a descriptor (the host's own).
+pub const HOST: PluginDescriptor = descriptor("", "", "", "", 0, cfg!(panic = "abort"));
 
 /// The exported `MICRO_PLUGIN_ENTRY` symbol: the plugin's entry points.
 /// Looked up only after the library passed every check and was opened.

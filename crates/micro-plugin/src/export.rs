@@ -3,7 +3,7 @@
 //! events to the host.
 #![allow(unsafe_code)]
 
-use crate::abi::{self, FfiArgs, FfiBuf, FfiObject, FfiReply, FfiStr, HostApi, LogEvent, PluginDescriptor, Produces};
+use crate::abi::{self, FfiArgs, FfiBuf, FfiObject, FfiReply, FfiStr, HostApi, LogEvent, Produces};
 use crate::runtime::panic_message;
 use crate::{options, proxy};
 use micro_core::{
@@ -12,56 +12,6 @@ use micro_core::{
 };
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-
-/// The ABI version a plugin built with this crate declares.
-const fn abi_version() -> u32 {
-    #[cfg(not(feature = "test-bad-abi"))]
-    let v = abi::ABI_VERSION;
-    #[cfg(feature = "test-bad-abi")]
-    let v = abi::ABI_VERSION + 998;
-    v
-}
-
-/// The descriptor of a plugin built with this crate (what
-/// [`export_plugin!`](crate::export_plugin) puts in `MICRO_PLUGIN`).
-/// `panic_abort` is the plugin crate's own `cfg!(panic = "abort")`: the
-/// final crate decides the strategy, so the macro evaluates it there.
-pub const fn descriptor(
-    name: &str,
-    kind: &str,
-    path: &str,
-    new_func: &str,
-    produces: u32,
-    panic_abort: bool,
-) -> PluginDescriptor {
-    #[cfg(not(feature = "test-bad-magic"))]
-    let magic = abi::MAGIC;
-    #[cfg(feature = "test-bad-magic")]
-    let magic = *b"NOTMICRO";
-    #[cfg(not(feature = "test-other-rustc"))]
-    let rustc = env!("MICRO_PLUGIN_RUSTC");
-    #[cfg(feature = "test-other-rustc")]
-    let rustc = "rustc 1.0.0-test (another compiler)";
-    PluginDescriptor {
-        magic,
-        size: std::mem::size_of::<PluginDescriptor>() as u32,
-        abi_version: abi_version(),
-        future_abi_version: async_ffi::ABI_VERSION,
-        panic_strategy: if panic_abort { abi::PANIC_ABORT } else { abi::PANIC_UNWIND },
-        produces,
-        layout: abi::LAYOUT.to_le_bytes(),
-        name: abi::fixed(name),
-        kind: abi::fixed(kind),
-        path: abi::fixed(path),
-        new_func: abi::fixed(new_func),
-        rustc: abi::fixed(rustc),
-        target: abi::fixed(env!("MICRO_PLUGIN_TARGET")),
-        framework: abi::fixed(env!("CARGO_PKG_VERSION")),
-    }
-}
-
-/// What this copy of the crate is built with, as a descriptor (the host's own).
-pub const HOST: PluginDescriptor = descriptor("", "", "", "", 0, cfg!(panic = "abort"));
 
 /// Marker types that let one function accept each kind of constructor.
 pub mod kinds {
@@ -196,8 +146,10 @@ pub unsafe fn construct<K, F: Constructor<K>>(f: &F, args: FfiArgs) -> FfiReply 
     let res = catch_unwind(AssertUnwindSafe(|| {
         let mut objects = Vec::with_capacity(args.n_objects);
         for i in 0..args.n_objects {
-            // SAFETY: the host hands over `n_objects` objects; each is read once.
-            objects.push(unsafe { std::ptr::read(args.objects.add(i)) });
+            // SAFETY: the host hands over `n_objects` objects: `i` stays inside the array.
+            let at = unsafe { args.objects.add(i) };
+            // SAFETY: an initialised object the host gave up; each is read once.
+            objects.push(unsafe { std::ptr::read(at) });
         }
         // SAFETY: the host keeps the bytes alive during this call.
         let bytes = unsafe { args.bytes.as_bytes() };
@@ -337,7 +289,7 @@ macro_rules! export_plugin {
             }
             /// The micro plugin descriptor, read by the loader from the file.
             $(#[$attr])*
-            pub static MICRO_PLUGIN: $crate::abi::PluginDescriptor = $crate::export::descriptor(
+            pub static MICRO_PLUGIN: $crate::abi::PluginDescriptor = $crate::abi::descriptor(
                 $name,
                 $kind,
                 $crate::__plugin_path!($($path)?),

@@ -10,7 +10,10 @@
 //! and `AsyncWrite`, so ordinary tokio I/O code works on it.
 #![allow(unsafe_code)]
 
-use crate::abi::{FfiListener, FfiListenerReply, FfiStr, FfiStream, FfiStreamReply, HostApi, IoPoll, NetApi};
+use crate::abi::{
+    FfiListener, FfiListenerReply, FfiStr, FfiStream, FfiStreamReply, HostApi, IoPoll, ListenerFfiVTable, NetApi,
+    StreamVTable,
+};
 use crate::runtime::Contained;
 use async_ffi::ContextExt;
 use std::io;
@@ -48,7 +51,8 @@ pub fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(fut: F) {
         return;
     };
     let own = crate::runtime::plugin_runtime();
-    let task = Contained::new(fut, own.clone(), |e| tracing::error!("a plugin task ended with a {e}"));
+    let task =
+        Contained::new(Box::pin(fut), own.clone(), |()| (), |e| tracing::error!("a plugin task ended with a {e}"));
     let mut ffi = std::mem::ManuallyDrop::new(async_ffi::FfiFuture::new(task));
     // SAFETY: `spawn` is the host's function for this ABI version (checked
     // at init); it either takes the future out of `ffi` (0) or leaves it.
@@ -100,6 +104,12 @@ pub async fn bind(addr: &str) -> io::Result<HostListener> {
     Ok(HostListener { addr: text(&r.addr), inner: r.listener })
 }
 
+fn stream_vtable(s: &FfiStream) -> &StreamVTable {
+    // SAFETY: a stream handed out by the host has a vtable (checked in
+    // `stream_of`) that is a static of the host, alive for the process.
+    unsafe { &*s.vtable }
+}
+
 /// A TCP stream owned by the host.
 pub struct HostStream {
     inner: FfiStream,
@@ -134,7 +144,7 @@ impl HostStream {
 impl Drop for HostStream {
     fn drop(&mut self) {
         // SAFETY: the stream is ours and dropped once.
-        unsafe { ((*self.inner.vtable).drop)(self.inner.data) }
+        unsafe { (stream_vtable(&self.inner).drop)(self.inner.data) }
     }
 }
 
@@ -144,7 +154,7 @@ impl tokio::io::AsyncRead for HostStream {
         let dst = buf.initialize_unfilled();
         let (ptr, len) = (dst.as_mut_ptr(), dst.len());
         // SAFETY: `ptr[..len]` is initialised memory we hold `&mut` to for this call.
-        match this.poll_with(cx, |s, ctx| unsafe { ((*s.vtable).poll_read)(s.data, ctx, ptr, len) }) {
+        match this.poll_with(cx, |s, ctx| unsafe { (stream_vtable(s).poll_read)(s.data, ctx, ptr, len) }) {
             Poll::Ready(Ok(n)) => {
                 buf.advance(n.min(len));
                 Poll::Ready(Ok(()))
@@ -159,7 +169,7 @@ impl tokio::io::AsyncWrite for HostStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let (ptr, len) = (buf.as_ptr(), buf.len());
         // SAFETY: `buf` is readable for this call.
-        self.get_mut().poll_with(cx, |s, ctx| unsafe { ((*s.vtable).poll_write)(s.data, ctx, ptr, len) })
+        self.get_mut().poll_with(cx, |s, ctx| unsafe { (stream_vtable(s).poll_write)(s.data, ctx, ptr, len) })
     }
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         // TCP streams have nothing to flush.
@@ -167,7 +177,7 @@ impl tokio::io::AsyncWrite for HostStream {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // SAFETY: a host entry point on our stream.
-        self.get_mut().poll_with(cx, |s, ctx| unsafe { ((*s.vtable).poll_shutdown)(s.data, ctx) }).map_ok(|_| ())
+        self.get_mut().poll_with(cx, |s, ctx| unsafe { (stream_vtable(s).poll_shutdown)(s.data, ctx) }).map_ok(|_| ())
     }
 }
 
@@ -178,14 +188,19 @@ pub struct HostListener {
 }
 
 impl HostListener {
+    fn vtable(&self) -> &ListenerFfiVTable {
+        // SAFETY: checked non-null in `bind`; a static of the host, alive for the process.
+        unsafe { &*self.inner.vtable }
+    }
+
     /// The bound address.
     pub fn local_addr(&self) -> &str {
         &self.addr
     }
     /// The next connection.
     pub async fn accept(&self) -> io::Result<HostStream> {
-        // SAFETY: a host entry point on our listener.
-        let fut = unsafe { ((*self.inner.vtable).accept)(self.inner.data) };
+        // SAFETY: a host entry point on our listener, whose state lives until our drop.
+        let fut = unsafe { (self.vtable().accept)(self.inner.data) };
         stream_of(fut.await)
     }
 }
@@ -193,6 +208,6 @@ impl HostListener {
 impl Drop for HostListener {
     fn drop(&mut self) {
         // SAFETY: the listener is ours and dropped once.
-        unsafe { ((*self.inner.vtable).drop)(self.inner.data) }
+        unsafe { (self.vtable().drop)(self.inner.data) }
     }
 }

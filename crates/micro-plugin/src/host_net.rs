@@ -88,7 +88,7 @@ fn on_host<F: Future + Send + 'static>(fut: F, on_panic: fn(String) -> F::Output
 where
     F::Output: Send + 'static,
 {
-    Contained::new(fut, host_runtime(), on_panic).into_ffi()
+    Contained::new(Box::pin(fut), host_runtime(), |v| v, on_panic).into_ffi()
 }
 
 unsafe extern "C" fn connect(addr: FfiStr) -> FfiFuture<FfiStreamReply> {
@@ -179,27 +179,34 @@ unsafe fn with_stream(
     f: impl FnOnce(Pin<&mut TcpStream>, &mut std::task::Context<'_>) -> Poll<std::io::Result<usize>>,
 ) -> IoPoll {
     let res = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: guaranteed by the caller.
-        let (s, cx) = unsafe { (&mut *(data as *mut TcpStream), &mut *cx) };
+        // SAFETY: guaranteed by the caller: the stream is live and ours for this call.
+        let s = unsafe { &mut *(data as *mut TcpStream) };
+        // SAFETY: guaranteed by the caller: a valid context for this call.
+        let cx = unsafe { &mut *cx };
         cx.with_context(|cx| f(Pin::new(s), cx))
     }));
     io_poll(res.unwrap_or_else(|p| Poll::Ready(Err(std::io::Error::other(format!("panic: {}", panic_message(&*p)))))))
 }
 
 unsafe extern "C" fn poll_read(data: *mut c_void, cx: *mut FfiContext<'_>, dst: *mut u8, len: usize) -> IoPoll {
-    // SAFETY: the plugin passes its exclusive stream, a valid context and `len` initialised bytes at `dst`.
-    unsafe {
-        with_stream(data, cx, |s, cx| {
-            let slice = std::slice::from_raw_parts_mut(dst, len);
-            let mut rb = ReadBuf::new(slice);
-            s.poll_read(cx, &mut rb).map_ok(|()| rb.filled().len())
-        })
-    }
+    let read = |s: Pin<&mut TcpStream>, cx: &mut std::task::Context<'_>| {
+        // SAFETY: the plugin passes `len` initialised bytes at `dst`, ours for this call.
+        let slice = unsafe { std::slice::from_raw_parts_mut(dst, len) };
+        let mut rb = ReadBuf::new(slice);
+        s.poll_read(cx, &mut rb).map_ok(|()| rb.filled().len())
+    };
+    // SAFETY: the plugin passes its exclusive stream and a valid context.
+    unsafe { with_stream(data, cx, read) }
 }
 
 unsafe extern "C" fn poll_write(data: *mut c_void, cx: *mut FfiContext<'_>, src: *const u8, len: usize) -> IoPoll {
-    // SAFETY: as in poll_read, with `len` readable bytes at `src`.
-    unsafe { with_stream(data, cx, |s, cx| s.poll_write(cx, std::slice::from_raw_parts(src, len))) }
+    let write = |s: Pin<&mut TcpStream>, cx: &mut std::task::Context<'_>| {
+        // SAFETY: the plugin passes `len` readable bytes at `src` for this call.
+        let src = unsafe { std::slice::from_raw_parts(src, len) };
+        s.poll_write(cx, src)
+    };
+    // SAFETY: as in poll_read.
+    unsafe { with_stream(data, cx, write) }
 }
 
 unsafe extern "C" fn poll_shutdown(data: *mut c_void, cx: *mut FfiContext<'_>) -> IoPoll {

@@ -18,12 +18,13 @@
 //! handle breaks (another copy of tokio sees no reactor; a panic unwinding
 //! out of the plugin aborts the host). So:
 //!
-//! * The symbol starts with a fixed [`PluginHeader`](abi::PluginHeader)
-//!   (magic number, ABI version, `async_ffi` ABI version, rustc version,
-//!   target, framework version), read and checked before anything else.
-//!   An ABI-version, future-ABI or target mismatch is refused, naming the
-//!   file, the field and both values. The rustc version is only reported:
-//!   a plugin built by another compiler with the same ABI version loads.
+//! * The `MICRO_PLUGIN` symbol is a [`PluginDescriptor`](abi::PluginDescriptor)
+//!   without pointers: the loader reads it from the file, after checking the
+//!   file as ELF, and refuses an ABI-version, layout, target or panic-strategy
+//!   mismatch before the library is opened, naming the file, the field and
+//!   both values; the checked bytes are then loaded from a sealed memory
+//!   file. The rustc version is only reported: a plugin built by another
+//!   compiler with the same ABI version loads.
 //! * Objects cross as opaque pointers with a C vtable of three functions —
 //!   `call` (async, returns an `async_ffi::FfiFuture`), `call_sync` and
 //!   `drop` — and every argument and result is encoded into bytes
@@ -46,10 +47,15 @@
 //! * Every entry point catches panics: a panic in a plugin's method, in a
 //!   poll of its future, in its constructor or its init hook becomes a
 //!   go-micro error at the boundary and the host goes on. The same holds
-//!   for host objects called by a plugin.
+//!   for host objects called by a plugin, and for futures of either side
+//!   dropped by the other (a cancelled call): they are dropped with their
+//!   own runtime entered.
 //! * A plugin's `tracing` events are forwarded to the host's subscriber
 //!   with their level, target, message and fields.
 //! * Libraries stay loaded for the life of the process, as in Go.
+
+// One unsafe operation per block, so that each SAFETY note covers exactly one.
+#![warn(clippy::multiple_unsafe_ops_per_block)]
 
 // The shared contract, bottom up: the C types and the byte encoding, each
 // side's runtime, the object/vtable machinery, one proxy per component.

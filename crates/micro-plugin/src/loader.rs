@@ -218,7 +218,7 @@ pub struct BuildInfo {
 impl BuildInfo {
     /// What this host is built with.
     pub fn host() -> BuildInfo {
-        BuildInfo::of(&crate::export::HOST)
+        BuildInfo::of(&abi::HOST)
     }
 
     fn of(d: &PluginDescriptor) -> BuildInfo {
@@ -615,15 +615,10 @@ unsafe extern "C" fn host_log(ev: *const LogEvent) {
         }
         // SAFETY: the plugin passes a valid event for the duration of this call.
         let ev = unsafe { &*ev };
-        // SAFETY: as above; the strings live during the call.
-        let (plugin, target, message, fields) = unsafe {
-            (
-                ev.plugin.to_string_lossy(),
-                ev.target.to_string_lossy(),
-                ev.message.to_string_lossy(),
-                ev.fields.to_string_lossy(),
-            )
-        };
+        // SAFETY: as above; the event's strings live during the call.
+        let text = |s: &abi::FfiStr| unsafe { s.to_string_lossy() };
+        let (plugin, target, message, fields) =
+            (text(&ev.plugin), text(&ev.target), text(&ev.message), text(&ev.fields));
         match ev.level {
             1 => {
                 tracing::error!(target: "micro::plugin", plugin = %plugin, module = %target, fields = %fields, "{message}")

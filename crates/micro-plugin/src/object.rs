@@ -121,8 +121,10 @@ fn reply_of(res: Result<Reply, Error>) -> FfiReply {
 unsafe fn take_objects(args: &FfiArgs) -> Vec<FfiObject> {
     let mut v = Vec::with_capacity(args.n_objects);
     for i in 0..args.n_objects {
-        // SAFETY: guaranteed by the caller; each object is read exactly once.
-        v.push(unsafe { std::ptr::read(args.objects.add(i)) });
+        // SAFETY: guaranteed by the caller: `i < n_objects` stays inside the array.
+        let at = unsafe { args.objects.add(i) };
+        // SAFETY: an initialised object the caller gave up; each is read exactly once.
+        v.push(unsafe { std::ptr::read(at) });
     }
     v
 }
@@ -130,17 +132,18 @@ unsafe fn take_objects(args: &FfiArgs) -> Vec<FfiObject> {
 unsafe extern "C" fn call_entry(data: *const c_void, method: u32, args: FfiArgs) -> FfiFuture<FfiReply> {
     // SAFETY: `data` is the Box<Exported> made by `export`, alive until `drop_entry`.
     let ex = unsafe { &*(data as *const Exported) };
-    // SAFETY: the caller passes ownership of the objects and keeps the bytes alive during this call.
-    let (objects, bytes) = unsafe { (take_objects(&args), args.bytes.as_bytes()) };
+    // SAFETY: the caller passes ownership of the objects.
+    let objects = unsafe { take_objects(&args) };
+    // SAFETY: the caller keeps the bytes alive during this call.
+    let bytes = unsafe { args.bytes.as_bytes() };
     let started = catch_unwind(AssertUnwindSafe(|| {
         let _g = ex.enter();
         ex.inner.clone().call_dyn(method, bytes, objects)
     }));
     match started {
-        Ok(fut) => runtime::Contained::new(async move { reply_of(fut.await) }, ex.rt.clone(), |e| {
-            reply_of(Err(Error::internal(ID, e)))
-        })
-        .into_ffi(),
+        Ok(fut) => {
+            runtime::Contained::new(fut, ex.rt.clone(), reply_of, |e| reply_of(Err(Error::internal(ID, e)))).into_ffi()
+        }
         Err(p) => {
             let e = Error::internal(ID, format!("panic: {}", panic_message(&*p)));
             std::future::ready(reply_of(Err(e))).into_ffi()
@@ -152,7 +155,9 @@ unsafe extern "C" fn call_sync_entry(data: *const c_void, method: u32, args: Ffi
     // SAFETY: as in call_entry.
     let ex = unsafe { &*(data as *const Exported) };
     // SAFETY: as in call_entry.
-    let (objects, bytes) = unsafe { (take_objects(&args), args.bytes.as_bytes()) };
+    let objects = unsafe { take_objects(&args) };
+    // SAFETY: as in call_entry.
+    let bytes = unsafe { args.bytes.as_bytes() };
     let res = catch_unwind(AssertUnwindSafe(|| {
         let _g = ex.enter();
         ex.inner.call_sync_dyn(method, bytes, objects)
@@ -225,7 +230,7 @@ impl Remote {
     pub async fn call(&self, method: u32, bytes: &[u8], objects: Vec<FfiObject>) -> Result<RemoteReply, Error> {
         let mut out = OutObjects(objects);
         // SAFETY: `obj` is a live object of the other side; args live during the call.
-        let fut = unsafe { ((*self.obj.vtable()).call)(self.obj.data(), method, out.args(bytes)) };
+        let fut = unsafe { (self.obj.vtable_ref().call)(self.obj.data(), method, out.args(bytes)) };
         drop(out);
         into_result(fut.await)
     }
@@ -234,7 +239,7 @@ impl Remote {
     pub fn call_sync(&self, method: u32, bytes: &[u8], objects: Vec<FfiObject>) -> Result<RemoteReply, Error> {
         let mut out = OutObjects(objects);
         // SAFETY: as in `call`.
-        let r = unsafe { ((*self.obj.vtable()).call_sync)(self.obj.data(), method, out.args(bytes)) };
+        let r = unsafe { (self.obj.vtable_ref().call_sync)(self.obj.data(), method, out.args(bytes)) };
         into_result(r)
     }
 

@@ -52,51 +52,62 @@ pub(crate) fn enter(rt: &Option<Handle>) -> Option<EnterGuard<'_>> {
 
 /// A future of this side handed to the other: polled and dropped with this
 /// side's runtime entered, panics in either turned into `on_panic`'s value
-/// (poll) or a log line (drop).
-pub(crate) struct Contained<F: Future> {
-    fut: Option<Pin<Box<F>>>,
+/// (poll) or a log line (drop). Its output is mapped by `map` (to the C
+/// reply type, say) so that one allocation, the FFI box, holds it all.
+pub(crate) struct Contained<F: Future + Unpin, O> {
+    fut: Option<F>,
     rt: Option<Handle>,
-    on_panic: fn(String) -> F::Output,
+    map: fn(F::Output) -> O,
+    on_panic: fn(String) -> O,
 }
 
-impl<F: Future> Contained<F> {
+impl<F: Future + Unpin, O> Contained<F, O> {
     /// Wraps `fut`, to run on `rt` (this side's runtime when `None` is given: see [`this_side`]).
-    pub(crate) fn new(fut: F, rt: Option<Handle>, on_panic: fn(String) -> F::Output) -> Self {
-        Contained { fut: Some(Box::pin(fut)), rt: rt.or_else(this_side), on_panic }
+    pub(crate) fn new(fut: F, rt: Option<Handle>, map: fn(F::Output) -> O, on_panic: fn(String) -> O) -> Self {
+        Contained { fut: Some(fut), rt: rt.or_else(this_side), map, on_panic }
     }
 }
 
-impl<F: Future> Future for Contained<F> {
-    type Output = F::Output;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+impl<F: Future + Unpin, O> Future for Contained<F, O> {
+    type Output = O;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<O> {
         let this = &mut *self;
         let Some(fut) = this.fut.as_mut() else {
             return Poll::Ready((this.on_panic)("polled after it panicked".into()));
         };
         let _g = enter(&this.rt);
-        match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
-            Ok(p) => p,
+        match catch_unwind(AssertUnwindSafe(|| Pin::new(fut).poll(cx))) {
+            Ok(Poll::Ready(v)) => {
+                // Done: release its state now, on this side, guarded too.
+                drop_contained(this.fut.take());
+                Poll::Ready((this.map)(v))
+            }
+            Ok(Poll::Pending) => Poll::Pending,
             Err(p) => {
-                // Its state is unknown after a panic: drop it now, guarded too.
-                let dead = this.fut.take();
-                if catch_unwind(AssertUnwindSafe(move || drop(dead))).is_err() {
-                    tracing::error!("a future panicked, and panicked again while being dropped");
-                }
+                // Its state is unknown after a panic: drop it now.
+                drop_contained(this.fut.take());
                 Poll::Ready((this.on_panic)(format!("panic: {}", panic_message(&*p))))
             }
         }
     }
 }
 
-impl<F: Future> Drop for Contained<F> {
+/// Drops a future with panics caught (the caller has entered its runtime).
+fn drop_contained<F>(fut: Option<F>) {
+    if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(fut))) {
+        tracing::error!("a future panicked while being dropped: {}", panic_message(&*p));
+    }
+}
+
+impl<F: Future + Unpin, O> Drop for Contained<F, O> {
     fn drop(&mut self) {
-        let Some(fut) = self.fut.take() else { return };
+        if self.fut.is_none() {
+            return;
+        }
         // A cancelled future's state (a pooled connection, a spawned
         // clean-up) may need its runtime to drop, and must never unwind here.
         let _g = enter(&self.rt);
-        if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(fut))) {
-            tracing::error!("a future panicked while being dropped (cancelled): {}", panic_message(&*p));
-        }
+        drop_contained(self.fut.take());
     }
 }
 

@@ -1,11 +1,11 @@
 //! `brpc`: an example client plugin. It wraps micro's mucp client, marks
-//! every call with the `Micro-Client-Plugin: brpc` header, counts calls,
+//! every call and stream with the `Micro-Client-Plugin: brpc` header, counts calls,
 //! and logs each one (the log line reaches the host through the plugin's
 //! tracing forwarding). Build it as a plugin with
 //! `micro plugin build --name brpc --type client --path examples/plugins/brpc --new-func new_client -o brpc.so`.
 
 use micro::client::MucpClient;
-use micro::core::{async_trait, CallOptions, Client, ClientOptions, Message, Request, Response, Result};
+use micro::core::{async_trait, CallOptions, Client, ClientOptions, Message, Request, Response, Result, Stream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -30,6 +30,12 @@ impl Client for Brpc {
         req.metadata.insert(HEADER.into(), "brpc".into());
         tracing::info!(service = %req.service, endpoint = %req.endpoint, call = n, "brpc call");
         self.inner.call(req, opts).await
+    }
+
+    async fn stream(&self, mut req: Request, opts: CallOptions) -> Result<Stream> {
+        req.metadata.insert(HEADER.into(), "brpc".into());
+        tracing::info!(service = %req.service, endpoint = %req.endpoint, "brpc stream");
+        self.inner.stream(req, opts).await
     }
 
     async fn publish(&self, topic: &str, msg: Message) -> Result<()> {
