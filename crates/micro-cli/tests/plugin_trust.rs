@@ -279,6 +279,17 @@ fn special_files_and_unsafe_paths_are_clean_errors_and_never_hang() -> TestResul
     let their_file = d.join("their-file.so");
     std::fs::copy(&good, &their_file)?;
     let chowned = Command::new("chown").arg("65534").arg(&theirs).arg(&their_file).status()?.success();
+    // Another user's symlink in a sticky directory (as one anyone can plant in
+    // /tmp), pointing at a good plugin of ours: it would choose what loads.
+    let sticky_links = d.join("sticky-links");
+    std::fs::create_dir(&sticky_links)?;
+    std::fs::set_permissions(&sticky_links, std::fs::Permissions::from_mode(0o1777))?;
+    let mine = d.join("mine.so");
+    std::fs::copy(&good, &mine)?;
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o644))?;
+    let planted_link = sticky_links.join("p.so");
+    std::os::unix::fs::symlink(&mine, &planted_link)?;
+    let link_chowned = chowned && Command::new("chown").args(["-h", "65534"]).arg(&planted_link).status()?.success();
 
     let mut cases: Vec<(&str, String, String)> = vec![
         ("a FIFO", fifo.display().to_string(), "not a regular file but a FIFO".into()),
@@ -306,6 +317,13 @@ fn special_files_and_unsafe_paths_are_clean_errors_and_never_hang() -> TestResul
         ));
     } else {
         eprintln!("note: cannot chown here (not root): the other-user cases did not run");
+    }
+    if link_chowned {
+        cases.push((
+            "another user's symlink in a sticky directory",
+            planted_link.display().to_string(),
+            format!("symbolic link {} is owned by uid 65534, not by this user", planted_link.display()),
+        ));
     }
     for (case, plugin, want) in &cases {
         assert_refused(case, &start_up(plugin, &marker, &[])?, want);
@@ -401,6 +419,7 @@ fn an_unresolved_symbol_fails_at_load_not_at_the_first_call() -> TestResult {
         format!(
             "#include <stdio.h>\n#include <stdlib.h>\n\
              __attribute__((visibility(\"default\"))) const unsigned char MICRO_PLUGIN[{size}] = {{{}}};\n\
+             __attribute__((visibility(\"default\"))) const unsigned char MICRO_PLUGIN_ENTRY[24] = {{0}};\n\
              extern int micro_missing_function(void);\n\
              int use_it(void) {{ return micro_missing_function(); }}\n\
              __attribute__((constructor)) static void mark(void) {{\n\
@@ -422,5 +441,32 @@ fn an_unresolved_symbol_fails_at_load_not_at_the_first_call() -> TestResult {
     assert_refused("unresolved symbol", &o, "not a loadable shared library: ");
     assert_refused("unresolved symbol", &o, "undefined symbol: micro_missing_function");
     assert_eq!(marks(&marker), "", "the library's constructor must not run");
+    Ok(())
+}
+
+#[test]
+fn a_file_changed_after_it_was_loaded_is_refused_not_silently_reused() -> TestResult {
+    // In this process: load a plugin, replace the file with other bytes, and
+    // load it again pinned to the new bytes: the pin must not pass for code
+    // that is not what runs.
+    let good = probe(None);
+    let dir = tempfile::tempdir()?;
+    let p = patched(&good, dir.path(), "p.so", |_| {})?;
+    let opts = micro_plugin::loader::LoadOptions::default();
+    let first = micro_plugin::load(&p.display().to_string(), opts)?;
+    assert_eq!(first.name, "probe");
+    let bytes = std::fs::read(&good)?;
+    let name_at = descriptor_at(&bytes) + std::mem::offset_of!(PluginDescriptor, name);
+    let other = patched(&good, dir.path(), "other.so", |b| put(b, name_at, &micro_plugin::abi::fixed::<64>("other")))?;
+    std::fs::rename(&other, &p)?;
+    let digest = Command::new("sha256sum").arg(&p).output()?;
+    let hex = String::from_utf8_lossy(&digest.stdout).split_whitespace().next().unwrap_or("").to_string();
+    let e =
+        micro_plugin::load(&format!("{}#sha256={hex}", p.display()), opts).err().ok_or("the changed file loaded")?;
+    assert!(e.to_string().contains("already loaded in this process from other bytes"), "{e}");
+    // The same bytes again: the loaded plugin, not a second copy.
+    std::fs::write(&p, &bytes)?;
+    let again = micro_plugin::load(&p.display().to_string(), opts)?;
+    assert_eq!(again.name, "probe");
     Ok(())
 }

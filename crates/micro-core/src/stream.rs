@@ -61,11 +61,24 @@ pub struct StreamSender {
     tx: Option<mpsc::Sender<Bytes>>,
 }
 
-/// The receiving half of a [`Stream`].
+/// The receiving half of a [`Stream`]. Dropping it before the peer finished
+/// cancels the stream: the protocol sees a cancellation, never a clean end,
+/// whichever of its ends it notices first.
 #[derive(Debug)]
 pub struct StreamReceiver {
     rx: mpsc::Receiver<Result<Bytes>>,
     done: bool,
+    dropped: Option<Arc<AtomicBool>>,
+}
+
+impl Drop for StreamReceiver {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Some(d) = &self.dropped {
+                d.store(true, Ordering::Release);
+            }
+        }
+    }
 }
 
 /// The protocol's ends of a [`Stream`]: what arrives from the peer goes
@@ -91,7 +104,7 @@ impl Stream {
         let dropped = Arc::new(AtomicBool::new(false));
         let stream = Stream {
             sender: Some(StreamSender { tx: Some(out_tx) }),
-            receiver: Some(StreamReceiver { rx: in_rx, done: false }),
+            receiver: Some(StreamReceiver { rx: in_rx, done: false, dropped: Some(dropped.clone()) }),
             dropped: dropped.clone(),
         };
         (stream, StreamEnds { incoming: in_tx, outgoing: out_rx, dropped })
@@ -130,7 +143,7 @@ impl Stream {
         let sender = self.sender.take().unwrap_or(StreamSender { tx: None });
         let receiver = self.receiver.take().unwrap_or_else(|| {
             let (_, rx) = mpsc::channel(1);
-            StreamReceiver { rx, done: true }
+            StreamReceiver { rx, done: true, dropped: None }
         });
         (sender, receiver)
     }
@@ -232,9 +245,30 @@ mod tests {
         assert!(ends.dropped_flag().get());
 
         let (s, mut ends) = Stream::pair();
-        let (tx, _rx) = s.split();
+        let (tx, rx) = s.split();
         drop(tx);
         assert_eq!(ends.outgoing.recv().await, None);
-        assert!(!ends.dropped_flag().get(), "split halves never set the flag");
+        assert!(!ends.dropped_flag().get(), "a dropped sending half is a close_send");
+        drop(rx);
+        assert!(ends.dropped_flag().get(), "a receiving half dropped before the end cancels");
+    }
+
+    #[tokio::test]
+    async fn a_receiving_half_dropped_before_the_sender_marks_a_cancellation() {
+        let (s, mut ends) = Stream::pair();
+        let (tx, rx) = s.split();
+        drop(rx);
+        drop(tx);
+        assert_eq!(ends.outgoing.recv().await, None);
+        assert!(ends.dropped_flag().get(), "the outgoing end must read as a cancellation");
+
+        // A receiver that saw the peer's end cancels nothing.
+        let (s, ends) = Stream::pair();
+        let (tx, mut rx) = s.split();
+        drop(ends.incoming);
+        assert_eq!(rx.recv().await.ok(), Some(None));
+        drop(rx);
+        drop(tx);
+        assert!(!ends.dropped.load(Ordering::Acquire));
     }
 }

@@ -39,6 +39,8 @@ pub(crate) struct Found {
     pub(crate) offset: usize,
     /// The symbol's size.
     pub(crate) size: usize,
+    /// The size of the entry symbol (looked up in the same table), if exported.
+    pub(crate) entry_size: Option<usize>,
 }
 
 /// The host's ELF machine, class and byte order.
@@ -96,7 +98,7 @@ fn damaged(what: impl Into<String>) -> ElfError {
 }
 
 /// Checks `data` as a shared library for this host and finds `symbol`.
-pub(crate) fn check(data: &[u8], symbol: &str) -> Result<Found, ElfError> {
+pub(crate) fn check(data: &[u8], symbol: &str, entry: &str) -> Result<Found, ElfError> {
     if data.len() < 4 || data[..4] != elf::ELFMAG {
         return Err(damaged(format!(
             "not an ELF shared library ({})",
@@ -132,10 +134,10 @@ pub(crate) fn check(data: &[u8], symbol: &str) -> Result<Found, ElfError> {
         // Only the host's own class gets here; micro's hosts are 64-bit.
         return Err(damaged("32-bit ELF plugins are not supported"));
     }
-    check64(data, symbol)
+    check64(data, symbol, entry)
 }
 
-fn check64(data: &[u8], symbol: &str) -> Result<Found, ElfError> {
+fn check64(data: &[u8], symbol: &str, entry: &str) -> Result<Found, ElfError> {
     let bad = |what: &str, e: object::read::Error| damaged(format!("cut short or damaged: {what}: {e}"));
     let header = elf::FileHeader64::<Endianness>::parse(data).map_err(|e| bad("invalid ELF header", e))?;
     let endian = header.endian().map_err(|e| bad("invalid ELF header", e))?;
@@ -210,10 +212,13 @@ fn check64(data: &[u8], symbol: &str) -> Result<Found, ElfError> {
     let sections = header.sections(endian, data).map_err(|e| bad("section headers", e))?;
     let symbols = sections.symbols(endian, data, elf::SHT_DYNSYM).map_err(|e| bad("dynamic symbol table", e))?;
     let strings = symbols.strings();
-    let sym = symbols
-        .iter()
-        .find(|s| s.st_shndx(endian) != elf::SHN_UNDEF && s.name(endian, strings).is_ok_and(|n| n == symbol.as_bytes()))
-        .ok_or_else(|| ElfError::NoDescriptor(format!("no exported `{symbol}` symbol")))?;
+    let defined = |name: &str| {
+        symbols.iter().find(|s| {
+            s.st_shndx(endian) != elf::SHN_UNDEF && s.name(endian, strings).is_ok_and(|n| n == name.as_bytes())
+        })
+    };
+    let sym = defined(symbol).ok_or_else(|| ElfError::NoDescriptor(format!("no exported `{symbol}` symbol")))?;
+    let entry_size = defined(entry).map(|s| s.st_size(endian) as usize);
     let (addr, size) = (sym.st_value(endian), sym.st_size(endian));
     // The symbol's bytes must be file-backed (not .bss): find the segment holding them.
     let offset = loads
@@ -221,7 +226,7 @@ fn check64(data: &[u8], symbol: &str) -> Result<Found, ElfError> {
         .find(|&&(v, _, _, f)| addr >= v && addr.checked_add(size).is_some_and(|e| e <= v + f))
         .map(|&(v, _, off, _)| off + (addr - v))
         .ok_or_else(|| damaged(format!("symbol `{symbol}` is not stored in the file")))?;
-    Ok(Found { offset: offset as usize, size: size as usize })
+    Ok(Found { offset: offset as usize, size: size as usize, entry_size })
 }
 
 #[cfg(test)]
@@ -230,9 +235,11 @@ mod tests {
 
     #[test]
     fn non_elf_files_are_named_as_such() {
-        assert!(matches!(check(b"", "X"), Err(ElfError::Damaged(m)) if m.contains("empty")));
-        assert!(matches!(check(b"#!/bin/sh\necho hi\n", "X"), Err(ElfError::Damaged(m)) if m.contains("no ELF magic")));
-        assert!(matches!(check(b"\x7fELF\x02\x01", "X"), Err(ElfError::Damaged(m)) if m.contains("cut short")));
+        assert!(matches!(check(b"", "X", "Y"), Err(ElfError::Damaged(m)) if m.contains("empty")));
+        assert!(
+            matches!(check(b"#!/bin/sh\necho hi\n", "X", "Y"), Err(ElfError::Damaged(m)) if m.contains("no ELF magic"))
+        );
+        assert!(matches!(check(b"\x7fELF\x02\x01", "X", "Y"), Err(ElfError::Damaged(m)) if m.contains("cut short")));
     }
 
     #[test]
@@ -244,7 +251,7 @@ mod tests {
         h[6] = elf::EV_CURRENT;
         let other = if cfg!(target_arch = "aarch64") { elf::EM_X86_64 } else { elf::EM_AARCH64 };
         h[18..20].copy_from_slice(&other.to_le_bytes());
-        match check(&h, "X") {
+        match check(&h, "X", "Y") {
             Err(ElfError::Foreign { plugin, .. }) => {
                 assert_eq!(plugin, describe(other, elf::ELFCLASS64, elf::ELFDATA2LSB))
             }

@@ -109,7 +109,8 @@ pub unsafe fn init(host: *const HostApi, name: &'static str, hook: impl FnOnce()
             let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
             tracing::error!(location = %at, "plugin code panicked: {}", panic_message(info.payload()));
         }));
-        let _g = plugin_runtime().map(|h| h.enter_owned());
+        let rt = plugin_runtime();
+        let _g = rt.as_ref().map(|h| h.enter());
         hook();
         Ok(())
     }));
@@ -117,23 +118,6 @@ pub unsafe fn init(host: *const HostApi, name: &'static str, hook: impl FnOnce()
         Ok(Ok(())) => ok_reply(FfiObject::null()),
         Ok(Err(e)) => error_reply(e),
         Err(p) => error_reply(Error::internal("go.micro.plugin", format!("panic in init: {}", panic_message(&*p)))),
-    }
-}
-
-trait EnterOwned {
-    fn enter_owned(self) -> EnteredRuntime;
-}
-
-/// Keeps a runtime entered while alive.
-struct EnteredRuntime {
-    _guard: tokio::runtime::EnterGuard<'static>,
-}
-
-impl EnterOwned for tokio::runtime::Handle {
-    fn enter_owned(self) -> EnteredRuntime {
-        // The handle is leaked once per init; init runs once per library.
-        let h: &'static tokio::runtime::Handle = Box::leak(Box::new(self));
-        EnteredRuntime { _guard: h.enter() }
     }
 }
 
@@ -153,7 +137,8 @@ pub unsafe fn construct<K, F: Constructor<K>>(f: &F, args: FfiArgs) -> FfiReply 
         }
         // SAFETY: the host keeps the bytes alive during this call.
         let bytes = unsafe { args.bytes.as_bytes() };
-        let _g = plugin_runtime().map(|h| h.enter_owned());
+        let rt = plugin_runtime();
+        let _g = rt.as_ref().map(|h| h.enter());
         f.construct(bytes, objects)
     }));
     match res {

@@ -252,9 +252,29 @@ pub fn parse_pin(spec: &str) -> (PathBuf, Option<String>) {
 }
 
 /// Libraries stay loaded for the life of the process; the same file is loaded once.
-fn loaded() -> &'static Mutex<HashMap<PathBuf, Config>> {
-    static LOADED: OnceLock<Mutex<HashMap<PathBuf, Config>>> = OnceLock::new();
+fn loaded() -> &'static Mutex<HashMap<PathBuf, Loaded>> {
+    static LOADED: OnceLock<Mutex<HashMap<PathBuf, Loaded>>> = OnceLock::new();
     LOADED.get_or_init(Default::default)
+}
+
+/// A library opened by [`load`]: its outcome (a failure after `dlopen` is
+/// kept too, so that a retry never maps and runs the file a second time)
+/// and the sealed memory file it was loaded from, which stays open for the
+/// life of the process: glibc also knows a loaded library by its path, and a
+/// reused `/proc/self/fd/N` of a later plugin must never match this one.
+struct Loaded {
+    outcome: Result<Config, String>,
+    memfd: std::fs::File,
+}
+
+impl Loaded {
+    /// Whether `bytes` are the bytes this library was loaded from.
+    fn same_bytes(&self, bytes: &[u8]) -> bool {
+        use std::os::unix::fs::FileExt;
+        let mut held = vec![0u8; bytes.len()];
+        let len = self.memfd.metadata().map(|m| m.len()).unwrap_or(0);
+        len == bytes.len() as u64 && self.memfd.read_exact_at(&mut held, 0).is_ok() && held == bytes
+    }
 }
 
 /// The most a plugin file may weigh: it is read into memory whole.
@@ -288,6 +308,7 @@ fn check_file(spec: &str, opts: LoadOptions) -> Result<Checked, PluginError> {
     })?;
     let open_err = |reason: String| PluginError::Open { path: file.clone(), reason };
     if !opts.allow_insecure {
+        check_symlinks(&path, &file)?;
         check_directories(&file)?;
     }
     let f =
@@ -317,22 +338,37 @@ fn check_file(spec: &str, opts: LoadOptions) -> Result<Checked, PluginError> {
             return Err(PluginError::Digest { path: file, expected, actual });
         }
     }
-    let found = crate::elf::check(&bytes, abi::SYMBOL).map_err(|e| match e {
-        crate::elf::ElfError::Damaged(reason) => PluginError::Damaged { path: file.clone(), reason },
+    let descriptor = check_bytes(&file, &bytes, opts)?;
+    Ok(Checked { file, bytes, descriptor })
+}
+
+/// The checks of a plugin file's bytes (`file` only names it in errors):
+/// the ELF structure, then the descriptor. Public for the fuzz target.
+#[doc(hidden)]
+pub fn check_bytes(file: &Path, bytes: &[u8], opts: LoadOptions) -> Result<PluginDescriptor, PluginError> {
+    let found = crate::elf::check(bytes, abi::SYMBOL, abi::ENTRY_SYMBOL).map_err(|e| match e {
+        crate::elf::ElfError::Damaged(reason) => PluginError::Damaged { path: file.to_path_buf(), reason },
         crate::elf::ElfError::Foreign { plugin, host } => PluginError::Mismatch {
-            path: file.clone(),
+            path: file.to_path_buf(),
             field: "architecture",
             plugin,
             host,
             hint: ": build the plugin for the host's target".into(),
         },
         crate::elf::ElfError::NoDescriptor(reason) => {
-            PluginError::NoSymbol { path: file.clone(), symbol: abi::SYMBOL, reason }
+            PluginError::NoSymbol { path: file.to_path_buf(), symbol: abi::SYMBOL, reason }
         }
     })?;
-    let descriptor = read_descriptor(&file, &bytes, found.offset, found.size)?;
-    check_descriptor(&file, &descriptor, opts)?;
-    Ok(Checked { file, bytes, descriptor })
+    let descriptor = read_descriptor(file, bytes, found.offset, found.size)?;
+    check_descriptor(file, &descriptor, opts)?;
+    if found.entry_size.is_none_or(|n| n < std::mem::size_of::<PluginEntry>()) {
+        return Err(PluginError::NoSymbol {
+            path: file.to_path_buf(),
+            symbol: abi::ENTRY_SYMBOL,
+            reason: format!("no exported `{}` symbol of the entry points' size", abi::ENTRY_SYMBOL),
+        });
+    }
+    Ok(descriptor)
 }
 
 fn file_type(meta: &std::fs::Metadata) -> &'static str {
@@ -471,15 +507,23 @@ pub fn inspect(spec: &str, opts: LoadOptions) -> Result<Config, PluginError> {
 /// `RTLD_LOCAL`. A library whose code has run is never closed.
 pub fn load(spec: &str, opts: LoadOptions) -> Result<Config, PluginError> {
     let checked = check_file(spec, opts)?;
-    let mut loaded = loaded().lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(c) = loaded.get(&checked.file) {
-        return Ok(c.clone());
-    }
     let file = checked.file.clone();
     let open_err = |reason: String| PluginError::Open { path: file.clone(), reason };
-    let sealed = sealed_copy(&file, &checked.bytes)
+    let mut loaded = loaded().lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(l) = loaded.get(&file) {
+        // Loaded before in this process: only if it is still the same bytes
+        // (so a pin checked just now covers the code that runs).
+        if !l.same_bytes(&checked.bytes) {
+            return Err(open_err(
+                "already loaded in this process from other bytes: the file changed since; restart to load the new version"
+                    .into(),
+            ));
+        }
+        return l.outcome.clone().map_err(open_err);
+    }
+    let memfd = sealed_copy(&file, &checked.bytes)
         .map_err(|e| open_err(format!("cannot copy into a sealed memory file: {e}")))?;
-    let proc_path = format!("/proc/self/fd/{}", sealed.as_raw_fd());
+    let proc_path = format!("/proc/self/fd/{}", memfd.as_raw_fd());
     // SAFETY: opening a library runs its initialisers; that is what loading a
     // plugin means. The bytes passed every check above (permissions, pin,
     // ELF structure, ABI, target, panic strategy) and cannot change any more.
@@ -487,39 +531,44 @@ pub fn load(spec: &str, opts: LoadOptions) -> Result<Config, PluginError> {
         .map_err(|e| {
             open_err(format!("not a loadable shared library: {}", e.to_string().replace(&proc_path, "the file")))
         })?;
-    // The memory file stays open for the life of the process: glibc knows a
-    // loaded library by its path too, and a reused /proc/self/fd/N of a later
-    // plugin must never match this one.
-    std::mem::forget(sealed);
     // SAFETY: only the symbol's address is taken; it is read below once checked.
     let sym: Result<libloading::os::unix::Symbol<*const PluginEntry>, _> = unsafe { lib.get(b"MICRO_PLUGIN_ENTRY\0") };
-    // Go keeps plugins loaded for the life of the process; so do we (the
-    // library's code may have run: its constructors, at least).
     let sym = sym.map(|s| *s);
+    // Go keeps plugins loaded for the life of the process; so do we: the
+    // library's code has run (its constructors, at least).
     std::mem::forget(lib);
-    let entry_ptr = sym.map_err(|e| PluginError::NoSymbol {
-        path: file.clone(),
-        symbol: abi::ENTRY_SYMBOL,
-        reason: e.to_string(),
-    })?;
+    let outcome = entry_of(&file, sym.map_err(|e| e.to_string()))
+        .map(|entry| Config::of(&checked.descriptor, file.clone(), Some(entry)));
+    let prefix = format!("plugin {}: ", file.display());
+    let kept = outcome.as_ref().cloned().map_err(|e| e.to_string().trim_start_matches(&prefix).to_string());
+    loaded.insert(file.clone(), Loaded { outcome: kept, memfd });
+    outcome
+}
+
+/// Checks the entry points found in an opened library.
+fn entry_of(file: &Path, sym: Result<*const PluginEntry, String>) -> Result<&'static PluginEntry, PluginError> {
+    let entry_ptr =
+        sym.map_err(|reason| PluginError::NoSymbol { path: file.to_path_buf(), symbol: abi::ENTRY_SYMBOL, reason })?;
     if entry_ptr.is_null() || (entry_ptr as usize) % std::mem::align_of::<PluginEntry>() != 0 {
-        return Err(open_err(format!("the `{}` symbol is misaligned", abi::ENTRY_SYMBOL)));
+        return Err(PluginError::Open {
+            path: file.to_path_buf(),
+            reason: format!("the `{}` symbol is misaligned", abi::ENTRY_SYMBOL),
+        });
     }
-    // SAFETY: non-null and aligned, in a library that stays loaded; the
-    // descriptor, read from these same bytes, declared this ABI's layout.
+    // SAFETY: non-null and aligned, of at least the entry's size (checked in
+    // the file), in a library that stays loaded; the descriptor, read from
+    // these same bytes, declared this ABI's layout.
     let entry: &'static PluginEntry = unsafe { &*entry_ptr };
     if entry.layout != abi::LAYOUT {
         return Err(PluginError::Mismatch {
-            path: file,
+            path: file.to_path_buf(),
             field: "entry layout fingerprint",
             plugin: format!("{:016x}", entry.layout),
             host: format!("{:016x}", abi::LAYOUT),
             hint: ": the descriptor and the entry points disagree; rebuild the plugin".into(),
         });
     }
-    let config = Config::of(&checked.descriptor, file.clone(), Some(entry));
-    loaded.insert(file, config.clone());
-    Ok(config)
+    Ok(entry)
 }
 
 /// A sealed memory file holding `bytes`: no one can write, grow or shrink it.
@@ -548,7 +597,7 @@ fn sealed_copy(file: &Path, bytes: &[u8]) -> std::io::Result<std::fs::File> {
 /// that damage one field of a real plugin.
 #[doc(hidden)]
 pub fn descriptor_offset(bytes: &[u8]) -> Option<usize> {
-    crate::elf::check(bytes, abi::SYMBOL).ok().map(|f| f.offset)
+    crate::elf::check(bytes, abi::SYMBOL, abi::ENTRY_SYMBOL).ok().map(|f| f.offset)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -559,6 +608,35 @@ fn hex(bytes: &[u8]) -> String {
 fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// Refuses a path, as given, with a symbolic link on it that a user other
+/// than this one (or root) owns: in a sticky directory such as /tmp anyone
+/// may plant a link, which would choose which file loads (the kernel's
+/// `protected_symlinks` rule, applied whatever the sysctl says).
+fn check_symlinks(given: &Path, file: &Path) -> Result<(), PluginError> {
+    let me = euid();
+    let given = if given.is_absolute() {
+        given.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(given)).unwrap_or_else(|_| given.to_path_buf())
+    };
+    let mut at = PathBuf::new();
+    for part in given.components() {
+        at.push(part);
+        let Ok(m) = std::fs::symlink_metadata(&at) else { continue };
+        if m.file_type().is_symlink() && m.uid() != 0 && m.uid() != me {
+            return Err(PluginError::Insecure {
+                path: file.to_path_buf(),
+                reason: format!(
+                    "symbolic link {} is owned by uid {}, not by this user (uid {me}) or root",
+                    at.display(),
+                    m.uid()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a path with a directory that a user other than this one (or

@@ -261,7 +261,7 @@ async fn caller_cancels(protocol: &str, via: Via) -> TestResult {
 /// the handler must never see that as a clean end of input.
 async fn dropped_upload_is_no_end_of_input(protocol: &str, via: Via) -> TestResult {
     let mut w = world(protocol, via).await?;
-    for round in 0..5 {
+    for round in 0..20 {
         let mut s: TypedStream<Num, Num> = w.client.client().stream("counter", "Counter.Upload").await?;
         for n in 1..=3 {
             s.send(&Num { n }).await?;

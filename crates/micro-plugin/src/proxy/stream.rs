@@ -20,15 +20,19 @@ mod stream_m {
     pub(super) const RECV: u32 = 2;
     /// Ends the sending direction cleanly.
     pub(super) const CLOSE_SEND: u32 = 3;
-    /// Cancels the stream: the receiving half is dropped, then the sending one.
-    pub(super) const CANCEL: u32 = 4;
+    /// Stops receiving: the receiving half is dropped, which the protocol
+    /// sees as a cancellation (for a caller) unless the stream had ended.
+    pub(super) const STOP_RECV: u32 = 4;
     /// On a stream handler object: serves one stream (request, stream object).
     pub(super) const HANDLE: u32 = 1;
 }
 
+/// The protocol's end of a stream, split so that sends and receives can
+/// overlap. The receiving half is declared first, so that dropping the
+/// object drops it first: a cancellation, never a clean end of input.
 struct StreamExport {
-    sender: Mutex<Option<StreamSender>>,
     receiver: tokio::sync::Mutex<Option<StreamReceiver>>,
+    sender: Mutex<Option<StreamSender>>,
 }
 
 impl Dispatch for StreamExport {
@@ -66,14 +70,16 @@ impl Dispatch for StreamExport {
                 drop(self.sender.lock().unwrap_or_else(|p| p.into_inner()).take());
                 ok()
             }
-            stream_m::CANCEL => {
-                // The importer dropped its pending RECV first, so the lock is free;
-                // if a RECV still holds it, that RECV's end drops the half instead.
-                if let Ok(mut rx) = self.receiver.try_lock() {
-                    drop(rx.take());
+            stream_m::STOP_RECV => {
+                // The importer drops its pending RECV before it stops
+                // receiving, so the lock is free here.
+                match self.receiver.try_lock() {
+                    Ok(mut rx) => {
+                        drop(rx.take());
+                        ok()
+                    }
+                    Err(_) => Err(Error::internal("go.micro.plugin", "stream: stop while a receive is pending")),
                 }
-                drop(self.sender.lock().unwrap_or_else(|p| p.into_inner()).take());
-                ok()
             }
             m => Err(unknown_method("stream", m)),
         }
@@ -83,21 +89,13 @@ impl Dispatch for StreamExport {
 /// Exports the protocol's end of a stream.
 pub(super) fn export_stream(stream: Stream) -> FfiObject {
     let (tx, rx) = stream.split();
-    export(Arc::new(StreamExport { sender: Mutex::new(Some(tx)), receiver: tokio::sync::Mutex::new(Some(rx)) }))
+    export(Arc::new(StreamExport { receiver: tokio::sync::Mutex::new(Some(rx)), sender: Mutex::new(Some(tx)) }))
 }
 
-/// Who holds the imported stream: a caller (cancels when it drops the
-/// stream) or a handler (its stream ends when it returns, which is no
-/// cancellation: its result follows).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Caller,
-    Handler,
-}
-
-/// Forwards what the local side sends; ends the direction cleanly, or
-/// cancels when a caller dropped its whole stream.
-async fn pump_up(remote: Arc<Remote>, mut ends: micro_core::StreamEnds, role: Role) {
+/// Forwards what the local side sends, then ends the direction cleanly,
+/// unless the local side cancelled: then the down pump stops the exporter's
+/// receiving, and the sending half goes with the object.
+async fn pump_up(remote: Arc<Remote>, mut ends: micro_core::StreamEnds) {
     let dropped = ends.dropped_flag();
     while let Some(body) = ends.outgoing.recv().await {
         if remote.call(stream_m::SEND, &body, Vec::new()).await.is_err() {
@@ -106,13 +104,16 @@ async fn pump_up(remote: Arc<Remote>, mut ends: micro_core::StreamEnds, role: Ro
             break;
         }
     }
-    let end = if role == Role::Caller && dropped.get() { stream_m::CANCEL } else { stream_m::CLOSE_SEND };
-    let _ = remote.call_sync(end, &[], Vec::new());
+    if !dropped.get() {
+        let _ = remote.call_sync(stream_m::CLOSE_SEND, &[], Vec::new());
+    }
 }
 
-/// Forwards the other side's messages until its end, its error, or until
-/// the local side stops receiving (a caller's cancellation).
-async fn pump_down(remote: Arc<Remote>, incoming: tokio::sync::mpsc::Sender<Result<Bytes>>, role: Role) {
+/// Forwards the other side's messages until its end or its error, or until
+/// the local side stops receiving: then the pending receive is dropped and
+/// the exporter's receiving half too (a caller's cancellation, or a handler
+/// that no longer reads, so that its protocol goes on noticing the peer).
+async fn pump_down(remote: Arc<Remote>, incoming: tokio::sync::mpsc::Sender<Result<Bytes>>) {
     loop {
         let got = tokio::select! {
             _ = incoming.closed() => None,
@@ -123,7 +124,13 @@ async fn pump_down(remote: Arc<Remote>, incoming: tokio::sync::mpsc::Sender<Resu
             Some(Ok(r)) => match r.bytes.as_slice().split_first() {
                 Some((1, body)) => incoming.send(Ok(Bytes::copy_from_slice(body))).await.is_ok(),
                 // The clean end: dropping `incoming` ends the local side's recv.
-                _ => return,
+                Some((0, [])) => return,
+                _ => {
+                    let e = Error::internal("go.micro.plugin", "stream: a malformed message crossed the boundary");
+                    let _ = incoming.send(Err(e)).await;
+                    let _ = remote.call_sync(stream_m::STOP_RECV, &[], Vec::new());
+                    return;
+                }
             },
             Some(Err(e)) => {
                 let _ = incoming.send(Err(e)).await;
@@ -131,9 +138,7 @@ async fn pump_down(remote: Arc<Remote>, incoming: tokio::sync::mpsc::Sender<Resu
             }
         };
         if !delivered {
-            if role == Role::Caller {
-                let _ = remote.call_sync(stream_m::CANCEL, &[], Vec::new());
-            }
+            let _ = remote.call_sync(stream_m::STOP_RECV, &[], Vec::new());
             return;
         }
     }
@@ -148,8 +153,8 @@ pub(super) fn import_stream(obj: FfiObject) -> Result<Stream> {
     // Only the pumps hold the incoming end: when they finish, the stream ends.
     let (spare, _) = tokio::sync::mpsc::channel(1);
     drop(std::mem::replace(&mut ends.incoming, spare));
-    tokio::spawn(pump_up(remote.clone(), ends, Role::Caller));
-    tokio::spawn(pump_down(remote, incoming, Role::Caller));
+    tokio::spawn(pump_up(remote.clone(), ends));
+    tokio::spawn(pump_down(remote, incoming));
     Ok(stream)
 }
 
@@ -176,10 +181,10 @@ impl Dispatch for StreamHandlerExport {
             let incoming = ends.incoming.clone();
             let (spare, _) = tokio::sync::mpsc::channel(1);
             drop(std::mem::replace(&mut ends.incoming, spare));
-            let down = pump_down(remote.clone(), incoming, Role::Handler);
+            let down = pump_down(remote.clone(), incoming);
             // The handler's messages are all forwarded before its result:
             // the up pump ends once the handler's stream is gone and drained.
-            let up = pump_up(remote, ends, Role::Handler);
+            let up = pump_up(remote, ends);
             let work = async move { tokio::join!(handler(req, stream), up).0 };
             tokio::pin!(down);
             tokio::pin!(work);
