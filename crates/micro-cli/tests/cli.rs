@@ -385,3 +385,60 @@ fn new_scaffolds_a_service_that_builds_and_answers() -> TestResult {
     }
     Ok(())
 }
+
+/// Another user on the machine creates the default registry directory first
+/// (no `XDG_RUNTIME_DIR`: cron, `sudo -u`, containers), mode 777 with a fake
+/// `greeter` node pointing at their own listener. The real user's tools and
+/// services must refuse that directory, saying what to fix, instead of
+/// sending calls to the other user.
+#[test]
+fn another_users_registry_directory_is_refused_not_trusted() -> TestResult {
+    let base = tempfile::tempdir()?;
+    use std::os::unix::fs::PermissionsExt;
+    // A shared temporary directory, like /tmp.
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o1777))?;
+    let uid = String::from_utf8_lossy(&Command::new("id").arg("-u").output()?.stdout).trim().to_string();
+    let theirs = base.path().join(format!("micro-{uid}"));
+    let fake = r#"{"expires_ms":0,"service":{"name":"greeter","version":"latest","metadata":{},"endpoints":[],"nodes":[{"id":"greeter-evil","address":"127.0.0.1:9","metadata":{}}]}}"#;
+    let script = format!(
+        "umask 000; mkdir -p {d}/registry/greeter && printf '%s' '{fake}' > {d}/registry/greeter/greeter-evil.json",
+        d = theirs.display()
+    );
+    // The attacker: another uid (nobody), by dropping privileges in a child.
+    let st = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", &script])
+        .status();
+    if !st.as_ref().is_ok_and(|s| s.success()) {
+        eprintln!("note: cannot act as another user here (not root?): {st:?}; skipped");
+        return Ok(());
+    }
+    let run = |args: &[&str]| -> std::io::Result<Output> {
+        Command::new(MICRO)
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("MICRO_REGISTRY_ADDRESS")
+            .env_remove("MICRO_PLUGIN")
+            .env("TMPDIR", base.path())
+            .env("MICRO_REGISTRY", "local")
+            .args(args)
+            .output()
+    };
+    for args in [&["describe", "greeter"][..], &["services"][..]] {
+        let o = run(args)?;
+        assert_eq!(o.status.code(), Some(1), "{args:?} must refuse the directory:\n{}{}", out(&o), err(&o));
+        assert!(!out(&o).contains("greeter-evil"), "the other user's node was used: {}", out(&o));
+        let e = err(&o);
+        assert!(e.contains(&format!("refusing the registry directory {}/registry", theirs.display())), "{e}");
+        assert!(e.contains("is owned by uid 65534, not by this user"), "{e}");
+        assert!(e.contains("set --registry-address (MICRO_REGISTRY_ADDRESS) to a directory of yours"), "{e}");
+    }
+    // A service refuses to start there too.
+    let mut svc = Command::new(bin("greeter-service"));
+    svc.env_remove("XDG_RUNTIME_DIR")
+        .env_remove("MICRO_REGISTRY_ADDRESS")
+        .env("TMPDIR", base.path())
+        .env("MICRO_REGISTRY", "local");
+    let o = run_bounded(&mut svc, Duration::from_secs(30))?;
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    assert!(err(&o).contains("is owned by uid 65534"), "{}", err(&o));
+    Ok(())
+}
