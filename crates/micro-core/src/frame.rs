@@ -84,7 +84,9 @@ pub fn decode(mut frame: Bytes) -> Result<Message, FrameError> {
         return Err(FrameError::Truncated);
     }
     let count = frame.get_u16() as usize;
-    let mut header = HashMap::with_capacity(count);
+    // Each header takes at least 6 bytes (its two length fields): the count
+    // in the frame says nothing about what a hostile peer actually sent.
+    let mut header = HashMap::with_capacity(count.min(frame.remaining() / 6));
     for _ in 0..count {
         let key = take(&mut frame, 2)?;
         let value = take(&mut frame, 4)?;
@@ -192,6 +194,15 @@ fn take(buf: &mut Bytes, width: usize) -> Result<Bytes, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_header_count_with_nothing_behind_it_is_truncated() {
+        // 65,535 headers announced in a 2-byte frame: no table of that size.
+        let e = decode(Bytes::from_static(&[0xff, 0xff])).err();
+        assert_eq!(e, Some(FrameError::Truncated));
+        let e = decode(Bytes::from_static(&[0xff, 0xff, 0, 1, b'k', 0, 0, 0, 1, b'v'])).err();
+        assert_eq!(e, Some(FrameError::Truncated));
+    }
 
     fn sample() -> Message {
         Message::new(&b"hello body"[..])

@@ -66,12 +66,24 @@ impl NatsBroker {
     }
 }
 
-fn nats_headers(h: &HashMap<String, String>) -> async_nats::HeaderMap {
+/// micro headers as NATS headers. A CR or LF (or a `:` or space in a name)
+/// would be written into the NATS protocol as it is, ending the header block
+/// early and smuggling in lines of the sender's choosing: refused.
+fn nats_headers(h: &HashMap<String, String>) -> Result<async_nats::HeaderMap> {
     let mut m = async_nats::HeaderMap::new();
     for (k, v) in h {
+        if k.is_empty() || k.bytes().any(|b| b.is_ascii_control() || b == b':' || b == b' ') {
+            return Err(Error::bad_request(ID, format!("header name {k:?} cannot travel as a NATS header")));
+        }
+        if v.bytes().any(|b| b == b'\r' || b == b'\n') {
+            return Err(Error::bad_request(
+                ID,
+                format!("header {k}: its value has a CR or LF, which NATS headers cannot carry"),
+            ));
+        }
         m.insert(k.as_str(), v.as_str());
     }
-    m
+    Ok(m)
 }
 
 fn micro_headers(h: Option<&async_nats::HeaderMap>) -> HashMap<String, String> {
@@ -101,11 +113,11 @@ impl Broker for NatsBroker {
     }
 
     async fn publish(&self, topic: &str, msg: Message) -> Result<()> {
+        let headers = if msg.header.is_empty() { None } else { Some(nats_headers(&msg.header)?) };
         let client = self.client().await?;
-        let res = if msg.header.is_empty() {
-            client.publish(topic.to_string(), msg.body).await
-        } else {
-            client.publish_with_headers(topic.to_string(), nats_headers(&msg.header), msg.body).await
+        let res = match headers {
+            None => client.publish(topic.to_string(), msg.body).await,
+            Some(h) => client.publish_with_headers(topic.to_string(), h, msg.body).await,
         };
         res.map_err(|e| Error::internal(ID, format!("nats publish to {topic}: {e}")))
     }
@@ -173,5 +185,30 @@ impl Subscription for NatsSubscription {
         // notify_one stores a permit, so this works even before the task waits.
         self.stop.notify_one();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_that_would_break_the_nats_protocol_are_refused() {
+        let h = |k: &str, v: &str| HashMap::from([(k.to_string(), v.to_string())]);
+        assert!(nats_headers(&h("Micro-Topic", "events")).is_ok());
+        for (k, v) in [("X", "a\r\nPUB evil 1"), ("X", "line\n"), ("Bad:Name", "v"), ("Bad Name", "v"), ("", "v")] {
+            let e = nats_headers(&h(k, v)).err().map(|e| (e.code, e.detail)).unwrap_or_default();
+            assert_eq!(e.0, 400, "{k:?}={v:?}");
+            assert!(e.1.contains("cannot"), "{e:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn publish_refuses_them_before_touching_the_network() {
+        // No server at this address: the header check comes first.
+        let b = NatsBroker::new(BrokerOptions { addresses: vec!["127.0.0.1:1".into()], ..Default::default() });
+        let msg = Message::new(&b"x"[..]).with_header("X", "a\r\nPUB evil 1");
+        let e = b.publish("t", msg).await.err().map(|e| e.detail).unwrap_or_default();
+        assert!(e.contains("CR or LF"), "{e}");
     }
 }

@@ -131,7 +131,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("invalid duration {s:?}"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration {s:?} is too large"))
 }
 
 #[cfg(test)]
@@ -143,6 +143,17 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         flags: Flags,
+    }
+
+    #[test]
+    fn absurd_durations_are_errors_not_panics() {
+        for s in ["99999999999999999999s", "1e400s", "999999999999999999999999h"] {
+            let e = parse_duration(s).err().unwrap_or_default();
+            assert!(e.contains("too large") || e.contains("invalid duration"), "{s}: {e}");
+        }
+        let r = Cli::try_parse_from(["t", "--client-request-timeout", "99999999999999999999s"]);
+        let e = r.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("is too large"), "{e}");
     }
 
     #[test]
