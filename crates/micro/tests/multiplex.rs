@@ -308,6 +308,49 @@ async fn an_oversized_reply_fails_only_its_own_call() -> TestResult {
     Ok(())
 }
 
+/// A request whose error reply would echo enough to pass the message limit
+/// (a 40 KiB endpoint name, echoed as a header and in the error's detail,
+/// under a 64 KiB limit), pipelined on one connection beside a slow call:
+/// the error reply is bounded, and the slow call's reply still arrives on
+/// the same connection.
+#[tokio::test]
+async fn an_error_reply_never_breaks_the_calls_beside_it() -> TestResult {
+    let w = world("mux-big-error", true, Flags::default()).await?;
+    let addr = w.server.server().service().nodes[0].address.clone();
+    let mut s = tokio::net::TcpStream::connect(&addr).await?;
+    let long = format!("Echo.{}", "x".repeat(40 * 1024));
+    let mut out = BytesMut::new();
+    let slow = serde_json::to_vec(&(200u64, "slow".to_string()))?;
+    for (id, endpoint, body) in [("a", "Echo.Slow", slow.as_slice()), ("b", long.as_str(), b"\"x\"".as_slice())] {
+        let hs = [
+            (headers::ID, id),
+            (headers::SERVICE, "echo"),
+            (headers::ENDPOINT, endpoint),
+            (headers::CONTENT_TYPE, "application/json"),
+        ];
+        frame::encode_parts_prefixed(hs, body, &mut out)?;
+    }
+    s.write_all(&out).await?;
+    let mut got = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let len = tokio::time::timeout(Duration::from_secs(10), s.read_u32()).await?? as usize;
+        assert!(len <= 64 * 1024, "a reply over the limit: {len} bytes");
+        let mut buf = vec![0u8; len];
+        s.read_exact(&mut buf).await?;
+        let msg = frame::decode(bytes::Bytes::from(buf))?;
+        got.insert(msg.get(headers::ID).unwrap_or_default().to_string(), msg);
+    }
+    let b = got.get("b").ok_or("no reply to the oversized error")?;
+    let e = micro::core::Error::parse(b.get(headers::ERROR).unwrap_or_default());
+    assert_eq!(e.code, 404, "{e}");
+    assert!(e.detail.ends_with("(truncated)"), "{}", e.detail.len());
+    assert!(b.get(headers::ENDPOINT).is_none(), "the 40 KiB endpoint is not echoed");
+    let a = got.get("a").ok_or("the slow call's reply was lost")?;
+    assert_eq!(serde_json::from_slice::<String>(a.body.chunk())?, "slow");
+    w.server.stop().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_stopping_server_answers_new_calls_503_at_once() -> TestResult {
     let w = world("mux-stopping", true, Flags::default()).await?;

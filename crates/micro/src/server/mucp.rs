@@ -511,10 +511,43 @@ fn reply_frame<'a>(
     }
 }
 
-/// A reply frame carrying an error.
+/// The most of a request header that an error reply echoes, and of an
+/// error's detail that it carries: an error reply must stay small whatever
+/// the request was, or one hostile request could make a reply over the
+/// message limit and fail the calls that share its connection.
+const ECHO_MAX: usize = 1024;
+const DETAIL_MAX: usize = 4096;
+
+/// go-micro's error JSON with the detail cut to [`DETAIL_MAX`] bytes.
+fn bounded_json(e: &Error) -> String {
+    if e.detail.len() <= DETAIL_MAX {
+        return e.to_json();
+    }
+    let mut e = e.clone();
+    let mut cut = DETAIL_MAX;
+    while !e.detail.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    e.detail.truncate(cut);
+    e.detail.push_str("… (truncated)");
+    e.to_json()
+}
+
+/// A reply frame carrying an error, bounded: request headers longer than
+/// [`ECHO_MAX`] are not echoed and the detail is cut to [`DETAIL_MAX`].
 fn error_reply(req: &Incoming, e: &Error) -> bytes::Bytes {
-    let json = e.to_json();
-    reply_frame(req, &req.content_type, [(headers::ERROR, json.as_str())].into_iter(), &[])
+    let json = bounded_json(e);
+    let echoed = [
+        (headers::ID, req.id.as_str()),
+        (headers::SERVICE, req.service.as_str()),
+        (headers::ENDPOINT, req.endpoint.as_str()),
+        (headers::CONTENT_TYPE, req.content_type.as_str()),
+    ];
+    let pairs = echoed.into_iter().filter(|(_, v)| v.len() <= ECHO_MAX).chain([(headers::ERROR, json.as_str())]);
+    let mut out = bytes::BytesMut::new();
+    // Bounded as above, so it always encodes.
+    let _ = frame::encode_parts_prefixed(pairs, &[], &mut out);
+    out.freeze()
 }
 
 /// How a served stream ended.
@@ -535,7 +568,7 @@ enum StreamEnd {
 fn end_of_stream(id: &str, err: Option<Error>) -> Message {
     let mut m = Message::default().with_header(headers::STREAM, "eos").with_header(headers::ID, id);
     if let Some(e) = err {
-        m.header.insert(headers::ERROR.into(), e.to_json());
+        m.header.insert(headers::ERROR.into(), bounded_json(&e));
     }
     m
 }
