@@ -103,11 +103,24 @@ pub struct ServerLimits {
     pub max_in_flight: usize,
     /// A connection with no request for this long is closed.
     pub idle_timeout: Duration,
+    /// Requests one connection may have in flight; its further ones are
+    /// answered 503 at once (on that connection only), so that one peer
+    /// cannot take every slot of `max_in_flight`.
+    pub max_in_flight_per_connection: usize,
+    /// A new connection must send its first request within this long (a
+    /// socket that connects and says nothing holds a slot only this long).
+    pub first_message_timeout: Duration,
 }
 
 impl Default for ServerLimits {
     fn default() -> Self {
-        ServerLimits { max_connections: 10_000, max_in_flight: 4096, idle_timeout: Duration::from_secs(300) }
+        ServerLimits {
+            max_connections: 10_000,
+            max_in_flight: 4096,
+            idle_timeout: Duration::from_secs(300),
+            max_in_flight_per_connection: 256,
+            first_message_timeout: Duration::from_secs(10),
+        }
     }
 }
 

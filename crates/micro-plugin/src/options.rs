@@ -121,6 +121,7 @@ pub fn encode_server(o: &ServerOptions) -> Encoded {
     w.str(&o.name).str(&o.version).str(&o.id).str(&o.address).opt_str(o.advertise.as_deref());
     w.map(&o.metadata).duration(o.drain_timeout);
     w.u64(o.limits.max_connections as u64).u64(o.limits.max_in_flight as u64).duration(o.limits.idle_timeout);
+    w.u64(o.limits.max_in_flight_per_connection as u64).duration(o.limits.first_message_timeout);
     put_tls(&mut w, &o.tls);
     (w.finish(), vec![export_transport(o.transport.clone()), export_broker(o.broker.clone())])
 }
@@ -140,6 +141,8 @@ pub fn decode_server(b: &[u8], objects: Vec<FfiObject>) -> Result<ServerOptions>
             max_connections: r.u64()? as usize,
             max_in_flight: r.u64()? as usize,
             idle_timeout: r.duration()?,
+            max_in_flight_per_connection: r.u64()? as usize,
+            first_message_timeout: r.duration()?,
         },
         tls: get_tls(&mut r)?,
         transport: import_transport(next(&mut it, "transport")?)?,

@@ -108,6 +108,12 @@ pub struct Flags {
     /// Close a connection idle for this long [default: 5m]
     #[arg(long, env = "MICRO_SERVER_IDLE_TIMEOUT", value_parser = parse_duration, global = true)]
     pub server_idle_timeout: Option<Duration>,
+    /// Requests one connection may have in flight; more are answered 503 [default: 256]
+    #[arg(long, env = "MICRO_SERVER_MAX_IN_FLIGHT_PER_CONNECTION", global = true)]
+    pub server_max_in_flight_per_connection: Option<usize>,
+    /// Close a new connection that sends no request within this long [default: 10s]
+    #[arg(long, env = "MICRO_SERVER_FIRST_MESSAGE_TIMEOUT", value_parser = parse_duration, global = true)]
+    pub server_first_message_timeout: Option<Duration>,
 }
 
 /// Splits a comma-separated address list, skipping empty entries.

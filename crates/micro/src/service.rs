@@ -173,6 +173,8 @@ impl ServiceBuilder {
                 max_connections: f.server_max_connections.unwrap_or(10_000),
                 max_in_flight: f.server_max_in_flight.unwrap_or(4096),
                 idle_timeout: f.server_idle_timeout.unwrap_or(Duration::from_secs(300)),
+                max_in_flight_per_connection: f.server_max_in_flight_per_connection.unwrap_or(256).max(1),
+                first_message_timeout: f.server_first_message_timeout.unwrap_or(Duration::from_secs(10)),
             },
             tls,
         })

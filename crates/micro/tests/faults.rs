@@ -28,6 +28,9 @@ async fn server(world: &str, extra: Flags) -> Result<(Service, String), Box<dyn 
     let f = Flags {
         server_max_in_flight: extra.server_max_in_flight,
         server_max_connections: extra.server_max_connections,
+        server_max_in_flight_per_connection: extra.server_max_in_flight_per_connection,
+        server_first_message_timeout: extra.server_first_message_timeout,
+        server_idle_timeout: extra.server_idle_timeout.or(Some(Duration::from_secs(2))),
         ..flags(world)
     };
     let svc = Service::builder("target").flags(f).build()?;
@@ -115,11 +118,12 @@ async fn hostile_peers_are_cut_off_while_good_calls_succeed() -> TestResult {
         Ok(false)
     });
     assert!(loris.await??, "the slow loris was cut off within 5 s");
-    // Half a length prefix and then nothing: the idle timeout (2 s) closes it.
+    // Half a length prefix and then nothing: the read timeout (300 ms), which
+    // starts at a frame's first byte, closes it long before the idle timeout (2 s).
     let mut s = TcpStream::connect(&addr).await?;
     s.write_all(&[0, 0]).await?;
     let took = closed_within(s, bound).await?;
-    assert!(took >= Duration::from_millis(1500), "idle timeout, not earlier: {took:?}");
+    assert!(took >= Duration::from_millis(250) && took < Duration::from_millis(1500), "read timeout: {took:?}");
 
     // Many peers announcing large frames and sending little cost little memory.
     let before = rss_kib();
@@ -181,6 +185,116 @@ async fn limits_on_in_flight_requests_and_connections() -> TestResult {
         }
     }
     assert!(closed >= 4, "{closed} of 8 closed at a limit of 4 (some pooled client connections count too)");
+    svc.stop().await?;
+    Ok(())
+}
+
+/// Sockets that connect and say nothing, or send one byte of a length
+/// prefix, take every connection slot; the server lets each go within the
+/// first-message timeout (or the read timeout, from the frame's first byte)
+/// while its idle timeout is minutes, and a good call gets through after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_one_byte_sockets_cannot_lock_the_server_out() -> TestResult {
+    let extra = Flags {
+        server_max_connections: Some(13),
+        server_first_message_timeout: Some(Duration::from_millis(500)),
+        server_idle_timeout: Some(Duration::from_secs(300)),
+        ..Flags::default()
+    };
+    let (svc, addr) = server("faults-silent", extra).await?;
+    // A connection that spoke once, then sends one byte of its next prefix.
+    let mut spoke = TcpStream::connect(&addr).await?;
+    let mut out = bytes::BytesMut::new();
+    let hs = [
+        ("Micro-Id", "1"),
+        ("Micro-Service", "target"),
+        ("Micro-Endpoint", "Echo.Call"),
+        ("Content-Type", "application/json"),
+    ];
+    micro::core::frame::encode_parts_prefixed(hs, b"\"hi\"", &mut out)?;
+    spoke.write_all(&out).await?;
+    let len = spoke.read_u32().await? as usize;
+    let mut reply = vec![0u8; len];
+    spoke.read_exact(&mut reply).await?;
+    spoke.write_all(&[0]).await?;
+    // And every other slot: sockets that say nothing, or one byte.
+    let mut socks = Vec::new();
+    for _ in 0..8 {
+        socks.push(TcpStream::connect(&addr).await?);
+    }
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(&addr).await?;
+        s.write_all(&[0]).await?; // one byte of a length prefix, then nothing
+        socks.push(s);
+    }
+    // Locked out now: one more connection is closed on accept.
+    let extra = TcpStream::connect(&addr).await?;
+    let took = closed_within(extra, Duration::from_secs(2)).await?;
+    assert!(took < Duration::from_millis(400), "every slot was taken: {took:?}");
+    let t0 = Instant::now();
+    let mut closes = Vec::new();
+    socks.push(spoke);
+    for s in socks {
+        closes.push(tokio::spawn(
+            async move { closed_within(s, Duration::from_secs(10)).await.map_err(|e| e.to_string()) },
+        ));
+    }
+    for c in closes {
+        let took = c.await??;
+        assert!(took < Duration::from_secs(10), "held for {took:?}");
+    }
+    eprintln!("all 13 hostile sockets closed within {:?} (idle timeout 5 min)", t0.elapsed());
+    let caller = Service::builder("caller").flags(flags("faults-silent")).build()?;
+    let r: String = caller.client().call("target", "Echo.Call", &"after".to_string()).await?;
+    assert_eq!(r, "after");
+    svc.stop().await?;
+    Ok(())
+}
+
+/// One connection pipelining more slow calls than its share: the excess is
+/// answered 503 on that connection at once, and another connection's call is
+/// served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_cannot_take_every_in_flight_slot() -> TestResult {
+    let extra =
+        Flags { server_max_in_flight: Some(16), server_max_in_flight_per_connection: Some(4), ..Flags::default() };
+    let (svc, addr) = server("faults-per-conn", extra).await?;
+    let mut hog = TcpStream::connect(&addr).await?;
+    let mut out = bytes::BytesMut::new();
+    for i in 0..20 {
+        let id = i.to_string();
+        let hs = [
+            ("Micro-Id", id.as_str()),
+            ("Micro-Service", "target"),
+            ("Micro-Endpoint", "Echo.Slow"),
+            ("Content-Type", "application/json"),
+        ];
+        micro::core::frame::encode_parts_prefixed(hs, b"1000", &mut out)?;
+    }
+    hog.write_all(&out).await?;
+    // The other connection's call while the hog's four run.
+    let caller = Service::builder("caller").flags(flags("faults-per-conn")).build()?;
+    let t0 = Instant::now();
+    let r: u64 = caller.client().call("target", "Echo.Slow", &1u64).await?;
+    assert_eq!(r, 1);
+    assert!(t0.elapsed() < Duration::from_millis(900), "served beside the hog, not after it: {:?}", t0.elapsed());
+    let (mut busy, mut served) = (0, 0);
+    for _ in 0..20 {
+        let len = tokio::time::timeout(Duration::from_secs(10), hog.read_u32()).await?? as usize;
+        let mut buf = vec![0u8; len];
+        hog.read_exact(&mut buf).await?;
+        let m = micro::core::frame::decode(bytes::Bytes::from(buf))?;
+        match m.get("Micro-Error") {
+            Some(e) => {
+                let e = Error::parse(e);
+                assert_eq!(e.code, 503, "{e}");
+                assert!(e.detail.contains("connection busy"), "{e}");
+                busy += 1;
+            }
+            None => served += 1,
+        }
+    }
+    assert_eq!((served, busy), (4, 16));
     svc.stop().await?;
     Ok(())
 }

@@ -73,6 +73,8 @@ impl Server for MucpServer {
             service: self.opts.name.clone(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight.max(1))),
             idle_timeout: limits.idle_timeout,
+            per_connection: limits.max_in_flight_per_connection.max(1),
+            first_message_timeout: limits.first_message_timeout,
         });
         tokio::spawn(async move {
             loop {
@@ -131,6 +133,10 @@ impl Server for MucpServer {
     }
 }
 
+/// How long closing a connection may take (a TLS close flushes, and a peer
+/// that never reads must not hold the task).
+const CLOSE_LIMIT: Duration = Duration::from_secs(5);
+
 /// What every connection task of a server shares.
 struct Conn {
     handlers: Arc<HashMap<String, Handler>>,
@@ -138,6 +144,10 @@ struct Conn {
     service: String,
     in_flight: Arc<tokio::sync::Semaphore>,
     idle_timeout: Duration,
+    /// Calls one multiplexed connection may have running.
+    per_connection: usize,
+    /// How long a new connection may take to send its first request.
+    first_message_timeout: Duration,
 }
 
 impl Conn {
@@ -152,10 +162,24 @@ impl Conn {
         let last = tokio::time::Instant::now();
         // The first request says what the connection is for: a stream takes
         // it whole; calls may follow one another or overlap (by `Micro-Id`).
-        let first = self.next_frame(sock.recv_frame(), cancelled.as_mut(), idle.as_mut(), last, &peer).await;
-        let Some(frame) = first else {
-            let _ = sock.close().await;
-            return;
+        // A socket that connects and says nothing holds its slot only briefly:
+        // the first request must be complete within the first-message timeout.
+        let first = tokio::time::timeout(
+            self.first_message_timeout,
+            self.next_frame(sock.recv_frame(), cancelled.as_mut(), idle.as_mut(), last, &peer),
+        )
+        .await;
+        let frame = match first {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                let _ = tokio::time::timeout(CLOSE_LIMIT, sock.close()).await;
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, limit = ?self.first_message_timeout, "closing a connection that sent no request");
+                let _ = tokio::time::timeout(CLOSE_LIMIT, sock.close()).await;
+                return;
+            }
         };
         let req = match parse_request(frame.clone()) {
             Ok(r) => r,
@@ -419,6 +443,13 @@ impl Conn {
     ) {
         if stopping {
             out.extend_from_slice(&error_reply(&req, &Error::unavailable(ID, "server stopping")));
+            return;
+        }
+        if running.len() >= self.per_connection {
+            // One connection may not take every slot of the server: its excess
+            // is refused on it alone, and the client retries elsewhere.
+            let e = Error::unavailable(ID, "connection busy: too many requests in flight on this connection");
+            out.extend_from_slice(&error_reply(&req, &e));
             return;
         }
         match self.in_flight.clone().try_acquire_owned() {

@@ -7,7 +7,7 @@ use micro_core::{
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 const ID: &str = "go.micro.transport";
@@ -217,7 +217,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Socket for TcpSocket<S>
 
     async fn close(&mut self) -> Result<()> {
         match self.stream.as_mut() {
-            Some(s) => s.get_mut().shutdown().await.map_err(|e| self.err("close", e)),
+            Some(s) => bounded_shutdown(s.get_mut()).await.map_err(|e| self.err("close", e)),
             None => Ok(()),
         }
     }
@@ -235,17 +235,47 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Socket for TcpSocket<S>
 /// before anything is allocated, and the buffer grows as bytes arrive, so a
 /// peer that announces a large frame and sends little costs little; the
 /// rest of a started frame must arrive within `read_timeout`.
+/// How long a close may take: a TLS close flushes its close_notify, and a
+/// peer that never reads would hold the closer for ever.
+const CLOSE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Shuts the write side down within [`CLOSE_LIMIT`]; past it the socket is
+/// left to be dropped, which closes it without the flush.
+async fn bounded_shutdown<W: AsyncWrite + Unpin>(w: &mut W) -> io::Result<()> {
+    match tokio::time::timeout(CLOSE_LIMIT, w.shutdown()).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("close not done within {CLOSE_LIMIT:?}"))),
+    }
+}
+
 async fn read_frame<R: AsyncRead + Unpin>(
     stream: &mut BufReader<R>,
     max: usize,
     read_timeout: Duration,
 ) -> io::Result<Bytes> {
-    let len = match stream.read_u32().await {
-        Ok(len) => len,
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"))
+    // Waiting for a frame to begin is the caller's business (idle and
+    // first-message timeouts); once its first byte is here, the rest of it,
+    // length prefix included, must follow within the read timeout: a peer
+    // that sends one byte of a prefix and stops is cut off like a slow loris.
+    if stream.fill_buf().await?.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
+    }
+    let len = if stream.buffer().len() >= 4 {
+        stream.read_u32().await?
+    } else {
+        match tokio::time::timeout(read_timeout, stream.read_u32()).await {
+            Ok(Ok(len)) => len,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed within a frame"))
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("length prefix not complete within {read_timeout:?}"),
+                ))
+            }
         }
-        Err(e) => return Err(e),
     };
     let size = frame::check_len(len, max).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     // Usually the whole frame came with its length prefix: take it from
@@ -306,7 +336,7 @@ impl<W: AsyncWrite + Unpin + Send> SocketSender for TcpSender<W> {
     }
 
     async fn close(&mut self) -> Result<()> {
-        self.stream.shutdown().await.map_err(|e| Error::internal(ID, format!("close {}: {e}", self.remote)))
+        bounded_shutdown(&mut self.stream).await.map_err(|e| Error::internal(ID, format!("close {}: {e}", self.remote)))
     }
 
     async fn send_frames(&mut self, batch: Bytes) -> Result<()> {
