@@ -298,3 +298,45 @@ async fn one_connection_cannot_take_every_in_flight_slot() -> TestResult {
     svc.stop().await?;
     Ok(())
 }
+
+/// Sockets that never send the HTTP/2 preface, or send it and never a
+/// request, take every connection slot of a gRPC server; each is closed
+/// within the first-message timeout, and a call succeeds after.
+#[cfg(feature = "grpc")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_cannot_lock_a_grpc_server_out() -> TestResult {
+    let f = Flags {
+        server: Some("grpc".into()),
+        client: Some("grpc".into()),
+        server_max_connections: Some(4),
+        server_first_message_timeout: Some(Duration::from_millis(500)),
+        server_idle_timeout: Some(Duration::from_secs(300)),
+        ..flags("faults-grpc-silent")
+    };
+    let svc = Service::builder("target").flags(f.clone()).build()?;
+    svc.handle("Echo.Call", |s: String| async move { Ok::<_, Error>(s) })?;
+    svc.start().await?;
+    let addr = svc.server().service().nodes[0].address.clone();
+    let mut socks = Vec::new();
+    for i in 0..4 {
+        let mut s = TcpStream::connect(&addr).await?;
+        if i % 2 == 1 {
+            // The client preface and an empty SETTINGS frame, then nothing.
+            s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+            s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await?;
+        }
+        socks.push(s);
+    }
+    let extra = TcpStream::connect(&addr).await?;
+    let took = closed_within(extra, Duration::from_secs(2)).await?;
+    assert!(took < Duration::from_millis(400), "every slot was taken: {took:?}");
+    for s in socks {
+        let took = closed_within(s, Duration::from_secs(10)).await?;
+        assert!(took < Duration::from_secs(5), "a silent socket held its slot for {took:?}");
+    }
+    let caller = Service::builder("caller").flags(f).build()?;
+    let r: String = caller.client().call("target", "Echo.Call", &"after".to_string()).await?;
+    assert_eq!(r, "after");
+    svc.stop().await?;
+    Ok(())
+}

@@ -84,6 +84,7 @@ impl Server for GrpcServer {
             service: self.opts.name.clone(),
             in_flight: Arc::new(Semaphore::new(self.opts.limits.max_in_flight.max(1))),
             health: health_server,
+            body_deadline: self.opts.limits.first_message_timeout,
         });
         let stop_accepting = CancellationToken::new();
         let hard_stop = CancellationToken::new();
@@ -94,9 +95,11 @@ impl Server for GrpcServer {
                 Duration::from_secs(10),
                 vec![b"h2".to_vec()],
             )?;
-            listen(net, &self.opts.address, router, conns, stop_accepting.clone(), hard_stop.clone()).await?
+            listen(net, &self.opts.address, router, conns, self.opts.limits, stop_accepting.clone(), hard_stop.clone())
+                .await?
         } else {
-            listen(TokioNet, &self.opts.address, router, conns, stop_accepting.clone(), hard_stop.clone()).await?
+            let (l, s, h) = (self.opts.limits, stop_accepting.clone(), hard_stop.clone());
+            listen(TokioNet, &self.opts.address, router, conns, l, s, h).await?
         };
 
         let subs = match self.endpoints.subscribe_all(&*self.opts.broker).await {
@@ -149,6 +152,7 @@ async fn listen<N: Net>(
     address: &str,
     router: Arc<Router>,
     conns: Arc<Semaphore>,
+    limits: micro_core::ServerLimits,
     stop_accepting: CancellationToken,
     hard_stop: CancellationToken,
 ) -> Result<(tokio::task::JoinHandle<GracefulShutdown>, String)> {
@@ -174,9 +178,16 @@ async fn listen<N: Net>(
                 continue;
             };
             let router = router.clone();
+            let activity = Arc::new(Activity::default());
+            let act = activity.clone();
             let svc = hyper::service::service_fn(move |req| {
                 let router = router.clone();
-                async move { Ok::<_, Infallible>(router.route(req).await) }
+                // Counted from the request's arrival until its response body
+                // ends: a connection with a stream open is never idle.
+                let open = act.open();
+                async move {
+                    Ok::<_, Infallible>(router.route(req).await.map(|b| Body::new(Counted { body: b, _open: open })))
+                }
             });
             // Pings find peers that vanished without closing (their
             // connections and streams would otherwise be held forever).
@@ -184,16 +195,38 @@ async fn listen<N: Net>(
                 .timer(hyper_util::rt::TokioTimer::new())
                 .keep_alive_interval(Some(Duration::from_secs(60)))
                 .keep_alive_timeout(Duration::from_secs(20))
+                .max_concurrent_streams(u32::try_from(limits.max_in_flight_per_connection.max(1)).unwrap_or(u32::MAX))
                 .serve_connection(TokioIo::new(conn.stream), svc);
             let watched = graceful.watch(http);
             let hard_stop = hard_stop.clone();
             let peer = conn.peer;
             tokio::spawn(async move {
-                tokio::select! {
-                    r = watched => if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "grpc connection ended");
-                    },
-                    _ = hard_stop.cancelled() => {}
+                tokio::pin!(watched);
+                // A connection that sends no request within the first-message
+                // timeout (a socket that never sends the HTTP/2 preface), or
+                // that has no stream open for the idle timeout, is closed: it
+                // would otherwise hold a connection slot for ever.
+                let mut limit = limits.first_message_timeout;
+                loop {
+                    let quiet_until = activity.quiet_until(limit);
+                    tokio::select! {
+                        r = &mut watched => {
+                            if let Err(e) = r {
+                                tracing::debug!(%peer, error = %e, "grpc connection ended");
+                            }
+                            break;
+                        }
+                        _ = hard_stop.cancelled() => break,
+                        _ = tokio::time::sleep_until(quiet_until) => {
+                            if activity.seen() {
+                                limit = limits.idle_timeout;
+                            }
+                            if activity.idle_for(limit) {
+                                tracing::debug!(%peer, ?limit, first = !activity.seen(), "closing a grpc connection with no stream");
+                                break;
+                            }
+                        }
+                    }
                 }
                 drop(permit);
             });
@@ -209,6 +242,111 @@ struct Router {
     service: String,
     in_flight: Arc<Semaphore>,
     health: HealthServer<HealthService>,
+    /// How long a unary request's body may take to arrive.
+    body_deadline: Duration,
+}
+
+/// The streams of one connection: how many are open, and when the last one
+/// opened or ended.
+struct Activity {
+    open: std::sync::atomic::AtomicUsize,
+    seen: std::sync::atomic::AtomicBool,
+    last: Mutex<tokio::time::Instant>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity { open: Default::default(), seen: Default::default(), last: Mutex::new(tokio::time::Instant::now()) }
+    }
+}
+
+/// One open stream of a connection; dropped when its response body ends.
+struct Open(Arc<Activity>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        *lock(&self.0.last) = tokio::time::Instant::now();
+    }
+}
+
+impl Activity {
+    fn open(self: &Arc<Self>) -> Open {
+        use std::sync::atomic::Ordering;
+        self.open.fetch_add(1, Ordering::AcqRel);
+        self.seen.store(true, Ordering::Release);
+        *lock(&self.last) = tokio::time::Instant::now();
+        Open(self.clone())
+    }
+    fn seen(&self) -> bool {
+        self.seen.load(std::sync::atomic::Ordering::Acquire)
+    }
+    /// When the connection will have been quiet for `limit`, as things are now.
+    fn quiet_until(&self, limit: Duration) -> tokio::time::Instant {
+        *lock(&self.last) + limit
+    }
+    /// No stream open, and none opened or ended for `limit`.
+    fn idle_for(&self, limit: Duration) -> bool {
+        self.open.load(std::sync::atomic::Ordering::Acquire) == 0 && lock(&self.last).elapsed() >= limit
+    }
+}
+
+/// A response body that keeps its stream counted as open until it ends.
+struct Counted {
+    body: Body,
+    _open: Open,
+}
+
+impl hyper::body::Body for Counted {
+    type Data = Bytes;
+    type Error = Status;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<Bytes>, Status>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A unary request's body, which must arrive whole by a deadline: a peer
+/// that sends the headers and then dribbles or withholds the body is cut off.
+struct Deadlined {
+    body: Incoming,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    limit: Duration,
+}
+
+impl hyper::body::Body for Deadlined {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(r) => Poll::Ready(r.map(|f| f.map_err(Into::into))),
+            Poll::Pending => match std::future::Future::poll(self.deadline.as_mut(), cx) {
+                Poll::Ready(()) => {
+                    let limit = self.limit;
+                    Poll::Ready(Some(Err(format!("the request body did not arrive within {limit:?}").into())))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// `/pkg.Greeter/Hello` (or `/Greeter/Hello`) → `Greeter.Hello`.
@@ -260,7 +398,11 @@ impl Router {
         };
         let mut grpc = tonic::server::Grpc::new(BytesCodec);
         let mut resp = match &handler.stream {
-            None => grpc.unary(Unary { call, func: handler.func.clone() }, req).await,
+            None => {
+                let limit = self.body_deadline;
+                let req = req.map(|body| Deadlined { body, deadline: Box::pin(tokio::time::sleep(limit)), limit });
+                grpc.unary(Unary { call, func: handler.func.clone() }, req).await
+            }
             Some(func) => grpc.streaming(Streaming { call, func: func.clone() }, req).await,
         };
         // Answer in the caller's encoding (tonic writes plain application/grpc).
