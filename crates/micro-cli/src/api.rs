@@ -9,8 +9,16 @@
 //! | `/v1/greeter/hello` | `v1.greeter` | `Greeter.Hello` |
 //!
 //! Path parts are camel-cased (`say_hello` and `say-hello` become
-//! `SayHello`), and `--namespace` (go-micro: `go.micro.api`) is prefixed to
-//! the service name with a dot when set.
+//! `SayHello`), and `--namespace` (default `go.micro.api`, as go-micro's) is
+//! prefixed to the service name with a dot when set.
+//!
+//! The gateway listens where a browser can reach it, so a web page must not
+//! be able to drive services through it: a request carrying an `Origin`
+//! (every cross-site and DNS-rebinding request a browser makes does) is
+//! refused unless that origin is allowed with `--cors-origin`; a POST body
+//! must say it is JSON (a form post cannot); only an allow-list of request
+//! headers becomes call metadata (never `Micro-*` or hop-by-hop ones); the
+//! body must arrive within the call timeout; connections are capped.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -32,8 +40,37 @@ pub(crate) struct ApiOptions {
     pub(crate) namespace: String,
     pub(crate) max_body: usize,
     pub(crate) timeout: Duration,
-    pub(crate) cors: bool,
+    /// Web origins allowed to call from a browser; `*` for any.
+    pub(crate) origins: Vec<String>,
+    /// Request headers (lower case) forwarded as call metadata.
+    pub(crate) forward: Vec<String>,
+    pub(crate) max_connections: usize,
 }
+
+impl ApiOptions {
+    /// The `Access-Control-Allow-Origin` for a request's origin, if allowed.
+    fn allowed(&self, origin: Option<&str>) -> Option<HeaderValue> {
+        if self.origins.iter().any(|o| o == "*") {
+            return Some(HeaderValue::from_static("*"));
+        }
+        let origin = origin?;
+        self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin)).then(|| HeaderValue::from_str(origin).ok())?
+    }
+}
+
+/// Headers that describe one hop, never a call.
+const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+];
 
 const ID: &str = "go.micro.api";
 
@@ -72,47 +109,94 @@ pub(crate) fn route(namespace: &str, path: &str) -> Option<(String, String)> {
     Some((name, endpoint))
 }
 
-fn json_response(code: u16, body: Bytes, cors: bool) -> Response<Full<Bytes>> {
+/// CORS response headers: the allowed origin (`None`: no CORS headers).
+type Cors = Option<HeaderValue>;
+
+fn json_response(code: u16, body: Bytes, cors: &Cors, forward: &[String]) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body));
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if cors {
+    if let Some(origin) = cors {
         let h = r.headers_mut();
-        h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         h.insert(ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST, GET, OPTIONS"));
-        h.insert(ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("Content-Type, Authorization"));
+        let allow =
+            std::iter::once("content-type").chain(forward.iter().map(String::as_str)).collect::<Vec<_>>().join(", ");
+        if let Ok(v) = HeaderValue::from_str(&allow) {
+            h.insert(ACCESS_CONTROL_ALLOW_HEADERS, v);
+        }
+        if origin != "*" {
+            h.insert(hyper::header::VARY, HeaderValue::from_static("Origin"));
+        }
     }
     r
 }
 
-fn error_response(e: &Error, cors: bool) -> Response<Full<Bytes>> {
+fn error_response(e: &Error, cors: &Cors, forward: &[String]) -> Response<Full<Bytes>> {
     // go-micro: an error without a valid HTTP code is a 500.
     let code = if (400..600).contains(&e.code) { e.code as u16 } else { 500 };
-    json_response(code, Bytes::from(e.to_json()), cors)
+    json_response(code, Bytes::from(e.to_json()), cors, forward)
 }
 
 async fn handle(client: &TypedClient, opts: &ApiOptions, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let cors = opts.cors;
-    if req.method() == Method::OPTIONS && cors {
-        let mut r = json_response(204, Bytes::new(), true);
-        *r.body_mut() = Full::new(Bytes::new());
-        return r;
-    }
-    if req.method() != Method::POST && req.method() != Method::GET {
-        return error_response(
-            &Error::method_not_allowed(ID, format!("method {} not allowed; use POST", req.method())),
-            cors,
+    let fwd = opts.forward.as_slice();
+    // A browser names the page's origin on every cross-site request (and on
+    // a DNS-rebinding one): only origins the operator allowed get through.
+    let origin = req.headers().get(hyper::header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let cors = opts.allowed(origin.as_deref());
+    if let (Some(o), None) = (&origin, &cors) {
+        let e = Error::new(
+            ID,
+            format!("cross-origin request from {o} refused: start the gateway with --cors-origin {o} to allow it"),
+            403,
         );
+        return error_response(&e, &None, fwd);
+    }
+    if req.method() == Method::OPTIONS {
+        if cors.is_some() {
+            let mut r = json_response(204, Bytes::new(), &cors, fwd);
+            *r.body_mut() = Full::new(Bytes::new());
+            return r;
+        }
+        let e = Error::method_not_allowed(ID, "OPTIONS is a CORS preflight, and CORS is off: start the gateway with --cors-origin <origin>; calls use POST (or GET)");
+        return error_response(&e, &None, fwd);
+    }
+    let cors = &cors;
+    if req.method() != Method::POST && req.method() != Method::GET {
+        let e = Error::method_not_allowed(
+            ID,
+            format!("method {} not allowed: the methods allowed are POST and GET", req.method()),
+        );
+        return error_response(&e, cors, fwd);
     }
     let Some((service, endpoint)) = route(&opts.namespace, req.uri().path()) else {
-        return error_response(&Error::not_found(ID, "no service in the path: use /<service>/<method>"), cors);
+        return error_response(&Error::not_found(ID, "no service in the path: use /<service>/<method>"), cors, fwd);
     };
+    let content_type = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let is_json = content_type.split(';').next().is_some_and(|t| {
+        let t = t.trim().to_ascii_lowercase();
+        t == "application/json" || (t.starts_with("application/") && t.ends_with("+json"))
+    });
+    let has_body = req.headers().get("content-length").is_some_and(|v| v != "0")
+        || req.headers().contains_key("transfer-encoding");
+    if req.method() == Method::POST && has_body && !is_json {
+        // A form or text/plain POST is what a web page can send without a
+        // preflight: the body must say it is JSON.
+        let e = Error::new(
+            ID,
+            format!("the request body must be JSON with Content-Type: application/json (got {content_type:?})"),
+            415,
+        );
+        return error_response(&e, cors, fwd);
+    }
     let mut metadata = HashMap::new();
     for (k, v) in req.headers() {
+        let name = k.as_str();
+        if name.starts_with("micro-") || HOP_BY_HOP.contains(&name) || !opts.forward.iter().any(|f| f == name) {
+            continue;
+        }
         if let Ok(v) = v.to_str() {
-            if k != CONTENT_TYPE && k.as_str() != "content-length" && k.as_str() != "host" {
-                metadata.insert(k.as_str().to_string(), v.to_string());
-            }
+            metadata.insert(name.to_string(), v.to_string());
         }
     }
     let too_big = |n: usize| Error::new(ID, format!("request body over the limit of {n} bytes"), 413);
@@ -120,22 +204,28 @@ async fn handle(client: &TypedClient, opts: &ApiOptions, req: Request<Incoming>)
         req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
     {
         if len > opts.max_body {
-            return error_response(&too_big(opts.max_body), cors);
+            return error_response(&too_big(opts.max_body), cors, fwd);
         }
     }
-    let body = match Limited::new(req.into_body(), opts.max_body).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return error_response(&too_big(opts.max_body), cors),
+    // The body must arrive within the call's timeout: a client dribbling it
+    // holds a connection only that long.
+    let body = match tokio::time::timeout(opts.timeout, Limited::new(req.into_body(), opts.max_body).collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => return error_response(&too_big(opts.max_body), cors, fwd),
+        Err(_) => {
+            let e = Error::timeout(ID, format!("the request body did not arrive within {:?}", opts.timeout));
+            return error_response(&e, cors, fwd);
+        }
     };
     let body = if body.iter().all(u8::is_ascii_whitespace) { Bytes::from_static(b"{}") } else { body };
     if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
-        return error_response(&Error::bad_request(ID, "the request body is not JSON"), cors);
+        return error_response(&Error::bad_request(ID, "the request body is not JSON"), cors, fwd);
     }
     let rpc = RpcRequest { service, endpoint, content_type: micro::codec::JSON.into(), body, metadata };
     let opts_call = CallOptions { timeout: Some(opts.timeout), ..Default::default() };
     match client.inner().call(rpc, opts_call).await {
-        Ok(r) => json_response(200, r.body, cors),
-        Err(e) => error_response(&e, cors),
+        Ok(r) => json_response(200, r.body, cors, fwd),
+        Err(e) => error_response(&e, cors, fwd),
     }
 }
 
@@ -146,6 +236,7 @@ pub(crate) async fn serve(
     opts: ApiOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let conns = Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1)));
     let shared = Arc::new((client, opts));
     let tracker = tokio_util_like::Tracker::default();
     tokio::pin!(shutdown);
@@ -161,8 +252,13 @@ pub(crate) async fn serve(
                 }
             },
         };
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            tracing::warn!("api: connection limit reached; closing");
+            continue;
+        };
         let shared = shared.clone();
         tracker.spawn(async move {
+            let _permit = permit;
             let svc = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(&shared.0, &shared.1, req).await) }

@@ -111,14 +111,15 @@ enum Command {
     },
     /// Serve an HTTP API gateway: POST /<service>/<method> calls Handler.Method of a service
     #[command(
-        after_help = "Examples:\n  micro api --address 127.0.0.1:8080\n  curl -d '{\"name\": \"John\"}' http://127.0.0.1:8080/greeter/hello     # greeter Greeter.Hello\n  curl -d '{}' http://127.0.0.1:8080/greeter/say/hello                    # greeter Say.Hello"
+        after_help = "Examples:\n  micro api --address 127.0.0.1:8080                  # exposes services named go.micro.api.*\n  curl -H 'Content-Type: application/json' -d '{\"name\": \"John\"}' http://127.0.0.1:8080/greeter/hello   # go.micro.api.greeter Greeter.Hello\n  micro api --namespace ''                           # exposes every service: /greeter/hello is greeter Greeter.Hello\n  micro api --cors-origin https://app.example.com    # lets that web origin call it from a browser"
     )]
     Api {
         /// Address to listen on
         #[arg(long, env = "MICRO_API_ADDRESS", default_value = "127.0.0.1:8080")]
         address: String,
-        /// Prefix of service names (go-micro: go.micro.api)
-        #[arg(long, env = "MICRO_API_NAMESPACE", default_value = "")]
+        /// Prefix of service names, as go-micro's: only services named `<namespace>.*` are
+        /// exposed; '' exposes every service
+        #[arg(long, env = "MICRO_API_NAMESPACE", default_value = "go.micro.api")]
         namespace: String,
         /// Largest request body in bytes
         #[arg(long, env = "MICRO_API_MAX_BODY", default_value_t = 1024 * 1024)]
@@ -126,9 +127,25 @@ enum Command {
         /// Deadline of each call, e.g. 10s
         #[arg(long, env = "MICRO_API_TIMEOUT", value_parser = micro::flags::parse_duration, default_value = "10s")]
         timeout: Duration,
-        /// Answer CORS preflights and allow any origin (off by default)
+        /// Answer CORS preflights and allow any origin (off by default; prefer --cors-origin)
         #[arg(long, env = "MICRO_API_CORS")]
         cors: bool,
+        /// Web origins allowed to call the gateway from a browser (comma-separated or
+        /// repeated, e.g. https://app.example.com); requests from other origins are refused
+        #[arg(long, env = "MICRO_API_CORS_ORIGIN", value_delimiter = ',')]
+        cors_origin: Vec<String>,
+        /// Request headers forwarded as call metadata (comma-separated, case-insensitive);
+        /// Micro-* and hop-by-hop headers never are
+        #[arg(
+            long,
+            env = "MICRO_API_FORWARD_HEADERS",
+            value_delimiter = ',',
+            default_value = "authorization,user-agent,x-request-id,x-forwarded-for,traceparent,tracestate,accept-language"
+        )]
+        forward_headers: Vec<String>,
+        /// Open connections the gateway accepts; more are closed on accept
+        #[arg(long, env = "MICRO_API_MAX_CONNECTIONS", default_value_t = 1024)]
+        max_connections: usize,
     },
     /// Create a new service crate that builds and runs
     #[command(after_help = "Example:\n  micro new hello && cd hello && cargo run")]
@@ -550,14 +567,21 @@ async fn run() -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Api { address, namespace, max_body, timeout, cors } => {
+        Command::Api { address, namespace, max_body, timeout, cors, cors_origin, forward_headers, max_connections } => {
             let listener =
                 tokio::net::TcpListener::bind(&address).await.with_context(|| format!("listening on {address}"))?;
             let bound = listener.local_addr()?;
             println!("micro api listening on http://{bound}");
             use std::io::Write;
             let _ = std::io::stdout().flush();
-            let opts = api::ApiOptions { namespace, max_body, timeout, cors };
+            let mut origins: Vec<String> =
+                cors_origin.into_iter().map(|o| o.trim().to_string()).filter(|o| !o.is_empty()).collect();
+            if cors {
+                origins.push("*".into());
+            }
+            let forward =
+                forward_headers.into_iter().map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).collect();
+            let opts = api::ApiOptions { namespace, max_body, timeout, origins, forward, max_connections };
             api::serve(listener, svc.client().clone(), opts, async {
                 if let Err(e) = micro::shutdown_signal().await {
                     tracing::warn!(error = %e, "cannot watch signals");

@@ -258,12 +258,21 @@ async fn http(
     uri: &str,
     body: Vec<u8>,
 ) -> Result<(u16, hyper::HeaderMap, serde_json::Value), Box<dyn std::error::Error>> {
+    http_with(method, uri, body, &[("Content-Type", "application/json")]).await
+}
+
+async fn http_with(
+    method: &str,
+    uri: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> Result<(u16, hyper::HeaderMap, serde_json::Value), Box<dyn std::error::Error>> {
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("Content-Type", "application/json")
-        .body(Full::new(body.into()))?;
+    let mut req = hyper::Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(body.into()))?;
     let resp = client.request(req).await?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
@@ -276,7 +285,7 @@ fn start_api(w: &World, extra: &[&str]) -> Result<(Proc, String), Box<dyn std::e
     let mut c = Command::new(MICRO);
     w.env(&mut c);
     let mut p = Proc(
-        c.args(["api", "--address", "127.0.0.1:0", "--max-body", "1024"])
+        c.args(["api", "--address", "127.0.0.1:0", "--max-body", "1024", "--namespace="])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -324,6 +333,114 @@ async fn the_api_gateway_maps_paths_and_errors_like_go_micro() -> TestResult {
     assert_eq!((code, v["code"].as_i64(), v["status"].as_str()), (413, Some(413), Some("Request Entity Too Large")));
     let (code, _, _) = http("DELETE", &format!("{base}/greeter/hello"), Vec::new()).await?;
     assert_eq!(code, 405);
+    Ok(())
+}
+
+/// A web page must not drive services through a gateway on localhost: a
+/// request with an `Origin` the operator did not allow is refused (cross-site
+/// requests and DNS rebinding both carry one), a POST that does not say it is
+/// JSON (a form post) is refused, and only allowed headers reach the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_gateway_is_safe_next_to_a_browser() -> TestResult {
+    let w = World::new()?;
+    let _svc = w.greeter()?;
+    tokio::task::block_in_place(|| w.registered())?;
+    let (_api, base) = start_api(&w, &["--cors-origin", "https://app.example"])?;
+    let url = format!("{base}/greeter/hello");
+    let json = ("Content-Type", "application/json");
+    let body = br#"{"name":"John"}"#.to_vec();
+
+    let (code, headers, v) = http_with("POST", &url, body.clone(), &[json, ("Origin", "http://evil.example")]).await?;
+    assert_eq!(code, 403, "{v}");
+    assert!(v["detail"].as_str().unwrap_or("").contains("--cors-origin http://evil.example"), "{v}");
+    assert!(headers.get("access-control-allow-origin").is_none());
+    // DNS rebinding: the page's origin is the attacker's name, whatever the Host.
+    let rebound = [json, ("Origin", "http://rebind.example:8080"), ("Host", "rebind.example:8080")];
+    assert_eq!(http_with("POST", &url, body.clone(), &rebound).await?.0, 403);
+    // The allowed origin gets through, with CORS headers naming it.
+    let (code, headers, v) = http_with("POST", &url, body.clone(), &[json, ("Origin", "https://app.example")]).await?;
+    assert_eq!((code, v["greeting"].as_str()), (200, Some("Hello John")));
+    assert_eq!(headers.get("access-control-allow-origin").and_then(|v| v.to_str().ok()), Some("https://app.example"));
+    let allow = headers.get("access-control-allow-headers").and_then(|v| v.to_str().ok()).unwrap_or("");
+    assert!(allow.contains("authorization") && allow.contains("x-request-id"), "the forwarded headers: {allow}");
+    // A form post is what a page can send without a preflight.
+    let (code, _, v) = http_with("POST", &url, body.clone(), &[("Content-Type", "text/plain")]).await?;
+    assert_eq!(code, 415, "{v}");
+    assert!(v["detail"].as_str().unwrap_or("").contains("Content-Type: application/json"), "{v}");
+    // Only allowed headers become metadata: never Micro-* or hop-by-hop ones.
+    let sent = [
+        json,
+        ("Authorization", "Bearer t"),
+        ("X-Request-Id", "r1"),
+        ("Micro-Service", "evil"),
+        ("Micro-From-Service", "evil"),
+        ("Cookie", "session=1"),
+        ("X-Other", "no"),
+    ];
+    let (code, _, v) = http_with("POST", &format!("{base}/greeter/metadata"), b"{}".to_vec(), &sent).await?;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["authorization"], "Bearer t");
+    assert_eq!(v["x-request-id"], "r1");
+    for k in ["micro-from-service", "cookie", "x-other", "connection", "host"] {
+        assert!(v.get(k).is_none(), "{k} was forwarded: {v}");
+    }
+    assert_ne!(v.get("Micro-From-Service").and_then(|x| x.as_str()), Some("evil"), "{v}");
+    // OPTIONS without CORS for the origin, and a method that is not allowed, say what to do.
+    let (code, _, v) = http_with("DELETE", &url, Vec::new(), &[]).await?;
+    assert_eq!(code, 405);
+    assert!(v["detail"].as_str().unwrap_or("").contains("POST and GET"), "{v}");
+    Ok(())
+}
+
+/// The default namespace is go-micro's `go.micro.api`: only services meant
+/// for the edge are exposed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_gateway_exposes_only_its_namespace_by_default() -> TestResult {
+    let w = World::new()?;
+    let _svc = w.greeter()?;
+    tokio::task::block_in_place(|| w.registered())?;
+    let mut c = Command::new(MICRO);
+    w.env(&mut c);
+    let mut p = Proc(c.args(["api", "--address", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?);
+    let stdout = p.0.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let base = line.trim().strip_prefix("micro api listening on ").ok_or("no address")?.to_string();
+    let (code, _, v) = http("POST", &format!("{base}/greeter/hello"), br#"{"name":"J"}"#.to_vec()).await?;
+    assert_eq!(code, 404, "{v}");
+    assert_eq!(v["detail"], "service go.micro.api.greeter: not found");
+    drop(p);
+    Ok(())
+}
+
+/// Connections are capped (the next one is closed on accept), and a body
+/// that dribbles is cut off at the call timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_gateway_bounds_connections_and_slow_bodies() -> TestResult {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = World::new()?;
+    let (_api, base) = start_api(&w, &["--max-connections", "2", "--timeout", "500ms"])?;
+    let addr = base.trim_start_matches("http://").to_string();
+    // A body announced and never sent: answered 408 at the call timeout.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await?;
+    slow.write_all(
+        b"POST /greeter/hello HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .await?;
+    let mut answer = vec![0u8; 4096];
+    let t0 = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut answer)).await??;
+    let text = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    drop(slow);
+    // Two idle connections take both slots: the third is closed on accept.
+    let _a = tokio::net::TcpStream::connect(&addr).await?;
+    let _b = tokio::net::TcpStream::connect(&addr).await?;
+    let mut c = tokio::net::TcpStream::connect(&addr).await?;
+    c.write_all(b"POST /greeter/hello HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}").await?;
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut answer)).await?.unwrap_or(0);
+    assert_eq!(n, 0, "over the cap: closed, not served ({})", String::from_utf8_lossy(&answer[..n]));
     Ok(())
 }
 

@@ -101,5 +101,9 @@ pub fn service(flags: Flags) -> Result<Service, micro::Error> {
         let id = id.clone();
         async move { Ok(WhoamiResponse { id }) }
     })?;
+    // The metadata a call arrived with (what a gateway forwarded, say).
+    svc.handle_with_context("Greeter.Metadata", |ctx: micro::Context, _: serde_json::Value| async move {
+        Ok(ctx.metadata.into_iter().collect::<std::collections::BTreeMap<String, String>>())
+    })?;
     Ok(svc)
 }
