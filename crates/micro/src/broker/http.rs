@@ -8,7 +8,12 @@
 //! `publish` sends `POST http://<node>/?id=<node id>` with the JSON
 //! `{"Header": {…}, "Body": "<base64>"}` (go-micro's `broker.Message`) to
 //! every broadcast subscriber of the topic and to one member of each queue
-//! group. Delivery is at-most-once: a failed POST is logged, not retried.
+//! group. Delivery is at-most-once: a failed POST is not retried, and
+//! `publish` returns an error naming every subscriber that did not take the
+//! message (refused, unreachable, or no answer within the delivery
+//! deadline). The subscribers' server reads headers and bodies against
+//! deadlines and caps its connections, so a peer that connects and stalls
+//! holds nothing for long.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -33,6 +38,13 @@ pub const BROADCAST: &str = "ff.http.broadcast";
 const MAX_BODY: usize = 4 * 1024 * 1024;
 const TTL: Duration = Duration::from_secs(60);
 const INTERVAL: Duration = Duration::from_secs(30);
+/// How long a subscriber may take to answer a delivery (its handler runs
+/// before it answers), by default.
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a publisher may take to send a delivery's headers, and its body.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open connections the subscribers' server accepts; more are closed.
+const MAX_CONNECTIONS: usize = 1024;
 
 /// go-micro's `broker.Message` in JSON.
 #[derive(Serialize, Deserialize)]
@@ -67,6 +79,7 @@ struct Inner {
     subs: Mutex<HashMap<String, Sub>>,
     server: tokio::sync::Mutex<Option<(String, CancellationToken)>>,
     client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    delivery_timeout: Duration,
 }
 
 /// The HTTP broker.
@@ -89,8 +102,18 @@ impl HttpBroker {
                 subs: Mutex::new(HashMap::new()),
                 server: tokio::sync::Mutex::new(None),
                 client,
+                delivery_timeout: DELIVERY_TIMEOUT,
             }),
         })
+    }
+
+    /// The same broker with another delivery deadline (default [`DELIVERY_TIMEOUT`]).
+    pub fn with_delivery_timeout(opts: BrokerOptions, timeout: Duration) -> Result<Self> {
+        let mut b = Self::new(opts)?;
+        if let Some(inner) = Arc::get_mut(&mut b.inner) {
+            inner.delivery_timeout = timeout;
+        }
+        Ok(b)
     }
 }
 
@@ -107,6 +130,7 @@ impl Inner {
         let addr = listener.local_addr().map_err(|e| Error::internal(ID, e.to_string()))?.to_string();
         let cancel = CancellationToken::new();
         let (stop, weak) = (cancel.clone(), Arc::downgrade(self));
+        let conns = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
@@ -120,8 +144,13 @@ impl Inner {
                         }
                     },
                 };
+                let Ok(permit) = conns.clone().try_acquire_owned() else {
+                    tracing::warn!("http broker: connection limit reached; closing");
+                    continue;
+                };
                 let weak = weak.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let svc = hyper::service::service_fn(move |req| {
                         let weak = weak.clone();
                         async move {
@@ -131,8 +160,13 @@ impl Inner {
                             })
                         }
                     });
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    // Headers must arrive within the read timeout (hyper's
+                    // timer); a connection idle between deliveries is closed.
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(READ_TIMEOUT)
+                        .serve_connection(TokioIo::new(stream), svc);
+                    let _ = conn.await;
                 });
             }
         });
@@ -169,9 +203,10 @@ impl Inner {
             .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("id=")))
             .map(|s| s.replace("%2F", "/").replace("%3A", ":"))
             .unwrap_or_default();
-        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => return status(StatusCode::PAYLOAD_TOO_LARGE, &format!("reading message: {e}")),
+        let body = match tokio::time::timeout(READ_TIMEOUT, Limited::new(req.into_body(), MAX_BODY).collect()).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) => return status(StatusCode::PAYLOAD_TOO_LARGE, &format!("reading message: {e}")),
+            Err(_) => return status(StatusCode::REQUEST_TIMEOUT, "the message did not arrive in time"),
         };
         let msg: WireMessage = match serde_json::from_slice(&body) {
             Ok(m) => m,
@@ -241,6 +276,8 @@ impl Broker for HttpBroker {
             serde_json::to_vec(&WireMessage { header: msg.header, body: msg.body.to_vec() })
                 .map_err(|e| Error::internal(ID, e.to_string()))?,
         );
+        let total = targets.len();
+        let deadline = self.inner.delivery_timeout;
         let sends = targets.into_iter().map(|node| {
             let body = body.clone();
             let client = self.inner.client.clone();
@@ -248,18 +285,29 @@ impl Broker for HttpBroker {
                 let uri = format!("http://{}/?id={}", node.address, node.id.replace('/', "%2F").replace(':', "%3A"));
                 let req = Request::post(&uri).header("Content-Type", "application/json").body(Full::new(body));
                 let res = match req {
-                    Ok(req) => client.request(req).await.map_err(|e| e.to_string()),
+                    Ok(req) => match tokio::time::timeout(deadline, client.request(req)).await {
+                        Ok(r) => r.map_err(|e| e.to_string()),
+                        Err(_) => Err(format!("no answer within {deadline:?}")),
+                    },
                     Err(e) => Err(e.to_string()),
                 };
-                match res {
-                    Ok(r) if r.status().is_success() => {}
-                    Ok(r) => tracing::warn!(%uri, status = %r.status(), "http broker: delivery refused"),
-                    Err(e) => tracing::warn!(%uri, error = %e, "http broker: delivery failed"),
-                }
+                let failure = match res {
+                    Ok(r) if r.status().is_success() => return None,
+                    Ok(r) => format!("refused with {}", r.status()),
+                    Err(e) => e,
+                };
+                tracing::warn!(%uri, reason = %failure, "http broker: delivery failed");
+                Some(format!("{} at {} ({failure})", node.id, node.address))
             }
         });
-        futures::future::join_all(sends).await;
-        Ok(())
+        let failed: Vec<String> = futures::future::join_all(sends).await.into_iter().flatten().collect();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        Err(Error::internal(
+            ID,
+            format!("{topic}: not delivered to {} of {total} subscribers: {}", failed.len(), failed.join("; ")),
+        ))
     }
 
     async fn subscribe(
@@ -357,6 +405,75 @@ mod tests {
                 Box::pin(async { Ok(()) })
             }),
         )
+    }
+
+    fn io(e: impl std::fmt::Display) -> Error {
+        Error::internal("test", e.to_string())
+    }
+
+    /// A subscriber that accepts the delivery's connection and never
+    /// answers: publish gives up on it at the deadline and says so, naming
+    /// it, while the good subscriber got the message.
+    #[tokio::test]
+    async fn a_subscriber_that_never_answers_is_named_not_waited_for() -> Result<()> {
+        let reg = Arc::new(MemoryRegistry::new());
+        let opts = || BrokerOptions { addresses: vec![], registry: Some(reg.clone()) };
+        let good = broker(&reg)?;
+        let (got, h) = counter();
+        let _sub = good.subscribe("t", h, SubscribeOptions::default()).await?;
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
+        let silent_addr = silent.local_addr().map_err(io)?.to_string();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = silent.accept().await {
+                conns.push(c); // accepted, never read or answered
+            }
+        });
+        let mut metadata = HashMap::new();
+        metadata.insert("broker".to_string(), "http".to_string());
+        metadata.insert("topic".to_string(), "t".to_string());
+        let fake = Service {
+            name: SERVICE.into(),
+            version: BROADCAST.into(),
+            nodes: vec![Node { id: "t-silent".into(), address: silent_addr.clone(), metadata }],
+            ..Default::default()
+        };
+        reg.register(&fake, RegisterOptions::default()).await?;
+        let p = HttpBroker::with_delivery_timeout(opts(), Duration::from_millis(300))?;
+        let msg = Message::new(&b"hello"[..]).with_header("k", "v");
+        let t0 = std::time::Instant::now();
+        let e = tokio::time::timeout(Duration::from_secs(5), p.publish("t", msg)).await.map_err(io)?.err();
+        let e = e.map(|e| e.detail).unwrap_or_default();
+        assert!(t0.elapsed() < Duration::from_secs(2), "publish waited {:?}", t0.elapsed());
+        assert!(e.contains("not delivered to 1 of 2 subscribers: t-silent at"), "{e}");
+        assert!(e.contains("no answer within"), "{e}");
+        assert_eq!(got.load(Ordering::SeqCst), 5, "the good subscriber got it");
+        held.abort();
+        Ok(())
+    }
+
+    /// A publisher that connects to a subscriber's server and stalls in its
+    /// headers is cut off by the header read timeout.
+    #[tokio::test]
+    async fn a_stalled_publisher_connection_is_closed() -> Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let reg = Arc::new(MemoryRegistry::new());
+        let b = broker(&reg)?;
+        let (_n, h) = counter();
+        let _sub = b.subscribe("t", h, SubscribeOptions::default()).await?;
+        let mut s = tokio::net::TcpStream::connect(b.address()).await.map_err(io)?;
+        s.write_all(b"POST /?id=x HTTP/1.1\r\nHost: x\r\n").await.map_err(io)?;
+        let mut buf = [0u8; 1024];
+        let t0 = std::time::Instant::now();
+        loop {
+            match tokio::time::timeout(READ_TIMEOUT * 3, s.read(&mut buf)).await {
+                Err(_) => return Err(io("the stalled connection was never closed")),
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => continue, // a 408 before the close
+            }
+        }
+        assert!(t0.elapsed() < READ_TIMEOUT * 2, "{:?}", t0.elapsed());
+        Ok(())
     }
 
     #[tokio::test]
