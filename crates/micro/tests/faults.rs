@@ -340,3 +340,51 @@ async fn silent_sockets_cannot_lock_a_grpc_server_out() -> TestResult {
     svc.stop().await?;
     Ok(())
 }
+
+/// A stream holds an in-flight slot: one with no message either way for the
+/// idle timeout is cancelled (the caller gets a 408), while a stream whose
+/// messages keep coming outlives the timeout many times over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_stream_is_cancelled_after_the_idle_timeout() -> TestResult {
+    let world = "faults-stream-idle";
+    let f = Flags { server_idle_timeout: Some(Duration::from_millis(500)), ..flags(world) };
+    let svc = Service::builder("target").flags(f).build()?;
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<()>();
+    svc.handle_stream("Echo.Stream", move |_ctx, mut s: micro::TypedStream<u64, u64>| {
+        let guard = Ended(ended_tx.clone());
+        async move {
+            let _guard = guard;
+            while let Some(n) = s.recv().await? {
+                s.send(&n).await?;
+            }
+            Ok(())
+        }
+    })?;
+    svc.start().await?;
+    let caller = Service::builder("caller").flags(flags(world)).build()?;
+    let mut s: micro::TypedStream<u64, u64> = caller.client().stream("target", "Echo.Stream").await?;
+    // Lively: a message every 200 ms for 1.2 s, more than twice the idle timeout.
+    for n in 0..6u64 {
+        s.send(&n).await?;
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), s.recv()).await??, Some(n));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Then silent: cancelled by the server, the caller told why.
+    let t0 = Instant::now();
+    let e = tokio::time::timeout(Duration::from_secs(10), s.recv()).await?.err().ok_or("the stream went on")?;
+    assert_eq!(e.code, 408, "{e}");
+    assert!(e.detail.contains("no message either way"), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    tokio::time::timeout(Duration::from_secs(5), ended.recv()).await?.ok_or("the handler was never dropped")?;
+    svc.stop().await?;
+    Ok(())
+}
+
+/// Signals when dropped: a handler ended or was dropped by its server.
+struct Ended(tokio::sync::mpsc::UnboundedSender<()>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}

@@ -177,3 +177,45 @@ async fn server_only_tls_and_configuration_errors() -> TestResult {
     assert!(e.contains("/nonexistent/ca.pem"), "{e}");
     Ok(())
 }
+
+/// Silent sockets against a TLS server: at most `MAX_HANDSHAKES` handshakes
+/// wait at once (the rest are closed on accept), each waits at most the
+/// handshake timeout, and a client calls once they are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_cannot_pile_up_tls_handshakes() -> TestResult {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir()?;
+    let (ca, ca_pem) = ca_file(dir.path())?;
+    let (srv_cert, srv_key) = leaf(dir.path(), "server", &ca, ExtendedKeyUsagePurpose::ServerAuth)?;
+    let server = Service::builder("secure")
+        .flags(Flags {
+            transport_tls_cert: Some(srv_cert),
+            transport_tls_key: Some(srv_key),
+            transport_read_timeout: Some(Duration::from_secs(1)),
+            ..base("tls-handshakes")
+        })
+        .build()?;
+    server.handle("Echo.Call", |s: String| async move { Ok::<_, micro::core::Error>(s) })?;
+    server.start().await?;
+    let addr = server.server().service().nodes[0].address.clone();
+    let max = micro::transport::tls::MAX_HANDSHAKES;
+    let mut silent = Vec::new();
+    for _ in 0..max {
+        silent.push(tokio::net::TcpStream::connect(&addr).await?);
+    }
+    // Over the bound: closed at once, long before the handshake timeout.
+    let t0 = std::time::Instant::now();
+    let mut extra = tokio::net::TcpStream::connect(&addr).await?;
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf)).await?.unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(t0.elapsed() < Duration::from_millis(900), "closed on accept: {:?}", t0.elapsed());
+    // The waiting ones are closed at the handshake timeout (1 s).
+    for mut s in silent {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await?.unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+    assert_eq!(call(Flags { transport_tls_ca: Some(ca_pem), ..base("tls-handshakes-client") }, &addr).await?, "hi");
+    server.stop().await?;
+    Ok(())
+}

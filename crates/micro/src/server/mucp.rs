@@ -593,6 +593,8 @@ enum StreamEnd {
     Stopping,
     /// The caller's timeout passed.
     Timeout(Duration),
+    /// No message either way for the idle timeout.
+    Idle(Duration),
 }
 
 /// The message that ends the server's side of a stream.
@@ -658,6 +660,22 @@ impl Conn {
         };
         let micro_core::StreamEnds { incoming, mut outgoing, .. } = ends;
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        // A stream holds an in-flight slot: one with no message either way
+        // for the idle timeout (a silent peer, or one that stopped reading
+        // so that a send never completes) is cancelled.
+        let start = tokio::time::Instant::now();
+        let active = std::sync::atomic::AtomicU64::new(0);
+        let touch = || active.store(start.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+        let idle_limit = self.idle_timeout;
+        let idle = async {
+            loop {
+                let last = start + Duration::from_millis(active.load(std::sync::atomic::Ordering::Relaxed));
+                if last.elapsed() >= idle_limit {
+                    return;
+                }
+                tokio::time::sleep_until(last + idle_limit).await;
+            }
+        };
         let expired = || async move {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -679,6 +697,7 @@ impl Conn {
                     if let Err(e) = tx.send(Message { header: HashMap::new(), body }).await {
                         return StreamEnd::Failed(e);
                     }
+                    touch();
                 }
                 // The handler dropped its stream: it has finished, or is about to.
                 let result = tokio::select! {
@@ -698,7 +717,9 @@ impl Conn {
             let reader = async move {
                 let mut incoming = Some(incoming);
                 loop {
-                    match rx.recv().await {
+                    let got = rx.recv().await;
+                    touch();
+                    match got {
                         Ok(m) if m.get(headers::STREAM) == Some("eos") => incoming = None,
                         Ok(m) => {
                             if let Some(tx) = &incoming {
@@ -714,6 +735,7 @@ impl Conn {
             tokio::select! {
                 end = writer => end,
                 _ = reader => StreamEnd::Cancelled,
+                _ = idle => StreamEnd::Idle(idle_limit),
             }
         };
         task.abort();
@@ -730,6 +752,10 @@ impl Conn {
             StreamEnd::Stopping => Some(Some(Error::unavailable(ID, "server stopping"))),
             StreamEnd::Timeout(t) => {
                 Some(Some(Error::timeout(ID, format!("{endpoint} exceeded the caller's timeout of {t:?}"))))
+            }
+            StreamEnd::Idle(t) => {
+                tracing::debug!(%endpoint, idle = ?t, "stream cancelled: no message either way");
+                Some(Some(Error::timeout(ID, format!("stream {endpoint}: no message either way for {t:?}"))))
             }
         };
         // A peer that stopped reading cannot hold this task: the last frame

@@ -107,6 +107,11 @@ impl TlsNet {
     }
 }
 
+/// TLS handshakes a listener runs at once; connections beyond are closed
+/// at once (each handshake costs a task and buffers for up to the handshake
+/// timeout, so silent sockets must not pile them up without bound).
+pub const MAX_HANDSHAKES: usize = 256;
+
 /// Accepted connections whose handshake has completed.
 pub struct TlsListener {
     rx: Mutex<mpsc::Receiver<io::Result<Conn<TlsStream<TcpStream>>>>>,
@@ -157,6 +162,7 @@ impl Net for TlsNet {
             let bound = l.local_addr()?.to_string();
             let (tx, rx) = mpsc::channel(64);
             let limit = self.handshake_timeout;
+            let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
             let task = tokio::spawn(async move {
                 loop {
                     let (tcp, peer) = match l.accept().await {
@@ -167,9 +173,14 @@ impl Net for TlsNet {
                             continue;
                         }
                     };
+                    let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                        tracing::warn!(%peer, "too many tls handshakes in progress; closing");
+                        continue;
+                    };
                     let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                    // Each handshake on its own task, bounded in time.
+                    // Each handshake on its own task, bounded in time and in number.
                     tokio::spawn(async move {
+                        let _permit = permit;
                         let _ = tcp.set_nodelay(true);
                         let local = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
                         match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
