@@ -388,3 +388,32 @@ impl Drop for Ended {
         let _ = self.0.send(());
     }
 }
+
+/// A gRPC request whose body never comes (a stream opened to a unary
+/// endpoint that sends nothing and never ends) is answered with an error at
+/// the body deadline instead of holding the stream for ever.
+#[cfg(feature = "grpc")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_request_body_that_never_comes_is_cut_off() -> TestResult {
+    let f = Flags {
+        server: Some("grpc".into()),
+        client: Some("grpc".into()),
+        server_first_message_timeout: Some(Duration::from_millis(500)),
+        ..flags("faults-grpc-body")
+    };
+    let svc = Service::builder("target").flags(f.clone()).build()?;
+    svc.handle("Echo.Call", |s: String| async move { Ok::<_, Error>(s) })?;
+    svc.start().await?;
+    let caller = Service::builder("caller").flags(f).build()?;
+    let mut s: micro::TypedStream<String, String> = caller.client().stream("target", "Echo.Call").await?;
+    let t0 = Instant::now();
+    let e = tokio::time::timeout(Duration::from_secs(10), s.recv()).await?.err().ok_or("answered without a body")?;
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    eprintln!("the error: {e}");
+    assert!(e.detail.contains("did not arrive within"), "{e}");
+    // The server goes on serving.
+    let r: String = caller.client().call("target", "Echo.Call", &"after".to_string()).await?;
+    assert_eq!(r, "after");
+    svc.stop().await?;
+    Ok(())
+}
