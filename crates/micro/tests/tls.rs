@@ -219,3 +219,71 @@ async fn silent_sockets_cannot_pile_up_tls_handshakes() -> TestResult {
     server.stop().await?;
     Ok(())
 }
+
+/// A TLS peer that asks for large replies and never reads them: the server
+/// gives up on the stalled write at its idle timeout and closes the
+/// connection, and that close (whose TLS close_notify can never be flushed)
+/// is bounded too: `ss` shows the connection gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_peer_that_never_reads_is_let_go() -> TestResult {
+    use micro::transport::Net;
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir()?;
+    let (ca, ca_pem) = ca_file(dir.path())?;
+    let (srv_cert, srv_key) = leaf(dir.path(), "server", &ca, ExtendedKeyUsagePurpose::ServerAuth)?;
+    let server = Service::builder("secure")
+        .flags(Flags {
+            transport_tls_cert: Some(srv_cert),
+            transport_tls_key: Some(srv_key),
+            server_idle_timeout: Some(Duration::from_secs(1)),
+            ..base("tls-never-reads")
+        })
+        .build()?;
+    server.handle("Echo.Big", |n: usize| async move { Ok::<_, micro::core::Error>("y".repeat(n.min(3 << 20))) })?;
+    server.start().await?;
+    let addr = server.server().service().nodes[0].address.clone();
+    let port = addr.rsplit(':').next().unwrap_or_default().to_string();
+    let tls = micro::core::TlsOptions { ca: Some(ca_pem), ..Default::default() };
+    let net = micro::transport::tls::TlsNet::new(&tls, Duration::from_secs(5))?;
+    let mut conn = net.connect(&addr).await?;
+    let mut out = bytes::BytesMut::new();
+    for i in 0..16 {
+        let id = i.to_string();
+        let hs = [
+            ("Micro-Id", id.as_str()),
+            ("Micro-Service", "secure"),
+            ("Micro-Endpoint", "Echo.Big"),
+            ("Content-Type", "application/json"),
+        ];
+        micro::core::frame::encode_parts_prefixed(hs, (2usize << 20).to_string().as_bytes(), &mut out)?;
+    }
+    conn.stream.write_all(&out).await?;
+    conn.stream.flush().await?;
+    // 32 MiB of replies that nobody reads: more than the socket buffers hold.
+    let established = || -> std::io::Result<usize> {
+        let o = std::process::Command::new("ss").args(["-Htn", "state", "established"]).output()?;
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        // The server's side of it: local address the server's, peer ours.
+        Ok(text
+            .lines()
+            .filter(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.len() >= 4 && cols[2].ends_with(&format!(":{port}")) && cols[3] == conn.local
+            })
+            .count())
+    };
+    assert!(established()? > 0, "the connection is up at first");
+    let t0 = std::time::Instant::now();
+    while established()? > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the server still holds the connection after {:?}",
+            t0.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("gone after {:?} (idle timeout 1 s, close bound 5 s)", t0.elapsed());
+    drop(conn);
+    server.stop().await?;
+    Ok(())
+}
