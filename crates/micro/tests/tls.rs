@@ -178,6 +178,21 @@ async fn server_only_tls_and_configuration_errors() -> TestResult {
     Ok(())
 }
 
+/// A started TLS server (`Echo.Call`, and `Echo.Big` answering up to 3 MiB)
+/// with a fresh CA and certificate in `dir`: the service, its address, the CA file.
+async fn tls_server(dir: &Path, flags: Flags) -> Result<(Service, String, String), Box<dyn std::error::Error>> {
+    let (ca, ca_pem) = ca_file(dir)?;
+    let (cert, key) = leaf(dir, "server", &ca, ExtendedKeyUsagePurpose::ServerAuth)?;
+    let server = Service::builder("secure")
+        .flags(Flags { transport_tls_cert: Some(cert), transport_tls_key: Some(key), ..flags })
+        .build()?;
+    server.handle("Echo.Call", |s: String| async move { Ok::<_, micro::core::Error>(s) })?;
+    server.handle("Echo.Big", |n: usize| async move { Ok::<_, micro::core::Error>("y".repeat(n.min(3 << 20))) })?;
+    server.start().await?;
+    let addr = server.server().service().nodes[0].address.clone();
+    Ok((server, addr, ca_pem))
+}
+
 /// Silent sockets against a TLS server: at most `MAX_HANDSHAKES` handshakes
 /// wait at once (the rest are closed on accept), each waits at most the
 /// handshake timeout, and a client calls once they are gone.
@@ -185,19 +200,8 @@ async fn server_only_tls_and_configuration_errors() -> TestResult {
 async fn silent_sockets_cannot_pile_up_tls_handshakes() -> TestResult {
     use tokio::io::AsyncReadExt;
     let dir = tempfile::tempdir()?;
-    let (ca, ca_pem) = ca_file(dir.path())?;
-    let (srv_cert, srv_key) = leaf(dir.path(), "server", &ca, ExtendedKeyUsagePurpose::ServerAuth)?;
-    let server = Service::builder("secure")
-        .flags(Flags {
-            transport_tls_cert: Some(srv_cert),
-            transport_tls_key: Some(srv_key),
-            transport_read_timeout: Some(Duration::from_secs(1)),
-            ..base("tls-handshakes")
-        })
-        .build()?;
-    server.handle("Echo.Call", |s: String| async move { Ok::<_, micro::core::Error>(s) })?;
-    server.start().await?;
-    let addr = server.server().service().nodes[0].address.clone();
+    let extra = Flags { transport_read_timeout: Some(Duration::from_secs(1)), ..base("tls-handshakes") };
+    let (server, addr, ca_pem) = tls_server(dir.path(), extra).await?;
     let max = micro::transport::tls::MAX_HANDSHAKES;
     let mut silent = Vec::new();
     for _ in 0..max {
@@ -229,19 +233,8 @@ async fn a_tls_peer_that_never_reads_is_let_go() -> TestResult {
     use micro::transport::Net;
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir()?;
-    let (ca, ca_pem) = ca_file(dir.path())?;
-    let (srv_cert, srv_key) = leaf(dir.path(), "server", &ca, ExtendedKeyUsagePurpose::ServerAuth)?;
-    let server = Service::builder("secure")
-        .flags(Flags {
-            transport_tls_cert: Some(srv_cert),
-            transport_tls_key: Some(srv_key),
-            server_idle_timeout: Some(Duration::from_secs(1)),
-            ..base("tls-never-reads")
-        })
-        .build()?;
-    server.handle("Echo.Big", |n: usize| async move { Ok::<_, micro::core::Error>("y".repeat(n.min(3 << 20))) })?;
-    server.start().await?;
-    let addr = server.server().service().nodes[0].address.clone();
+    let extra = Flags { server_idle_timeout: Some(Duration::from_secs(1)), ..base("tls-never-reads") };
+    let (server, addr, ca_pem) = tls_server(dir.path(), extra).await?;
     let port = addr.rsplit(':').next().unwrap_or_default().to_string();
     let tls = micro::core::TlsOptions { ca: Some(ca_pem), ..Default::default() };
     let net = micro::transport::tls::TlsNet::new(&tls, Duration::from_secs(5))?;
