@@ -1,18 +1,24 @@
 //! TLS and mutual TLS for the TCP transport, on rustls (ring provider).
 //!
-//! Handshakes run off the accept loop (a slow or silent peer cannot hold up
-//! other connections) and must finish within the read timeout.
+//! A server's handshake runs on the connection's first use, in that
+//! connection's own task, so a slow or silent peer holds up no one else,
+//! counts against the server's connection limit from accept (not from the
+//! end of its handshake), and must finish within the handshake timeout (the
+//! read timeout).
 
 use super::tcp::{Conn, Net, TokioNet};
 use micro_core::{BoxFuture, Error, Result, TlsOptions};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls_pki_types::pem::PemObject;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Mutex};
-use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 const ID: &str = "go.micro.transport";
 
@@ -107,20 +113,132 @@ impl TlsNet {
     }
 }
 
-/// TLS handshakes a listener runs at once; connections beyond are closed
-/// at once (each handshake costs a task and buffers for up to the handshake
-/// timeout, so silent sockets must not pile them up without bound).
-pub const MAX_HANDSHAKES: usize = 256;
-
-/// Accepted connections whose handshake has completed.
+/// A TLS listener: accepted TCP connections, each handshaken on first use.
 pub struct TlsListener {
-    rx: Mutex<mpsc::Receiver<io::Result<Conn<TlsStream<TcpStream>>>>>,
-    task: tokio::task::JoinHandle<()>,
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
 }
 
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.task.abort();
+/// A TLS connection: a client's (handshaken when dialled) or a server's
+/// (handshaken on first use, within its deadline).
+pub enum TlsConn {
+    /// Dialled by this side.
+    Client(tokio_rustls::client::TlsStream<TcpStream>),
+    /// Accepted by this side.
+    Server(ServerTls),
+}
+
+/// A server-side TLS connection whose handshake runs when it is first read
+/// or written.
+pub struct ServerTls {
+    state: Handshake,
+}
+
+enum Handshake {
+    Running { accept: tokio_rustls::Accept<TcpStream>, deadline: Pin<Box<tokio::time::Sleep>>, limit: Duration },
+    Done(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Failed,
+}
+
+impl ServerTls {
+    fn new(accept: tokio_rustls::Accept<TcpStream>, limit: Duration) -> Self {
+        ServerTls { state: Handshake::Running { accept, deadline: Box::pin(tokio::time::sleep(limit)), limit } }
+    }
+
+    /// Drives the handshake; ready once the stream can carry data.
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (accept, deadline, limit) = match &mut self.state {
+            Handshake::Done(_) => return Poll::Ready(Ok(())),
+            Handshake::Failed => return Poll::Ready(Err(io::Error::other("tls handshake failed"))),
+            Handshake::Running { accept, deadline, limit } => (accept, deadline, *limit),
+        };
+        match Pin::new(accept).poll(cx) {
+            Poll::Ready(Ok(s)) => {
+                self.state = Handshake::Done(Box::new(s));
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => {
+                self.state = Handshake::Failed;
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => match deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    self.state = Handshake::Failed;
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("tls handshake not done within {limit:?}"),
+                    )))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn stream(&mut self) -> Option<Pin<&mut tokio_rustls::server::TlsStream<TcpStream>>> {
+        match &mut self.state {
+            Handshake::Done(s) => Some(Pin::new(&mut **s)),
+            _ => None,
+        }
+    }
+}
+
+macro_rules! ready_or_return {
+    ($e:expr) => {
+        match $e {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    };
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TlsConn::Client(s) => Pin::new(s).poll_read(cx, buf),
+            TlsConn::Server(s) => {
+                ready_or_return!(s.poll_handshake(cx));
+                match s.stream() {
+                    Some(st) => st.poll_read(cx, buf),
+                    None => Poll::Ready(Err(io::Error::other("tls handshake failed"))),
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            TlsConn::Client(s) => Pin::new(s).poll_write(cx, buf),
+            TlsConn::Server(s) => {
+                ready_or_return!(s.poll_handshake(cx));
+                match s.stream() {
+                    Some(st) => st.poll_write(cx, buf),
+                    None => Poll::Ready(Err(io::Error::other("tls handshake failed"))),
+                }
+            }
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TlsConn::Client(s) => Pin::new(s).poll_flush(cx),
+            TlsConn::Server(s) => match s.stream() {
+                Some(st) => st.poll_flush(cx),
+                None => Poll::Ready(Ok(())),
+            },
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TlsConn::Client(s) => Pin::new(s).poll_shutdown(cx),
+            // Before (or without) a handshake there is no TLS session to close.
+            TlsConn::Server(s) => match s.stream() {
+                Some(st) => st.poll_shutdown(cx),
+                None => Poll::Ready(Ok(())),
+            },
+        }
     }
 }
 
@@ -132,7 +250,7 @@ fn host_of(addr: &str) -> &str {
 }
 
 impl Net for TlsNet {
-    type Stream = TlsStream<TcpStream>;
+    type Stream = TlsConn;
     type Listener = TlsListener;
 
     fn connect<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, io::Result<Conn<Self::Stream>>> {
@@ -146,7 +264,7 @@ impl Net for TlsNet {
             let tls = tokio::time::timeout(self.handshake_timeout, connector.connect(name, c.stream))
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "tls handshake timed out"))??;
-            Ok(Conn { stream: TlsStream::Client(tls), local: c.local, peer: c.peer })
+            Ok(Conn { stream: TlsConn::Client(tls), local: c.local, peer: c.peer })
         })
     }
 
@@ -160,48 +278,18 @@ impl Net for TlsNet {
             })?;
             let l = TcpListener::bind(addr).await?;
             let bound = l.local_addr()?.to_string();
-            let (tx, rx) = mpsc::channel(64);
-            let limit = self.handshake_timeout;
-            let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
-            let task = tokio::spawn(async move {
-                loop {
-                    let (tcp, peer) = match l.accept().await {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                        tracing::warn!(%peer, "too many tls handshakes in progress; closing");
-                        continue;
-                    };
-                    let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                    // Each handshake on its own task, bounded in time and in number.
-                    tokio::spawn(async move {
-                        let _permit = permit;
-                        let _ = tcp.set_nodelay(true);
-                        let local = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
-                        match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
-                            Ok(Ok(s)) => {
-                                let _ = tx
-                                    .send(Ok(Conn { stream: TlsStream::Server(s), local, peer: peer.to_string() }))
-                                    .await;
-                            }
-                            Ok(Err(e)) => tracing::warn!(%peer, error = %e, "tls handshake failed"),
-                            Err(_) => tracing::warn!(%peer, "tls handshake timed out"),
-                        }
-                    });
-                }
-            });
-            Ok((TlsListener { rx: Mutex::new(rx), task }, bound))
+            Ok((TlsListener { tcp: l, acceptor, handshake_timeout: self.handshake_timeout }, bound))
         })
     }
 
     fn accept<'a>(&'a self, l: &'a Self::Listener) -> BoxFuture<'a, io::Result<Conn<Self::Stream>>> {
         Box::pin(async move {
-            l.rx.lock().await.recv().await.unwrap_or_else(|| Err(io::Error::other("tls listener closed")))
+            let (tcp, peer) = l.tcp.accept().await?;
+            let _ = tcp.set_nodelay(true);
+            let local = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            // The handshake runs when the connection is first used, in its own task.
+            let stream = TlsConn::Server(ServerTls::new(l.acceptor.accept(tcp), l.handshake_timeout));
+            Ok(Conn { stream, local, peer: peer.to_string() })
         })
     }
 }
