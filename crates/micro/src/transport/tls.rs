@@ -136,14 +136,20 @@ pub struct ServerTls {
 }
 
 enum Handshake {
-    Running { accept: tokio_rustls::Accept<TcpStream>, deadline: Pin<Box<tokio::time::Sleep>>, limit: Duration },
+    Running { accept: Box<tokio_rustls::Accept<TcpStream>>, deadline: Pin<Box<tokio::time::Sleep>>, limit: Duration },
     Done(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     Failed,
 }
 
 impl ServerTls {
     fn new(accept: tokio_rustls::Accept<TcpStream>, limit: Duration) -> Self {
-        ServerTls { state: Handshake::Running { accept, deadline: Box::pin(tokio::time::sleep(limit)), limit } }
+        ServerTls {
+            state: Handshake::Running {
+                accept: Box::new(accept),
+                deadline: Box::pin(tokio::time::sleep(limit)),
+                limit,
+            },
+        }
     }
 
     /// Drives the handshake; ready once the stream can carry data.
@@ -153,7 +159,7 @@ impl ServerTls {
             Handshake::Failed => return Poll::Ready(Err(io::Error::other("tls handshake failed"))),
             Handshake::Running { accept, deadline, limit } => (accept, deadline, *limit),
         };
-        match Pin::new(accept).poll(cx) {
+        match Pin::new(&mut **accept).poll(cx) {
             Poll::Ready(Ok(s)) => {
                 self.state = Handshake::Done(Box::new(s));
                 Poll::Ready(Ok(()))
