@@ -124,7 +124,7 @@ pub struct TlsListener {
 /// (handshaken on first use, within its deadline).
 pub enum TlsConn {
     /// Dialled by this side.
-    Client(tokio_rustls::client::TlsStream<TcpStream>),
+    Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// Accepted by this side.
     Server(ServerTls),
 }
@@ -202,7 +202,7 @@ macro_rules! ready_or_return {
 impl AsyncRead for TlsConn {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            TlsConn::Client(s) => Pin::new(s).poll_read(cx, buf),
+            TlsConn::Client(s) => Pin::new(&mut **s).poll_read(cx, buf),
             TlsConn::Server(s) => {
                 ready_or_return!(s.poll_handshake(cx));
                 match s.stream() {
@@ -217,7 +217,7 @@ impl AsyncRead for TlsConn {
 impl AsyncWrite for TlsConn {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            TlsConn::Client(s) => Pin::new(s).poll_write(cx, buf),
+            TlsConn::Client(s) => Pin::new(&mut **s).poll_write(cx, buf),
             TlsConn::Server(s) => {
                 ready_or_return!(s.poll_handshake(cx));
                 match s.stream() {
@@ -229,7 +229,7 @@ impl AsyncWrite for TlsConn {
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            TlsConn::Client(s) => Pin::new(s).poll_flush(cx),
+            TlsConn::Client(s) => Pin::new(&mut **s).poll_flush(cx),
             TlsConn::Server(s) => match s.stream() {
                 Some(st) => st.poll_flush(cx),
                 None => Poll::Ready(Ok(())),
@@ -238,7 +238,7 @@ impl AsyncWrite for TlsConn {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            TlsConn::Client(s) => Pin::new(s).poll_shutdown(cx),
+            TlsConn::Client(s) => Pin::new(&mut **s).poll_shutdown(cx),
             // Before (or without) a handshake there is no TLS session to close.
             TlsConn::Server(s) => match s.stream() {
                 Some(st) => st.poll_shutdown(cx),
@@ -270,7 +270,7 @@ impl Net for TlsNet {
             let tls = tokio::time::timeout(self.handshake_timeout, connector.connect(name, c.stream))
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "tls handshake timed out"))??;
-            Ok(Conn { stream: TlsConn::Client(tls), local: c.local, peer: c.peer })
+            Ok(Conn { stream: TlsConn::Client(Box::new(tls)), local: c.local, peer: c.peer })
         })
     }
 
