@@ -469,7 +469,7 @@ async fn brokers(n: usize, payload: usize) -> anyhow::Result<()> {
     let mem = micro::broker::MemoryBroker::new();
     rows.push(("memory (one process)", broker_rate(&mem, &mem, "bench", n, payload).await?));
     let registry: Arc<dyn micro::core::Registry> = Arc::new(micro::registry::MemoryRegistry::new());
-    let opts = || BrokerOptions { addresses: vec![], registry: Some(registry.clone()) };
+    let opts = || BrokerOptions { addresses: vec![], registry: Some(registry.clone()), ..Default::default() };
     let (hp, hs) = (micro::broker::HttpBroker::new(opts())?, micro::broker::HttpBroker::new(opts())?);
     rows.push(("http", broker_rate(&hp, &hs, "bench", n, payload).await?));
     // micro's nats broker and raw async-nats in alternating order, median of
@@ -510,7 +510,7 @@ async fn brokers(n: usize, payload: usize) -> anyhow::Result<()> {
 
 /// micro's nats broker: publisher and subscriber on their own connections.
 async fn micro_nats_rate(nats: &micro_testkit::Nats, n: usize, payload: usize, round: usize) -> anyhow::Result<f64> {
-    let nopts = || micro::core::BrokerOptions { addresses: vec![nats.address()], registry: None };
+    let nopts = || micro::core::BrokerOptions { addresses: vec![nats.address()], registry: None, ..Default::default() };
     let (np, ns) = (micro_nats::NatsBroker::new(nopts()), micro_nats::NatsBroker::new(nopts()));
     let rate = broker_rate(&np, &ns, &format!("bench.micro.{round}"), n, payload).await?;
     micro::core::Broker::disconnect(&np).await?;

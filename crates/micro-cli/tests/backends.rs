@@ -247,7 +247,7 @@ async fn nats_restart_during_a_publish_stream_loses_only_what_was_in_flight() ->
     use micro::core::{Broker, BrokerHandler, BrokerOptions, Message, SubscribeOptions};
     use std::sync::atomic::{AtomicUsize, Ordering};
     let mut nats = Nats::start().map_err(|e| e.to_string())?;
-    let opts = || BrokerOptions { addresses: vec![nats.address()], registry: None };
+    let opts = || BrokerOptions { addresses: vec![nats.address()], registry: None, ..Default::default() };
     let sub = micro_nats::NatsBroker::new(opts());
     let publisher = micro_nats::NatsBroker::new(opts());
     let got = Arc::new(Mutex::new(Vec::<u32>::new()));

@@ -21,6 +21,9 @@ pub struct BrokerOptions {
     pub addresses: Vec<String>,
     /// The registry, for brokers that find their peers through it.
     pub registry: Option<Arc<dyn Registry>>,
+    /// TLS files, for brokers that listen or dial on their own (the `http`
+    /// broker): the transport's, so that pub/sub is as protected as calls.
+    pub tls: crate::TlsOptions,
 }
 
 impl std::fmt::Debug for BrokerOptions {
@@ -28,6 +31,7 @@ impl std::fmt::Debug for BrokerOptions {
         f.debug_struct("BrokerOptions")
             .field("addresses", &self.addresses)
             .field("registry", &self.registry.as_ref().map(|r| r.name().to_string()))
+            .field("tls", &self.tls)
             .finish()
     }
 }

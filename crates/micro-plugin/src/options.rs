@@ -76,6 +76,7 @@ pub fn decode_selector(b: &[u8], objects: Vec<FfiObject>) -> Result<SelectorOpti
 pub fn encode_broker(o: &BrokerOptions) -> Encoded {
     let mut w = Writer::new();
     w.strs(&o.addresses).u32(o.registry.is_some() as u32);
+    put_tls(&mut w, &o.tls);
     (w.finish(), o.registry.iter().map(|r| export_registry(r.clone())).collect())
 }
 /// Broker options.
@@ -84,7 +85,7 @@ pub fn decode_broker(b: &[u8], objects: Vec<FfiObject>) -> Result<BrokerOptions>
     let addresses = r.strings()?;
     let mut it = objects.into_iter();
     let registry = if r.u32()? == 1 { Some(import_registry(next(&mut it, "registry")?)?) } else { None };
-    Ok(BrokerOptions { addresses, registry })
+    Ok(BrokerOptions { addresses, registry, tls: get_tls(&mut r)? })
 }
 
 /// Client options.

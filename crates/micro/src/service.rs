@@ -109,16 +109,17 @@ impl ServiceBuilder {
         let registry =
             new_registry(RegistryOptions { addresses: split_list(f.registry_address.as_deref()), timeout: None })
                 .map_err(failed("registry", &names.registry))?;
-        let broker = new_broker(BrokerOptions {
-            addresses: split_list(f.broker_address.as_deref()),
-            registry: Some(registry.clone()),
-        })
-        .map_err(failed("broker", &names.broker))?;
         let tls = micro_core::TlsOptions {
             cert: f.transport_tls_cert.clone(),
             key: f.transport_tls_key.clone(),
             ca: f.transport_tls_ca.clone(),
         };
+        let broker = new_broker(BrokerOptions {
+            addresses: split_list(f.broker_address.as_deref()),
+            registry: Some(registry.clone()),
+            tls: tls.clone(),
+        })
+        .map_err(failed("broker", &names.broker))?;
         let defaults = TransportOptions::default();
         let transport = new_transport(TransportOptions {
             addresses: split_list(f.transport_address.as_deref()),

@@ -285,3 +285,45 @@ async fn a_tls_peer_that_never_reads_is_let_go() -> TestResult {
     server.stop().await?;
     Ok(())
 }
+
+/// The HTTP broker with the transport's TLS: subscribers listen on TLS
+/// (secure nodes), a publisher with a certificate from the CA delivers, and
+/// one without a certificate, or without TLS at all, is refused and told so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_broker_uses_the_transports_tls() -> TestResult {
+    use micro::broker::HttpBroker;
+    use micro::core::{Broker, BrokerOptions, Message, SubscribeOptions, TlsOptions};
+    let dir = tempfile::tempdir()?;
+    let (ca, ca_pem) = ca_file(dir.path())?;
+    let (srv_cert, srv_key) = leaf(dir.path(), "server", &ca, ExtendedKeyUsagePurpose::ServerAuth)?;
+    let (cli_cert, cli_key) = leaf(dir.path(), "client", &ca, ExtendedKeyUsagePurpose::ClientAuth)?;
+    let reg = std::sync::Arc::new(micro::registry::MemoryRegistry::new());
+    let opts = |tls: TlsOptions| BrokerOptions { addresses: vec![], registry: Some(reg.clone()), tls };
+    let sub = HttpBroker::new(opts(TlsOptions { cert: Some(srv_cert), key: Some(srv_key), ca: Some(ca_pem.clone()) }))?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler: micro::core::BrokerHandler = std::sync::Arc::new(move |_t, m: Message| {
+        let _ = tx.send(m.body);
+        Box::pin(async { Ok(()) })
+    });
+    let _s = sub.subscribe("secure.events", handler, SubscribeOptions::default()).await?;
+    let node = micro::core::Registry::get_service(&*reg, micro::broker::http::SERVICE).await?[0].nodes[0].clone();
+    assert_eq!(node.metadata.get("secure").map(String::as_str), Some("true"));
+
+    // A publisher with a certificate from the CA (mutual TLS) delivers.
+    let good =
+        HttpBroker::new(opts(TlsOptions { cert: Some(cli_cert), key: Some(cli_key), ca: Some(ca_pem.clone()) }))?;
+    good.publish("secure.events", Message::new(&b"hello"[..])).await?;
+    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await?.ok_or("not delivered")?;
+    assert_eq!(&got[..], b"hello");
+    // Without a client certificate: the handshake is refused.
+    let anon = HttpBroker::new(opts(TlsOptions { ca: Some(ca_pem), ..Default::default() }))?;
+    let e =
+        anon.publish("secure.events", Message::new(&b"x"[..])).await.err().ok_or("delivered without a certificate")?;
+    assert!(e.detail.contains("not delivered to 1 of 1 subscribers"), "{e}");
+    // Without TLS at all: told what to set.
+    let plain = HttpBroker::new(opts(TlsOptions::default()))?;
+    let e = plain.publish("secure.events", Message::new(&b"x"[..])).await.err().ok_or("delivered in plain text")?;
+    assert!(e.detail.contains("set --transport-tls-ca"), "{e}");
+    assert!(tokio::time::timeout(Duration::from_millis(300), rx.recv()).await.is_err(), "nothing else arrived");
+    Ok(())
+}

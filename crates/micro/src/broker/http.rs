@@ -14,6 +14,12 @@
 //! deadline). The subscribers' server reads headers and bodies against
 //! deadlines and caps its connections, so a peer that connects and stalls
 //! holds nothing for long.
+//!
+//! With the transport's TLS settings (`--transport-tls-*`), subscribers
+//! listen on TLS (their nodes say `secure=true`, as go-micro's do) and
+//! publishers deliver to secure nodes over TLS, verifying them against the
+//! CA; with a CA on the subscriber's side, only publishers holding a
+//! certificate from that CA can deliver (mutual TLS).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -80,6 +86,10 @@ struct Inner {
     server: tokio::sync::Mutex<Option<(String, CancellationToken)>>,
     client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     delivery_timeout: Duration,
+    /// TLS for listening (with a certificate) and for delivering to secure nodes (with a CA).
+    tls: Option<Arc<crate::transport::tls::TlsNet>>,
+    /// Whether subscribers listen on TLS.
+    secure: bool,
 }
 
 /// The HTTP broker.
@@ -95,6 +105,12 @@ impl HttpBroker {
         let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build_http();
+        let tls = if opts.tls.enabled() {
+            Some(Arc::new(crate::transport::tls::TlsNet::new(&opts.tls, READ_TIMEOUT)?))
+        } else {
+            None
+        };
+        let secure = opts.tls.cert.is_some() && opts.tls.key.is_some();
         Ok(HttpBroker {
             inner: Arc::new(Inner {
                 listen: opts.addresses.first().cloned().unwrap_or_else(|| "127.0.0.1:0".into()),
@@ -103,6 +119,8 @@ impl HttpBroker {
                 server: tokio::sync::Mutex::new(None),
                 client,
                 delivery_timeout: DELIVERY_TIMEOUT,
+                tls,
+                secure,
             }),
         })
     }
@@ -124,19 +142,35 @@ impl Inner {
         if let Some((addr, _)) = &*server {
             return Ok(addr.clone());
         }
-        let listener = tokio::net::TcpListener::bind(&self.listen)
+        let cancel = CancellationToken::new();
+        let addr = match (&self.tls, self.secure) {
+            (Some(net), true) => self.accept_loop(net.clone(), cancel.clone()).await?,
+            _ => self.accept_loop(Arc::new(crate::transport::TokioNet), cancel.clone()).await?,
+        };
+        self.keep_registered(&cancel);
+        *server = Some((addr.clone(), cancel));
+        Ok(addr)
+    }
+
+    /// Listens (plain TCP or TLS, as `net` is) and serves each connection's
+    /// deliveries; returns the bound address.
+    async fn accept_loop<N: crate::transport::Net>(
+        self: &Arc<Self>,
+        net: Arc<N>,
+        stop: CancellationToken,
+    ) -> Result<String> {
+        let (listener, addr) = net
+            .bind(&self.listen)
             .await
             .map_err(|e| Error::internal(ID, format!("http broker: listen on {}: {e}", self.listen)))?;
-        let addr = listener.local_addr().map_err(|e| Error::internal(ID, e.to_string()))?.to_string();
-        let cancel = CancellationToken::new();
-        let (stop, weak) = (cancel.clone(), Arc::downgrade(self));
+        let weak = Arc::downgrade(self);
         let conns = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         tokio::spawn(async move {
             loop {
-                let (stream, _) = tokio::select! {
+                let conn = tokio::select! {
                     _ = stop.cancelled() => return,
-                    a = listener.accept() => match a {
-                        Ok(a) => a,
+                    a = net.accept(&listener) => match a {
+                        Ok(c) => c,
                         Err(e) => {
                             tracing::warn!(error = %e, "http broker: accept failed");
                             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -165,12 +199,16 @@ impl Inner {
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(hyper_util::rt::TokioTimer::new())
                         .header_read_timeout(READ_TIMEOUT)
-                        .serve_connection(TokioIo::new(stream), svc);
+                        .serve_connection(TokioIo::new(conn.stream), svc);
                     let _ = conn.await;
                 });
             }
         });
-        // Keep the registrations alive.
+        Ok(addr)
+    }
+
+    /// Registers the subscriptions again before their TTL runs out.
+    fn keep_registered(self: &Arc<Self>, cancel: &CancellationToken) {
         let (stop, weak) = (cancel.clone(), Arc::downgrade(self));
         tokio::spawn(async move {
             loop {
@@ -188,8 +226,25 @@ impl Inner {
                 }
             }
         });
-        *server = Some((addr.clone(), cancel));
-        Ok(addr)
+    }
+
+    /// Delivers one message to a node over TLS (a `secure` node): one
+    /// connection per delivery, verified against the CA.
+    async fn deliver_tls(&self, node: &Node, uri: &str, body: Bytes) -> std::result::Result<StatusCode, String> {
+        use crate::transport::Net;
+        let net = self.tls.as_ref().ok_or("the subscriber listens on TLS: set --transport-tls-ca to deliver to it")?;
+        let conn = net.connect(&node.address).await.map_err(|e| format!("tls connect: {e}"))?;
+        let (mut send, driver) =
+            hyper::client::conn::http1::handshake(TokioIo::new(conn.stream)).await.map_err(|e| e.to_string())?;
+        let driver = tokio::spawn(driver);
+        let req = Request::post(uri)
+            .header("Content-Type", "application/json")
+            .header("Host", node.address.as_str())
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let res = send.send_request(req).await.map_err(|e| e.to_string());
+        driver.abort();
+        res.map(|r| r.status())
     }
 
     /// Serves one POST: hands the message to the subscriber named by `?id=`.
@@ -281,19 +336,29 @@ impl Broker for HttpBroker {
         let sends = targets.into_iter().map(|node| {
             let body = body.clone();
             let client = self.inner.client.clone();
+            let inner = self.inner.clone();
             async move {
-                let uri = format!("http://{}/?id={}", node.address, node.id.replace('/', "%2F").replace(':', "%3A"));
-                let req = Request::post(&uri).header("Content-Type", "application/json").body(Full::new(body));
-                let res = match req {
-                    Ok(req) => match tokio::time::timeout(deadline, client.request(req)).await {
-                        Ok(r) => r.map_err(|e| e.to_string()),
-                        Err(_) => Err(format!("no answer within {deadline:?}")),
-                    },
-                    Err(e) => Err(e.to_string()),
+                let secure = node.metadata.get("secure").map(String::as_str) == Some("true");
+                let path = format!("/?id={}", node.id.replace('/', "%2F").replace(':', "%3A"));
+                let scheme = if secure { "https" } else { "http" };
+                let uri = format!("{scheme}://{}{path}", node.address);
+                let attempt = async {
+                    if secure {
+                        return inner.deliver_tls(&node, &path, body).await;
+                    }
+                    let req = Request::post(&uri).header("Content-Type", "application/json").body(Full::new(body));
+                    match req {
+                        Ok(req) => client.request(req).await.map(|r| r.status()).map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                };
+                let res = match tokio::time::timeout(deadline, attempt).await {
+                    Ok(r) => r,
+                    Err(_) => Err(format!("no answer within {deadline:?}")),
                 };
                 let failure = match res {
-                    Ok(r) if r.status().is_success() => return None,
-                    Ok(r) => format!("refused with {}", r.status()),
+                    Ok(s) if s.is_success() => return None,
+                    Ok(s) => format!("refused with {s}"),
                     Err(e) => e,
                 };
                 tracing::warn!(%uri, reason = %failure, "http broker: delivery failed");
@@ -324,7 +389,7 @@ impl Broker for HttpBroker {
         let mut metadata = HashMap::new();
         metadata.insert("broker".to_string(), "http".to_string());
         metadata.insert("topic".to_string(), topic.to_string());
-        metadata.insert("secure".to_string(), "false".to_string());
+        metadata.insert("secure".to_string(), self.inner.secure.to_string());
         let record = Service {
             name: SERVICE.into(),
             version: opts.queue.clone().unwrap_or_else(|| BROADCAST.into()),
@@ -391,7 +456,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn broker(reg: &Arc<MemoryRegistry>) -> Result<HttpBroker> {
-        HttpBroker::new(BrokerOptions { addresses: vec![], registry: Some(reg.clone()) })
+        HttpBroker::new(BrokerOptions { addresses: vec![], registry: Some(reg.clone()), ..Default::default() })
     }
 
     fn counter() -> (Arc<AtomicUsize>, BrokerHandler) {
@@ -417,7 +482,7 @@ mod tests {
     #[tokio::test]
     async fn a_subscriber_that_never_answers_is_named_not_waited_for() -> Result<()> {
         let reg = Arc::new(MemoryRegistry::new());
-        let opts = || BrokerOptions { addresses: vec![], registry: Some(reg.clone()) };
+        let opts = || BrokerOptions { addresses: vec![], registry: Some(reg.clone()), ..Default::default() };
         let good = broker(&reg)?;
         let (got, h) = counter();
         let _sub = good.subscribe("t", h, SubscribeOptions::default()).await?;
