@@ -14,6 +14,34 @@ use micro::{Flags, Service};
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// Writes a line to stdout: a reader that went away (`micro … | head -1`)
+/// ends the program quietly, as cargo and grep do, instead of a panic.
+macro_rules! outln {
+    () => {
+        $crate::write_stdout(b"\n")
+    };
+    ($($t:tt)*) => {
+        $crate::write_stdout(format!("{}\n", format_args!($($t)*)).as_bytes())
+    };
+}
+
+/// Writes to stdout and flushes; exits with status 0 when the reader is gone.
+fn write_stdout(bytes: &[u8]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
+}
+
+/// Writes a line to stderr, ignoring a stderr that went away.
+fn errln(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{args}");
+}
+
 #[derive(Parser)]
 #[command(
     name = "micro",
@@ -257,11 +285,11 @@ async fn plugin_command(cmd: PluginCommand, output: Output, opts: micro::plugin:
             .await?;
             let (path, bar) = res?;
             bar.finish_and_clear();
-            println!("built plugin {} ({}) -> {}", spec.name, spec.kind, path.display());
+            outln!("built plugin {} ({}) -> {}", spec.name, spec.kind, path.display());
         }
         PluginCommand::Generate { spec, out } => {
             let manifest = micro::plugin::generate(&out, &spec.config(), &FrameworkSource::current())?;
-            println!("generated plugin crate {}", manifest.display());
+            outln!("generated plugin crate {}", manifest.display());
         }
         PluginCommand::Inspect { file } => {
             let host = micro::plugin::BuildInfo::host();
@@ -281,27 +309,27 @@ async fn plugin_command(cmd: PluginCommand, output: Output, opts: micro::plugin:
                 Err(e) => serde_json::json!({ "file": file, "host": host, "loadable": false, "reason": e.to_string() }),
             };
             if output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&json)?);
+                outln!("{}", serde_json::to_string_pretty(&json)?);
             } else {
                 let s = |k: &str| json[k].as_str().unwrap_or("").to_string();
                 let b = |k: &str| json["build"][k].to_string().trim_matches('"').to_string();
                 if res.is_ok() {
-                    println!("Name:         {}", s("name"));
-                    println!("Type:         {}", s("type"));
-                    println!("Path:         {}", s("path"));
-                    println!("NewFunc:      {}", s("new_func"));
-                    println!("File:         {}", json["file"].as_str().unwrap_or(""));
-                    println!("ABI version:  {} (host {})", b("abi_version"), host.abi_version);
-                    println!("Future ABI:   {} (host {})", b("future_abi_version"), host.future_abi_version);
-                    println!("Built with:   {} (host {})", b("rustc"), host.rustc);
-                    println!("Target:       {} (host {})", b("target"), host.target);
-                    println!("Panics:       {} (host {})", b("panic"), host.panic);
-                    println!("Layout:       {} (host {})", b("layout"), host.layout);
-                    println!("Framework:    micro-plugin {} (host {})", b("framework"), host.framework);
+                    outln!("Name:         {}", s("name"));
+                    outln!("Type:         {}", s("type"));
+                    outln!("Path:         {}", s("path"));
+                    outln!("NewFunc:      {}", s("new_func"));
+                    outln!("File:         {}", json["file"].as_str().unwrap_or(""));
+                    outln!("ABI version:  {} (host {})", b("abi_version"), host.abi_version);
+                    outln!("Future ABI:   {} (host {})", b("future_abi_version"), host.future_abi_version);
+                    outln!("Built with:   {} (host {})", b("rustc"), host.rustc);
+                    outln!("Target:       {} (host {})", b("target"), host.target);
+                    outln!("Panics:       {} (host {})", b("panic"), host.panic);
+                    outln!("Layout:       {} (host {})", b("layout"), host.layout);
+                    outln!("Framework:    micro-plugin {} (host {})", b("framework"), host.framework);
                 }
                 match json["reason"].as_str() {
-                    None => println!("Loadable:     yes"),
-                    Some(r) => println!("Loadable:     no: {r}"),
+                    None => outln!("Loadable:     yes"),
+                    Some(r) => outln!("Loadable:     no: {r}"),
                 }
             }
             if json["loadable"] != true {
@@ -357,9 +385,9 @@ async fn call_stream(
 fn print_json(body: &[u8], output: Output) -> anyhow::Result<()> {
     let v: serde_json::Value = serde_json::from_slice(body).context("the response is not JSON")?;
     if output == Output::Json {
-        println!("{v}");
+        outln!("{v}");
     } else {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -395,14 +423,16 @@ async fn run() -> anyhow::Result<()> {
         Command::New { dir, micro_path } => {
             let files = scaffold::generate(&dir, &scaffold::micro_dependency(micro_path.as_deref()))?;
             for f in files {
-                println!("created {}", f.display());
+                outln!("created {}", f.display());
             }
-            println!("\nbuild and run it:\n  cd {} && cargo run", dir.display());
+            outln!("\nbuild and run it:\n  cd {} && cargo run", dir.display());
             return Ok(());
         }
         Command::Completion { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "micro", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "micro", &mut script);
+            write_stdout(&script);
             return Ok(());
         }
         _ => {}
@@ -424,34 +454,34 @@ async fn run() -> anyhow::Result<()> {
                     .into_iter()
                     .map(|(name, (versions, nodes))| serde_json::json!({ "name": name, "versions": versions, "nodes": nodes }))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("{:<32} {:<16} {:>5}", "NAME", "VERSIONS", "NODES");
+                outln!("{:<32} {:<16} {:>5}", "NAME", "VERSIONS", "NODES");
                 for (name, (versions, nodes)) in rows {
-                    println!("{:<32} {:<16} {:>5}", name, versions.join(","), nodes);
+                    outln!("{:<32} {:<16} {:>5}", name, versions.join(","), nodes);
                 }
             }
         }
         Command::Describe { service } => {
             let services = svc.registry().get_service(&service).await?;
             if cli.output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&services)?);
+                outln!("{}", serde_json::to_string_pretty(&services)?);
             } else {
                 for s in services {
-                    println!("service  {}  version {}", s.name, s.version);
-                    println!("\n{:<48} {:<24} METADATA", "NODE", "ADDRESS");
+                    outln!("service  {}  version {}", s.name, s.version);
+                    outln!("\n{:<48} {:<24} METADATA", "NODE", "ADDRESS");
                     for n in &s.nodes {
                         let mut md: Vec<String> = n.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
                         md.sort();
-                        println!("{:<48} {:<24} {}", n.id, n.address, md.join(","));
+                        outln!("{:<48} {:<24} {}", n.id, n.address, md.join(","));
                     }
-                    println!("\n{:<32} {:<24} RESPONSE", "ENDPOINT", "REQUEST");
+                    outln!("\n{:<32} {:<24} RESPONSE", "ENDPOINT", "REQUEST");
                     for e in &s.endpoints {
                         let shape =
                             |v: &Option<micro::core::Value>| v.as_ref().map(|v| v.kind.clone()).unwrap_or_default();
-                        println!("{:<32} {:<24} {}", e.name, shape(&e.request), shape(&e.response));
+                        outln!("{:<32} {:<24} {}", e.name, shape(&e.request), shape(&e.response));
                     }
-                    println!();
+                    outln!();
                 }
             }
         }
@@ -481,7 +511,7 @@ async fn run() -> anyhow::Result<()> {
             };
             let resp = svc.client().inner().call(req, CallOptions { timeout, address, retries: None }).await?;
             let v: serde_json::Value = serde_json::from_slice(&resp.body).context("the response is not JSON")?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            outln!("{}", serde_json::to_string_pretty(&v)?);
         }
         Command::Plugin(_) | Command::New { .. } | Command::Completion { .. } => {}
         Command::Subscribe { topic, queue, count } => {
@@ -496,7 +526,7 @@ async fn run() -> anyhow::Result<()> {
             });
             svc.broker().connect().await?;
             let sub = svc.broker().subscribe(&topic, handler, SubscribeOptions { queue }).await?;
-            eprintln!("subscribed to {topic} on the {} broker; Ctrl-C to stop", svc.broker().name());
+            errln(format_args!("subscribed to {topic} on the {} broker; Ctrl-C to stop", svc.broker().name()));
             let mut seen = 0u64;
             let stop = micro::shutdown_signal();
             tokio::pin!(stop);
@@ -509,9 +539,9 @@ async fn run() -> anyhow::Result<()> {
                 let body: serde_json::Value = serde_json::from_slice(&m.body)
                     .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&m.body).into_owned()));
                 if cli.output == Output::Json {
-                    println!("{}", serde_json::json!({ "topic": t, "header": m.header, "body": body }));
+                    outln!("{}", serde_json::json!({ "topic": t, "header": m.header, "body": body }));
                 } else {
-                    println!("{t}: {body}");
+                    outln!("{t}: {body}");
                 }
                 use std::io::Write;
                 let _ = std::io::stdout().flush();
@@ -545,12 +575,12 @@ async fn run() -> anyhow::Result<()> {
             }
             let all = rows.iter().all(|r| r["healthy"] == true);
             if cli.output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!("{:<48} {:<24} {:<10} DETAIL", "NODE", "ADDRESS", "STATUS");
+                outln!("{:<48} {:<24} {:<10} DETAIL", "NODE", "ADDRESS", "STATUS");
                 for r in &rows {
                     let status = if r["healthy"] == true { "healthy" } else { "unhealthy" };
-                    println!(
+                    outln!(
                         "{:<48} {:<24} {:<10} {}",
                         r["id"].as_str().unwrap_or(""),
                         r["address"].as_str().unwrap_or(""),
@@ -571,7 +601,7 @@ async fn run() -> anyhow::Result<()> {
             let listener =
                 tokio::net::TcpListener::bind(&address).await.with_context(|| format!("listening on {address}"))?;
             let bound = listener.local_addr()?;
-            println!("micro api listening on http://{bound}");
+            outln!("micro api listening on http://{bound}");
             use std::io::Write;
             let _ = std::io::stdout().flush();
             let mut origins: Vec<String> =
@@ -596,9 +626,9 @@ async fn run() -> anyhow::Result<()> {
             // Brokers may buffer (NATS does): flush before the process exits.
             svc.broker().disconnect().await?;
             if cli.output == Output::Json {
-                println!("{}", serde_json::json!({ "topic": topic, "published": true }));
+                outln!("{}", serde_json::json!({ "topic": topic, "published": true }));
             } else {
-                println!("published to {topic}");
+                outln!("published to {topic}");
             }
         }
     }

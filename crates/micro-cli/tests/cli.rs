@@ -559,3 +559,76 @@ fn another_users_registry_directory_is_refused_not_trusted() -> TestResult {
     assert!(err(&o).contains("is owned by uid 65534"), "{}", err(&o));
     Ok(())
 }
+
+/// `greeter-service 2>&1 | head -1`: the log sink goes away after one line.
+/// The service goes on logging into the closed pipe (each write dropped),
+/// serves, and on SIGTERM deregisters and exits 0: it never dies of a panic.
+#[test]
+fn a_service_survives_its_log_pipe_closing() -> TestResult {
+    let w = World::new()?;
+    let mut c = Command::new(bin("greeter-service"));
+    w.env(&mut c);
+    c.env("MICRO_LOG_LEVEL", "debug");
+    let mut child = c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    {
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let mut first = String::new();
+        BufReader::new(stderr).read_line(&mut first)?;
+        assert!(!first.is_empty());
+    } // the reader is gone: every later log line hits a broken pipe
+    let svc = Proc(child);
+    w.registered()?;
+    let o = w.micro(&["call", "greeter", "Greeter.Hello", r#"{"name":"pipe"}"#])?;
+    assert!(o.status.success(), "it still serves: {}", err(&o));
+    let o = svc.terminate(Duration::from_secs(20))?;
+    assert_eq!(o.status.code(), Some(0), "exit status after SIGTERM: {:?}", o.status);
+    let t0 = Instant::now();
+    loop {
+        let o = w.micro(&["services", "--output", "json"])?;
+        if !out(&o).contains("\"greeter\"") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "still registered: {}", out(&o));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// `micro completion bash | head -1` and `micro call … --stream | head -1`:
+/// the reader goes away; the tool exits quietly with status 0, no panic.
+#[test]
+fn the_tool_exits_quietly_when_its_reader_goes_away() -> TestResult {
+    let w = World::new()?;
+    let _svc = w.greeter()?;
+    w.registered()?;
+    for args in [
+        &["completion", "bash"][..],
+        &["call", "greeter", "Greeter.Count", r#"{"n": 10000}"#, "--stream", "--output", "json"][..],
+    ] {
+        let mut c = Command::new(MICRO);
+        w.env(&mut c);
+        let mut child = c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        {
+            let stdout = child.stdout.take().ok_or("no stdout")?;
+            let mut first = String::new();
+            BufReader::new(stdout).read_line(&mut first)?;
+            assert!(!first.is_empty(), "{args:?}");
+        }
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break s;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "{args:?} never exited");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut e = String::new();
+        if let Some(mut s) = child.stderr.take() {
+            use std::io::Read;
+            s.read_to_string(&mut e)?;
+        }
+        assert_eq!(status.code(), Some(0), "{args:?}: {e}");
+        assert!(!e.contains("panicked"), "{args:?}: {e}");
+    }
+    Ok(())
+}

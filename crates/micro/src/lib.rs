@@ -93,15 +93,56 @@ impl From<micro_plugin::PluginError> for Error {
     }
 }
 
+/// Log writes that failed (stderr closed: `service 2>&1 | head -1`), dropped.
+static DROPPED_LOG_WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many log writes failed and were dropped since start (a closed or
+/// broken stderr): a service never dies because its log sink went away.
+pub fn dropped_log_writes() -> u64 {
+    DROPPED_LOG_WRITES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// stderr for logs: a write that fails is dropped and counted, never an
+/// error (tracing-subscriber reports a failed write with `eprintln!`, which
+/// panics when stderr itself is the broken pipe).
+struct LogSink;
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match std::io::stderr().write(buf) {
+            Ok(n) => Ok(n),
+            Err(_) => {
+                DROPPED_LOG_WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(buf.len())
+            }
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 /// Sets up logging to stderr, filtered by `MICRO_LOG_LEVEL` or `RUST_LOG`
-/// (default `info`). Does nothing if a subscriber is already set.
+/// (default `info`). Does nothing if a subscriber is already set. A log line
+/// that cannot be written is dropped (see [`dropped_log_writes`]).
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("MICRO_LOG_LEVEL")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| "info".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(EnvFilter::new(filter)).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(|| LogSink)
+        .log_internal_errors(false)
+        .try_init();
+}
+
+/// Writes an error line to stderr, ignoring a stderr that went away.
+fn report(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{args}");
 }
 
 /// Runs a program's async `main` on a new multi-threaded runtime and turns
@@ -115,14 +156,14 @@ where
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            report(format_args!("error: cannot start the async runtime: {e}"));
             return std::process::ExitCode::FAILURE;
         }
     };
     match rt.block_on(main) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            report(format_args!("error: {e:#}"));
             std::process::ExitCode::FAILURE
         }
     }
