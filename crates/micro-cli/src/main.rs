@@ -546,8 +546,20 @@ async fn run() -> anyhow::Result<()> {
                 use std::io::Write;
                 let _ = std::io::stdout().flush();
             }
-            sub.unsubscribe().await?;
-            svc.broker().disconnect().await?;
+            // A broker that went down must not keep the tool from exiting.
+            let limit = micro::STOP_STEP_LIMIT;
+            match tokio::time::timeout(limit, async {
+                sub.unsubscribe().await?;
+                svc.broker().disconnect().await
+            })
+            .await
+            {
+                Ok(r) => r?,
+                Err(_) => errln(format_args!(
+                    "warning: the {} broker did not answer within {limit:?}; exiting anyway",
+                    svc.broker().name()
+                )),
+            }
         }
         Command::Health { service, timeout } => {
             let services = svc.registry().get_service(&service).await?;

@@ -290,3 +290,34 @@ async fn nats_restart_during_a_publish_stream_loses_only_what_was_in_flight() ->
     assert!(lost < 150, "lost {lost} of 300");
     Ok(())
 }
+
+/// With nats-server stopped, SIGTERM to a service on the NATS broker and to
+/// `micro subscribe` ends each within a bound: the dead broker is logged
+/// and skipped, not waited for until it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_bounded_while_nats_is_down() -> TestResult {
+    let mut nats = Nats::start().map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir()?;
+    let env = [
+        ("MICRO_BROKER", "nats".to_string()),
+        ("MICRO_BROKER_ADDRESS", nats.address()),
+        ("MICRO_REGISTRY", "local".to_string()),
+        ("MICRO_REGISTRY_ADDRESS", dir.path().display().to_string()),
+        ("MICRO_LOG_LEVEL", "info".to_string()),
+    ];
+    let svc = Proc(command(bin("greeter-service"), &env).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?);
+    wait_registered(&env, "greeter", Duration::from_secs(20))?;
+    let sub = subscriber(&nats, "events", None)?;
+    nats.kill();
+    let t0 = Instant::now();
+    let o = tokio::task::block_in_place(|| svc.terminate(Duration::from_secs(40)))?;
+    let took = t0.elapsed();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(took < Duration::from_secs(30), "the service took {took:?} to stop:\n{err}");
+    assert!(err.contains("deregistered and stopped"), "{err}");
+    let t0 = Instant::now();
+    let o = tokio::task::block_in_place(|| sub.terminate(Duration::from_secs(40)))?;
+    assert!(t0.elapsed() < Duration::from_secs(30), "micro subscribe took {:?} to stop", t0.elapsed());
+    let _ = o;
+    Ok(())
+}

@@ -56,7 +56,7 @@ pub use flags::Flags;
 pub use micro_core as core;
 pub use micro_core::Error as RpcError;
 pub use server::Context;
-pub use service::{shutdown_signal, Service, ServiceBuilder};
+pub use service::{shutdown_signal, Service, ServiceBuilder, STOP_STEP_LIMIT};
 pub use stream::TypedStream;
 
 /// Errors of building and running a service.

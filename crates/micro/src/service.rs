@@ -366,15 +366,28 @@ impl Service {
     }
 
     /// Deregisters, then stops the server, waiting for in-flight requests.
+    /// Every step has a deadline: a registry or broker that is down (etcd
+    /// unreachable, NATS stopped) is logged and skipped, never waited for, so
+    /// stopping takes at most [`STOP_STEP_LIMIT`] per backend plus the drain.
     pub async fn stop(&self) -> Result<(), Error> {
         if let Some(hb) = self.heartbeat.lock().unwrap_or_else(|p| p.into_inner()).take() {
             hb.cancel();
         }
         let record = self.server.service();
-        let deregistered = self.registry.deregister(&record).await;
+        let deregistered = match tokio::time::timeout(STOP_STEP_LIMIT, self.registry.deregister(&record)).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(registry = self.registry.name(), limit = ?STOP_STEP_LIMIT, "deregister timed out: is the registry down? skipped");
+                Ok(())
+            }
+        };
         self.server.stop().await?;
-        if let Err(e) = self.broker.disconnect().await {
-            tracing::warn!(error = %e, "broker disconnect failed");
+        match tokio::time::timeout(STOP_STEP_LIMIT, self.broker.disconnect()).await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "broker disconnect failed"),
+            Err(_) => {
+                tracing::warn!(broker = self.broker.name(), limit = ?STOP_STEP_LIMIT, "broker disconnect timed out: is the broker down? skipped")
+            }
+            Ok(Ok(())) => {}
         }
         deregistered?;
         tracing::info!(service = %record.name, "deregistered and stopped");
@@ -395,6 +408,10 @@ impl Service {
         self.stop().await
     }
 }
+
+/// The most each step of stopping (deregister, unsubscribe, broker
+/// disconnect) may take before it is logged and skipped.
+pub const STOP_STEP_LIMIT: Duration = Duration::from_secs(5);
 
 /// Completes on SIGINT or SIGTERM.
 pub async fn shutdown_signal() -> Result<(), Error> {

@@ -89,11 +89,17 @@ impl Endpoints {
     }
 }
 
-/// Unsubscribes each subscription, logging (not returning) failures.
+/// Unsubscribes each subscription, logging (not returning) failures; all of
+/// it within the stop step's deadline (a broker that is down is skipped).
 pub(crate) async fn unsubscribe_all(subs: &[Box<dyn Subscription>]) {
-    for s in subs {
-        if let Err(e) = s.unsubscribe().await {
-            tracing::warn!(topic = s.topic(), error = %e, "unsubscribe failed");
+    let all = async {
+        for s in subs {
+            if let Err(e) = s.unsubscribe().await {
+                tracing::warn!(topic = s.topic(), error = %e, "unsubscribe failed");
+            }
         }
+    };
+    if tokio::time::timeout(crate::service::STOP_STEP_LIMIT, all).await.is_err() {
+        tracing::warn!(limit = ?crate::service::STOP_STEP_LIMIT, "unsubscribe timed out: is the broker down? skipped");
     }
 }
