@@ -437,6 +437,7 @@ async fn run() -> anyhow::Result<()> {
         }
         _ => {}
     }
+    let flags = cli.micro.clone();
     let svc = Service::builder("micro-cli").flags(cli.micro).build()?;
     match cli.command {
         Command::Services => {
@@ -563,6 +564,9 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Health { service, timeout } => {
             let services = svc.registry().get_service(&service).await?;
+            // Each node is asked in the protocol it speaks (its `protocol`
+            // metadata): a grpc node through a grpc client, whatever --client says.
+            let mut by_protocol: HashMap<String, std::sync::Arc<dyn micro::core::Client>> = HashMap::new();
             let mut rows = Vec::new();
             for s in &services {
                 for n in &s.nodes {
@@ -575,7 +579,26 @@ async fn run() -> anyhow::Result<()> {
                     };
                     let opts =
                         CallOptions { timeout: Some(timeout), address: Some(n.address.clone()), retries: Some(0) };
-                    let (healthy, detail) = match svc.client().inner().call(req, opts).await {
+                    let protocol =
+                        n.metadata.get("protocol").cloned().unwrap_or_else(|| svc.client().inner().name().to_string());
+                    let client = match by_protocol.get(&protocol) {
+                        Some(c) => Ok(c.clone()),
+                        None if protocol == svc.client().inner().name() => Ok(svc.client().inner().clone()),
+                        None => Service::builder("micro-cli")
+                            .flags(micro::Flags { client: Some(protocol.clone()), ..flags.clone() })
+                            .build()
+                            .map(|s| s.client().inner().clone()),
+                    };
+                    let result = match client {
+                        Ok(c) => {
+                            by_protocol.insert(protocol.clone(), c.clone());
+                            c.call(req, opts).await
+                        }
+                        Err(e) => {
+                            Err(micro::core::Error::internal("micro.health", format!("no {protocol} client: {e}")))
+                        }
+                    };
+                    let (healthy, detail) = match result {
                         Ok(r) => {
                             let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
                             (v["status"] == "ok", v.to_string())

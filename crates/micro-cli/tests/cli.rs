@@ -632,3 +632,56 @@ fn the_tool_exits_quietly_when_its_reader_goes_away() -> TestResult {
     }
     Ok(())
 }
+
+/// A mucp node and a grpc node of the same service (easy to get by following
+/// the README's gRPC section): each client picks only nodes that speak its
+/// protocol, `micro health` asks each node in its own protocol, and a client
+/// with no node of its protocol gets a 404 naming the protocols there are.
+#[test]
+fn clients_pick_only_nodes_that_speak_their_protocol() -> TestResult {
+    let w = World::new()?;
+    let _mucp = w.greeter()?;
+    let mut c = Command::new(bin("greeter-service"));
+    w.env(&mut c);
+    let _grpc = Proc(c.args(["--server", "grpc"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+    let t0 = Instant::now();
+    loop {
+        let o = w.micro(&["describe", "greeter", "--output", "json"])?;
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        let nodes = v.as_array().map(|a| a.iter().map(|s| s["nodes"].as_array().map_or(0, |n| n.len())).sum::<usize>());
+        if nodes == Some(2) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "two greeter nodes never registered: {}", out(&o));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for client in ["mucp", "grpc"] {
+        for i in 0..8 {
+            let o = w.micro(&[
+                "call",
+                "greeter",
+                "Greeter.Hello",
+                r#"{"name":"p"}"#,
+                "--client",
+                client,
+                "--client-retries",
+                "0",
+            ])?;
+            assert!(o.status.success(), "--client {client}, call {i}: {}", err(&o));
+        }
+        let o = w.micro(&["call", "greeter", "Greeter.Count", r#"{"n": 2}"#, "--stream", "--client", client])?;
+        assert!(o.status.success(), "--client {client} stream: {}", err(&o));
+    }
+    let o = w.micro(&["health", "greeter"])?;
+    assert!(o.status.success(), "both nodes healthy, each asked in its protocol: {}{}", out(&o), err(&o));
+    assert_eq!(out(&o).matches("healthy").count() - out(&o).matches("unhealthy").count(), 2, "{}", out(&o));
+
+    // Only mucp nodes: a grpc client is told what there is.
+    let w2 = World::new()?;
+    let _only = w2.greeter()?;
+    w2.registered()?;
+    let o = w2.micro(&["call", "greeter", "Greeter.Hello", r#"{"name":"p"}"#, "--client", "grpc"])?;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("service greeter has no node speaking grpc: its nodes speak mucp"), "{}", err(&o));
+    Ok(())
+}

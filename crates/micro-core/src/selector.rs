@@ -9,6 +9,10 @@ use std::time::Duration;
 pub struct SelectOptions {
     /// Node ids not to pick, e.g. ones that just failed this call.
     pub exclude: Vec<String>,
+    /// Only nodes that speak this protocol (`mucp`, `grpc`): their
+    /// `protocol` metadata, as go-micro registers it. Nodes without that
+    /// metadata are taken to speak any protocol. `None`: any node.
+    pub protocol: Option<String>,
 }
 
 /// What a selector constructor is given.

@@ -18,8 +18,9 @@ impl Dispatch for SelectorExport {
                 let mut r = Reader::new(args);
                 let service = dec!(r.string());
                 let exclude = dec!(r.strings());
+                let protocol = dec!(r.opt_string());
                 Box::pin(async move {
-                    let node = self.0.select(&service, SelectOptions { exclude }).await?;
+                    let node = self.0.select(&service, SelectOptions { exclude, protocol }).await?;
                     let mut w =
                         Writer::with_capacity(12 + node.id.len() + node.address.len() + wire::map_len(&node.metadata));
                     wire::put_node(&mut w, &node);
@@ -72,7 +73,7 @@ pub fn import_selector(obj: FfiObject) -> Result<Arc<dyn Selector>> {
 impl Selector for SelectorProxy {
     async fn select(&self, service: &str, opts: SelectOptions) -> Result<Node> {
         let mut w = Writer::new();
-        w.str(service).strs(&opts.exclude);
+        w.str(service).strs(&opts.exclude).opt_str(opts.protocol.as_deref());
         let r = self.remote.call(selector_m::SELECT, &w.finish(), Vec::new()).await?;
         wire::get_node(&mut Reader::new(r.bytes.as_slice()))
     }

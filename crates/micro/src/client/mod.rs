@@ -38,6 +38,7 @@ pub(crate) enum Attempt {
 /// exponential backoff; a node that failed is reported to the selector.
 pub(crate) async fn with_retries<F, Fut>(
     selector: &dyn Selector,
+    protocol: &str,
     req: &Request,
     opts: &CallOptions,
     retries: u32,
@@ -58,13 +59,14 @@ where
         let (address, node_id) = match &opts.address {
             Some(a) => (a.clone(), None),
             None => {
-                let sel = SelectOptions { exclude: exclude.clone() };
+                let sel = SelectOptions { exclude: exclude.clone(), protocol: Some(protocol.into()) };
                 match selector.select(&req.service, sel).await {
                     Ok(n) => (n.address, Some(n.id)),
                     // Every node failed this call already: try them again.
                     Err(_) if !exclude.is_empty() => {
                         exclude.clear();
-                        let n = selector.select(&req.service, SelectOptions::default()).await?;
+                        let sel = SelectOptions { protocol: Some(protocol.into()), ..Default::default() };
+                        let n = selector.select(&req.service, sel).await?;
                         (n.address, Some(n.id))
                     }
                     Err(e) => return Err(e),

@@ -131,7 +131,7 @@ impl MucpClient {
 
     async fn call_inner(&self, req: &Request, opts: &CallOptions, deadline: Instant) -> Result<Response> {
         let retries = opts.retries.unwrap_or(self.opts.retries);
-        super::with_retries(&*self.opts.selector, req, opts, retries, |address| async move {
+        super::with_retries(&*self.opts.selector, "mucp", req, opts, retries, |address| async move {
             self.attempt(&address, req, deadline).await
         })
         .await
@@ -212,7 +212,8 @@ impl Client for MucpClient {
             let (address, node_id) = match &opts.address {
                 Some(a) => (a.clone(), None),
                 None => {
-                    let n = self.opts.selector.select(&req.service, SelectOptions { exclude: exclude.clone() }).await?;
+                    let sel = SelectOptions { exclude: exclude.clone(), protocol: Some("mucp".into()) };
+                    let n = self.opts.selector.select(&req.service, sel).await?;
                     (n.address, Some(n.id))
                 }
             };

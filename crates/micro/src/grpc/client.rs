@@ -260,7 +260,7 @@ impl Client for GrpcClient {
         let retries = opts.retries.unwrap_or(self.opts.retries);
         // Each attempt carries the time left as its gRPC deadline, which
         // tonic enforces (one timer per call, not two).
-        with_retries(&*self.opts.selector, &req, &opts, retries, |address| {
+        with_retries(&*self.opts.selector, "grpc", &req, &opts, retries, |address| {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let req = &req;
             async move {
@@ -290,7 +290,10 @@ impl Client for GrpcClient {
     async fn stream(&self, req: Request, opts: CallOptions) -> Result<Stream> {
         let address = match &opts.address {
             Some(a) => a.clone(),
-            None => self.opts.selector.select(&req.service, Default::default()).await?.address,
+            None => {
+                let sel = micro_core::SelectOptions { protocol: Some("grpc".into()), ..Default::default() };
+                self.opts.selector.select(&req.service, sel).await?.address
+            }
         };
         let (mut grpc, _in_flight) = self.grpc(&address, &req.content_type)?;
         let path = path_of(&req.service, &req.endpoint)?;

@@ -145,8 +145,36 @@ async fn watch_loop(weak: Weak<Inner>) {
 impl Selector for CacheSelector {
     async fn select(&self, service: &str, opts: SelectOptions) -> Result<Node> {
         let services = self.services(service).await?;
-        let candidates: Vec<&Node> =
-            services.iter().flat_map(|s| s.nodes.iter()).filter(|n| !opts.exclude.contains(&n.id)).collect();
+        let speaks = |n: &Node| match (&opts.protocol, n.metadata.get("protocol")) {
+            (Some(want), Some(has)) => want == has,
+            _ => true,
+        };
+        let candidates: Vec<&Node> = services
+            .iter()
+            .flat_map(|s| s.nodes.iter())
+            .filter(|n| speaks(n) && !opts.exclude.contains(&n.id))
+            .collect();
+        if candidates.is_empty() {
+            if let Some(want) = &opts.protocol {
+                let mut spoken: Vec<&str> = services
+                    .iter()
+                    .flat_map(|s| s.nodes.iter())
+                    .filter_map(|n| n.metadata.get("protocol").map(String::as_str))
+                    .collect();
+                spoken.sort_unstable();
+                spoken.dedup();
+                if !spoken.is_empty() && !spoken.contains(&want.as_str()) {
+                    return Err(Error::not_found(
+                        "go.micro.client",
+                        format!(
+                            "service {service} has no node speaking {want}: its nodes speak {} (use --client {})",
+                            spoken.join(", "),
+                            spoken[0]
+                        ),
+                    ));
+                }
+            }
+        }
         // Skip blacklisted nodes, unless that would leave none.
         let nodes: Vec<&Node> = {
             let now = Instant::now();
@@ -264,10 +292,13 @@ mod tests {
     async fn exclusion_and_none_available() -> Result<()> {
         let (_r, sel) = setup(Strategy::Random, 2).await?;
         for _ in 0..20 {
-            let n = sel.select("s", SelectOptions { exclude: vec!["n0".into()] }).await?;
+            let n = sel.select("s", SelectOptions { exclude: vec!["n0".into()], ..Default::default() }).await?;
             assert_eq!(n.id, "n1");
         }
-        let e = sel.select("s", SelectOptions { exclude: vec!["n0".into(), "n1".into()] }).await.err();
+        let e = sel
+            .select("s", SelectOptions { exclude: vec!["n0".into(), "n1".into()], ..Default::default() })
+            .await
+            .err();
         assert!(e.is_some_and(|e| e.detail == "service s: none available"));
         let e = sel.select("nope", SelectOptions::default()).await.err();
         assert!(e.is_some_and(|e| e.code == 404 && e.detail == "service nope: not found"));
