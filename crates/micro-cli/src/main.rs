@@ -656,6 +656,14 @@ async fn run() -> anyhow::Result<()> {
             .await?;
         }
         Command::Publish { topic, message } => {
+            if svc.broker().name() == "memory" {
+                // The in-process broker reaches nobody outside this process.
+                bail!(
+                    "the memory broker only reaches subscribers inside this process, so nothing would receive \
+                     this: publish through a broker that other processes use (--broker http, or --broker nats \
+                     --broker-address HOST:PORT)"
+                );
+            }
             let msg = Message::new(json_body(&message)?).with_header(headers::CONTENT_TYPE, micro::codec::JSON);
             svc.client().inner().publish(&topic, msg).await?;
             // Brokers may buffer (NATS does): flush before the process exits.

@@ -575,6 +575,7 @@ fn a_service_survives_its_log_pipe_closing() -> TestResult {
         let mut first = String::new();
         BufReader::new(stderr).read_line(&mut first)?;
         assert!(!first.is_empty());
+        assert!(!first.contains('\u{1b}'), "no colour codes into a pipe: {first:?}");
     } // the reader is gone: every later log line hits a broken pipe
     let svc = Proc(child);
     w.registered()?;
@@ -683,5 +684,20 @@ fn clients_pick_only_nodes_that_speak_their_protocol() -> TestResult {
     let o = w2.micro(&["call", "greeter", "Greeter.Hello", r#"{"name":"p"}"#, "--client", "grpc"])?;
     assert_eq!(o.status.code(), Some(1));
     assert!(err(&o).contains("service greeter has no node speaking grpc: its nodes speak mucp"), "{}", err(&o));
+    Ok(())
+}
+
+/// `micro publish` with the in-process memory broker would reach nobody:
+/// refused with what to use instead, never "published" and exit 0.
+#[test]
+fn publishing_into_the_memory_broker_is_refused() -> TestResult {
+    let w = World::new()?;
+    let mut c = Command::new(MICRO);
+    w.env(&mut c);
+    let o = c.args(["publish", "events", r#"{"n":1}"#, "--broker", "memory"]).output()?;
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert!(!out(&o).contains("published"), "{}", out(&o));
+    assert!(err(&o).contains("the memory broker only reaches subscribers inside this process"), "{}", err(&o));
+    assert!(err(&o).contains("--broker http"), "{}", err(&o));
     Ok(())
 }

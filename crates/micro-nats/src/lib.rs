@@ -58,7 +58,13 @@ impl NatsBroker {
             // Keep reconnecting: a restarted server must not end the subscriptions.
             .max_reconnects(None)
             .event_callback(|ev| async move {
-                tracing::info!(event = %ev, "nats connection event");
+                // Connecting and closing are routine; losing the server is not.
+                match ev {
+                    async_nats::Event::Connected | async_nats::Event::Closed | async_nats::Event::Draining => {
+                        tracing::debug!(event = %ev, "nats connection event")
+                    }
+                    _ => tracing::warn!(event = %ev, "nats connection event"),
+                }
             })
             .connect(servers.as_str())
             .await

@@ -36,12 +36,12 @@ pub struct Flags {
     /// How long an idle pooled connection is kept [default: 1m]
     #[arg(long, env = "MICRO_CLIENT_POOL_TTL", alias = "client_pool_ttl", value_parser = parse_duration, global = true)]
     pub client_pool_ttl: Option<Duration>,
-    /// Registration TTL in seconds [default: 60]
-    #[arg(long, env = "MICRO_REGISTER_TTL", alias = "register_ttl", global = true)]
-    pub register_ttl: Option<u64>,
-    /// Re-registration interval in seconds [default: 30]
-    #[arg(long, env = "MICRO_REGISTER_INTERVAL", alias = "register_interval", global = true)]
-    pub register_interval: Option<u64>,
+    /// Registration TTL, e.g. 60 (seconds, as go-micro) or 1m [default: 60s]
+    #[arg(long, env = "MICRO_REGISTER_TTL", alias = "register_ttl", value_parser = parse_duration, global = true)]
+    pub register_ttl: Option<Duration>,
+    /// Re-registration interval, e.g. 30 (seconds) or 30s [default: 30s]
+    #[arg(long, env = "MICRO_REGISTER_INTERVAL", alias = "register_interval", value_parser = parse_duration, global = true)]
+    pub register_interval: Option<Duration>,
     /// Server for handlers and subscribers [default: mucp]
     #[arg(long, env = "MICRO_SERVER", global = true)]
     pub server: Option<String>,
@@ -149,6 +149,17 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         flags: Flags,
+    }
+
+    #[test]
+    fn every_duration_flag_takes_the_same_syntax() {
+        // go-micro's plain seconds and micro's units, for the TTL flags too.
+        for (arg, want) in [("60", 60), ("1m", 60), ("90s", 90)] {
+            let cli = Cli::try_parse_from(["t", "--register-ttl", arg, "--register-interval", arg]);
+            let f = cli.map(|c| c.flags).ok();
+            assert_eq!(f.as_ref().and_then(|f| f.register_ttl), Some(Duration::from_secs(want)), "{arg}");
+            assert_eq!(f.and_then(|f| f.register_interval), Some(Duration::from_secs(want)), "{arg}");
+        }
     }
 
     #[test]

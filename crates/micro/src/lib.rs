@@ -93,6 +93,9 @@ impl From<micro_plugin::PluginError> for Error {
     }
 }
 
+/// Libraries whose info-level events are routine, kept at warn unless `RUST_LOG` says otherwise.
+const QUIET_LIBRARIES: &str = "async_nats=warn,h2=warn,hyper=warn,hyper_util=warn,tower=warn,rustls=warn,mdns_sd=warn,etcd_client=warn,tonic=warn";
+
 /// Log writes that failed (stderr closed: `service 2>&1 | head -1`), dropped.
 static DROPPED_LOG_WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -127,13 +130,20 @@ impl std::io::Write for LogSink {
 /// (default `info`). Does nothing if a subscriber is already set. A log line
 /// that cannot be written is dropped (see [`dropped_log_writes`]).
 pub fn init_logging() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("MICRO_LOG_LEVEL")
-        .ok()
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "info".into());
+    // `MICRO_LOG_LEVEL` sets micro's level and keeps libraries' routine
+    // chatter (connects, closes) at warn; `RUST_LOG` is taken as it is.
+    let filter = match (std::env::var("MICRO_LOG_LEVEL").ok(), std::env::var("RUST_LOG").ok()) {
+        (Some(level), _) => format!("{level},{QUIET_LIBRARIES}"),
+        (None, Some(rust_log)) => rust_log,
+        (None, None) => format!("info,{QUIET_LIBRARIES}"),
+    };
+    // Colour only for a terminal, and never with NO_COLOR (no-color.org).
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
+        .with_ansi(colour)
         .with_writer(|| LogSink)
         .log_internal_errors(false)
         .try_init();

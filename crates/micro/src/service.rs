@@ -155,8 +155,8 @@ impl ServiceBuilder {
             metadata.insert(k.to_string(), v.to_string());
         }
         metadata.insert("registry".into(), registry.name().to_string());
-        let register_ttl = f.register_ttl.map(Duration::from_secs).unwrap_or(self.register_ttl);
-        let register_interval = f.register_interval.map(Duration::from_secs).unwrap_or(self.register_interval);
+        let register_ttl = f.register_ttl.unwrap_or(self.register_ttl);
+        let register_interval = f.register_interval.unwrap_or(self.register_interval);
         if register_interval.is_zero() {
             return Err(Error::Config("--register-interval must be at least 1 second".into()));
         }
