@@ -208,7 +208,11 @@ async fn listen<N: Net>(
                 // would otherwise hold a connection slot for ever.
                 let mut limit = limits.first_message_timeout;
                 loop {
-                    let quiet_until = activity.quiet_until(limit);
+                    // With a stream open there is nothing to check before
+                    // another `limit` has passed (no busy loop while a long
+                    // stream runs); otherwise, when it will have been quiet.
+                    let quiet_until =
+                        if activity.busy() { tokio::time::Instant::now() + limit } else { activity.quiet_until(limit) };
                     tokio::select! {
                         r = &mut watched => {
                             if let Err(e) = r {
@@ -277,6 +281,9 @@ impl Activity {
         self.seen.store(true, Ordering::Release);
         *lock(&self.last) = tokio::time::Instant::now();
         Open(self.clone())
+    }
+    fn busy(&self) -> bool {
+        self.open.load(std::sync::atomic::Ordering::Acquire) > 0
     }
     fn seen(&self) -> bool {
         self.seen.load(std::sync::atomic::Ordering::Acquire)
