@@ -228,8 +228,8 @@ enum PluginCommand {
     Build {
         #[command(flatten)]
         spec: PluginSpec,
-        /// The shared library to write
-        #[arg(short = 'o', long = "out")]
+        /// The shared library to write (-o/--out; not --output, which picks how micro prints)
+        #[arg(short = 'o', long = "out", value_name = "FILE.so")]
         out: std::path::PathBuf,
         /// Build with the dev profile (faster to build, slower to run)
         #[arg(long)]
@@ -510,7 +510,14 @@ async fn run() -> anyhow::Result<()> {
                 body: json_body(&request)?,
                 metadata: md,
             };
-            let resp = svc.client().inner().call(req, CallOptions { timeout, address, retries: None }).await?;
+            let resp = match svc.client().inner().call(req, CallOptions { timeout, address, retries: None }).await {
+                Ok(r) => r,
+                // A stream endpoint called as a plain call: say how to call it.
+                Err(e) if e.detail.contains("is a stream endpoint") => {
+                    bail!("{e}: add --stream to open a stream to it")
+                }
+                Err(e) => return Err(e.into()),
+            };
             let v: serde_json::Value = serde_json::from_slice(&resp.body).context("the response is not JSON")?;
             outln!("{}", serde_json::to_string_pretty(&v)?);
         }
@@ -633,8 +640,12 @@ async fn run() -> anyhow::Result<()> {
             }
         }
         Command::Api { address, namespace, max_body, timeout, cors, cors_origin, forward_headers, max_connections } => {
-            let listener =
-                tokio::net::TcpListener::bind(&address).await.with_context(|| format!("listening on {address}"))?;
+            if !address.contains(':') {
+                bail!("--address {address:?} needs a port: HOST:PORT, e.g. 127.0.0.1:8080 or localhost:8080");
+            }
+            let listener = tokio::net::TcpListener::bind(&address).await.with_context(|| {
+                format!("listening on {address} (HOST:PORT, e.g. 127.0.0.1:8080 or localhost:8080)")
+            })?;
             let bound = listener.local_addr()?;
             outln!("micro api listening on http://{bound}");
             use std::io::Write;

@@ -701,3 +701,33 @@ fn publishing_into_the_memory_broker_is_refused() -> TestResult {
     assert!(err(&o).contains("--broker http"), "{}", err(&o));
     Ok(())
 }
+
+/// Errors say what to do: a stream endpoint called without `--stream`, an
+/// unreachable etcd, a registry address that is a file, an API address
+/// without a port.
+#[test]
+fn errors_say_what_to_do() -> TestResult {
+    let w = World::new()?;
+    let _svc = w.greeter()?;
+    w.registered()?;
+    let o = w.micro(&["call", "greeter", "Greeter.Count", r#"{"n": 1}"#])?;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("add --stream to open a stream to it"), "{}", err(&o));
+
+    let o =
+        Command::new(MICRO).args(["services", "--registry", "etcd", "--registry-address", "127.0.0.1:1"]).output()?;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("cannot reach etcd at 127.0.0.1:1: connection refused"), "{}", err(&o));
+    assert!(!err(&o).contains("Status {") && !err(&o).contains("source:"), "no debug chain: {}", err(&o));
+
+    let file = w.dir.path().join("a-file");
+    std::fs::write(&file, "x")?;
+    let o = Command::new(MICRO).arg("services").arg("--registry-address").arg(&file).output()?;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("is not a directory: set --registry-address"), "{}", err(&o));
+
+    let o = Command::new(MICRO).args(["api", "--address", "localhost"]).output()?;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("needs a port: HOST:PORT, e.g. 127.0.0.1:8080 or localhost:8080"), "{}", err(&o));
+    Ok(())
+}

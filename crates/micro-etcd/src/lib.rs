@@ -45,6 +45,35 @@ fn err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::internal(ID, format!("etcd {what}: {e}"))
 }
 
+/// An error from talking to etcd, said plainly: an unreachable server is
+/// "cannot reach etcd at ADDR: connection refused", not a transport error's
+/// debug chain.
+fn etcd_err(endpoints: &[String], what: &str, e: etcd_client::Error) -> Error {
+    let mut text = e.to_string();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text = c.to_string();
+        cause = c.source();
+    }
+    let lower = text.to_ascii_lowercase();
+    let why = if lower.contains("connection refused") {
+        Some("connection refused")
+    } else if lower.contains("timed out") || lower.contains("deadline") {
+        Some("no answer in time")
+    } else if lower.contains("unavailable")
+        || lower.contains("error trying to connect")
+        || lower.contains("transport error")
+    {
+        Some("unavailable")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Error::unavailable(ID, format!("cannot reach etcd at {}: {why}", endpoints.join(","))),
+        None => err(what, text),
+    }
+}
+
 struct Lease {
     id: i64,
     record: String,
@@ -77,9 +106,8 @@ impl EtcdRegistry {
             return Ok(c.clone());
         }
         let opts = ConnectOptions::new().with_connect_timeout(self.timeout).with_timeout(self.timeout);
-        let client = Client::connect(&self.endpoints, Some(opts))
-            .await
-            .map_err(|e| err(&format!("connect to {}", self.endpoints.join(",")), e))?;
+        let client =
+            Client::connect(&self.endpoints, Some(opts)).await.map_err(|e| etcd_err(&self.endpoints, "connect", e))?;
         *c = Some(client.clone());
         Ok(client)
     }
@@ -89,10 +117,10 @@ impl EtcdRegistry {
             None
         } else {
             let secs = ttl.as_secs().max(1) as i64;
-            Some(client.lease_grant(secs, None).await.map_err(|e| err("lease grant", e))?.id())
+            Some(client.lease_grant(secs, None).await.map_err(|e| etcd_err(&self.endpoints, "lease grant", e))?.id())
         };
         let opts = lease.map(|id| PutOptions::new().with_lease(id));
-        client.put(key, record.clone(), opts).await.map_err(|e| err("put", e))?;
+        client.put(key, record.clone(), opts).await.map_err(|e| etcd_err(&self.endpoints, "put", e))?;
         if let Some(id) = lease {
             self.leases.lock().await.insert(key.to_string(), Lease { id, record });
         }
@@ -120,7 +148,7 @@ impl Registry for EtcdRegistry {
                 // Unchanged: keep the lease alive, as go-micro does.
                 Some((lease, true)) => match client.lease_keep_alive(lease).await {
                     Ok((mut keeper, mut stream)) => {
-                        keeper.keep_alive().await.map_err(|e| err("keep-alive", e))?;
+                        keeper.keep_alive().await.map_err(|e| etcd_err(&self.endpoints, "keep-alive", e))?;
                         let alive = matches!(stream.message().await, Ok(Some(r)) if r.ttl() > 0);
                         if !alive {
                             // etcd lost the lease (restarted with fresh state): register anew.
@@ -143,7 +171,7 @@ impl Registry for EtcdRegistry {
         let mut client = self.client().await?;
         for node in &service.nodes {
             let key = node_key(&service.name, &node.id);
-            client.delete(key.as_str(), None).await.map_err(|e| err("delete", e))?;
+            client.delete(key.as_str(), None).await.map_err(|e| etcd_err(&self.endpoints, "delete", e))?;
             if let Some(l) = self.leases.lock().await.remove(&key) {
                 let _ = client.lease_revoke(l.id).await;
             }
@@ -153,8 +181,10 @@ impl Registry for EtcdRegistry {
 
     async fn get_service(&self, name: &str) -> Result<Vec<Service>> {
         let mut client = self.client().await?;
-        let resp =
-            client.get(service_prefix(name), Some(GetOptions::new().with_prefix())).await.map_err(|e| err("get", e))?;
+        let resp = client
+            .get(service_prefix(name), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| etcd_err(&self.endpoints, "get", e))?;
         let out = micro_core::registry::merge_services(
             resp.kvs().iter().filter_map(|kv| decode(kv.value())).filter(|s| s.name == name),
         );
@@ -166,7 +196,10 @@ impl Registry for EtcdRegistry {
 
     async fn list_services(&self) -> Result<Vec<Service>> {
         let mut client = self.client().await?;
-        let resp = client.get(PREFIX, Some(GetOptions::new().with_prefix())).await.map_err(|e| err("get", e))?;
+        let resp = client
+            .get(PREFIX, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| etcd_err(&self.endpoints, "get", e))?;
         let mut out = micro_core::registry::merge_services(resp.kvs().iter().filter_map(|kv| decode(kv.value())));
         out.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
         Ok(out)
@@ -178,7 +211,7 @@ impl Registry for EtcdRegistry {
         let (watcher, stream) = client
             .watch(prefix, Some(EtcdWatchOptions::new().with_prefix().with_prev_key()))
             .await
-            .map_err(|e| err("watch", e))?;
+            .map_err(|e| etcd_err(&self.endpoints, "watch", e))?;
         Ok(Box::new(EtcdWatcher {
             _watcher: watcher,
             stream,

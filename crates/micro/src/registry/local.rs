@@ -51,6 +51,15 @@ impl LocalRegistry {
     /// directory above it could be changed by another user.
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
+        if fs::metadata(&dir).is_ok_and(|m| !m.is_dir()) {
+            return Err(Error::bad_request(
+                ID,
+                format!(
+                    "registry directory {} is not a directory: set --registry-address (MICRO_REGISTRY_ADDRESS) to a directory",
+                    dir.display()
+                ),
+            ));
+        }
         create_private_dir(&dir)
             .map_err(|e| Error::internal(ID, format!("create registry directory {}: {e}", dir.display())))?;
         check_trusted(&dir)?;
