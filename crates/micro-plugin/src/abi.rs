@@ -174,6 +174,7 @@ impl FfiObject {
     /// `vtable` is null, or points at a vtable that lives as long as the
     /// object and whose functions accept `data` (owned by the new value:
     /// `drop` is called once, when it is dropped).
+    // SAFETY: unsafe to call; the contract is the `# Safety` section above.
     pub const unsafe fn from_raw(data: *const c_void, vtable: *const ObjectVTable) -> Self {
         FfiObject { data, vtable }
     }

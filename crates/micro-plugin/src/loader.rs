@@ -164,6 +164,7 @@ impl Config {
     /// `entry`'s functions must be the entry points that `export_plugin!`
     /// made next to `descriptor` (`init` and `construct` are called by [`init`]).
     #[doc(hidden)]
+    // SAFETY: unsafe to call; the contract is the `# Safety` section above.
     pub unsafe fn from_descriptor(
         descriptor: &'static PluginDescriptor,
         entry: &'static PluginEntry,
