@@ -67,7 +67,17 @@ fn services_describe_call_and_health() -> TestResult {
     let _a = w.greeter()?;
     let _b = w.greeter()?;
     w.registered()?;
-    std::thread::sleep(Duration::from_millis(300)); // let the second node register too
+    // Both nodes registered (polled, not a fixed sleep: a loaded machine may take longer).
+    let t0 = Instant::now();
+    loop {
+        let o = w.micro(&["services", "--output", "json"])?;
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if v.as_array().and_then(|a| a.iter().find(|s| s["name"] == "greeter")).is_some_and(|g| g["nodes"] == 2) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "the second node never registered: {}", out(&o));
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     let o = w.micro(&["services"])?;
     assert!(o.status.success(), "{}", err(&o));
