@@ -38,6 +38,21 @@ impl World {
         self.env(&mut c);
         Ok(Proc(c.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?))
     }
+    /// Waits until `micro services` counts `n` greeter nodes (bounded).
+    fn greeter_nodes(&self, n: u64) -> Result<(), Box<dyn std::error::Error>> {
+        let t0 = Instant::now();
+        loop {
+            let o = self.micro(&["services", "--output", "json"])?;
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            if v.as_array().and_then(|a| a.iter().find(|s| s["name"] == "greeter")).is_some_and(|g| g["nodes"] == n) {
+                return Ok(());
+            }
+            if t0.elapsed() > Duration::from_secs(20) {
+                return Err(format!("{n} greeter nodes never registered: {}", out(&o)).into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     fn registered(&self) -> Result<(), Box<dyn std::error::Error>> {
         let t0 = Instant::now();
         loop {
@@ -66,18 +81,7 @@ fn services_describe_call_and_health() -> TestResult {
     let w = World::new()?;
     let _a = w.greeter()?;
     let _b = w.greeter()?;
-    w.registered()?;
-    // Both nodes registered (polled, not a fixed sleep: a loaded machine may take longer).
-    let t0 = Instant::now();
-    loop {
-        let o = w.micro(&["services", "--output", "json"])?;
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-        if v.as_array().and_then(|a| a.iter().find(|s| s["name"] == "greeter")).is_some_and(|g| g["nodes"] == 2) {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(20), "the second node never registered: {}", out(&o));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    w.greeter_nodes(2)?;
 
     let o = w.micro(&["services"])?;
     assert!(o.status.success(), "{}", err(&o));
@@ -291,16 +295,18 @@ async fn http_with(
     Ok((status, headers, v))
 }
 
+/// The gateway as most tests want it: every service exposed, small bodies.
 fn start_api(w: &World, extra: &[&str]) -> Result<(Proc, String), Box<dyn std::error::Error>> {
+    let mut args = vec!["--address", "127.0.0.1:0", "--max-body", "1024", "--namespace="];
+    args.extend_from_slice(extra);
+    spawn_api(w, &args)
+}
+
+/// `micro api` with `args`; returns the process and its base URL.
+fn spawn_api(w: &World, args: &[&str]) -> Result<(Proc, String), Box<dyn std::error::Error>> {
     let mut c = Command::new(MICRO);
     w.env(&mut c);
-    let mut p = Proc(
-        c.args(["api", "--address", "127.0.0.1:0", "--max-body", "1024", "--namespace="])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
+    let mut p = Proc(c.arg("api").args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?);
     let stdout = p.0.stdout.take().ok_or("no stdout")?;
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
@@ -409,13 +415,7 @@ async fn the_api_gateway_exposes_only_its_namespace_by_default() -> TestResult {
     let w = World::new()?;
     let _svc = w.greeter()?;
     tokio::task::block_in_place(|| w.registered())?;
-    let mut c = Command::new(MICRO);
-    w.env(&mut c);
-    let mut p = Proc(c.args(["api", "--address", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?);
-    let stdout = p.0.stdout.take().ok_or("no stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let base = line.trim().strip_prefix("micro api listening on ").ok_or("no address")?.to_string();
+    let (p, base) = spawn_api(&w, &["--address", "127.0.0.1:0"])?;
     let (code, _, v) = http("POST", &format!("{base}/greeter/hello"), br#"{"name":"J"}"#.to_vec()).await?;
     assert_eq!(code, 404, "{v}");
     assert_eq!(v["detail"], "service go.micro.api.greeter: not found");
@@ -655,17 +655,7 @@ fn clients_pick_only_nodes_that_speak_their_protocol() -> TestResult {
     let mut c = Command::new(bin("greeter-service"));
     w.env(&mut c);
     let _grpc = Proc(c.args(["--server", "grpc"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
-    let t0 = Instant::now();
-    loop {
-        let o = w.micro(&["describe", "greeter", "--output", "json"])?;
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-        let nodes = v.as_array().map(|a| a.iter().map(|s| s["nodes"].as_array().map_or(0, |n| n.len())).sum::<usize>());
-        if nodes == Some(2) {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(20), "two greeter nodes never registered: {}", out(&o));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    w.greeter_nodes(2)?;
     for client in ["mucp", "grpc"] {
         for i in 0..8 {
             let o = w.micro(&[

@@ -144,15 +144,19 @@ async fn pump_down(remote: Arc<Remote>, incoming: tokio::sync::mpsc::Sender<Resu
     }
 }
 
+/// Takes the incoming end out of `ends` for the down pump, so that only it
+/// holds one: when it finishes, the local side's `recv` sees the end.
+fn take_incoming(ends: &mut micro_core::StreamEnds) -> tokio::sync::mpsc::Sender<Result<Bytes>> {
+    let (spare, _) = tokio::sync::mpsc::channel(1);
+    std::mem::replace(&mut ends.incoming, spare)
+}
+
 /// A caller's stream over an exported one: the pumps run as tasks of this
 /// side's runtime for as long as the stream lives.
 pub(super) fn import_stream(obj: FfiObject) -> Result<Stream> {
     let remote = Arc::new(Remote::new(obj)?);
     let (stream, mut ends) = Stream::pair();
-    let incoming = ends.incoming.clone();
-    // Only the pumps hold the incoming end: when they finish, the stream ends.
-    let (spare, _) = tokio::sync::mpsc::channel(1);
-    drop(std::mem::replace(&mut ends.incoming, spare));
+    let incoming = take_incoming(&mut ends);
     tokio::spawn(pump_up(remote.clone(), ends));
     tokio::spawn(pump_down(remote, incoming));
     Ok(stream)
@@ -178,9 +182,7 @@ impl Dispatch for StreamHandlerExport {
         let handler = self.0.clone();
         Box::pin(async move {
             let (stream, mut ends) = Stream::pair();
-            let incoming = ends.incoming.clone();
-            let (spare, _) = tokio::sync::mpsc::channel(1);
-            drop(std::mem::replace(&mut ends.incoming, spare));
+            let incoming = take_incoming(&mut ends);
             let down = pump_down(remote.clone(), incoming);
             // The handler's messages are all forwarded before its result:
             // the up pump ends once the handler's stream is gone and drained.

@@ -18,6 +18,7 @@ use micro_core::{
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -251,16 +252,18 @@ struct Router {
 }
 
 /// The streams of one connection: how many are open, and when the last one
-/// opened or ended.
+/// opened or ended. Atomics only: every request of a connection touches it.
 struct Activity {
-    open: std::sync::atomic::AtomicUsize,
-    seen: std::sync::atomic::AtomicBool,
-    last: Mutex<tokio::time::Instant>,
+    start: tokio::time::Instant,
+    open: AtomicUsize,
+    /// Milliseconds from `start` to the last stream opening or ending, plus
+    /// one; 0 until the first request arrives.
+    last: AtomicU64,
 }
 
 impl Default for Activity {
     fn default() -> Self {
-        Activity { open: Default::default(), seen: Default::default(), last: Mutex::new(tokio::time::Instant::now()) }
+        Activity { start: tokio::time::Instant::now(), open: AtomicUsize::new(0), last: AtomicU64::new(0) }
     }
 }
 
@@ -269,32 +272,37 @@ struct Open(Arc<Activity>);
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        *lock(&self.0.last) = tokio::time::Instant::now();
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.touch();
     }
 }
 
 impl Activity {
     fn open(self: &Arc<Self>) -> Open {
-        use std::sync::atomic::Ordering;
         self.open.fetch_add(1, Ordering::AcqRel);
-        self.seen.store(true, Ordering::Release);
-        *lock(&self.last) = tokio::time::Instant::now();
+        self.touch();
         Open(self.clone())
     }
-    fn busy(&self) -> bool {
-        self.open.load(std::sync::atomic::Ordering::Acquire) > 0
+    fn touch(&self) {
+        self.last.store(self.start.elapsed().as_millis() as u64 + 1, Ordering::Release);
     }
+    fn busy(&self) -> bool {
+        self.open.load(Ordering::Acquire) > 0
+    }
+    /// Whether any request arrived yet.
     fn seen(&self) -> bool {
-        self.seen.load(std::sync::atomic::Ordering::Acquire)
+        self.last.load(Ordering::Acquire) > 0
+    }
+    fn last(&self) -> tokio::time::Instant {
+        self.start + Duration::from_millis(self.last.load(Ordering::Acquire).saturating_sub(1))
     }
     /// When the connection will have been quiet for `limit`, as things are now.
     fn quiet_until(&self, limit: Duration) -> tokio::time::Instant {
-        *lock(&self.last) + limit
+        self.last() + limit
     }
     /// No stream open, and none opened or ended for `limit`.
     fn idle_for(&self, limit: Duration) -> bool {
-        self.open.load(std::sync::atomic::Ordering::Acquire) == 0 && lock(&self.last).elapsed() >= limit
+        !self.busy() && self.last().elapsed() >= limit
     }
 }
 
