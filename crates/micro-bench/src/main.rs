@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod hol;
 mod rpc;
 use rpc::contenders::Contender;
 
@@ -64,6 +65,39 @@ enum Cmd {
         /// Where the charts (rpc-<payload>.svg) and raw results (rpc.json) go
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
+    },
+    /// Head-of-line blocking: Pings beside a CPU-bound handler, and CPU-bound throughput by server threads
+    #[command(after_help = "Example:\n  micro-bench hol --contenders micro,tarpc --seconds 3 --rounds 3")]
+    Hol {
+        /// Contenders, comma-separated (micro, micro-direct, tarpc)
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "micro,tarpc")]
+        contenders: Vec<Contender>,
+        /// Measuring window, seconds
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Rounds (the order of contenders rotates); medians are reported
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Where plugins are (unused by these contenders; kept for the shared server)
+        #[arg(long, default_value = "target/bench")]
+        plugins: PathBuf,
+        /// Where the registry directories go
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
+    /// One measurement of hol (used by hol)
+    #[command(hide = true)]
+    HolClient {
+        #[arg(long, value_enum)]
+        contender: Contender,
+        #[arg(long)]
+        addr: String,
+        #[arg(long, value_enum)]
+        mode: hol::Mode,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long)]
+        plugins: PathBuf,
     },
     /// One contender's server (used by rpc)
     #[command(hide = true)]
@@ -198,6 +232,13 @@ async fn run() -> anyhow::Result<()> {
             };
             // The orchestrator only starts processes: keep it off the async runtime.
             tokio::task::spawn_blocking(move || rpc::run(&plan)).await??;
+        }
+        Cmd::Hol { contenders, seconds, rounds, plugins, out } => {
+            tokio::task::spawn_blocking(move || hol::run(&contenders, seconds, rounds.max(1), &plugins, &out))
+                .await??;
+        }
+        Cmd::HolClient { contender, addr, mode, seconds, plugins } => {
+            hol::client(contender, &addr, mode, seconds, &plugins).await?
         }
         Cmd::RpcServer { contender, plugins } => rpc::server(contender, &plugins).await?,
         Cmd::RpcClient { contender, addr, callers, payload, warmup, seconds, calls, plugins } => {

@@ -103,7 +103,18 @@ fn every_benchmark_runs_in_quick_mode() -> TestResult {
     std::fs::copy(&plugin, dir.path().join("tcpx.so"))?;
     let d = dir.path().display().to_string();
     let out = run(&["rpc", "--quick", "--plugins", &d, "--out", &d])?;
-    for c in ["ceiling", "tarpc", "tonic", "volo", "micro", "micro-proto", "micro-grpc", "micro-tcpx"] {
+    for c in [
+        "ceiling",
+        "ceiling-mux",
+        "tarpc",
+        "tonic",
+        "volo",
+        "micro",
+        "micro-direct",
+        "micro-proto",
+        "micro-grpc",
+        "micro-tcpx",
+    ] {
         for callers in [1.0, 16.0] {
             let hit = out.lines().any(|l| {
                 let r = row(l, &format!("{c} "));
@@ -112,8 +123,18 @@ fn every_benchmark_runs_in_quick_mode() -> TestResult {
             assert!(hit, "{c} at {callers} callers: {out}");
         }
     }
-    assert!(out.contains("| micro / tarpc |"), "{out}");
+    assert!(out.contains("| micro / tarpc |") && out.contains("| micro / ceiling-mux |"), "{out}");
     let chart = std::fs::read_to_string(dir.path().join("rpc-64.svg"))?;
     assert!(chart.contains("<svg") && chart.contains("micro-grpc"), "the chart names every contender");
+
+    // The head-of-line probe: Pings beside a spinning handler, and spins by
+    // server threads, for micro (by name, through the local registry) and tarpc.
+    let out = run(&["hol", "--seconds", "0.5", "--rounds", "1", "--out", &d])?;
+    for c in ["micro", "tarpc"] {
+        let pings = out.lines().filter(|l| l.starts_with(&format!("| {c} |"))).collect::<Vec<_>>();
+        assert_eq!(pings.len(), 2, "{c}: a Ping row and a scaling row: {out}");
+        assert!(row(pings[0], c).first().is_some_and(|&n| n > 0.0), "{c} answered Pings: {out}");
+        assert!(row(pings[1], c).first().is_some_and(|&n| n > 0.0), "{c} answered spins: {out}");
+    }
     Ok(())
 }

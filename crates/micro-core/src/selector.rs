@@ -38,6 +38,12 @@ impl std::fmt::Debug for SelectorOptions {
 pub trait Selector: Send + Sync {
     /// A node of `service`; a 404 error if none is available.
     async fn select(&self, service: &str, opts: SelectOptions) -> Result<Node>;
+    /// As [`select`](Self::select), but the node may be shared with the
+    /// selector's cache: clients call this once per call, and a selector
+    /// that keeps its nodes in `Arc`s answers without copying one.
+    async fn select_shared(&self, service: &str, opts: SelectOptions) -> Result<Arc<Node>> {
+        self.select(service, opts).await.map(Arc::new)
+    }
     /// Feedback on a call to a node: `Ok` or the error it gave.
     fn mark(&self, service: &str, node_id: &str, outcome: Result<(), &Error>);
     /// Forgets what is cached about a service.

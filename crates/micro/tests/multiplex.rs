@@ -2,8 +2,9 @@
 //! in whatever order they finish, a caller giving up or sending too much
 //! disturbs no one else, a go-micro style peer (one call at a time, or
 //! pipelined) is served, and transports that cannot split their sockets
-//! still work one call per connection. Real loopback TCP throughout; the
-//! transport below only counts dials (and can refuse to split).
+//! still work one call per connection, and a handler that computes without
+//! ever yielding holds up none of the calls beside it. Real loopback TCP
+//! throughout; the transport below only counts dials (and can refuse to split).
 
 use bytes::{Buf, BytesMut};
 use micro::core::{
@@ -100,6 +101,48 @@ struct World {
     server: Service,
     client: Service,
     dials: Arc<AtomicUsize>,
+    spin: Arc<Spin>,
+}
+
+/// The state of `Work.Spin`, a handler that computes without awaiting:
+/// `"brief"` spins for 5 ms, `"hold"` until released (at most 10 s).
+#[derive(Default)]
+struct Spin {
+    started: AtomicUsize,
+    spinning: AtomicUsize,
+    released: std::sync::atomic::AtomicBool,
+}
+
+impl Spin {
+    fn run(&self, mode: &str) -> String {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        self.spinning.fetch_add(1, Ordering::SeqCst);
+        let start = std::time::Instant::now();
+        let limit = Duration::from_millis(if mode == "hold" { 10_000 } else { 5 });
+        let mut released = false;
+        while start.elapsed() < limit {
+            if mode == "hold" && self.released.load(Ordering::SeqCst) {
+                released = true;
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        self.spinning.fetch_sub(1, Ordering::SeqCst);
+        if released { "released" } else { "spun" }.to_string()
+    }
+
+    /// Blocks this (non-worker) thread until `n` spins have started: the
+    /// runtime's workers may all be spinning, so no timer of theirs can wait.
+    fn wait_started(&self, n: usize) -> bool {
+        let start = std::time::Instant::now();
+        while self.started.load(Ordering::SeqCst) < n {
+            if start.elapsed() > Duration::from_secs(10) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
 }
 
 async fn world(name: &str, split: bool, extra: Flags) -> Result<World, Box<dyn std::error::Error>> {
@@ -121,9 +164,15 @@ async fn world(name: &str, split: bool, extra: Flags) -> Result<World, Box<dyn s
         Ok::<_, Error>(s)
     })?;
     server.handle("Echo.Big", |n: usize| async move { Ok::<_, Error>("y".repeat(n)) })?;
+    let spin = Arc::new(Spin::default());
+    let s = spin.clone();
+    server.handle("Work.Spin", move |mode: String| {
+        let s = s.clone();
+        async move { Ok::<_, Error>(s.run(&mode)) }
+    })?;
     server.start().await?;
     let client = Service::builder("caller").flags(flags).catalog(catalog(dials.clone(), split, 64 * 1024)).build()?;
-    Ok(World { server, client, dials })
+    Ok(World { server, client, dials, spin })
 }
 
 #[tokio::test]
@@ -417,6 +466,68 @@ async fn a_peer_that_reads_nothing_holds_no_in_flight_slots() -> TestResult {
         }
     }
     drop(s);
+    w.server.stop().await?;
+    Ok(())
+}
+
+/// The calls of one connection, beside a handler that computes without
+/// ever awaiting: once its endpoint has shown that it computes (one brief
+/// call), it runs on a task of its own, and quick calls on the same
+/// connection are answered while it still spins. Asserted by order, not by
+/// time: each quick call returns while the spinning handler is still running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_never_yields_holds_up_no_call_beside_it() -> TestResult {
+    let w = world("mux-hol", true, Flags::default()).await?;
+    let c = w.client.client().clone();
+    // Learned: the first call of an endpoint that computes runs in place.
+    assert_eq!(c.call::<_, String>("echo", "Work.Spin", &"brief").await?, "spun");
+    let hold = {
+        let c = c.clone();
+        tokio::spawn(async move { c.call::<_, String>("echo", "Work.Spin", &"hold").await })
+    };
+    let spin = w.spin.clone();
+    assert!(tokio::task::spawn_blocking(move || spin.wait_started(2)).await?, "the holding spin never started");
+    let opts = CallOptions { timeout: Some(Duration::from_secs(5)), ..Default::default() };
+    for i in 0..20 {
+        let got: String = c.call_with("echo", "Echo.Call", &format!("ping-{i}"), HashMap::new(), opts.clone()).await?;
+        assert_eq!(got, format!("ping-{i}"));
+        assert_eq!(w.spin.spinning.load(Ordering::SeqCst), 1, "ping {i} was answered only after the spin ended");
+    }
+    w.spin.released.store(true, Ordering::SeqCst);
+    assert_eq!(hold.await??, "released", "the spin ran to its limit: the pings waited for it");
+    assert_eq!(w.dials.load(Ordering::SeqCst), 1, "every call shared one connection");
+    w.server.stop().await?;
+    Ok(())
+}
+
+/// One client connection's calls to an endpoint that computes run on every
+/// worker of the server at once, not one after another on the
+/// connection's task: two spins that only end when released are both
+/// running together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connections_heavy_calls_run_on_every_worker() -> TestResult {
+    let w = world("mux-cores", true, Flags::default()).await?;
+    let c = w.client.client().clone();
+    assert_eq!(c.call::<_, String>("echo", "Work.Spin", &"brief").await?, "spun");
+    let holds: Vec<_> = (0..2)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.call::<_, String>("echo", "Work.Spin", &"hold").await })
+        })
+        .collect();
+    let spin = w.spin.clone();
+    // Both workers spin now: this thread, not a worker, waits for the second start.
+    let both = tokio::task::spawn_blocking(move || {
+        let both = spin.wait_started(3);
+        spin.released.store(true, Ordering::SeqCst);
+        both
+    })
+    .await?;
+    assert!(both, "the second spin started only after the first ended");
+    for h in holds {
+        assert_eq!(h.await??, "released");
+    }
+    assert_eq!(w.dials.load(Ordering::SeqCst), 1);
     w.server.stop().await?;
     Ok(())
 }

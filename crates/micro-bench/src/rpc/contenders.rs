@@ -12,6 +12,8 @@ use std::path::Path;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::mux;
+
 /// The generated echo service of `proto/bench.proto`.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
 pub(crate) mod pb {
@@ -30,14 +32,23 @@ use volo_pb::volo_gen::bench as vpb;
 pub(crate) enum Contender {
     /// Raw tokio TCP echo, length-prefixed frames, one connection per caller.
     Ceiling,
+    /// Raw tokio TCP echo multiplexed as micro is: two connections shared by
+    /// every caller, a writer per connection that coalesces queued frames
+    /// into one write, a reader completing callers by id, a server that
+    /// reads and writes in batches. The most a multiplexing protocol gets.
+    CeilingMux,
     /// tarpc 0.38, bincode over TCP, one shared multiplexed connection.
     Tarpc,
     /// tonic 0.14, one shared Channel.
     Tonic,
     /// volo-grpc 0.12, one shared client.
     Volo,
-    /// micro's defaults: mucp over tcp, JSON.
+    /// micro's defaults as the README uses them: mucp over tcp, a JSON
+    /// struct body, called by service name through the `local` registry
+    /// and the selector.
     Micro,
+    /// As `micro`, but to a fixed address (no registry, no selector).
+    MicroDirect,
     /// micro's mucp over tcp with protobuf bodies.
     MicroProto,
     /// micro's grpc server and client, protobuf bodies.
@@ -50,12 +61,14 @@ pub(crate) enum Contender {
 
 impl Contender {
     /// Every contender, in report order.
-    pub(crate) const ALL: [Contender; 9] = [
+    pub(crate) const ALL: [Contender; 11] = [
         Contender::Ceiling,
+        Contender::CeilingMux,
         Contender::Tarpc,
         Contender::Tonic,
         Contender::Volo,
         Contender::Micro,
+        Contender::MicroDirect,
         Contender::MicroProto,
         Contender::MicroGrpc,
         Contender::MicroTcpx,
@@ -66,10 +79,12 @@ impl Contender {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Contender::Ceiling => "ceiling",
+            Contender::CeilingMux => "ceiling-mux",
             Contender::Tarpc => "tarpc",
             Contender::Tonic => "tonic",
             Contender::Volo => "volo",
             Contender::Micro => "micro",
+            Contender::MicroDirect => "micro-direct",
             Contender::MicroProto => "micro-proto",
             Contender::MicroGrpc => "micro-grpc",
             Contender::MicroTcpx => "micro-tcpx",
@@ -99,6 +114,16 @@ pub(crate) async fn serve(c: Contender, plugins: &Path) -> anyhow::Result<(Strin
             let task = tokio::spawn(async move {
                 while let Ok((s, _)) = l.accept().await {
                     tokio::spawn(raw_echo(s));
+                }
+            });
+            Ok((addr, Box::new(AbortOnDrop(task))))
+        }
+        Contender::CeilingMux => {
+            let l = TcpListener::bind("127.0.0.1:0").await?;
+            let addr = l.local_addr()?.to_string();
+            let task = tokio::spawn(async move {
+                while let Ok((s, _)) = l.accept().await {
+                    tokio::spawn(mux::serve(s));
                 }
             });
             Ok((addr, Box::new(AbortOnDrop(task))))
@@ -152,8 +177,13 @@ pub(crate) async fn serve(c: Contender, plugins: &Path) -> anyhow::Result<(Strin
         }
         _ => {
             let svc = Service::builder("bench").flags(micro_flags(c, plugins, 0, true)?).build()?;
-            svc.handle("Bench.Echo", |s: String| async move { Ok::<_, Error>(s) })?;
+            svc.handle("Bench.Echo", |m: EchoMsg| async move { Ok::<_, Error>(m) })?;
             svc.handle("Echo.Echo", |p: Proto<pb::Payload>| async move { Ok::<_, Error>(p) })?;
+            svc.handle("Work.Spin", |ms: u64| async move {
+                spin(ms);
+                Ok::<_, Error>(ms)
+            })?;
+            svc.handle("Work.Ping", |n: u64| async move { Ok::<_, Error>(n) })?;
             svc.start().await?;
             let addr = svc.server().service().nodes.first().map(|n| n.address.clone()).context("no address")?;
             Ok((addr, Box::new(svc)))
@@ -161,11 +191,34 @@ pub(crate) async fn serve(c: Contender, plugins: &Path) -> anyhow::Result<(Strin
     }
 }
 
-/// The flags of a micro contender: a private registry, and its components.
-fn micro_flags(c: Contender, plugins: &Path, callers: usize, server: bool) -> anyhow::Result<Flags> {
+/// The JSON struct body of `micro`'s echo, as a README user would write one.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct EchoMsg {
+    text: String,
+}
+
+/// Computes for `ms` milliseconds without awaiting (a CPU-bound handler).
+pub(crate) fn spin(ms: u64) {
+    let start = std::time::Instant::now();
+    let d = std::time::Duration::from_millis(ms);
+    while start.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
+
+/// The environment variable naming the `local` registry directory that
+/// a run's server and client processes share.
+pub(crate) const REGISTRY_ENV: &str = "MICRO_BENCH_REGISTRY";
+
+/// The flags of a micro contender: its components, and a registry. The
+/// user's path is the default `local` registry (in a directory of this
+/// run's, shared by its server and client processes); `micro-direct`
+/// dials a fixed address instead and registers in memory only.
+pub(crate) fn micro_flags(c: Contender, plugins: &Path, callers: usize, server: bool) -> anyhow::Result<Flags> {
+    let shared = std::env::var(REGISTRY_ENV).ok().filter(|_| c != Contender::MicroDirect);
     let mut f = Flags {
-        registry: Some("memory".into()),
-        registry_address: Some(format!("bench-{}", std::process::id())),
+        registry: Some(if shared.is_some() { "local" } else { "memory" }.into()),
+        registry_address: Some(shared.unwrap_or_else(|| format!("bench-{}", std::process::id()))),
         client_pool_size: Some(callers.max(1)),
         ..Flags::default()
     };
@@ -226,8 +279,12 @@ async fn raw_echo(s: TcpStream) {
 }
 
 #[tarpc::service]
-trait Echo {
+pub(crate) trait Echo {
     async fn echo(payload: Bytes) -> Bytes;
+    /// Computes for `ms` milliseconds without awaiting (the `hol` probe).
+    async fn spin(ms: u64) -> u64;
+    /// Answers at once (the `hol` probe).
+    async fn ping(n: u64) -> u64;
 }
 
 #[derive(Clone)]
@@ -237,12 +294,19 @@ impl Echo for EchoServer {
     async fn echo(self, _: tarpc::context::Context, payload: Bytes) -> Bytes {
         payload
     }
+    async fn spin(self, _: tarpc::context::Context, ms: u64) -> u64 {
+        spin(ms);
+        ms
+    }
+    async fn ping(self, _: tarpc::context::Context, n: u64) -> u64 {
+        n
+    }
 }
 
 type TarpcTransport<Item, SinkItem> =
     tarpc::serde_transport::Transport<TcpStream, Item, SinkItem, tarpc::tokio_serde::formats::Bincode<Item, SinkItem>>;
 
-fn tarpc_transport<Item, SinkItem>(s: TcpStream) -> TarpcTransport<Item, SinkItem>
+pub(crate) fn tarpc_transport<Item, SinkItem>(s: TcpStream) -> TarpcTransport<Item, SinkItem>
 where
     Item: for<'de> serde::Deserialize<'de>,
     SinkItem: serde::Serialize,
@@ -288,6 +352,13 @@ pub(crate) async fn connect(
             }
             Box::new(())
         }
+        Contender::CeilingMux => {
+            let conns = [mux::Client::connect(addr).await?, mux::Client::connect(addr).await?];
+            for i in 0..callers {
+                out.push(Box::new(MuxCaller { conn: conns[i % conns.len()].clone(), data: data.clone() }));
+            }
+            Box::new(())
+        }
         Contender::Tarpc => {
             let s = TcpStream::connect(addr).await?;
             s.set_nodelay(true)?;
@@ -316,7 +387,10 @@ pub(crate) async fn connect(
         }
         _ => {
             let svc = Service::builder("bench-client").flags(micro_flags(c, plugins, callers, false)?).build()?;
-            let opts = CallOptions { address: Some(addr.to_string()), ..Default::default() };
+            // By service name through the registry and selector, unless the
+            // servers registered nowhere the client can see (micro-direct).
+            let by_name = std::env::var_os(REGISTRY_ENV).is_some() && c != Contender::MicroDirect;
+            let opts = CallOptions { address: (!by_name).then(|| addr.to_string()), ..Default::default() };
             let client = match c {
                 Contender::MicroProto => svc.client().clone().with_content_type("application/protobuf"),
                 Contender::MicroGrpc => svc.client().clone().with_content_type("application/grpc"),
@@ -327,7 +401,7 @@ pub(crate) async fn connect(
                 out.push(Box::new(MicroCaller {
                     client: client.clone(),
                     opts: opts.clone(),
-                    text: "x".repeat(payload),
+                    text: EchoMsg { text: "x".repeat(payload) },
                     proto: proto.then(|| Proto(pb::Payload { data: data.clone() })),
                 }));
             }
@@ -351,6 +425,20 @@ impl Caller for RawCaller {
         self.buf.resize(n, 0);
         self.s.read_exact(&mut self.buf).await?;
         anyhow::ensure!(n + 4 == self.frame.len(), "echo of {n} bytes");
+        Ok(())
+    }
+}
+
+struct MuxCaller {
+    conn: mux::Client,
+    data: Bytes,
+}
+
+#[async_trait::async_trait]
+impl Caller for MuxCaller {
+    async fn call(&mut self) -> anyhow::Result<()> {
+        let r = self.conn.call(self.data.clone()).await?;
+        anyhow::ensure!(r.len() == self.data.len(), "echo of {} bytes", r.len());
         Ok(())
     }
 }
@@ -411,7 +499,7 @@ impl Caller for VoloCaller {
 struct MicroCaller {
     client: TypedClient,
     opts: CallOptions,
-    text: String,
+    text: EchoMsg,
     proto: Option<Proto<pb::Payload>>,
 }
 
@@ -426,11 +514,12 @@ impl Caller for MicroCaller {
                 r.0.data.len()
             }
             None => {
-                let r: String = self.client.call_with("bench", "Bench.Echo", &self.text, md, self.opts.clone()).await?;
-                r.len()
+                let r: EchoMsg =
+                    self.client.call_with("bench", "Bench.Echo", &self.text, md, self.opts.clone()).await?;
+                r.text.len()
             }
         };
-        anyhow::ensure!(n == self.text.len(), "echo of {n} bytes");
+        anyhow::ensure!(n == self.text.text.len(), "echo of {n} bytes");
         Ok(())
     }
 }

@@ -5,6 +5,7 @@
 
 mod chart;
 pub(crate) mod contenders;
+mod mux;
 
 use anyhow::{bail, Context as _};
 use contenders::Contender;
@@ -147,17 +148,33 @@ pub(crate) async fn client(
 }
 
 /// A running `rpc-server` process.
-struct ServerProc {
+pub(crate) struct ServerProc {
     child: std::process::Child,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl ServerProc {
-    fn start(me: &Path, c: Contender, plugins: &Path) -> anyhow::Result<ServerProc> {
+    /// Starts `c`'s server; micro ones register in the `local` registry at
+    /// `registry` (a directory of this server's alone, so that no node of
+    /// an earlier server is ever selected).
+    pub(crate) fn start(me: &Path, c: Contender, plugins: &Path, registry: &Path) -> anyhow::Result<ServerProc> {
+        Self::start_with(me, c, plugins, registry, &[])
+    }
+
+    /// As `start`, with extra environment variables.
+    pub(crate) fn start_with(
+        me: &Path,
+        c: Contender,
+        plugins: &Path,
+        registry: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ServerProc> {
         let mut child = Command::new(me)
             .args(["rpc-server", "--contender", c.name(), "--plugins"])
             .arg(plugins)
             .env("MICRO_LOG_LEVEL", "error")
+            .env(contenders::REGISTRY_ENV, registry)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
@@ -187,7 +204,7 @@ impl ServerProc {
         peak_kib(&self.child.id().to_string())
     }
 
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         drop(self.child.stdin.take());
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(5) {
@@ -228,7 +245,8 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<()> {
         let n = order.len().max(1);
         order.rotate_left(round % n);
         for c in order {
-            let server = ServerProc::start(&me, c, &plan.plugins)?;
+            let registry = fresh_registry(&plan.out, &format!("{}-{round}", c.name()))?;
+            let server = ServerProc::start(&me, c, &plan.plugins, &registry)?;
             for &payload in &plan.payloads {
                 for &callers in &plan.callers {
                     let mut cmd = Command::new(&me);
@@ -238,7 +256,8 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<()> {
                         .args(["--seconds", &plan.window.as_secs_f64().to_string()])
                         .arg("--plugins")
                         .arg(&plan.plugins)
-                        .env("MICRO_LOG_LEVEL", "error");
+                        .env("MICRO_LOG_LEVEL", "error")
+                        .env(contenders::REGISTRY_ENV, &registry);
                     if let Some(n) = plan.calls {
                         cmd.args(["--calls", &n.to_string()]);
                     }
@@ -279,6 +298,22 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<()> {
         println!("\nchart: {}", path.display());
     }
     Ok(())
+}
+
+/// An empty `local` registry directory under `out`, private to this user
+/// (the registry refuses a directory others can write).
+pub(crate) fn fresh_registry(out: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let root = out.join("registry");
+    std::fs::create_dir_all(&root)?;
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))?;
+    let dir = root.join(name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
 }
 
 /// The median sample of each measurement, and its spread.
@@ -355,7 +390,9 @@ fn print_report(contenders: &[Contender], plan: &Plan, summary: &BTreeMap<Key, S
         println!("\nRatios of calls/s (and of p99 latency, lower is better for micro) at {payload} B:\n");
         let pairs = [
             (Contender::Micro, Contender::Ceiling),
+            (Contender::Micro, Contender::CeilingMux),
             (Contender::Micro, Contender::Tarpc),
+            (Contender::MicroDirect, Contender::Tarpc),
             (Contender::MicroProto, Contender::Tarpc),
             (Contender::MicroGrpc, Contender::Tonic),
             (Contender::MicroGrpc, Contender::Volo),
@@ -375,7 +412,7 @@ fn print_report(contenders: &[Contender], plan: &Plan, summary: &BTreeMap<Key, S
                 match (summary.get(&(a, payload, callers)), summary.get(&(b, payload, callers))) {
                     (Some(x), Some(y)) => {
                         any = true;
-                        let p99 = if b == Contender::Ceiling {
+                        let p99 = if matches!(b, Contender::Ceiling | Contender::CeilingMux) {
                             String::new()
                         } else {
                             format!(" (p99 {:.2})", x.p99 / y.p99)

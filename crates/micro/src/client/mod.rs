@@ -8,8 +8,11 @@ mod typed;
 pub use mucp::MucpClient;
 pub use typed::TypedClient;
 
-use micro_core::{headers, Broker, CallOptions, Error, Message, Request, Response, Result, SelectOptions, Selector};
+use micro_core::{
+    headers, Broker, CallOptions, Error, Message, Node, Request, Response, Result, SelectOptions, Selector,
+};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Publishes as every client does: the topic and a message id (unless the
@@ -45,7 +48,7 @@ pub(crate) async fn with_retries<F, Fut>(
     mut attempt_at: F,
 ) -> Result<Response>
 where
-    F: FnMut(String) -> Fut,
+    F: FnMut(Arc<Node>) -> Fut,
     Fut: Future<Output = Attempt>,
 {
     let mut exclude = Vec::new();
@@ -56,45 +59,47 @@ where
             let backoff = Duration::from_millis(10u64 << (attempt - 1).min(7)).min(Duration::from_secs(1));
             tokio::time::sleep(backoff).await;
         }
-        let (address, node_id) = match &opts.address {
-            Some(a) => (a.clone(), None),
+        // `selected`: the node came from the selector (and is told how it went).
+        let (node, selected) = match &opts.address {
+            Some(a) => (Arc::new(Node { address: a.clone(), ..Node::default() }), false),
             None => {
                 let sel = SelectOptions { exclude: exclude.clone(), protocol: Some(protocol.into()) };
-                match selector.select(&req.service, sel).await {
-                    Ok(n) => (n.address, Some(n.id)),
+                let node = match selector.select_shared(&req.service, sel).await {
+                    Ok(n) => n,
                     // Every node failed this call already: try them again.
                     Err(_) if !exclude.is_empty() => {
                         exclude.clear();
                         let sel = SelectOptions { protocol: Some(protocol.into()), ..Default::default() };
-                        let n = selector.select(&req.service, sel).await?;
-                        (n.address, Some(n.id))
+                        selector.select_shared(&req.service, sel).await?
                     }
                     Err(e) => return Err(e),
-                }
+                };
+                (node, true)
             }
         };
-        match attempt_at(address.clone()).await {
+        let address = &node.address;
+        match attempt_at(node.clone()).await {
             // Only the server's own refusal (at its limit, or stopping) is
             // retried: a 503 from a handler may come after it did its work.
             Attempt::Done(Err(e)) if e.code == 503 && e.id == "go.micro.server" && attempt < retries => {
                 tracing::debug!(service = %req.service, %address, attempt, "node busy; trying another");
-                if let Some(id) = node_id {
-                    exclude.push(id);
+                if selected {
+                    exclude.push(node.id.clone());
                 }
                 last = Some(e);
             }
             Attempt::Done(res) => {
                 // The node answered, even if with an application error: it is healthy.
-                if let Some(id) = &node_id {
-                    selector.mark(&req.service, id, Ok(()));
+                if selected {
+                    selector.mark(&req.service, &node.id, Ok(()));
                 }
                 return res;
             }
             Attempt::Conn(e) => {
                 tracing::debug!(service = %req.service, %address, error = %e.detail, attempt, "call attempt failed");
-                if let Some(id) = node_id {
-                    selector.mark(&req.service, &id, Err(&e));
-                    exclude.push(id);
+                if selected {
+                    selector.mark(&req.service, &node.id, Err(&e));
+                    exclude.push(node.id.clone());
                 }
                 last = Some(e);
             }

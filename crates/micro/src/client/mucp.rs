@@ -131,8 +131,8 @@ impl MucpClient {
 
     async fn call_inner(&self, req: &Request, opts: &CallOptions, deadline: Instant) -> Result<Response> {
         let retries = opts.retries.unwrap_or(self.opts.retries);
-        super::with_retries(&*self.opts.selector, "mucp", req, opts, retries, |address| async move {
-            self.attempt(&address, req, deadline).await
+        super::with_retries(&*self.opts.selector, "mucp", req, opts, retries, |node| async move {
+            self.attempt(&node.address, req, deadline).await
         })
         .await
     }

@@ -260,7 +260,7 @@ impl Client for GrpcClient {
         let retries = opts.retries.unwrap_or(self.opts.retries);
         // Each attempt carries the time left as its gRPC deadline, which
         // tonic enforces (one timer per call, not two).
-        with_retries(&*self.opts.selector, "grpc", &req, &opts, retries, |address| {
+        with_retries(&*self.opts.selector, "grpc", &req, &opts, retries, |node| {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let req = &req;
             async move {
@@ -271,7 +271,7 @@ impl Client for GrpcClient {
                 }
                 // tonic's own deadline covers the wait for the response's
                 // headers; this one covers a body that stalls after them.
-                match tokio::time::timeout_at(deadline, self.attempt(&address, req, left)).await {
+                match tokio::time::timeout_at(deadline, self.attempt(&node.address, req, left)).await {
                     Ok(a) => a,
                     Err(_) => Attempt::Done(Err(expired())),
                 }

@@ -1,5 +1,11 @@
 //! The built-in selectors: `random` and `roundrobin`, both over a cache of
 //! registry answers kept fresh by a registry watch.
+//!
+//! Every call by service name passes through `select`, so its path is kept
+//! to one short lock and no copies: a cached answer is an immutable
+//! snapshot behind an `Arc` (its nodes in `Arc`s too), replaced whole when
+//! a watch event changes it; nodes are picked without collecting lists;
+//! failing nodes are only looked up while some node is failing.
 
 use crate::registry::apply_event;
 use micro_core::{
@@ -30,10 +36,11 @@ struct Inner {
     registry: Arc<dyn Registry>,
     ttl: Duration,
     cache: Mutex<HashMap<String, Entry>>,
-    counters: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     watching: AtomicBool,
     /// Nodes that keep failing, by node id: consecutive failures and until when to skip them.
     blacklist: Mutex<HashMap<String, (u32, Option<Instant>)>>,
+    /// Entries in `blacklist`: while none, a call never takes its lock.
+    failing: AtomicUsize,
 }
 
 /// Consecutive connection failures after which a node is skipped.
@@ -42,8 +49,24 @@ pub const BLACKLIST_AFTER: u32 = 3;
 pub const BLACKLIST_FOR: Duration = Duration::from_secs(30);
 
 struct Entry {
-    services: Vec<Service>,
+    snapshot: Arc<Snapshot>,
     fetched: Instant,
+    /// The round-robin position, kept across snapshots.
+    turn: Arc<AtomicUsize>,
+}
+
+/// One registry answer for a service, as calls read it.
+struct Snapshot {
+    services: Vec<Service>,
+    /// Every node of every version, shared with the callers they are given to.
+    nodes: Vec<Arc<Node>>,
+}
+
+impl Snapshot {
+    fn new(services: Vec<Service>) -> Self {
+        let nodes = services.iter().flat_map(|s| s.nodes.iter().cloned().map(Arc::new)).collect();
+        Snapshot { services, nodes }
+    }
 }
 
 impl CacheSelector {
@@ -54,9 +77,9 @@ impl CacheSelector {
                 registry: opts.registry,
                 ttl: opts.cache_ttl,
                 cache: Mutex::new(HashMap::new()),
-                counters: Mutex::new(HashMap::new()),
                 watching: AtomicBool::new(false),
                 blacklist: Mutex::new(HashMap::new()),
+                failing: AtomicUsize::new(0),
             }),
             strategy,
         }
@@ -65,7 +88,7 @@ impl CacheSelector {
     /// The nodes currently cached for a service (for tests and debugging).
     pub fn cached_nodes(&self, service: &str) -> Option<Vec<Node>> {
         let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.get(service).map(|e| e.services.iter().flat_map(|s| s.nodes.clone()).collect())
+        cache.get(service).map(|e| e.snapshot.nodes.iter().map(|n| Node::clone(n)).collect())
     }
 
     fn ensure_watch(&self) {
@@ -76,15 +99,17 @@ impl CacheSelector {
         tokio::spawn(watch_loop(weak));
     }
 
-    async fn services(&self, name: &str) -> Result<Vec<Service>> {
-        {
+    /// The cached answer for `name` (fetched when missing or stale), and its
+    /// round-robin position.
+    async fn snapshot(&self, name: &str) -> Result<(Arc<Snapshot>, Arc<AtomicUsize>)> {
+        let turn = {
             let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(e) = cache.get(name) {
-                if e.fetched.elapsed() < self.inner.ttl {
-                    return Ok(e.services.clone());
-                }
+            match cache.get(name) {
+                Some(e) if e.fetched.elapsed() < self.inner.ttl => return Ok((e.snapshot.clone(), e.turn.clone())),
+                Some(e) => e.turn.clone(),
+                None => Arc::new(AtomicUsize::new(rand::rng().random_range(0..1024))),
             }
-        }
+        };
         self.ensure_watch();
         let services = self.inner.registry.get_service(name).await.map_err(|e| {
             if e.code == 404 {
@@ -93,12 +118,10 @@ impl CacheSelector {
                 Error::internal("go.micro.client", format!("error selecting {name} node: {}", e.detail))
             }
         })?;
-        self.inner
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_string(), Entry { services: services.clone(), fetched: Instant::now() });
-        Ok(services)
+        let snapshot = Arc::new(Snapshot::new(services));
+        let entry = Entry { snapshot: snapshot.clone(), fetched: Instant::now(), turn: turn.clone() };
+        self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), entry);
+        Ok((snapshot, turn))
     }
 }
 
@@ -126,7 +149,10 @@ async fn watch_loop(weak: Weak<Inner>) {
                 Ok(ev) => {
                     let mut cache = inner.cache.lock().unwrap_or_else(|p| p.into_inner());
                     if let Some(entry) = cache.get_mut(&ev.service.name) {
-                        apply_event(&mut entry.services, &ev);
+                        // Calls holding the old snapshot finish with it.
+                        let mut services = entry.snapshot.services.clone();
+                        apply_event(&mut services, &ev);
+                        entry.snapshot = Arc::new(Snapshot::new(services));
                     }
                 }
                 Err(e) => {
@@ -141,71 +167,76 @@ async fn watch_loop(weak: Weak<Inner>) {
     }
 }
 
+/// Why no node is available: a clear 404 when the service's nodes all
+/// speak another protocol than the client's.
+fn none_available(service: &str, snap: &Snapshot, opts: &SelectOptions) -> Error {
+    if let Some(want) = &opts.protocol {
+        let mut spoken: Vec<&str> =
+            snap.nodes.iter().filter_map(|n| n.metadata.get("protocol").map(String::as_str)).collect();
+        spoken.sort_unstable();
+        spoken.dedup();
+        if !spoken.is_empty() && !spoken.contains(&want.as_str()) {
+            return Error::not_found(
+                "go.micro.client",
+                format!(
+                    "service {service} has no node speaking {want}: its nodes speak {} (use --client {})",
+                    spoken.join(", "),
+                    spoken[0]
+                ),
+            );
+        }
+    }
+    Error::internal("go.micro.client", format!("service {service}: none available"))
+}
+
 #[async_trait]
 impl Selector for CacheSelector {
     async fn select(&self, service: &str, opts: SelectOptions) -> Result<Node> {
-        let services = self.services(service).await?;
-        let speaks = |n: &Node| match (&opts.protocol, n.metadata.get("protocol")) {
-            (Some(want), Some(has)) => want == has,
-            _ => true,
+        self.select_shared(service, opts).await.map(|n| Node::clone(&n))
+    }
+
+    async fn select_shared(&self, service: &str, opts: SelectOptions) -> Result<Arc<Node>> {
+        let (snap, turn) = self.snapshot(service).await?;
+        let candidate = |n: &Node| {
+            let speaks = match (&opts.protocol, n.metadata.get("protocol")) {
+                (Some(want), Some(has)) => want == has,
+                _ => true,
+            };
+            speaks && !opts.exclude.contains(&n.id)
         };
-        let candidates: Vec<&Node> = services
-            .iter()
-            .flat_map(|s| s.nodes.iter())
-            .filter(|n| speaks(n) && !opts.exclude.contains(&n.id))
-            .collect();
-        if candidates.is_empty() {
-            if let Some(want) = &opts.protocol {
-                let mut spoken: Vec<&str> = services
-                    .iter()
-                    .flat_map(|s| s.nodes.iter())
-                    .filter_map(|n| n.metadata.get("protocol").map(String::as_str))
-                    .collect();
-                spoken.sort_unstable();
-                spoken.dedup();
-                if !spoken.is_empty() && !spoken.contains(&want.as_str()) {
-                    return Err(Error::not_found(
-                        "go.micro.client",
-                        format!(
-                            "service {service} has no node speaking {want}: its nodes speak {} (use --client {})",
-                            spoken.join(", "),
-                            spoken[0]
-                        ),
-                    ));
-                }
-            }
+        // Skip nodes that keep failing, unless that would leave none.
+        let blacklist = (self.inner.failing.load(Ordering::Relaxed) > 0)
+            .then(|| self.inner.blacklist.lock().unwrap_or_else(|p| p.into_inner()));
+        let now = Instant::now();
+        let skipped = |n: &Node| {
+            blacklist.as_ref().is_some_and(|bl| bl.get(&n.id).is_some_and(|(_, until)| until.is_some_and(|u| u > now)))
+        };
+        let healthy = |n: &&Arc<Node>| candidate(n) && !skipped(n);
+        let mut count = snap.nodes.iter().filter(healthy).count();
+        let skip = count > 0;
+        if !skip {
+            count = snap.nodes.iter().filter(|n| candidate(n)).count();
         }
-        // Skip blacklisted nodes, unless that would leave none.
-        let nodes: Vec<&Node> = {
-            let now = Instant::now();
-            let bl = self.inner.blacklist.lock().unwrap_or_else(|p| p.into_inner());
-            let skipped = |n: &Node| bl.get(&n.id).is_some_and(|(_, until)| until.is_some_and(|u| u > now));
-            let ok: Vec<&Node> = candidates.iter().copied().filter(|n| !skipped(n)).collect();
-            if ok.is_empty() {
-                candidates
-            } else {
-                ok
-            }
-        };
-        if nodes.is_empty() {
-            return Err(Error::internal("go.micro.client", format!("service {service}: none available")));
+        if count == 0 {
+            return Err(none_available(service, &snap, &opts));
         }
         let i = match self.strategy {
-            Strategy::Random => rand::rng().random_range(0..nodes.len()),
-            Strategy::RoundRobin => {
-                let counter = {
-                    let mut c = self.inner.counters.lock().unwrap_or_else(|p| p.into_inner());
-                    c.entry(service.to_string())
-                        .or_insert_with(|| Arc::new(AtomicUsize::new(rand::rng().random_range(0..1024))))
-                        .clone()
-                };
-                counter.fetch_add(1, Ordering::Relaxed) % nodes.len()
-            }
+            Strategy::Random => rand::rng().random_range(0..count),
+            Strategy::RoundRobin => turn.fetch_add(1, Ordering::Relaxed) % count,
         };
-        Ok(nodes[i].clone())
+        let picked = if skip {
+            snap.nodes.iter().filter(healthy).nth(i)
+        } else {
+            snap.nodes.iter().filter(|n| candidate(n)).nth(i)
+        };
+        picked.cloned().ok_or_else(|| none_available(service, &snap, &opts))
     }
 
     fn mark(&self, _service: &str, node_id: &str, outcome: Result<(), &Error>) {
+        // The common case, every call answered: nothing is failing, no lock.
+        if outcome.is_ok() && self.inner.failing.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let mut bl = self.inner.blacklist.lock().unwrap_or_else(|p| p.into_inner());
         match outcome {
             Ok(()) => {
@@ -222,6 +253,7 @@ impl Selector for CacheSelector {
                 }
             }
         }
+        self.inner.failing.store(bl.len(), Ordering::Relaxed);
     }
 
     fn reset(&self, service: &str) {

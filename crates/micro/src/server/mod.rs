@@ -1,5 +1,6 @@
 //! The built-in `mucp` server and the typed handler adapters.
 
+mod cost;
 mod endpoints;
 mod mucp;
 mod typed;

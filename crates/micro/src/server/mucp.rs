@@ -1,3 +1,4 @@
+use super::cost::Cost;
 use super::endpoints::{unsubscribe_all, Endpoints};
 use crate::lock;
 use futures::future::BoxFuture;
@@ -61,7 +62,13 @@ impl Server for MucpServer {
         let address = listener.addr();
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let handlers = Arc::new(self.endpoints.handlers());
+        let handlers: HashMap<String, Served> = self
+            .endpoints
+            .handlers()
+            .into_iter()
+            .map(|(name, handler)| (name, Served { handler, cost: Arc::default() }))
+            .collect();
+        let handlers = Arc::new(handlers);
         let subs = self.endpoints.subscribe_all(&*self.opts.broker).await?;
 
         let (c, t) = (cancel.clone(), tracker.clone());
@@ -70,7 +77,7 @@ impl Server for MucpServer {
         let conn = Arc::new(Conn {
             handlers,
             cancel: cancel.clone(),
-            service: self.opts.name.clone(),
+            service: self.opts.name.as_str().into(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight.max(1))),
             idle_timeout: limits.idle_timeout,
             per_connection: limits.max_in_flight_per_connection.max(1),
@@ -137,11 +144,18 @@ impl Server for MucpServer {
 /// that never reads must not hold the task).
 const CLOSE_LIMIT: Duration = Duration::from_secs(5);
 
+/// A handler as the server runs it.
+struct Served {
+    handler: Handler,
+    /// Whether its calls are run on the connection's task or their own.
+    cost: Arc<Cost>,
+}
+
 /// What every connection task of a server shares.
 struct Conn {
-    handlers: Arc<HashMap<String, Handler>>,
+    handlers: Arc<HashMap<String, Served>>,
     cancel: CancellationToken,
-    service: String,
+    service: Arc<str>,
     in_flight: Arc<tokio::sync::Semaphore>,
     idle_timeout: Duration,
     /// Calls one multiplexed connection may have running.
@@ -452,22 +466,50 @@ impl Conn {
             out.extend_from_slice(&error_reply(&req, &e));
             return;
         }
-        match self.in_flight.clone().try_acquire_owned() {
-            Ok(permit) => running.push(Box::pin(async move {
-                let reply = dispatch(&self.handlers, &self.service, req, max).await;
+        let permit = match self.in_flight.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            // Over the in-flight limit: answer at once instead of queueing without bound.
+            Err(_) => return out.extend_from_slice(&busy(&req)),
+        };
+        let Some(served) = self.handlers.get(&req.endpoint) else {
+            return out.extend_from_slice(&unknown_endpoint(&req, &self.service));
+        };
+        let cost = served.cost.clone();
+        if !cost.spawns() {
+            // The fast path: run where the request was read (see `cost`).
+            running.push(Box::pin(async move {
+                let reply = cost.metered(dispatch(&served.handler, &self.service, req, max)).await;
                 drop(permit);
                 reply
-            })),
-            // Over the in-flight limit: answer at once instead of queueing without bound.
-            Err(_) => out.extend_from_slice(&busy(&req)),
+            }));
+            return;
         }
+        // An endpoint that computes gets a task of its own, so the calls
+        // beside it on this connection go on, and the runtime spreads one
+        // client's heavy calls over every worker.
+        let echo = Incoming { id: req.id.clone(), service: req.service.clone(), ..Incoming::default() };
+        let (handlers, service) = (self.handlers.clone(), self.service.clone());
+        let task = tokio::spawn(async move {
+            let reply = match handlers.get(&req.endpoint) {
+                Some(served) => cost.metered(dispatch(&served.handler, &service, req, max)).await,
+                None => unknown_endpoint(&req, &service),
+            };
+            drop(permit);
+            reply
+        });
+        // Dropped with the connection, the call is cancelled as an inline one is.
+        let task = tokio_util::task::AbortOnDropHandle::new(task);
+        running.push(Box::pin(async move {
+            task.await.unwrap_or_else(|_| error_reply(&echo, &Error::internal(ID, "the call's task was cancelled")))
+        }));
     }
 
     /// Serves one call (or answers that the server is at its limit).
     async fn call(&self, req: Incoming) -> bytes::Bytes {
-        match self.in_flight.clone().try_acquire_owned() {
-            Ok(_permit) => dispatch(&self.handlers, &self.service, req, None).await,
-            Err(_) => busy(&req),
+        let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else { return busy(&req) };
+        match self.handlers.get(&req.endpoint) {
+            Some(served) => dispatch(&served.handler, &self.service, req, None).await,
+            None => unknown_endpoint(&req, &self.service),
         }
     }
 }
@@ -621,13 +663,13 @@ impl Conn {
         for k in [headers::METHOD, headers::STREAM] {
             open.header.remove(k);
         }
-        let handler = match self.handlers.get(&endpoint) {
-            None => Err(Error::not_found(ID, format!("unknown endpoint {endpoint} of service {}", self.service))),
-            Some(h) => h
-                .stream
-                .clone()
-                .ok_or_else(|| Error::bad_request(ID, format!("{endpoint} is not a stream endpoint: call it instead"))),
-        };
+        let handler =
+            match self.handlers.get(&endpoint) {
+                None => Err(Error::not_found(ID, format!("unknown endpoint {endpoint} of service {}", self.service))),
+                Some(s) => s.handler.stream.clone().ok_or_else(|| {
+                    Error::bad_request(ID, format!("{endpoint} is not a stream endpoint: call it instead"))
+                }),
+            };
         let handler = match handler {
             Ok(h) => h,
             Err(e) => {
@@ -770,6 +812,11 @@ impl Conn {
     }
 }
 
+/// The reply to a request for an endpoint the server does not have.
+fn unknown_endpoint(req: &Incoming, service: &str) -> bytes::Bytes {
+    error_reply(req, &Error::not_found(ID, format!("unknown endpoint {} of service {service}", req.endpoint)))
+}
+
 /// The reply to a request refused because the server is at its in-flight limit.
 fn busy(req: &Incoming) -> bytes::Bytes {
     error_reply(req, &Error::unavailable(ID, "server busy: too many requests in flight"))
@@ -778,25 +825,15 @@ fn busy(req: &Incoming) -> bytes::Bytes {
 /// Serves one request and encodes the reply frame (length prefix included).
 /// A reply over `max` becomes an error reply saying so: on a connection
 /// that carries other calls, one oversized reply must not take it down.
-async fn dispatch(
-    handlers: &HashMap<String, Handler>,
-    service: &str,
-    mut req: Incoming,
-    max: Option<usize>,
-) -> bytes::Bytes {
-    let result = match handlers.get(&req.endpoint) {
-        None => Err(Error::not_found(ID, format!("unknown endpoint {} of service {service}", req.endpoint))),
-        Some(h) => {
-            let request = Request {
-                service: req.service.clone(),
-                endpoint: req.endpoint.clone(),
-                content_type: req.content_type.clone(),
-                body: std::mem::take(&mut req.body),
-                metadata: std::mem::take(&mut req.metadata),
-            };
-            invoke(&h.func, request, req.timeout, service).await
-        }
+async fn dispatch(h: &Handler, service: &str, mut req: Incoming, max: Option<usize>) -> bytes::Bytes {
+    let request = Request {
+        service: req.service.clone(),
+        endpoint: req.endpoint.clone(),
+        content_type: req.content_type.clone(),
+        body: std::mem::take(&mut req.body),
+        metadata: std::mem::take(&mut req.metadata),
     };
+    let result = invoke(&h.func, request, req.timeout, service).await;
     match result {
         Ok(resp) => {
             let extra = resp.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str()));
