@@ -30,6 +30,8 @@ target/release/micro-bench broker --messages 50000
 echo "==> RPC: unary echo, every contender's server and client in separate processes (about 12 minutes)"
 MICRO_LOG_LEVEL=warn target/release/micro-bench rpc --plugins target/bench --out target/bench \
   --callers 1,16,64,256 --payloads 64,4096 --seconds "${RPC_SECONDS:-2}" --rounds "$ROUNDS"
+echo "==> head-of-line: Pings beside a CPU-bound handler, CPU-bound calls by server threads"
+target/release/micro-bench hol --seconds 3 --rounds "$ROUNDS"
 mkdir -p docs
 cp target/bench/rpc-64.svg target/bench/rpc-4096.svg docs/
 echo "charts copied to docs/rpc-64.svg and docs/rpc-4096.svg"
