@@ -176,13 +176,21 @@ enum Command {
         max_connections: usize,
     },
     /// Create a new service crate that builds and runs
-    #[command(after_help = "Example:\n  micro new hello && cd hello && cargo run")]
+    #[command(
+        after_help = "The new crate depends on micro by version, as a published project would. For unpublished work,\nbuild against a checkout or a git repository.\n\nExamples:\n  micro new hello && cd hello && cargo run\n  micro new hello --micro-path ~/src/micro          # a checkout (its root or crates/micro)\n  micro new hello --micro-git https://github.com/you/micro --micro-rev main"
+    )]
     New {
         /// The directory to create; its name is the service name
         dir: std::path::PathBuf,
-        /// Use this micro checkout (crates/micro) instead of the one the tool was built from
-        #[arg(long)]
+        /// Depend on this micro checkout (its root or its crates/micro) instead of a version
+        #[arg(long, value_name = "DIR", conflicts_with = "micro_git")]
         micro_path: Option<std::path::PathBuf>,
+        /// Depend on micro from this git repository instead of a version
+        #[arg(long, value_name = "URL")]
+        micro_git: Option<String>,
+        /// The git revision (branch, tag or commit) of --micro-git
+        #[arg(long, value_name = "REV", requires = "micro_git")]
+        micro_rev: Option<String>,
     },
     /// Print a shell completion script
     #[command(after_help = "Example:\n  micro completion bash > /etc/bash_completion.d/micro")]
@@ -274,7 +282,7 @@ async fn plugin_command(cmd: PluginCommand, output: Output, opts: micro::plugin:
             let opts = BuildOptions { debug, target_dir, offline };
             let cfg = spec.config();
             let res = tokio::task::spawn_blocking(move || {
-                micro::plugin::build(&out, &cfg, &FrameworkSource::current(), &opts, |p| match p {
+                micro::plugin::build(&out, &cfg, &FrameworkSource::for_crate(&cfg.path)?, &opts, |p| match p {
                     Progress::Compiled { name, count } => {
                         bar.set_message(format!("compiled {count} crates, last: {name}"))
                     }
@@ -288,7 +296,8 @@ async fn plugin_command(cmd: PluginCommand, output: Output, opts: micro::plugin:
             outln!("built plugin {} ({}) -> {}", spec.name, spec.kind, path.display());
         }
         PluginCommand::Generate { spec, out } => {
-            let manifest = micro::plugin::generate(&out, &spec.config(), &FrameworkSource::current())?;
+            let config = spec.config();
+            let manifest = micro::plugin::generate(&out, &config, &FrameworkSource::for_crate(&config.path)?)?;
             outln!("generated plugin crate {}", manifest.display());
         }
         PluginCommand::Inspect { file } => {
@@ -420,12 +429,21 @@ async fn run() -> anyhow::Result<()> {
             )
             .await;
         }
-        Command::New { dir, micro_path } => {
-            let files = scaffold::generate(&dir, &scaffold::micro_dependency(micro_path.as_deref()))?;
+        Command::New { dir, micro_path, micro_git, micro_rev } => {
+            let source =
+                scaffold::MicroSource::from_flags(micro_path.as_deref(), micro_git.as_deref(), micro_rev.as_deref())?;
+            let files = scaffold::generate(&dir, &source)?;
             for f in files {
                 outln!("created {}", f.display());
             }
             outln!("\nbuild and run it:\n  cd {} && cargo run", dir.display());
+            if source == scaffold::MicroSource::Version {
+                outln!(
+                    "\nit depends on micro {} from the package registry; to build against a checkout instead:\n  micro new {} --micro-path /path/to/micro",
+                    env!("CARGO_PKG_VERSION"),
+                    dir.display()
+                );
+            }
             return Ok(());
         }
         Command::Completion { shell } => {

@@ -3,16 +3,59 @@
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
 
-/// Where the new crate takes micro from.
-pub(crate) fn micro_dependency(explicit: Option<&Path>) -> String {
-    let local = explicit.map(Path::to_path_buf).or_else(|| {
-        // The checkout this tool was built from, if it is still there.
-        let here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../micro");
-        here.join("Cargo.toml").is_file().then_some(here)
-    });
-    match local.and_then(|p| std::fs::canonicalize(p).ok()) {
-        Some(p) => format!("{{ path = {:?} }}", p.display().to_string()),
-        None => format!("\"{}\"", env!("CARGO_PKG_VERSION")),
+/// Where the new crate takes micro from: as a user's project would, a
+/// version from the package registry, unless told to use a checkout or a
+/// git repository (for unpublished work). Never silently the checkout the
+/// tool was built from: a scaffold must build on any machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MicroSource {
+    /// `micro = "X.Y.Z"` (this tool's version).
+    Version,
+    /// A micro checkout: the `crates/micro` directory.
+    Path(PathBuf),
+    /// A git repository, optionally at a revision.
+    Git { url: String, rev: Option<String> },
+}
+
+impl MicroSource {
+    /// From `--micro-path` (a checkout's root or its `crates/micro`) and
+    /// `--micro-git`/`--micro-rev`.
+    pub(crate) fn from_flags(path: Option<&Path>, git: Option<&str>, rev: Option<&str>) -> anyhow::Result<Self> {
+        match (path, git) {
+            (Some(p), _) => {
+                let p = std::fs::canonicalize(p).with_context(|| format!("--micro-path {}", p.display()))?;
+                let krate = if p.join("crates/micro/Cargo.toml").is_file() { p.join("crates/micro") } else { p };
+                let manifest = std::fs::read_to_string(krate.join("Cargo.toml")).unwrap_or_default();
+                if !manifest.lines().any(|l| l.trim() == "name = \"micro\"") {
+                    bail!(
+                        "--micro-path {}: not a micro checkout (expected its root or its crates/micro directory)",
+                        krate.display()
+                    );
+                }
+                Ok(MicroSource::Path(krate))
+            }
+            (None, Some(url)) => Ok(MicroSource::Git { url: url.to_string(), rev: rev.map(str::to_string) }),
+            (None, None) => Ok(MicroSource::Version),
+        }
+    }
+
+    /// The dependency's value in Cargo.toml.
+    pub(crate) fn dependency(&self) -> String {
+        match self {
+            MicroSource::Version => format!("\"{}\"", env!("CARGO_PKG_VERSION")),
+            MicroSource::Path(p) => format!("{{ path = {:?} }}", p.display().to_string()),
+            MicroSource::Git { url, rev: None } => format!("{{ git = {url:?} }}"),
+            MicroSource::Git { url, rev: Some(r) } => format!("{{ git = {url:?}, rev = {r:?} }}"),
+        }
+    }
+
+    /// The checkout's lock file, so that the new crate builds with the
+    /// dependency versions the checkout is tested with (and offline).
+    fn lock_file(&self) -> Option<PathBuf> {
+        match self {
+            MicroSource::Path(p) => p.ancestors().map(|a| a.join("Cargo.lock")).find(|f| f.is_file()),
+            _ => None,
+        }
     }
 }
 
@@ -27,7 +70,8 @@ fn camel(name: &str) -> String {
 }
 
 /// Writes the crate `dir` (its last component is the service name).
-pub(crate) fn generate(dir: &Path, micro: &str) -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn generate(dir: &Path, source: &MicroSource) -> anyhow::Result<Vec<PathBuf>> {
+    let micro = source.dependency();
     let name = dir.file_name().and_then(|n| n.to_str()).context("the service needs a name")?.to_string();
     if name.is_empty()
         || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
@@ -143,9 +187,7 @@ The usual micro flags and `MICRO_*` variables choose the components: see `cargo 
         std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
         written.push(p);
     }
-    // Build with the same dependency versions as this checkout, offline-friendly.
-    let lock = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.lock");
-    if micro.starts_with('{') && lock.is_file() {
+    if let Some(lock) = source.lock_file() {
         let to = dir.join("Cargo.lock");
         std::fs::copy(&lock, &to).with_context(|| format!("writing {}", to.display()))?;
         written.push(to);
@@ -161,13 +203,41 @@ mod tests {
         assert_eq!(super::camel("greeter"), "Greeter");
     }
 
+    use super::MicroSource;
+
     #[test]
     fn bad_names_and_existing_dirs_are_refused() -> Result<(), Box<dyn std::error::Error>> {
         let d = tempfile::tempdir()?;
-        assert!(super::generate(&d.path().join("9lives"), "\"0.1.0\"").is_err());
+        let e = super::generate(&d.path().join("9lives"), &MicroSource::Version).err().map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("not a valid crate name")));
         std::fs::create_dir(d.path().join("exists"))?;
-        let e = super::generate(&d.path().join("exists"), "\"0.1.0\"").err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(e.ends_with("already exists"), "{e}");
+        let e = super::generate(&d.path().join("exists"), &MicroSource::Version).err().map(|e| e.to_string());
+        assert!(e.as_deref().unwrap_or_default().ends_with("already exists"), "{e:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn by_default_micro_is_a_version_not_a_path_of_this_machine() -> Result<(), Box<dyn std::error::Error>> {
+        let d = tempfile::tempdir()?;
+        let files = super::generate(&d.path().join("svc"), &MicroSource::Version)?;
+        let manifest = std::fs::read_to_string(d.path().join("svc/Cargo.toml"))?;
+        assert!(manifest.contains(&format!("micro = \"{}\"", env!("CARGO_PKG_VERSION"))), "{manifest}");
+        assert!(!manifest.contains("path ="), "{manifest}");
+        assert!(!files.iter().any(|f| f.ends_with("Cargo.lock")), "no lock file of this checkout");
+        let git = MicroSource::Git { url: "https://example.org/micro.git".into(), rev: Some("abc123".into()) };
+        assert_eq!(git.dependency(), r#"{ git = "https://example.org/micro.git", rev = "abc123" }"#);
+        Ok(())
+    }
+
+    #[test]
+    fn micro_path_takes_a_checkout_root_or_its_crate_and_refuses_anything_else(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let krate = std::fs::canonicalize(root.join("crates/micro"))?;
+        assert_eq!(MicroSource::from_flags(Some(&root), None, None)?, MicroSource::Path(krate.clone()));
+        assert_eq!(MicroSource::from_flags(Some(&krate), None, None)?, MicroSource::Path(krate));
+        let e = MicroSource::from_flags(Some(&root.join("crates/micro-core")), None, None).err().map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("not a micro checkout")));
         Ok(())
     }
 }

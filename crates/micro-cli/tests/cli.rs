@@ -480,15 +480,59 @@ fn completion_and_help() -> TestResult {
     Ok(())
 }
 
+/// A clean copy of this repository's tracked files (as they are in the
+/// working tree), elsewhere on disk: what another user's checkout is.
+fn copy_of_repository(to: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    use std::os::unix::ffi::OsStrExt;
+    let o = Command::new("git").current_dir(root()).args(["ls-files", "-z"]).output()?;
+    if !o.status.success() {
+        return Err(format!("git ls-files: {}", err(&o)).into());
+    }
+    for rel in o.stdout.split(|b| *b == 0).filter(|f| !f.is_empty()) {
+        let rel = std::path::Path::new(std::ffi::OsStr::from_bytes(rel));
+        let from = root().join(rel);
+        if !from.is_file() {
+            continue; // deleted in the working tree
+        }
+        let to = to.join(rel);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(&from, &to)?;
+    }
+    Ok(())
+}
+
+/// What the tool generates builds anywhere: a scaffold made with
+/// `--micro-path` pointing at a copy of the repository elsewhere on disk
+/// builds (offline, with that copy's lock file) and answers; a plugin crate
+/// of that copy is built by this checkout's tool against the copy's own
+/// micro-plugin (no "package collision") and loads into this checkout's
+/// binaries; a copy whose plugin ABI differs is refused before compiling,
+/// naming both ABIs; by default a scaffold names micro by version.
 #[test]
-fn new_scaffolds_a_service_that_builds_and_answers() -> TestResult {
+fn generated_projects_build_from_another_checkout() -> TestResult {
     let w = World::new()?;
-    let dir = w.dir.path().join("hello-svc");
-    let o = w.micro(&["new", dir.to_str().ok_or("path")?])?;
+    let copy = w.dir.path().join("elsewhere").join("micro");
+    copy_of_repository(&copy)?;
+
+    // By default: a version, no path of this machine, no lock file.
+    let plain = w.dir.path().join("plain-svc");
+    let o = w.micro(&["new", plain.to_str().ok_or("path")?])?;
     assert!(o.status.success(), "{}", err(&o));
-    assert!(out(&o).contains("created"));
+    let manifest = std::fs::read_to_string(plain.join("Cargo.toml"))?;
+    assert!(manifest.contains(&format!("micro = \"{}\"", env!("CARGO_PKG_VERSION"))), "{manifest}");
+    assert!(!manifest.contains(&root().canonicalize()?.display().to_string()), "{manifest}");
+    assert!(out(&o).contains("--micro-path"), "says how to use a checkout: {}", out(&o));
+
+    let dir = w.dir.path().join("hello-svc");
+    let o = w.micro(&["new", dir.to_str().ok_or("path")?, "--micro-path", copy.to_str().ok_or("path")?])?;
+    assert!(o.status.success(), "{}", err(&o));
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml"))?;
+    let copy_crate = copy.canonicalize()?.join("crates/micro");
+    assert!(manifest.contains(&format!("micro = {{ path = {:?} }}", copy_crate.display().to_string())), "{manifest}");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let b = Command::new(cargo)
+    let b = Command::new(&cargo)
         .current_dir(&dir)
         .args(["build", "--offline", "--target-dir"])
         .arg(plugin_target())
@@ -497,19 +541,58 @@ fn new_scaffolds_a_service_that_builds_and_answers() -> TestResult {
     let mut c = Command::new(plugin_target().join("debug/hello-svc"));
     w.env(&mut c);
     let _svc = Proc(c.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
-    let t0 = Instant::now();
-    loop {
-        let o = w.micro(&["call", "hello-svc", "HelloSvc.Call", r#"{"name": "John"}"#])?;
-        if o.status.success() {
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
-            assert_eq!(v["msg"], "Hello John");
-            break;
+    let call = |extra: &[&str]| -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+        let t0 = Instant::now();
+        loop {
+            let mut args = vec!["call", "hello-svc", "HelloSvc.Call", r#"{"name": "John"}"#];
+            args.extend_from_slice(extra);
+            let o = w.micro(&args)?;
+            if o.status.success() {
+                return Ok(serde_json::from_slice(&o.stdout)?);
+            }
+            if t0.elapsed() > Duration::from_secs(20) {
+                return Err(format!("the new service never answered: {}", err(&o)).into());
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        if t0.elapsed() > Duration::from_secs(20) {
-            return Err(format!("the new service never answered: {}", err(&o)).into());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    };
+    assert_eq!(call(&[])?["msg"], "Hello John");
+
+    // The copy's brpc plugin, built by this checkout's tool, called through by this checkout's tool.
+    let so = w.dir.path().join("brpc-elsewhere.so");
+    let build = |so: &std::path::Path| {
+        Command::new(MICRO)
+            .args(["plugin", "build", "--name", "brpc", "--type", "client", "--new-func", "new_client"])
+            .args(["--debug", "--offline", "--path"])
+            .arg(copy.join("examples/plugins/brpc"))
+            .arg("-o")
+            .arg(so)
+            .arg("--target-dir")
+            .arg(plugin_target())
+            .env_remove("MICRO_SOURCE")
+            .output()
+    };
+    let o = build(&so)?;
+    assert!(o.status.success(), "{}", err(&o));
+    let generated = std::fs::read_to_string(w.dir.path().join(".micro-plugin-build/brpc/Cargo.toml"))?;
+    let copy_plugin = copy.canonicalize()?.join("crates/micro-plugin");
+    assert!(
+        generated.contains(&format!("micro-plugin = {{ path = {:?} }}", copy_plugin.display().to_string())),
+        "{generated}"
+    );
+    let so_arg = format!("--plugin={}", so.display());
+    assert_eq!(call(&[&so_arg, "--client", "brpc"])?["msg"], "Hello John");
+
+    // A checkout of another plugin ABI: refused before cargo runs, saying both.
+    let abi = copy.join("crates/micro-plugin/src/abi.rs");
+    let text = std::fs::read_to_string(&abi)?;
+    let line = text.lines().find(|l| l.starts_with("pub const ABI_VERSION: u32 =")).ok_or("no ABI_VERSION")?;
+    std::fs::write(&abi, text.replace(line, "pub const ABI_VERSION: u32 = 999;"))?;
+    let o = build(&w.dir.path().join("never.so"))?;
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    let e = err(&o);
+    assert!(e.contains("(plugin ABI 999)") && e.contains("this micro loads plugin ABI"), "{e}");
+    assert!(!w.dir.path().join("never.so").exists());
     Ok(())
 }
 

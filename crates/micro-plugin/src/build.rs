@@ -43,6 +43,43 @@ impl FrameworkSource {
         }
     }
 
+    /// The framework the implementation crate in `dir` is built against,
+    /// so that the generated crate uses the very same `micro-plugin` (two
+    /// copies of it would not link, and two checkouts of one version make
+    /// cargo fail with "package collision in the lockfile"):
+    ///
+    /// * `MICRO_SOURCE` (a workspace root), when set, wins;
+    /// * else the crate's own `micro-plugin` dependency, or the
+    ///   `micro-plugin` beside its `micro` path dependency (a checkout);
+    /// * a crate taking micro from crates.io gets this program's version,
+    ///   pinned exactly; a crate cargo cannot describe gets
+    ///   [`current`](Self::current).
+    ///
+    /// A checkout whose plugin ABI is not this program's is refused here,
+    /// before anything is compiled, saying which ABI each side has.
+    pub fn for_crate(dir: &Path) -> Result<Self, BuildError> {
+        if std::env::var_os("MICRO_SOURCE").is_some() {
+            return Ok(Self::current());
+        }
+        let Some(source) = crate_framework(dir) else { return Ok(Self::current()) };
+        if let FrameworkSource::Path(p) = &source {
+            if let Some(abi) = abi_of_checkout(p) {
+                if abi != crate::abi::ABI_VERSION {
+                    return Err(BuildError::Config(format!(
+                        "{} is built against micro-plugin at {} (plugin ABI {abi}), but this micro loads plugin ABI {}: \
+                         build it with the micro tool of that checkout, or point the crate's micro dependency at a \
+                         checkout with ABI {}",
+                        dir.display(),
+                        p.display(),
+                        crate::abi::ABI_VERSION,
+                        crate::abi::ABI_VERSION
+                    )));
+                }
+            }
+        }
+        Ok(source)
+    }
+
     fn dependency(&self) -> String {
         match self {
             FrameworkSource::Path(p) => format!("{{ path = {:?} }}", p.display().to_string()),
@@ -57,6 +94,77 @@ impl FrameworkSource {
             FrameworkSource::Version(_) => None,
         }
     }
+}
+
+/// Where the crate in `dir` takes `micro-plugin` from, by `cargo metadata`
+/// (`--no-deps`: nothing is resolved or downloaded); `None` when cargo
+/// cannot say or the crate depends on neither `micro-plugin` nor `micro`.
+fn crate_framework(dir: &Path) -> Option<FrameworkSource> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = std::fs::canonicalize(dir.join("Cargo.toml")).ok()?;
+    let out = Command::new(cargo)
+        .args(["metadata", "--no-deps", "--offline", "--format-version", "1", "--manifest-path"])
+        .arg(&manifest)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let package = v["packages"]
+        .as_array()?
+        .iter()
+        .find(|p| p["manifest_path"].as_str().map(Path::new) == Some(manifest.as_path()))?;
+    let deps = package["dependencies"].as_array()?;
+    let normal = |name: &str| deps.iter().find(|d| d["name"] == name && d["kind"].is_null());
+    let (dep, beside) = match (normal("micro-plugin"), normal("micro")) {
+        (Some(d), _) => (d, None),
+        (None, Some(d)) => (d, Some("micro-plugin")),
+        (None, None) => return None,
+    };
+    match dep["path"].as_str() {
+        Some(path) => {
+            let path = match beside {
+                Some(sibling) => Path::new(path).parent()?.join(sibling),
+                None => PathBuf::from(path),
+            };
+            path.join("Cargo.toml").is_file().then(|| FrameworkSource::Path(path))
+        }
+        None => Some(FrameworkSource::Version(env!("CARGO_PKG_VERSION").to_string())),
+    }
+}
+
+/// The plugin ABI version a `micro-plugin` checkout declares, read from its
+/// source (`pub const ABI_VERSION: u32 = N;`).
+fn abi_of_checkout(dir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(dir.join("src").join("abi.rs")).ok()?;
+    text.lines().find_map(|l| {
+        l.trim().strip_prefix("pub const ABI_VERSION: u32 =")?.trim().trim_end_matches(';').trim().parse().ok()
+    })
+}
+
+/// What to tell a user about a cargo failure that comes from where the
+/// framework was taken, rather than from their code.
+fn hint_for(output: &str) -> Option<String> {
+    if output.contains("package collision in the lockfile") {
+        return Some(
+            "hint: the plugin crate and the generated crate take micro-plugin from two different checkouts; \
+             set MICRO_SOURCE to the checkout the plugin crate depends on"
+                .into(),
+        );
+    }
+    if output.contains("no matching package named `micro-plugin`")
+        || output.contains("no matching package named `micro`")
+        || output.contains("failed to select a version for the requirement `micro-plugin")
+    {
+        return Some(format!(
+            "hint: micro-plugin {} is not available from the package registry here; build against a checkout: \
+             set MICRO_SOURCE=/path/to/micro, or make the plugin crate depend on micro by path",
+            env!("CARGO_PKG_VERSION")
+        ));
+    }
+    None
 }
 
 /// Why generating or building failed.
@@ -283,11 +391,12 @@ pub fn build(
             .iter()
             .filter(|l| !l.trim_start().starts_with("Compiling") && !l.trim_start().starts_with("Downloaded"))
             .collect();
-        return Err(BuildError::Cargo {
-            name: cfg.name.clone(),
-            dir,
-            output: relevant.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
-        });
+        let mut output = relevant.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n");
+        if let Some(hint) = hint_for(&output) {
+            output.push_str("\n");
+            output.push_str(&hint);
+        }
+        return Err(BuildError::Cargo { name: cfg.name.clone(), dir, output });
     }
     for l in errors.iter().filter(|l| l.contains("warning")) {
         progress(Progress::Line(l.clone()));
