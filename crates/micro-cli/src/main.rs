@@ -36,6 +36,39 @@ fn write_stdout(bytes: &[u8]) {
     }
 }
 
+/// Prints a table whose columns are as wide as their widest cell (by
+/// characters), two spaces apart; the last column is not padded.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    write_stdout(table(header, rows).as_bytes());
+}
+
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let cols = header.len();
+    let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, cell) in r.iter().enumerate().take(cols) {
+            width[i] = width[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut l = String::new();
+        for (i, cell) in cells.enumerate().take(cols) {
+            l.push_str(cell);
+            if i + 1 < cols {
+                l.extend(std::iter::repeat_n(' ', width[i] - cell.chars().count() + 2));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for r in rows {
+        line(&mut r.iter().map(String::as_str));
+    }
+    out
+}
+
 /// Writes a line to stderr, ignoring a stderr that went away.
 fn errln(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
@@ -50,7 +83,7 @@ fn errln(args: std::fmt::Arguments<'_>) {
     after_help = "Examples:\n  micro services\n  micro describe greeter\n  micro call greeter Greeter.Hello '{\"name\": \"John\"}'\n  micro publish events '{\"id\": 1}' --broker http\n  micro subscribe events --broker http\n  micro health greeter\n  micro api --address 127.0.0.1:8080\n  micro new hello"
 )]
 struct Cli {
-    /// Output format
+    /// Output format: tables for people, JSON for programs
     #[arg(long, value_enum, default_value_t = Output::Table, env = "MICRO_OUTPUT", global = true)]
     output: Output,
     #[command(flatten)]
@@ -59,11 +92,11 @@ struct Cli {
     command: Command,
 }
 
+// The variants carry no doc comments: clap would turn them into a
+// "Possible values" list and every help into its long, spread-out form.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Output {
-    /// Human-readable tables
     Table,
-    /// JSON
     Json,
 }
 
@@ -206,7 +239,7 @@ struct PluginSpec {
     #[arg(long)]
     name: String,
     /// The plugin's type
-    #[arg(long = "type", value_parser = ["broker", "client", "registry", "selector", "server", "transport"])]
+    #[arg(long = "type", value_name = "TYPE", value_parser = ["broker", "client", "registry", "selector", "server", "transport"])]
     kind: String,
     /// The crate that holds the implementation
     #[arg(long)]
@@ -257,7 +290,7 @@ enum PluginCommand {
         #[command(flatten)]
         spec: PluginSpec,
         /// The directory to write the crate into
-        #[arg(short = 'o', long = "out")]
+        #[arg(short = 'o', long = "out", value_name = "DIR")]
         out: std::path::PathBuf,
     },
     /// Show a plugin's Name, Type, Path, NewFunc, build information, and whether this host can load it
@@ -293,12 +326,20 @@ async fn plugin_command(cmd: PluginCommand, output: Output, opts: micro::plugin:
             .await?;
             let (path, bar) = res?;
             bar.finish_and_clear();
-            outln!("built plugin {} ({}) -> {}", spec.name, spec.kind, path.display());
+            if output == Output::Json {
+                outln!("{}", serde_json::json!({ "name": spec.name, "type": spec.kind, "file": path }));
+            } else {
+                outln!("built plugin {} ({}) -> {}", spec.name, spec.kind, path.display());
+            }
         }
         PluginCommand::Generate { spec, out } => {
             let config = spec.config();
             let manifest = micro::plugin::generate(&out, &config, &FrameworkSource::for_crate(&config.path)?)?;
-            outln!("generated plugin crate {}", manifest.display());
+            if output == Output::Json {
+                outln!("{}", serde_json::json!({ "name": spec.name, "type": spec.kind, "manifest": manifest }));
+            } else {
+                outln!("generated plugin crate {}", manifest.display());
+            }
         }
         PluginCommand::Inspect { file } => {
             let host = micro::plugin::BuildInfo::host();
@@ -409,13 +450,117 @@ fn json_body(text: &str) -> anyhow::Result<bytes::Bytes> {
     Ok(serde_json::to_vec(&v)?.into())
 }
 
+/// The micro flags each command's help shows: those it uses. Every flag is
+/// accepted by every command (a script may set `MICRO_*` for all of them);
+/// the others are only left out of that command's `--help`.
+fn flags_shown(command: &str) -> &'static [&'static str] {
+    const REGISTRY: &[&str] = &["registry", "registry_address", "plugin"];
+    const CALLS: &[&str] = &[
+        "registry",
+        "registry_address",
+        "plugin",
+        "client",
+        "selector",
+        "transport",
+        "client_request_timeout",
+        "client_retries",
+        "transport_tls_ca",
+        "transport_tls_cert",
+        "transport_tls_key",
+        "max_message_size",
+    ];
+    const BROKER: &[&str] = &["broker", "broker_address", "plugin"];
+    const LOADING: &[&str] = &["plugin_allow_insecure", "plugin_allow_panic_abort"];
+    match command {
+        "services" | "describe" => REGISTRY,
+        "call" | "health" | "api" => CALLS,
+        "publish" | "subscribe" => BROKER,
+        "plugin inspect" => LOADING,
+        _ => &[],
+    }
+}
+
+/// Flags of services that the tool never uses (it serves nothing and
+/// registers nothing): accepted, left out of every help.
+const SERVER_ONLY: &[&str] = &[
+    "register_ttl",
+    "register_interval",
+    "server",
+    "server_name",
+    "server_version",
+    "server_id",
+    "server_address",
+    "server_advertise",
+    "server_metadata",
+    "transport_address",
+    "server_max_connections",
+    "server_max_in_flight",
+    "server_idle_timeout",
+    "server_max_in_flight_per_connection",
+    "server_first_message_timeout",
+    "client_pool_size",
+    "client_pool_ttl",
+];
+
+/// The command line, with each command's help trimmed to what it uses:
+/// `micro --help` lists the component flags under their heading, and
+/// `micro <command> --help` the few of them that command uses.
+///
+/// clap copies a global flag into each subcommand that has no flag of
+/// that id when it builds the command, so a subcommand is given its own
+/// hidden copy of each global flag it does not use, before building:
+/// parsing is unchanged, only the help differs.
+fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let globals: Vec<clap::Arg> = cmd.get_arguments().filter(|a| a.is_global_set()).cloned().collect();
+    for id in SERVER_ONLY {
+        cmd = cmd.mut_arg(*id, |a| a.hide(true));
+    }
+    fn trim(mut sc: clap::Command, path: &str, globals: &[clap::Arg]) -> clap::Command {
+        let shown = flags_shown(path);
+        for g in globals {
+            let id = g.get_id().as_str();
+            let keep = (id == "output" && path != "completion") || shown.contains(&id);
+            if sc.get_arguments().any(|a| a.get_id() == id) {
+                continue;
+            }
+            sc = sc.arg(g.clone().hide(!keep));
+        }
+        let subs: Vec<String> = sc.get_subcommands().map(|c| c.get_name().to_string()).collect();
+        for s in subs {
+            let inner = format!("{path} {s}");
+            let globals = globals.to_vec();
+            sc = sc.mut_subcommand(&s, move |c| trim(c, &inner, &globals));
+        }
+        const NOTE: &str = "Every micro flag (--registry, --broker, --client, …; see `micro --help`) works here too.";
+        let help = match sc.get_after_help() {
+            Some(h) => format!("{h}\n\n{NOTE}"),
+            None => NOTE.to_string(),
+        };
+        sc.after_help(help)
+    }
+    let subs: Vec<String> = cmd.get_subcommands().map(|c| c.get_name().to_string()).collect();
+    for s in subs {
+        let globals = globals.clone();
+        let path = s.clone();
+        cmd = cmd.mut_subcommand(&s, move |c| trim(c, &path, &globals));
+    }
+    cmd
+}
+
 fn main() -> std::process::ExitCode {
     micro::run_main(run())
 }
 
 async fn run() -> anyhow::Result<()> {
     micro::init_logging();
-    let cli = Cli::parse();
+    let matches = command().get_matches();
+    let output_given = matches.value_source("output") == Some(clap::parser::ValueSource::CommandLine);
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     // Commands that need no components.
     match cli.command {
         Command::Plugin(cmd) => {
@@ -433,6 +578,11 @@ async fn run() -> anyhow::Result<()> {
             let source =
                 scaffold::MicroSource::from_flags(micro_path.as_deref(), micro_git.as_deref(), micro_rev.as_deref())?;
             let files = scaffold::generate(&dir, &source)?;
+            if cli.output == Output::Json {
+                let created: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+                outln!("{}", serde_json::json!({ "created": created, "micro": source.dependency() }));
+                return Ok(());
+            }
             for f in files {
                 outln!("created {}", f.display());
             }
@@ -448,6 +598,9 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Completion { shell } => {
             use clap::CommandFactory;
+            if output_given {
+                bail!("--output does not apply to `micro completion`: it prints a shell script");
+            }
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "micro", &mut script);
             write_stdout(&script);
@@ -475,10 +628,11 @@ async fn run() -> anyhow::Result<()> {
                     .collect();
                 outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                outln!("{:<32} {:<16} {:>5}", "NAME", "VERSIONS", "NODES");
-                for (name, (versions, nodes)) in rows {
-                    outln!("{:<32} {:<16} {:>5}", name, versions.join(","), nodes);
-                }
+                let rows: Vec<Vec<String>> = rows
+                    .into_iter()
+                    .map(|(name, (versions, nodes))| vec![name, versions.join(","), nodes.to_string()])
+                    .collect();
+                print_table(&["NAME", "VERSIONS", "NODES"], &rows);
             }
         }
         Command::Describe { service } => {
@@ -488,18 +642,25 @@ async fn run() -> anyhow::Result<()> {
             } else {
                 for s in services {
                     outln!("service  {}  version {}", s.name, s.version);
-                    outln!("\n{:<48} {:<24} METADATA", "NODE", "ADDRESS");
-                    for n in &s.nodes {
-                        let mut md: Vec<String> = n.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                        md.sort();
-                        outln!("{:<48} {:<24} {}", n.id, n.address, md.join(","));
-                    }
-                    outln!("\n{:<32} {:<24} RESPONSE", "ENDPOINT", "REQUEST");
-                    for e in &s.endpoints {
-                        let shape =
-                            |v: &Option<micro::core::Value>| v.as_ref().map(|v| v.kind.clone()).unwrap_or_default();
-                        outln!("{:<32} {:<24} {}", e.name, shape(&e.request), shape(&e.response));
-                    }
+                    outln!();
+                    let nodes: Vec<Vec<String>> = s
+                        .nodes
+                        .iter()
+                        .map(|n| {
+                            let mut md: Vec<String> = n.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                            md.sort();
+                            vec![n.id.clone(), n.address.clone(), md.join(",")]
+                        })
+                        .collect();
+                    print_table(&["NODE", "ADDRESS", "METADATA"], &nodes);
+                    outln!();
+                    let shape = |v: &Option<micro::core::Value>| v.as_ref().map(|v| v.kind.clone()).unwrap_or_default();
+                    let endpoints: Vec<Vec<String>> = s
+                        .endpoints
+                        .iter()
+                        .map(|e| vec![e.name.clone(), shape(&e.request), shape(&e.response)])
+                        .collect();
+                    print_table(&["ENDPOINT", "REQUEST", "RESPONSE"], &endpoints);
                     outln!();
                 }
             }
@@ -536,8 +697,7 @@ async fn run() -> anyhow::Result<()> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let v: serde_json::Value = serde_json::from_slice(&resp.body).context("the response is not JSON")?;
-            outln!("{}", serde_json::to_string_pretty(&v)?);
+            print_json(&resp.body, cli.output)?;
         }
         Command::Plugin(_) | Command::New { .. } | Command::Completion { .. } => {}
         Command::Subscribe { topic, queue, count } => {
@@ -637,17 +797,15 @@ async fn run() -> anyhow::Result<()> {
             if cli.output == Output::Json {
                 outln!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                outln!("{:<48} {:<24} {:<10} DETAIL", "NODE", "ADDRESS", "STATUS");
-                for r in &rows {
-                    let status = if r["healthy"] == true { "healthy" } else { "unhealthy" };
-                    outln!(
-                        "{:<48} {:<24} {:<10} {}",
-                        r["id"].as_str().unwrap_or(""),
-                        r["address"].as_str().unwrap_or(""),
-                        status,
-                        r["detail"].as_str().unwrap_or("")
-                    );
-                }
+                let cells: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        let text = |k: &str| r[k].as_str().unwrap_or("").to_string();
+                        let status = if r["healthy"] == true { "healthy" } else { "unhealthy" };
+                        vec![text("id"), text("address"), status.to_string(), text("detail")]
+                    })
+                    .collect();
+                print_table(&["NODE", "ADDRESS", "STATUS", "DETAIL"], &cells);
             }
             if !all {
                 bail!(
@@ -665,7 +823,11 @@ async fn run() -> anyhow::Result<()> {
                 format!("listening on {address} (HOST:PORT, e.g. 127.0.0.1:8080 or localhost:8080)")
             })?;
             let bound = listener.local_addr()?;
-            outln!("micro api listening on http://{bound}");
+            if cli.output == Output::Json {
+                outln!("{}", serde_json::json!({ "listening": format!("http://{bound}") }));
+            } else {
+                outln!("micro api listening on http://{bound}");
+            }
             use std::io::Write;
             let _ = std::io::stdout().flush();
             let mut origins: Vec<String> =
@@ -713,5 +875,29 @@ mod tests {
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+        super::command().debug_assert();
+    }
+
+    #[test]
+    fn table_columns_align_whatever_the_width_of_their_cells() {
+        let rows = vec![
+            vec!["greeter".to_string(), "1.0.0".to_string(), "1".to_string()],
+            vec!["micro.http.broker".to_string(), "ff.http.broadcast".to_string(), "12".to_string()],
+            vec!["é".to_string(), "".to_string(), "3".to_string()],
+        ];
+        let t = super::table(&["NAME", "VERSIONS", "NODES"], &rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        // Every column starts at the same character offset on every line.
+        let start =
+            |line: &str, col: &str| line.chars().collect::<String>().find(col).map(|b| line[..b].chars().count());
+        let versions = start(lines[0], "VERSIONS");
+        let nodes = start(lines[0], "NODES");
+        assert_eq!(start(lines[1], "1.0.0"), versions, "{t}");
+        assert_eq!(start(lines[2], "ff.http.broadcast"), versions, "{t}");
+        assert_eq!(start(lines[2], "12"), nodes, "{t}");
+        assert_eq!(start(lines[3], "3"), nodes, "{t}");
+        assert_eq!(lines[1], "greeter            1.0.0              1");
+        assert!(t.lines().all(|l| !l.ends_with(' ')), "no trailing spaces: {t:?}");
     }
 }

@@ -469,14 +469,52 @@ fn completion_and_help() -> TestResult {
     let o = Command::new(MICRO).args(["completion", "bash"]).output()?;
     assert!(o.status.success());
     assert!(out(&o).contains("_micro()"), "a bash completion function");
-    for cmd in ["services", "describe", "call", "publish", "subscribe", "health", "api", "new", "plugin", "completion"]
-    {
-        let o = Command::new(MICRO).args([cmd, "--help"]).output()?;
-        assert!(o.status.success(), "{cmd} --help");
+    // Each command's help: its own flags, the micro flags it uses (and no
+    // server flag the tool never uses), an example, and one screen for the
+    // commands typed most.
+    let uses: &[(&[&str], &[&str])] = &[
+        (&["services"], &["--registry <REGISTRY>"]),
+        (&["describe"], &["--registry <REGISTRY>"]),
+        (&["call"], &["--registry <REGISTRY>", "--client <CLIENT>", "--stream", "--output <OUTPUT>"]),
+        (&["publish"], &["--broker <BROKER>"]),
+        (&["subscribe"], &["--broker <BROKER>", "--queue <QUEUE>"]),
+        (&["health"], &["--registry <REGISTRY>", "--client <CLIENT>"]),
+        (&["api"], &["--registry <REGISTRY>", "--cors-origin"]),
+        (&["new"], &["--micro-path <DIR>", "--micro-git <URL>"]),
+        (&["plugin", "build"], &["--out <FILE.so>", "--type <TYPE>"]),
+        (&["plugin", "generate"], &["--out <DIR>"]),
+        (&["plugin", "inspect"], &["--plugin-allow-insecure"]),
+        (&["completion"], &[]),
+    ];
+    for (cmd, flags) in uses {
+        let o = Command::new(MICRO).args(*cmd).arg("--help").output()?;
+        assert!(o.status.success(), "{cmd:?} --help");
         let text = out(&o);
-        assert!(text.contains("Usage: micro"), "{cmd}: {text}");
-        assert!(text.contains("--registry <REGISTRY>"), "global flags on {cmd}");
+        assert!(text.contains("Usage: micro"), "{cmd:?}: {text}");
+        for f in *flags {
+            assert!(text.contains(f), "{cmd:?} --help lists {f}:\n{text}");
+        }
+        for f in ["--server-name", "--register-ttl", "--server-max-in-flight", "--client-pool-size"] {
+            assert!(!text.contains(f), "{cmd:?} --help leaves out {f}:\n{text}");
+        }
+        if !["publish", "subscribe"].contains(&cmd[0]) {
+            assert!(!text.contains("--broker <BROKER>"), "{cmd:?} --help leaves out the broker:\n{text}");
+        }
+        assert!(text.contains("Example"), "{cmd:?} --help has an example:\n{text}");
+        if ["services", "describe", "call", "publish", "subscribe", "health"].contains(&cmd[0]) {
+            let lines = text.lines().count();
+            assert!(lines <= 60, "{cmd:?} --help fits on one screen: {lines} lines:\n{text}");
+        }
     }
+    // The flags left out of a command's help still work there.
+    let o = Command::new(MICRO).args(["services", "--server-name", "x", "--help"]).output()?;
+    assert!(o.status.success(), "{}", err(&o));
+    // --output: honoured by every command that prints, refused where it cannot apply.
+    let o = Command::new(MICRO).args(["completion", "bash", "--output", "json"]).output()?;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("--output does not apply to `micro completion`"), "{}", err(&o));
+    let o = Command::new(MICRO).args(["completion", "bash"]).env("MICRO_OUTPUT", "json").output()?;
+    assert!(o.status.success(), "an exported MICRO_OUTPUT does not break completion: {}", err(&o));
     Ok(())
 }
 
@@ -813,4 +851,170 @@ fn errors_say_what_to_do() -> TestResult {
     assert_eq!(o.status.code(), Some(1));
     assert!(err(&o).contains("needs a port: HOST:PORT, e.g. 127.0.0.1:8080 or localhost:8080"), "{}", err(&o));
     Ok(())
+}
+
+/// A README sample: commands (after `$ `) and the output each should print.
+struct Sample {
+    name: String,
+    steps: Vec<(String, Vec<String>)>,
+}
+
+/// Every block of the README marked `<!-- sample: NAME -->`.
+fn readme_samples() -> Result<Vec<Sample>, Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(root().join("README.md"))?;
+    let mut samples = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let Some(name) = line.trim().strip_prefix("<!-- sample:").and_then(|r| r.strip_suffix("-->")) else { continue };
+        let fence = lines.next().unwrap_or_default();
+        if !fence.starts_with("```") {
+            return Err(format!("sample {name}: no code block after the marker").into());
+        }
+        let mut steps: Vec<(String, Vec<String>)> = Vec::new();
+        for l in lines.by_ref() {
+            if l.starts_with("```") {
+                break;
+            }
+            match (l.strip_prefix("$ "), steps.last_mut()) {
+                (Some(cmd), _) => steps.push((cmd.to_string(), Vec::new())),
+                (None, Some((_, out))) => out.push(l.to_string()),
+                (None, None) => return Err(format!("sample {name}: output before any command").into()),
+            }
+        }
+        for (_, out) in &mut steps {
+            while out.last().is_some_and(|l| l.trim().is_empty()) {
+                out.pop();
+            }
+        }
+        samples.push(Sample { name: name.trim().to_string(), steps });
+    }
+    Ok(samples)
+}
+
+/// A line as compared: its words, with node uuids and loopback ports that
+/// differ from run to run replaced (column widths follow from them).
+fn words(line: &str) -> Vec<String> {
+    line.split_whitespace()
+        .map(|w| {
+            let mut w = w.to_string();
+            if let Some(i) = w.find("127.0.0.1:") {
+                let (head, tail) = w.split_at(i + "127.0.0.1:".len());
+                let rest: String = tail.trim_start_matches(|c: char| c.is_ascii_digit()).to_string();
+                w = format!("{head}PORT{rest}");
+            }
+            // A uuid: 8-4-4-4-12 hex digits.
+            let b = w.as_bytes();
+            let shape = [8, 4, 4, 4, 12];
+            for start in 0..b.len() {
+                let mut at = start;
+                let ok = shape.iter().enumerate().all(|(k, n)| {
+                    let hex = b.get(at..at + n).is_some_and(|s| s.iter().all(u8::is_ascii_hexdigit));
+                    at += n;
+                    let dash = k == 4 || b.get(at) == Some(&b'-');
+                    at += usize::from(k < 4);
+                    hex && dash
+                });
+                if ok {
+                    w = format!("{}UUID{}", &w[..start], &w[at..]);
+                    break;
+                }
+            }
+            w
+        })
+        .collect()
+}
+
+/// Whether an actual line matches an expected one: the same words, where an
+/// expected word `…/rest` matches any word ending in `/rest`.
+fn line_matches(expected: &str, actual: &str) -> bool {
+    let (e, a) = (words(expected), words(actual));
+    e.len() == a.len()
+        && e.iter().zip(&a).all(|(e, a)| e == a || e.strip_prefix('…').is_some_and(|rest| a.ends_with(rest)))
+}
+
+/// Whether the actual output matches the expected lines; a line `…` stands
+/// for any number of lines.
+fn output_matches(expected: &[String], actual: &[&str]) -> bool {
+    match expected.split_first() {
+        None => actual.iter().all(|l| l.trim().is_empty()),
+        Some((e, rest)) if e.trim() == "…" => (0..=actual.len()).any(|skip| output_matches(rest, &actual[skip..])),
+        Some((e, rest)) => {
+            actual.split_first().is_some_and(|(a, more)| line_matches(e, a) && output_matches(rest, more))
+        }
+    }
+}
+
+/// The README's samples are what the tool prints: each marked block's
+/// commands run against a greeter (with `MICRO_BROKER=http`, as the README
+/// says) and the brpc plugin, and their output is compared line by line;
+/// the plugin ABI version in the error table is the host's.
+#[test]
+fn readme_samples_are_what_the_tool_prints() -> TestResult {
+    let samples = readme_samples()?;
+    let names: Vec<&str> = samples.iter().map(|s| s.name.as_str()).collect();
+    for want in ["services", "call", "stream", "health", "inspect"] {
+        assert!(names.contains(&want), "the README has the {want} sample: {names:?}");
+    }
+    let w = World::new()?;
+    let _svc = w.greeter()?;
+    w.registered()?;
+    // The services sample lists the http broker's record too.
+    let t0 = Instant::now();
+    while !out(&w.micro(&["services"])?).contains("micro.http.broker") {
+        if t0.elapsed() > Duration::from_secs(20) {
+            return Err("the http broker never registered".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cwd = w.dir.path().join("samples");
+    std::fs::create_dir_all(&cwd)?;
+    std::fs::copy(example_plugin("brpc", "client", "new_client"), cwd.join("brpc.so"))?;
+    let bin_dir = std::path::Path::new(MICRO).parent().ok_or("bin dir")?;
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    for sample in &samples {
+        let mut last = 0;
+        for (cmd, expected) in &sample.steps {
+            let (text, code) = if cmd.trim() == "echo $?" {
+                (format!("{last}\n"), 0)
+            } else {
+                let mut c = Command::new("sh");
+                w.env(&mut c);
+                let o = c.current_dir(&cwd).env("PATH", &path).args(["-c", &format!("{cmd} 2>&1")]).output()?;
+                (out(&o), o.status.code().unwrap_or(-1))
+            };
+            last = code;
+            let actual: Vec<&str> = text.lines().collect();
+            assert!(
+                output_matches(expected, &actual),
+                "README sample {}: `{cmd}` printed\n{text}\nbut the README says\n{}",
+                sample.name,
+                expected.join("\n")
+            );
+        }
+    }
+    // The error table's ABI mismatch row names the host's ABI version.
+    let o = w.micro(&["plugin", "inspect", cwd.join("brpc.so").to_str().ok_or("path")?, "--output", "json"])?;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    let abi = v["host"]["abi_version"].as_u64().ok_or("host abi_version")?;
+    let readme = std::fs::read_to_string(root().join("README.md"))?;
+    let row =
+        readme.lines().find(|l| l.contains("plugin ABI version mismatch: plugin has")).ok_or("no ABI error row")?;
+    assert!(row.contains(&format!("host has {abi}:")), "the README's error table names ABI {abi}: {row}");
+    Ok(())
+}
+
+#[test]
+fn readme_sample_matching_is_strict_where_it_should_be() {
+    let e = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert!(line_matches(
+        "greeter-98f1687f-f40d-40e1-95dc-afd2d17afe44  127.0.0.1:33467  healthy",
+        "greeter-da0b9ea1-e45a-4ebd-90fd-47fc60a0b777     127.0.0.1:1  healthy"
+    ));
+    assert!(!line_matches("greeter 127.0.0.1:1 healthy", "greeter 127.0.0.1:1 unhealthy"));
+    assert!(line_matches("File: …/brpc.so", "File: /tmp/x/brpc.so"));
+    assert!(!line_matches("File: …/brpc.so", "File: /tmp/x/tcpx.so"));
+    assert!(output_matches(&e(&["a", "…", "z"]), &["a", "b", "c", "z"]));
+    assert!(output_matches(&e(&["a", "…", "z"]), &["a", "z"]));
+    assert!(!output_matches(&e(&["a", "z"]), &["a", "b", "z"]));
+    assert!(!output_matches(&e(&["a"]), &["a", "extra"]));
 }
