@@ -129,7 +129,7 @@ fn crate_framework(dir: &Path) -> Option<FrameworkSource> {
                 Some(sibling) => Path::new(path).parent()?.join(sibling),
                 None => PathBuf::from(path),
             };
-            path.join("Cargo.toml").is_file().then(|| FrameworkSource::Path(path))
+            path.join("Cargo.toml").is_file().then_some(FrameworkSource::Path(path))
         }
         None => Some(FrameworkSource::Version(env!("CARGO_PKG_VERSION").to_string())),
     }
@@ -393,7 +393,7 @@ pub fn build(
             .collect();
         let mut output = relevant.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n");
         if let Some(hint) = hint_for(&output) {
-            output.push_str("\n");
+            output.push('\n');
             output.push_str(&hint);
         }
         return Err(BuildError::Cargo { name: cfg.name.clone(), dir, output });
