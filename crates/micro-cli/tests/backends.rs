@@ -263,8 +263,10 @@ async fn nats_restart_during_a_publish_stream_loses_only_what_was_in_flight() ->
     let sent = Arc::new(AtomicUsize::new(0));
     let s = sent.clone();
     let stream = tokio::spawn(async move {
+        // Every publish succeeds, the ones made while the server is down
+        // included (the client buffers them until it reconnects).
         for i in 1..=300u32 {
-            let _ = publisher.publish("stream", Message::new(i.to_string())).await;
+            publisher.publish("stream", Message::new(i.to_string())).await?;
             s.store(i as usize, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -285,9 +287,19 @@ async fn nats_restart_during_a_publish_stream_loses_only_what_was_in_flight() ->
     let got = got.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let lost = 300 - got.len();
     println!("nats restart during a 300-message stream: {lost} lost, {} received", got.len());
+    // What is guaranteed (the README says the same): the subscriber resumes;
+    // what was delivered before the kill arrived (bar what the server held
+    // when it died); and from the first message that arrives after the
+    // restart on, none is lost or duplicated — loss is confined to the outage.
     assert!(got.contains(&300), "the subscriber resumed after the restart");
     assert!(got.iter().filter(|&&n| n <= 100).count() >= 95, "messages before the restart arrived");
-    assert!(lost < 150, "lost {lost} of 300");
+    let resumed = got.iter().copied().filter(|&n| n > 100).min().ok_or("nothing arrived after the restart")?;
+    let after: Vec<u32> = got.iter().copied().filter(|&n| n >= resumed).collect();
+    assert_eq!(
+        after,
+        (resumed..=300).collect::<Vec<_>>(),
+        "after resuming at {resumed}: a gap, a duplicate or disorder"
+    );
     Ok(())
 }
 

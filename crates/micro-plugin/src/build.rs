@@ -443,7 +443,8 @@ mod tests {
             path: "/nonexistent".into(),
             new_func: "f".into(),
         };
-        assert!(generate(Path::new("/tmp/never"), &cfg, &FrameworkSource::Version("0".into())).is_err());
+        let e = generate(Path::new("/tmp/never"), &cfg, &FrameworkSource::Version("0".into())).err();
+        assert!(e.is_some_and(|e| e.to_string().contains("plugin name \"a b\": use letters, digits")));
         let cfg =
             BuildConfig { name: "ok".into(), kind: "client".into(), path: "/nonexistent".into(), new_func: "f".into() };
         let e =

@@ -11,10 +11,42 @@ use std::time::{Duration, Instant};
 /// Errors of the harness, as text for test output.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
-/// A free port on 127.0.0.1 (bound then released).
+/// A free port on 127.0.0.1 for a server a test starts.
+///
+/// Taken below the kernel's ephemeral range (32768 and up on Linux), where
+/// `bind(0)` and outgoing connections pick their ports, so that no other
+/// socket of the test run is handed the port between this check and the
+/// server binding it; never the same port twice in one process; and bound
+/// once to check that it is free now. Servers started on it still retry
+/// on another port if they cannot bind ([`Etcd::start`], [`Nats::start`]).
 pub fn free_port() -> Result<u16, Error> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    // A different start per process (test binaries may run at once).
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let seed = (std::process::id() as u64) << 32 ^ now;
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    for _ in 0..1000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 20_000 + (x % 12_000) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return Ok(port);
+        }
+    }
+    Err("no free port found in 20000-31999 on 127.0.0.1".into())
 }
+
+/// Attempts at starting a server whose port turned out to be taken.
+const START_ATTEMPTS: usize = 5;
 
 fn find(binary: &str) -> Result<PathBuf, Error> {
     for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"] {
@@ -26,24 +58,42 @@ fn find(binary: &str) -> Result<PathBuf, Error> {
     Err(format!("{binary} is not installed: run scripts/setup.sh (Debian packages etcd-server, nats-server)").into())
 }
 
-fn wait_port(port: u16, limit: Duration) -> Result<(), Error> {
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let t0 = Instant::now();
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        if t0.elapsed() > limit {
-            return Err(format!("nothing answers on 127.0.0.1:{port} after {limit:?}").into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
 /// A server process; killed on drop.
 struct Server {
     child: Option<Child>,
 }
 
+/// Why a server did not come up.
+enum NotReady {
+    /// It exited (typically: its port was taken); another port may do.
+    Exited(String),
+    /// It runs but does not answer.
+    Silent(Error),
+}
+
 impl Server {
+    /// Waits until the server answers on `port`, noticing when it exits
+    /// instead (then something else may be the one answering on that port).
+    fn wait_ready(&mut self, port: u16, limit: Duration) -> Result<(), NotReady> {
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let t0 = Instant::now();
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    self.child = None;
+                    return Err(NotReady::Exited(format!("exited ({status}) before answering on port {port}")));
+                }
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if t0.elapsed() > limit {
+                return Err(NotReady::Silent(format!("nothing answers on 127.0.0.1:{port} after {limit:?}").into()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -75,11 +125,27 @@ impl Etcd {
             client_port: free_port()?,
             peer_port: free_port()?,
         };
-        e.spawn()?;
-        Ok(e)
+        let mut last = String::new();
+        for _ in 0..START_ATTEMPTS {
+            match e.spawn() {
+                Ok(()) => return Ok(e),
+                Err(NotReady::Exited(why)) => {
+                    last = why;
+                    e.client_port = free_port()?;
+                    e.peer_port = free_port()?;
+                }
+                Err(NotReady::Silent(err)) => return Err(err),
+            }
+        }
+        Err(format!("etcd did not start in {START_ATTEMPTS} attempts: {last}").into())
     }
 
-    fn spawn(&mut self) -> Result<(), Error> {
+    fn spawn(&mut self) -> Result<(), NotReady> {
+        self.spawn_once().map_err(NotReady::Silent)?;
+        self.server.wait_ready(self.client_port, Duration::from_secs(20))
+    }
+
+    fn spawn_once(&mut self) -> Result<(), Error> {
         let client = format!("http://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let child = Command::new(find("etcd")?)
@@ -92,7 +158,7 @@ impl Etcd {
             .stderr(Stdio::null())
             .spawn()?;
         self.server.child = Some(child);
-        wait_port(self.client_port, Duration::from_secs(20))
+        Ok(())
     }
 
     /// `127.0.0.1:<port>` for `--registry-address`.
@@ -112,7 +178,7 @@ impl Etcd {
         if wipe {
             let _ = std::fs::remove_dir_all(self.data.path().join("data"));
         }
-        self.spawn()
+        restart_on_same_port(|| self.spawn(), "etcd")
     }
 }
 
@@ -126,18 +192,29 @@ impl Nats {
     /// Starts nats-server and waits until it answers.
     pub fn start() -> Result<Nats, Error> {
         let mut n = Nats { server: Server { child: None }, port: free_port()? };
-        n.spawn()?;
-        Ok(n)
+        let mut last = String::new();
+        for _ in 0..START_ATTEMPTS {
+            match n.spawn() {
+                Ok(()) => return Ok(n),
+                Err(NotReady::Exited(why)) => {
+                    last = why;
+                    n.port = free_port()?;
+                }
+                Err(NotReady::Silent(err)) => return Err(err),
+            }
+        }
+        Err(format!("nats-server did not start in {START_ATTEMPTS} attempts: {last}").into())
     }
 
-    fn spawn(&mut self) -> Result<(), Error> {
-        let child = Command::new(find("nats-server")?)
+    fn spawn(&mut self) -> Result<(), NotReady> {
+        let child = Command::new(find("nats-server").map_err(NotReady::Silent)?)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()?;
+            .spawn()
+            .map_err(|e| NotReady::Silent(e.into()))?;
         self.server.child = Some(child);
-        wait_port(self.port, Duration::from_secs(20))
+        self.server.wait_ready(self.port, Duration::from_secs(20))
     }
 
     /// `127.0.0.1:<port>` for `--broker-address`.
@@ -153,8 +230,24 @@ impl Nats {
     /// Starts it again on the same port.
     pub fn start_again(&mut self) -> Result<(), Error> {
         self.server.stop();
-        self.spawn()
+        restart_on_same_port(|| self.spawn(), "nats-server")
     }
+}
+
+/// Starts a killed server again on its port: the port stays reserved
+/// (below the ephemeral range, never handed out again by [`free_port`]),
+/// and a start that fails to bind (the old socket not yet gone) is retried.
+fn restart_on_same_port(mut spawn: impl FnMut() -> Result<(), NotReady>, what: &str) -> Result<(), Error> {
+    let mut last = String::new();
+    for attempt in 0..START_ATTEMPTS {
+        match spawn() {
+            Ok(()) => return Ok(()),
+            Err(NotReady::Exited(why)) => last = why,
+            Err(NotReady::Silent(e)) => return Err(e),
+        }
+        std::thread::sleep(Duration::from_millis(200 << attempt));
+    }
+    Err(format!("{what} did not start again on its port in {START_ATTEMPTS} attempts: {last}").into())
 }
 
 /// A private network namespace with only a loopback interface that carries

@@ -102,6 +102,25 @@ struct World {
     client: Service,
     dials: Arc<AtomicUsize>,
     spin: Arc<Spin>,
+    /// `Echo.Slow` calls whose handler has started.
+    slow_started: Arc<AtomicUsize>,
+}
+
+impl World {
+    /// Waits (at most 10 s) until `n` `Echo.Slow` handlers have started:
+    /// the event itself, not a guess at how long it takes.
+    async fn slow_started(&self, n: usize) -> TestResult {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.slow_started.load(Ordering::SeqCst) < n {
+            if tokio::time::Instant::now() > deadline {
+                return Err(
+                    format!("only {} of {n} slow calls started", self.slow_started.load(Ordering::SeqCst)).into()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
+    }
 }
 
 /// The state of `Work.Spin`, a handler that computes without awaiting:
@@ -159,11 +178,22 @@ async fn world(name: &str, split: bool, extra: Flags) -> Result<World, Box<dyn s
     let server =
         Service::builder("echo").flags(flags.clone()).catalog(catalog(dials.clone(), split, 64 * 1024)).build()?;
     server.handle("Echo.Call", |s: String| async move { Ok::<_, Error>(s) })?;
-    server.handle("Echo.Slow", |(ms, s): (u64, String)| async move {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        Ok::<_, Error>(s)
+    let slow_started = Arc::new(AtomicUsize::new(0));
+    let started = slow_started.clone();
+    server.handle("Echo.Slow", move |(ms, s): (u64, String)| {
+        started.fetch_add(1, Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, Error>(s)
+        }
     })?;
     server.handle("Echo.Big", |n: usize| async move { Ok::<_, Error>("y".repeat(n)) })?;
+    // Blocks its thread: the server cannot answer it before it returns, so
+    // a caller with a shorter deadline gets its reply late.
+    server.handle("Echo.Block", |(ms, s): (u64, String)| async move {
+        std::thread::sleep(Duration::from_millis(ms));
+        Ok::<_, Error>(s)
+    })?;
     let spin = Arc::new(Spin::default());
     let s = spin.clone();
     server.handle("Work.Spin", move |mode: String| {
@@ -172,7 +202,7 @@ async fn world(name: &str, split: bool, extra: Flags) -> Result<World, Box<dyn s
     })?;
     server.start().await?;
     let client = Service::builder("caller").flags(flags).catalog(catalog(dials.clone(), split, 64 * 1024)).build()?;
-    Ok(World { server, client, dials, spin })
+    Ok(World { server, client, dials, spin, slow_started })
 }
 
 #[tokio::test]
@@ -206,15 +236,18 @@ async fn overlapping_calls_share_one_connection_and_replies_find_their_callers()
     Ok(())
 }
 
-#[tokio::test]
+// Two workers: `Echo.Block` holds one (a handler the server cannot time
+// out while it blocks), the caller's deadline fires on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_gives_up_or_sends_too_much_disturbs_no_one() -> TestResult {
     let w = world("mux-isolation", true, Flags::default()).await?;
     let c = w.client.client().clone();
+    let late_before = micro::client::late_replies();
     let slow = {
         let c = c.clone();
         tokio::spawn(async move {
             let opts = CallOptions { timeout: Some(Duration::from_millis(100)), ..Default::default() };
-            c.call_with::<_, String>("echo", "Echo.Slow", &(600u64, "late".to_string()), HashMap::new(), opts).await
+            c.call_with::<_, String>("echo", "Echo.Block", &(600u64, "late".to_string()), HashMap::new(), opts).await
         })
     };
     let slow_ok = {
@@ -229,7 +262,11 @@ async fn a_caller_that_gives_up_or_sends_too_much_disturbs_no_one() -> TestResul
     assert_eq!(e.map(|e| e.code), Some(408));
     assert_eq!(slow_ok.await??, "patient");
     // The timed-out call's late reply (600 ms) arrives and is dropped; calls go on.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while micro::client::late_replies() == late_before {
+        assert!(tokio::time::Instant::now() < deadline, "the late reply never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for i in 0..5 {
         let got: String = c.call("echo", "Echo.Call", &format!("after-{i}")).await?;
         assert_eq!(got, format!("after-{i}"));
@@ -249,7 +286,7 @@ async fn stopping_answers_the_calls_in_flight_on_a_connection() -> TestResult {
             async move { c.call::<_, String>("echo", "Echo.Slow", &(300u64, format!("{i}"))).await },
         ));
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    w.slow_started(5).await?;
     w.server.stop().await?;
     for (i, c) in calls.into_iter().enumerate() {
         assert_eq!(c.await??, format!("{i}"));
@@ -406,14 +443,22 @@ async fn a_stopping_server_answers_new_calls_503_at_once() -> TestResult {
     let addr = w.server.server().service().nodes[0].address.clone();
     let c = w.client.client().clone();
     let slow =
-        tokio::spawn(async move { c.call::<_, String>("echo", "Echo.Slow", &(600u64, "slow".to_string())).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::spawn(async move { c.call::<_, String>("echo", "Echo.Slow", &(3_000u64, "slow".to_string())).await });
+    w.slow_started(1).await?;
     let server = w.server.server().clone();
     let stopping = tokio::spawn(async move { server.stop().await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // On the connection that still drains the slow call: refused at once, not queued.
+    // On the connection that still drains the slow call: refused at once,
+    // not queued. Until the stop has begun a call is still answered; ask
+    // until the answer is the refusal (bounded).
     let opts = CallOptions { address: Some(addr), retries: Some(0), ..Default::default() };
-    let e = w.client.client().call_with::<_, String>("echo", "Echo.Call", &"new", HashMap::new(), opts).await.err();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let e = loop {
+        match w.client.client().call_with::<_, String>("echo", "Echo.Call", &"new", HashMap::new(), opts.clone()).await
+        {
+            Ok(_) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(2)).await,
+            r => break r.err(),
+        }
+    };
     assert_eq!(e.as_ref().map(|e| (e.code, e.id.as_str())), Some((503, "go.micro.server")), "{e:?}");
     assert!(!slow.is_finished(), "the 503 came only after the drain");
     assert_eq!(slow.await??, "slow");
@@ -425,7 +470,8 @@ async fn a_stopping_server_answers_new_calls_503_at_once() -> TestResult {
 /// connection: its handlers still finish and free their in-flight slots.
 #[tokio::test]
 async fn a_peer_that_reads_nothing_holds_no_in_flight_slots() -> TestResult {
-    let extra = Flags { server_max_in_flight: Some(8), ..Flags::default() };
+    let idle = Duration::from_millis(500);
+    let extra = Flags { server_max_in_flight: Some(8), server_idle_timeout: Some(idle), ..Flags::default() };
     let w = world("mux-no-reader", true, extra).await?;
     let addr = w.server.server().service().nodes[0].address.clone();
     let mut s = tokio::net::TcpStream::connect(&addr).await?;
@@ -465,7 +511,23 @@ async fn a_peer_that_reads_nothing_holds_no_in_flight_slots() -> TestResult {
             Err(e) => return Err(e.into()),
         }
     }
-    drop(s);
+    // A write that makes no progress for the idle timeout closes the
+    // connection: well past it (4×), reading now finds the end of the
+    // stream (or a reset) long before the 32 MiB of replies.
+    tokio::time::sleep(idle * 4).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection stayed open after {got} bytes");
+    assert!(got < 512 * 65_000, "every reply was written ({got} bytes): the stalled write did not close it");
     w.server.stop().await?;
     Ok(())
 }

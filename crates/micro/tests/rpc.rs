@@ -172,6 +172,87 @@ async fn a_dead_node_is_retried_on_another() -> TestResult {
     Ok(())
 }
 
+/// Only the server's own 503 (at its in-flight limit, or stopping) is
+/// retried, on another node; a 503 a handler returns is the answer. Node A
+/// is held at its limit of one call in flight, node B is free; roundrobin
+/// makes every other call try A first.
+#[tokio::test]
+async fn a_servers_own_503_is_retried_on_another_node_and_a_handlers_is_not() -> TestResult {
+    let world = "rpc-503";
+    let handler_calls = Arc::new(AtomicUsize::new(0));
+    let started = Arc::new(tokio::sync::Notify::new());
+    let mut nodes = Vec::new();
+    for (name, limit) in [("a", 1), ("b", 64)] {
+        let svc =
+            Service::builder("busy").flags(Flags { server_max_in_flight: Some(limit), ..flags(world) }).build()?;
+        svc.handle("Busy.Who", move |_: Hello| async move { Ok::<_, Error>(name.to_string()) })?;
+        let s = started.clone();
+        svc.handle("Busy.Hold", move |r: Sleep| {
+            s.notify_one();
+            async move {
+                tokio::time::sleep(Duration::from_millis(r.ms)).await;
+                Ok::<_, Error>(name.to_string())
+            }
+        })?;
+        let n = handler_calls.clone();
+        svc.handle("Busy.Unavailable", move |_: Hello| {
+            n.fetch_add(1, Ordering::SeqCst);
+            async move { Err::<String, _>(Error::new("busy", "the handler says no", 503)) }
+        })?;
+        svc.start().await?;
+        nodes.push(svc);
+    }
+    // Node A's one slot is taken for the rest of the test.
+    let a = nodes[0].server().service().nodes[0].address.clone();
+    let holder = caller(world)?;
+    let hold = tokio::spawn(async move {
+        let opts = CallOptions { address: Some(a), ..Default::default() };
+        holder.client().call_with::<_, String>("busy", "Busy.Hold", &Sleep { ms: 4_000 }, HashMap::new(), opts).await
+    });
+    tokio::time::timeout(Duration::from_secs(10), started.notified()).await?;
+
+    let rr = |retries| Flags { selector: Some("roundrobin".into()), client_retries: Some(retries), ..flags(world) };
+    let c = Service::builder("caller").flags(rr(1)).build()?;
+    for i in 0..10 {
+        let who: String = c.client().call("busy", "Busy.Who", &Hello { name: format!("{i}") }).await?;
+        assert_eq!(who, "b", "call {i}: A is at its limit, so B answers every call");
+    }
+    // Without retries, A's turns fail with A's own refusal.
+    let c0 = Service::builder("caller").flags(rr(0)).build()?;
+    let mut refused = 0;
+    for _ in 0..10 {
+        match c0.client().call::<_, String>("busy", "Busy.Who", &Hello { name: "x".into() }).await {
+            Ok(who) => assert_eq!(who, "b"),
+            Err(e) => {
+                assert_eq!((e.code, e.id.as_str()), (503, "go.micro.server"), "{e}");
+                assert!(e.detail.contains("server busy"), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused, 5, "every other call went to A first");
+    // A handler's 503 is its answer: returned at once, never retried.
+    let c3 = Service::builder("caller").flags(rr(3)).build()?;
+    let e = c3.client().call::<_, String>("busy", "Busy.Unavailable", &Hello { name: "x".into() }).await.err();
+    assert_eq!(e.as_ref().map(|e| (e.code, e.id.as_str())), Some((503, "busy")), "{e:?}");
+    assert_eq!(handler_calls.load(Ordering::SeqCst), 1, "the handler ran once");
+    // Retries and their backoff stay inside the call's one deadline.
+    let opts = CallOptions { timeout: Some(Duration::from_millis(300)), retries: Some(50), ..Default::default() };
+    let a_only = Service::builder("caller").flags(flags(world)).build()?;
+    nodes[1].stop().await?;
+    let t0 = Instant::now();
+    let e = a_only
+        .client()
+        .call_with::<_, String>("busy", "Busy.Who", &Hello { name: "x".into() }, HashMap::new(), opts)
+        .await
+        .err();
+    assert!(matches!(e.as_ref().map(|e| e.code), Some(408 | 503)), "{e:?}");
+    assert!(t0.elapsed() < Duration::from_secs(3), "50 retries ran past the 300 ms deadline: {:?}", t0.elapsed());
+    hold.abort();
+    nodes[0].stop().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn direct_address_skips_the_registry() -> TestResult {
     let svc = greeter("rpc-direct")?;
@@ -189,13 +270,24 @@ async fn direct_address_skips_the_registry() -> TestResult {
 #[tokio::test]
 async fn stop_deregisters_and_drains_in_flight_requests() -> TestResult {
     let svc = Arc::new(greeter("rpc-drain")?);
+    // The handler says when it runs: stop comes while it is in flight, not
+    // after a guessed delay.
+    let started = Arc::new(tokio::sync::Notify::new());
+    let s = started.clone();
+    svc.handle("Greeter.Hold", move |r: Sleep| {
+        s.notify_one();
+        async move {
+            tokio::time::sleep(Duration::from_millis(r.ms)).await;
+            Ok(Greeting { greeting: "slept".into() })
+        }
+    })?;
     svc.start().await?;
     let c = caller("rpc-drain")?;
     assert_eq!(c.registry().get_service("greeter").await?[0].nodes.len(), 1);
     let client = c.client().clone();
     let slow =
-        tokio::spawn(async move { client.call::<_, Greeting>("greeter", "Greeter.Sleep", &Sleep { ms: 500 }).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::spawn(async move { client.call::<_, Greeting>("greeter", "Greeter.Hold", &Sleep { ms: 500 }).await });
+    tokio::time::timeout(Duration::from_secs(10), started.notified()).await?;
     svc.stop().await?;
     assert_eq!(slow.await?.map(|g| g.greeting), Ok("slept".to_string()));
     assert_eq!(c.registry().get_service("greeter").await.err().map(|e| e.code), Some(404));

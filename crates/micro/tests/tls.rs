@@ -130,7 +130,8 @@ async fn mutual_tls_over(protocol: Option<&str>) -> TestResult {
         transport_tls_ca: Some(ca_pem.clone()),
         ..base("tls-mtls-client")
     };
-    assert!(call(rogue_flags, &addr).await.is_err(), "a client with a rogue certificate got in");
+    let e = call(rogue_flags, &addr).await.err().ok_or("a client with a rogue certificate got in")?;
+    assert!(e.detail.contains("connection error"), "refused at the handshake, not by a handler: {e}");
 
     // A plain-TCP client fails cleanly, well within its deadline.
     let t0 = Instant::now();

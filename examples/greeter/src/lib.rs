@@ -61,6 +61,8 @@ pub fn service(flags: Flags) -> Result<Service, micro::Error> {
         if req.ms > 60_000 {
             return Err(Error::bad_request("greeter", "ms must be at most 60000"));
         }
+        // Tests wait for this line before signalling the process mid-call.
+        tracing::debug!(ms = req.ms, "Greeter.Sleep started");
         tokio::time::sleep(Duration::from_millis(req.ms)).await;
         Ok(HelloResponse { greeting: format!("slept {}ms", req.ms) })
     })?;

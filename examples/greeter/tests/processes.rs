@@ -69,6 +69,24 @@ impl World {
         Ok(Proc(cmd.spawn()?))
     }
 
+    /// A service whose log (greeter's own at debug) is read line by line:
+    /// each line is sent on the returned channel.
+    fn service_logging(&self) -> Result<(Proc, std::sync::mpsc::Receiver<String>), std::io::Error> {
+        use std::io::BufRead;
+        let mut cmd = Command::new(SERVICE);
+        self.env(&mut cmd);
+        cmd.env("MICRO_LOG_LEVEL", "warn,greeter=debug").env("NO_COLOR", "1");
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+        let stderr = child.stderr.take().ok_or_else(|| std::io::Error::other("no stderr"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Ok((Proc(child), rx))
+    }
+
     fn client(&self, args: &[&str]) -> Result<Output, std::io::Error> {
         let mut cmd = Command::new(CLIENT);
         self.env(&mut cmd);
@@ -157,7 +175,7 @@ async fn sigterm_deregisters_at_once() -> TestResult {
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_call_finish() -> TestResult {
     let w = World::new()?;
-    let mut svc = w.service(&[])?;
+    let (mut svc, log) = w.service_logging()?;
     let ids = w.wait_nodes(1, Duration::from_secs(20)).await?;
     let node = w.registry()?.get_service("greeter").await?[0].nodes[0].address.clone();
     assert!(!ids.is_empty());
@@ -178,7 +196,20 @@ async fn sigterm_lets_an_in_flight_call_finish() -> TestResult {
             )
             .await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // SIGTERM once the handler says it is running, not after a guessed delay.
+    let started = tokio::task::spawn_blocking(move || {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            match log.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.contains("Greeter.Sleep started") => return true,
+                Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+        false
+    })
+    .await?;
+    assert!(started, "the service never logged that Greeter.Sleep started");
     svc.signal("TERM")?;
     let got = call.await?;
     assert_eq!(got.map(|r| r.greeting), Ok("slept 800ms".to_string()));

@@ -8,6 +8,13 @@ mod typed;
 pub use mucp::MucpClient;
 pub use typed::TypedClient;
 
+/// How many replies this process's `mucp` clients have dropped because
+/// their caller had given up (its deadline passed, or it was cancelled):
+/// a late reply never reaches another caller, and is counted here.
+pub fn late_replies() -> u64 {
+    mux::LATE_REPLIES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 use micro_core::{
     headers, Broker, CallOptions, Error, Message, Node, Request, Response, Result, SelectOptions, Selector,
 };

@@ -18,6 +18,9 @@ const ID: &str = "go.micro.client";
 /// A reply frame, or why the connection failed before it came.
 type Reply = std::result::Result<bytes::Bytes, Error>;
 
+/// Replies that arrived after their caller gave up, and were dropped.
+pub(super) static LATE_REPLIES: AtomicU64 = AtomicU64::new(0);
+
 /// The state a connection's callers, writer and reader share.
 struct Shared {
     state: Mutex<State>,
@@ -85,8 +88,13 @@ pub(super) struct Pending {
 impl Pending {
     /// Waits for the reply frame (without its length prefix).
     pub(super) async fn reply(mut self) -> Reply {
-        let Some(rx) = self.rx.take() else { return Err(Error::internal(ID, "reply already taken")) };
-        rx.await.unwrap_or_else(|_| Err(Error::internal(ID, "connection closed")))
+        // The receiver stays in `self` while waiting: a caller that gives
+        // up drops `self` mid-wait, and `Drop` then removes its entry.
+        let Some(rx) = self.rx.as_mut() else { return Err(Error::internal(ID, "reply already taken")) };
+        let reply = rx.await.unwrap_or_else(|_| Err(Error::internal(ID, "connection closed")));
+        // Answered (the reader removed the entry): nothing left to remove.
+        self.rx = None;
+        reply
     }
 }
 
@@ -182,8 +190,15 @@ impl MuxConn {
                     };
                     let waiter = lock(&r.state).waiting.remove(&id);
                     r.last_used_ms.store(r.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-                    if let Some(w) = waiter {
-                        let _ = w.send(Ok(frame));
+                    match waiter {
+                        Some(w) => {
+                            let _ = w.send(Ok(frame));
+                        }
+                        // Its caller gave up (deadline, cancellation): dropped, counted.
+                        None => {
+                            LATE_REPLIES.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(id, "dropped a reply whose caller gave up");
+                        }
                     }
                 }
             };

@@ -230,7 +230,7 @@ mod tests {
         map.insert("grpc-timeout", "1S".parse().map_err(|_| Error::internal("t", "value"))?);
         assert_eq!(metadata_of(&map), HashMap::from([("x-trace".to_string(), "abc".to_string())]));
         let bad = put_metadata(&mut map, &HashMap::from([("x".to_string(), "a\nb".to_string())]));
-        assert!(bad.is_err());
+        assert!(bad.is_err_and(|e| e.code == 400 && e.detail.contains("cannot travel as gRPC metadata")));
         Ok(())
     }
 }

@@ -374,9 +374,18 @@ mod tests {
                 false
             }
         };
-        tokio::time::sleep(Duration::from_millis(50)).await; // let the watcher subscribe
-        reg.register(&svc("n1"), RegisterOptions::default()).await?;
-        assert!(wait_for(2).await, "create event not applied");
+        // The watch starts in the background: register until its event is
+        // seen (registering again is an update), instead of guessing how
+        // long subscribing takes.
+        let mut seen = false;
+        for _ in 0..50 {
+            reg.register(&svc("n1"), RegisterOptions::default()).await?;
+            if wait_for(2).await {
+                seen = true;
+                break;
+            }
+        }
+        assert!(seen, "create event not applied");
         let m = counts(&sel, 10).await?;
         assert_eq!(m.len(), 2);
         reg.deregister(&svc("n0")).await?;
