@@ -333,3 +333,34 @@ async fn shutdown_is_bounded_while_nats_is_down() -> TestResult {
     let _ = o;
     Ok(())
 }
+
+/// etcd meets the registry contract every registry meets
+/// (`micro_testkit::contract::registry`): listing, watch events of one
+/// service only, expiry after the TTL (a 2 s lease: etcd counts seconds)
+/// heard as a delete, deregistration heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_meets_the_registry_contract() -> TestResult {
+    let etcd = Etcd::start().map_err(|e| e.to_string())?;
+    let reg = micro_etcd::EtcdRegistry::new(RegistryOptions { addresses: vec![etcd.address()], timeout: None });
+    micro_testkit::contract::registry(&reg, "contract", Duration::from_secs(2), Duration::from_secs(20))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// NATS meets the broker contract every broker meets
+/// (`micro_testkit::contract::broker`): fan-out in order with headers, a
+/// queue group sharing each message exactly once, nothing after
+/// unsubscribing; publisher and subscribers on connections of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_meets_the_broker_contract() -> TestResult {
+    use micro::core::BrokerOptions;
+    let nats = Nats::start().map_err(|e| e.to_string())?;
+    let opts = || BrokerOptions { addresses: vec![nats.address()], registry: None, ..Default::default() };
+    let (p, a, b) =
+        (micro_nats::NatsBroker::new(opts()), micro_nats::NatsBroker::new(opts()), micro_nats::NatsBroker::new(opts()));
+    micro_testkit::contract::broker(&p, &a, &b, "contract", Duration::from_secs(20))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}

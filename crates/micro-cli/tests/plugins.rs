@@ -171,6 +171,26 @@ fn registry_plugin_holds_the_services_of_both_processes() -> TestResult {
     Ok(())
 }
 
+/// A registry from a plugin meets the same contract as the built-in ones
+/// (`micro_testkit::contract::registry`), through the ABI: listing, watch
+/// events crossing the boundary, expiry after a 1 s TTL, deregistration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_plugin_meets_the_registry_contract() -> TestResult {
+    let plugin = tokio::task::spawn_blocking(|| example_plugin("logreg", "registry", "new_registry")).await?;
+    let dir = tempfile::tempdir()?;
+    let flags = micro::Flags {
+        plugin: vec![plugin.display().to_string()],
+        registry: Some("logreg".into()),
+        registry_address: Some(dir.path().join("registry.log").display().to_string()),
+        ..Default::default()
+    };
+    let svc = micro::Service::builder("contract").flags(flags).build()?;
+    micro_testkit::contract::registry(&**svc.registry(), "contract", Duration::from_secs(1), Duration::from_secs(20))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 /// Starts greeter-service with `plugin_env` and expects start-up to fail with `want` in stderr.
 fn refused(plugin_env: &str, extra: &[&str], want: &str) -> TestResult {
     let dir = tempfile::tempdir()?;

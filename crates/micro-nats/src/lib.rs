@@ -140,6 +140,9 @@ impl Broker for NatsBroker {
             None => client.subscribe(topic.to_string()).await,
         }
         .map_err(|e| Error::internal(ID, format!("nats subscribe to {topic}: {e}")))?;
+        // A round trip to the server: once subscribe returns, the server has
+        // the subscription, so a message published after it is delivered.
+        client.flush().await.map_err(|e| Error::internal(ID, format!("nats subscribe to {topic}: {e}")))?;
         let stop = Arc::new(Notify::new());
         let stopped = stop.clone();
         let t = topic.to_string();

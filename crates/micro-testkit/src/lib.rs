@@ -2,6 +2,9 @@
 //! `etcd-server` and `nats-server` packages, installed by `scripts/setup.sh`)
 //! started on free loopback ports, waited for until they answer, restarted
 //! on the same port, and killed when dropped. No mock stands in for them.
+//! [`contract`] holds the behaviour every registry and broker must have.
+
+pub mod contract;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;

@@ -459,6 +459,15 @@ mod tests {
         HttpBroker::new(BrokerOptions { addresses: vec![], registry: Some(reg.clone()), ..Default::default() })
     }
 
+    #[tokio::test]
+    async fn meets_the_broker_contract() -> Result<()> {
+        let reg = Arc::new(MemoryRegistry::new());
+        let (p, a, b) = (broker(&reg)?, broker(&reg)?, broker(&reg)?);
+        micro_testkit::contract::broker(&p, &a, &b, "contract", std::time::Duration::from_secs(10))
+            .await
+            .map_err(|e| micro_core::Error::internal("contract", e.to_string()))
+    }
+
     fn counter() -> (Arc<AtomicUsize>, BrokerHandler) {
         let n = Arc::new(AtomicUsize::new(0));
         let m = n.clone();

@@ -145,6 +145,14 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    #[tokio::test]
+    async fn meets_the_broker_contract() -> Result<()> {
+        let b = MemoryBroker::new();
+        micro_testkit::contract::broker(&b, &b, &b, "contract", std::time::Duration::from_secs(5))
+            .await
+            .map_err(|e| micro_core::Error::internal("contract", e.to_string()))
+    }
+
     fn counter() -> (Arc<AtomicUsize>, BrokerHandler) {
         let n = Arc::new(AtomicUsize::new(0));
         let m = n.clone();

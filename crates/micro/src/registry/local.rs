@@ -417,7 +417,9 @@ mod tests {
     #[tokio::test]
     async fn contract() -> Result<()> {
         let (_d, r) = tmp()?;
-        tests_common::contract(&r).await
+        micro_testkit::contract::registry(&r, "contract", Duration::from_millis(300), Duration::from_secs(5))
+            .await
+            .map_err(|e| micro_core::Error::internal("contract", e.to_string()))
     }
 
     #[tokio::test]

@@ -195,7 +195,10 @@ mod tests {
 
     #[tokio::test]
     async fn contract() -> Result<()> {
-        tests_common::contract(&MemoryRegistry::new()).await
+        let r = MemoryRegistry::new();
+        micro_testkit::contract::registry(&r, "contract", Duration::from_millis(300), Duration::from_secs(5))
+            .await
+            .map_err(|e| micro_core::Error::internal("contract", e.to_string()))
     }
 
     #[tokio::test]
