@@ -194,6 +194,12 @@ async fn world(name: &str, split: bool, extra: Flags) -> Result<World, Box<dyn s
         std::thread::sleep(Duration::from_millis(ms));
         Ok::<_, Error>(s)
     })?;
+    server.handle_stream("Echo.Stream", |_ctx, mut s: micro::TypedStream<String, String>| async move {
+        while let Some(m) = s.recv().await? {
+            s.send(&m).await?;
+        }
+        Ok(())
+    })?;
     let spin = Arc::new(Spin::default());
     let s = spin.clone();
     server.handle("Work.Spin", move |mode: String| {
@@ -304,6 +310,35 @@ async fn a_connection_the_server_closed_as_idle_is_replaced() -> TestResult {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(c.call::<_, String>("echo", "Echo.Call", &"two").await?, "two");
     assert_eq!(w.dials.load(Ordering::SeqCst), 2);
+    w.server.stop().await?;
+    Ok(())
+}
+
+/// `--client-pool-ttl`: a connection unused for longer is replaced rather
+/// than trusted.
+#[tokio::test]
+async fn a_connection_idle_past_the_pool_ttl_is_replaced() -> TestResult {
+    let ttl = Duration::from_millis(200);
+    let w = world("mux-pool-ttl", true, Flags { client_pool_ttl: Some(ttl), ..Flags::default() }).await?;
+    let c = w.client.client().clone();
+    assert_eq!(c.call::<_, String>("echo", "Echo.Call", &"one").await?, "one");
+    assert_eq!(c.call::<_, String>("echo", "Echo.Call", &"two").await?, "two");
+    assert_eq!(w.dials.load(Ordering::SeqCst), 1, "within the TTL the connection is reused");
+    tokio::time::sleep(ttl * 3).await;
+    assert_eq!(c.call::<_, String>("echo", "Echo.Call", &"three").await?, "three");
+    assert_eq!(w.dials.load(Ordering::SeqCst), 2, "past the TTL a new connection is dialled");
+    w.server.stop().await?;
+    Ok(())
+}
+
+/// A transport whose sockets cannot be split cannot carry a stream: the
+/// client says so with a 501 instead of trying.
+#[tokio::test]
+async fn a_stream_over_a_transport_that_cannot_split_is_a_501() -> TestResult {
+    let w = world("mux-no-split-stream", false, Flags::default()).await?;
+    let e = w.client.client().stream::<String, String>("echo", "Echo.Stream").await.err();
+    assert_eq!(e.as_ref().map(|e| e.code), Some(501), "{e:?}");
+    assert!(e.is_some_and(|e| e.detail.contains("cannot carry streams")));
     w.server.stop().await?;
     Ok(())
 }

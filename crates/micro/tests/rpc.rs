@@ -294,6 +294,79 @@ async fn stop_deregisters_and_drains_in_flight_requests() -> TestResult {
     Ok(())
 }
 
+/// Stop waits for calls in flight at most the drain timeout (10 s by
+/// default; 300 ms here), then abandons them: a 5 s call does not hold it.
+#[tokio::test]
+async fn stop_waits_for_calls_in_flight_at_most_the_drain_timeout() -> TestResult {
+    let svc =
+        Service::builder("greeter").flags(flags("rpc-drain-cap")).drain_timeout(Duration::from_millis(300)).build()?;
+    let started = Arc::new(tokio::sync::Notify::new());
+    let s = started.clone();
+    svc.handle("Greeter.Hold", move |r: Sleep| {
+        s.notify_one();
+        async move {
+            tokio::time::sleep(Duration::from_millis(r.ms)).await;
+            Ok(Greeting { greeting: "slept".into() })
+        }
+    })?;
+    svc.start().await?;
+    let c = caller("rpc-drain-cap")?;
+    let client = c.client().clone();
+    let slow =
+        tokio::spawn(async move { client.call::<_, Greeting>("greeter", "Greeter.Hold", &Sleep { ms: 5_000 }).await });
+    tokio::time::timeout(Duration::from_secs(10), started.notified()).await?;
+    let t0 = Instant::now();
+    svc.stop().await?;
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(300), "stop did not wait for the call: {took:?}");
+    assert!(took < Duration::from_secs(4), "stop waited for the 5 s call instead of 300 ms: {took:?}");
+    slow.abort();
+    Ok(())
+}
+
+/// Flags win over what the program set on the builder, as go-micro's do:
+/// version, address, metadata; `--server-advertise` is the address that
+/// is registered (and dialled), whatever the listener's.
+#[tokio::test]
+async fn flags_override_the_builder_and_advertise_sets_the_registered_address() -> TestResult {
+    let world = "rpc-flags";
+    // A listener of the test's own, advertised in place of the service's.
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let advertised = front.local_addr()?.to_string();
+    let svc = Service::builder("greeter")
+        .version("1.0.0")
+        .address("127.0.0.1:0")
+        .metadata("team", "builder")
+        .flags(Flags {
+            server_version: Some("2.0.0".into()),
+            server_metadata: vec!["team=flags".into(), "zone=a".into()],
+            server_advertise: Some(advertised.clone()),
+            ..flags(world)
+        })
+        .build()?;
+    svc.handle("Greeter.Hello", |r: Hello| async move { Ok::<_, Error>(Greeting { greeting: r.name }) })?;
+    svc.start().await?;
+    let got = caller(world)?.registry().get_service("greeter").await?;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].version, "2.0.0", "--server-version wins over .version()");
+    let node = &got[0].nodes[0];
+    assert_eq!(node.address, advertised, "the advertised address is registered");
+    assert_eq!(node.metadata.get("team").map(String::as_str), Some("flags"));
+    assert_eq!(node.metadata.get("zone").map(String::as_str), Some("a"));
+    // A caller dials the advertised address, not the listener's.
+    let c = caller(world)?;
+    let call = tokio::spawn(async move {
+        let opts = CallOptions { timeout: Some(Duration::from_millis(500)), retries: Some(0), ..Default::default() };
+        c.client()
+            .call_with::<_, Greeting>("greeter", "Greeter.Hello", &Hello { name: "x".into() }, HashMap::new(), opts)
+            .await
+    });
+    let (_conn, _) = tokio::time::timeout(Duration::from_secs(10), front.accept()).await??;
+    assert!(call.await?.is_err_and(|e| e.code == 408), "the advertised front never answers: the call times out");
+    svc.stop().await?;
+    Ok(())
+}
+
 #[derive(Serialize, Deserialize, Clone)]
 struct Event {
     n: usize,

@@ -257,6 +257,24 @@ async fn caller_cancels(protocol: &str, via: Via) -> TestResult {
     Ok(())
 }
 
+/// Dropping only the receiving half of a split stream cancels it too (the
+/// sending half kept): the server drops the handler.
+async fn dropping_the_receiving_half_cancels(protocol: &str, via: Via) -> TestResult {
+    let mut w = world(protocol, via).await?;
+    let s: TypedStream<Num, Num> = w.client.client().stream("counter", "Counter.Count").await?;
+    let (tx, mut rx) = s.split();
+    tx.send(&Num { n: 0 }).await?; // endless
+    for i in 1..=3 {
+        assert_eq!(timeout(LIMIT, rx.recv()).await??, Some(Num { n: i }));
+    }
+    drop(rx);
+    let ended = timeout(LIMIT, w.ended.recv()).await?;
+    assert_eq!(ended, Some("count"), "the server dropped the handler after the receiving half was dropped");
+    drop(tx);
+    w.server.stop().await?;
+    Ok(())
+}
+
 /// A caller that drops its stream in the middle of an upload cancels it:
 /// the handler must never see that as a clean end of input.
 async fn dropped_upload_is_no_end_of_input(protocol: &str, via: Via) -> TestResult {
@@ -368,6 +386,10 @@ macro_rules! per_protocol {
             #[tokio::test]
             async fn caller_cancels() -> super::TestResult {
                 super::caller_cancels($name, $via).await
+            }
+            #[tokio::test]
+            async fn dropping_the_receiving_half_cancels() -> super::TestResult {
+                super::dropping_the_receiving_half_cancels($name, $via).await
             }
             #[tokio::test]
             async fn server_cancels() -> super::TestResult {

@@ -223,6 +223,47 @@ mod tests {
         assert_eq!((back.code, back.detail.as_str()), (404, "no such greeting"));
     }
 
+    /// The whole table both ways, as the README's gRPC section gives it.
+    #[test]
+    fn the_status_code_table() {
+        let both = [
+            (400, Code::InvalidArgument),
+            (401, Code::Unauthenticated),
+            (403, Code::PermissionDenied),
+            (404, Code::NotFound),
+            (408, Code::DeadlineExceeded),
+            (409, Code::AlreadyExists),
+            (412, Code::FailedPrecondition),
+            (429, Code::ResourceExhausted),
+            (499, Code::Cancelled),
+            (500, Code::Internal),
+            (501, Code::Unimplemented),
+            (503, Code::Unavailable),
+        ];
+        for (http, code) in both {
+            assert_eq!(grpc_code(http), code, "{http}");
+            assert_eq!(http_code(code), http, "{code:?}");
+        }
+        // One way only.
+        assert_eq!(grpc_code(504), Code::DeadlineExceeded);
+        for other in [402, 418, 502, 599, 0, 700] {
+            assert_eq!(grpc_code(other), Code::Unknown, "{other}");
+        }
+        assert_eq!(http_code(Code::OutOfRange), 400);
+        assert_eq!(http_code(Code::Aborted), 409);
+        for other in [Code::Unknown, Code::DataLoss, Code::Internal] {
+            assert_eq!(http_code(other), 500, "{other:?}");
+        }
+        // A micro error survives the round trip whole, whatever its code.
+        for code in [400, 418, 503, 599] {
+            let e = Error::new("svc", "detail", code);
+            assert_eq!(from_status(&to_status(&e), "go.micro.client"), e);
+        }
+        // A status from another stack becomes an error with the mapped code.
+        let e = from_status(&Status::new(Code::ResourceExhausted, "slow down"), "go.micro.client");
+        assert_eq!((e.code, e.detail.as_str()), (429, "slow down"));
+    }
+
     #[test]
     fn metadata_keys_are_lowercased_and_reserved_ones_dropped() -> Result<(), Error> {
         let mut map = tonic::metadata::MetadataMap::new();

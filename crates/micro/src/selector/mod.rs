@@ -338,6 +338,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_skipped_node_is_picked_again_when_its_time_is_up() -> Result<()> {
+        let (_r, sel) = setup(Strategy::RoundRobin, 2).await?;
+        let e = Error::internal("go.micro.client", "connection error");
+        for _ in 0..BLACKLIST_AFTER {
+            sel.mark("s", "n0", Err(&e));
+        }
+        assert_eq!(counts(&sel, 10).await?.keys().collect::<Vec<_>>(), ["n1"], "n0 is skipped");
+        // BLACKLIST_FOR (30 s) passes: its end is moved into the past, as waiting would.
+        if let Some(entry) = sel.inner.blacklist.lock().unwrap_or_else(|p| p.into_inner()).get_mut("n0") {
+            entry.1 = Instant::now().checked_sub(Duration::from_millis(1));
+        }
+        assert_eq!(counts(&sel, 10).await?.len(), 2, "n0 is picked again");
+        // Its failures still count: one more skips it at once, for another BLACKLIST_FOR.
+        sel.mark("s", "n0", Err(&e));
+        assert_eq!(counts(&sel, 10).await?.keys().collect::<Vec<_>>(), ["n1"]);
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn a_node_that_keeps_failing_is_skipped_until_it_recovers() -> Result<()> {
         let (_r, sel) = setup(Strategy::RoundRobin, 2).await?;
         let e = Error::internal("go.micro.client", "connection error");
