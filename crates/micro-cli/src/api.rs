@@ -307,6 +307,20 @@ mod tokio_util_like {
 mod tests {
     use super::route;
 
+    /// go-micro's rule: an error code that is an HTTP error (400–599) is the
+    /// status; anything else (0, 200, 302, 600, a negative) is a 500, with
+    /// the error's JSON as the body either way.
+    #[test]
+    fn error_codes_outside_400_to_599_become_500() {
+        for (code, status) in
+            [(400, 400), (404, 404), (408, 408), (599, 599), (0, 500), (200, 500), (302, 500), (600, 500), (-1, 500)]
+        {
+            let e = micro::core::Error::new("svc", "x", code);
+            let r = super::error_response(&e, &None, &[]);
+            assert_eq!(r.status().as_u16(), status, "code {code}");
+        }
+    }
+
     fn r(p: &str) -> Option<(String, String)> {
         route("", p)
     }

@@ -408,6 +408,22 @@ async fn the_api_gateway_is_safe_next_to_a_browser() -> TestResult {
     Ok(())
 }
 
+/// A call that runs past the gateway's `--timeout` is a 408 with go-micro's
+/// error JSON, not a hung request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_gateway_answers_408_when_a_call_runs_past_its_timeout() -> TestResult {
+    let w = World::new()?;
+    let _svc = w.greeter()?;
+    w.registered()?;
+    let (_api, base) = start_api(&w, &["--timeout", "300ms"])?;
+    let t0 = Instant::now();
+    let (code, _, v) = http("POST", &format!("{base}/greeter/sleep"), br#"{"ms": 5000}"#.to_vec()).await?;
+    assert_eq!(code, 408, "{v}");
+    assert_eq!(v["code"], 408, "{v}");
+    assert!(t0.elapsed() < Duration::from_secs(4), "answered at the timeout, not after the call: {:?}", t0.elapsed());
+    Ok(())
+}
+
 /// The default namespace is go-micro's `go.micro.api`: only services meant
 /// for the edge are exposed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

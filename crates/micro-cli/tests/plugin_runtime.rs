@@ -62,6 +62,27 @@ async fn call(c: &Arc<dyn Client>, endpoint: &str, body: &[u8]) -> Result<String
     Ok(String::from_utf8_lossy(&r.body).into_owned())
 }
 
+/// A task a plugin spawned through `host::spawn` that panics ends alone:
+/// the panic is logged, the host and the plugin go on, and further tasks
+/// spawned the same way run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_host_spawned_plugin_task_ends_only_that_task() -> TestResult {
+    captured();
+    let plugin = tokio::task::spawn_blocking(|| probe(None)).await?;
+    let svc = probe_service(&plugin)?;
+    let c = svc.client().inner().clone();
+    assert_eq!(call(&c, "Probe.HostSpawnPanic", b"").await?, "spawned");
+    let t0 = std::time::Instant::now();
+    while !logs().contains("a plugin task ended with a") {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the task's panic was never logged:\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(logs().contains("probe panics in a task it spawned through the host"), "{}", logs());
+    assert_eq!(call(&c, "Probe.HostSpawn", b"").await?, "7", "a task spawned afterwards runs");
+    assert_eq!(call(&c, "Probe.Spawn", b"").await?, "42");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokio_and_tracing_work_inside_a_plugin_and_panics_are_contained() -> TestResult {
     captured();

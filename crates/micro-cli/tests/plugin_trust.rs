@@ -89,6 +89,11 @@ fn program_headers(b: &[u8], p_type: u32) -> Vec<usize> {
     (0..phnum).map(|i| phoff + i * phentsize).filter(|&at| b[at..at + 4] == p_type.to_le_bytes()).collect()
 }
 
+/// The host's async-ffi ABI version (what `inspect` calls "Future ABI").
+fn host_future_abi() -> u32 {
+    micro_plugin::loader::BuildInfo::host().future_abi_version
+}
+
 #[test]
 fn nothing_of_a_refused_file_runs_and_inspect_runs_nothing() -> TestResult {
     let good = probe(None);
@@ -101,6 +106,9 @@ fn nothing_of_a_refused_file_runs_and_inspect_runs_nothing() -> TestResult {
 
     let abi = patched(&good, d, "abi.so", |b| {
         put(b, field(offset_of!(PluginDescriptor, abi_version)), &(micro_plugin::abi::ABI_VERSION + 7).to_ne_bytes())
+    })?;
+    let future_abi = patched(&good, d, "future-abi.so", |b| {
+        put(b, field(offset_of!(PluginDescriptor, future_abi_version)), &(host_future_abi() + 5).to_ne_bytes())
     })?;
     let target = patched(&good, d, "target.so", |b| {
         put(
@@ -125,6 +133,11 @@ fn nothing_of_a_refused_file_runs_and_inspect_runs_nothing() -> TestResult {
             "ABI version",
             abi.display().to_string(),
             format!("plugin ABI version mismatch: plugin has {}", host.abi_version + 7),
+        ),
+        (
+            "async-ffi ABI version",
+            future_abi.display().to_string(),
+            format!("async-ffi ABI version mismatch: plugin has {}", host_future_abi() + 5),
         ),
         (
             "target",

@@ -127,6 +127,14 @@ impl Client for Probe {
                     let n = rx.await.map_err(|_| Error::internal("probe", "the spawned task was dropped"))?;
                     reply(n.to_string())
                 }
+                "Probe.HostSpawnPanic" => {
+                    // A background task that panics: it ends alone, logged.
+                    micro_plugin::host::spawn(async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                        panic!("probe panics in a task it spawned through the host");
+                    });
+                    reply("spawned".to_string())
+                }
                 "Probe.CleanedUp" => reply(CLEANED_UP.load(Ordering::SeqCst).to_string()),
                 "Probe.PanicInPoll" => {
                     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
