@@ -200,11 +200,26 @@ async fn tls_server(dir: &Path, flags: Flags) -> Result<(Service, String, String
 /// the handshake timeout, and then a client calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_tls_sockets_count_from_accept_and_time_out() -> TestResult {
+    silent_tls_sockets(None).await
+}
+
+/// The same against the gRPC server, whose handshakes are bounded by the
+/// first-message timeout.
+#[cfg(feature = "grpc")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tls_sockets_count_from_accept_and_time_out_on_grpc() -> TestResult {
+    silent_tls_sockets(Some("grpc")).await
+}
+
+async fn silent_tls_sockets(protocol: Option<&str>) -> TestResult {
     use tokio::io::AsyncReadExt;
+    PROTOCOL.with(|p| *p.borrow_mut() = protocol.map(String::from));
     let dir = tempfile::tempdir()?;
     let extra = Flags {
         transport_read_timeout: Some(Duration::from_secs(1)),
+        server_first_message_timeout: Some(Duration::from_secs(1)),
         server_max_connections: Some(8),
+        server: protocol.map(String::from),
         ..base("tls-handshakes")
     };
     let (server, addr, ca_pem) = tls_server(dir.path(), extra).await?;

@@ -91,9 +91,11 @@ impl Server for GrpcServer {
         let hard_stop = CancellationToken::new();
         let conns = Arc::new(Semaphore::new(self.opts.limits.max_connections.max(1)));
         let (accept, address) = if self.opts.tls.enabled() {
+            // The handshake is part of a connection's first message: it
+            // must be done within the first-message timeout.
             let net = crate::transport::tls::TlsNet::with_alpn(
                 &self.opts.tls,
-                Duration::from_secs(10),
+                self.opts.limits.first_message_timeout,
                 vec![b"h2".to_vec()],
             )?;
             listen(net, &self.opts.address, router, conns, self.opts.limits, stop_accepting.clone(), hard_stop.clone())
