@@ -209,6 +209,23 @@ impl DroppedFlag {
 mod tests {
     use super::*;
 
+    /// Backpressure: a writer whose reader does not read is held after
+    /// [`STREAM_BUFFER`] messages, and goes on as soon as one is read.
+    #[tokio::test]
+    async fn a_slow_reader_holds_the_writer_after_the_buffer() -> Result<()> {
+        let (s, mut ends) = Stream::pair();
+        for i in 0..STREAM_BUFFER {
+            let sent = tokio::time::timeout(std::time::Duration::from_secs(5), s.send(Bytes::from(vec![i as u8])));
+            sent.await.map_err(|_| closed_error())??;
+        }
+        let mut next = std::pin::pin!(s.send(Bytes::from_static(b"one too many")));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(std::future::Future::poll(next.as_mut(), &mut cx).is_pending(), "the writer runs ahead of its reader");
+        assert_eq!(ends.outgoing.recv().await, Some(Bytes::from(vec![0u8])));
+        tokio::time::timeout(std::time::Duration::from_secs(5), next).await.map_err(|_| closed_error())??;
+        Ok(())
+    }
+
     #[tokio::test]
     async fn messages_flow_both_ways_and_end() -> Result<()> {
         let (mut s, mut ends) = Stream::pair();

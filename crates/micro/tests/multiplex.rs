@@ -399,6 +399,76 @@ async fn pipelined_requests_from_a_raw_peer_are_answered_by_id() -> TestResult {
     Ok(())
 }
 
+/// The server enforces a stream's timeout itself: a raw peer that opens a
+/// stream with `Timeout: 300` and then says nothing (and never closes) gets
+/// the server's end of stream with a 408 once it passes.
+#[tokio::test]
+async fn the_server_ends_a_stream_at_the_callers_timeout() -> TestResult {
+    let w = world("mux-stream-timeout", true, Flags::default()).await?;
+    let addr = w.server.server().service().nodes[0].address.clone();
+    let mut s = tokio::net::TcpStream::connect(&addr).await?;
+    let mut out = BytesMut::new();
+    let hs = [
+        (headers::ID, "s1"),
+        (headers::SERVICE, "echo"),
+        (headers::ENDPOINT, "Echo.Stream"),
+        (headers::CONTENT_TYPE, "application/json"),
+        (headers::STREAM, "open"),
+        (headers::TIMEOUT, "300"),
+    ];
+    frame::encode_parts_prefixed(hs, &[], &mut out)?;
+    s.write_all(&out).await?;
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let len = s.read_u32().await? as usize;
+            let mut buf = vec![0u8; len];
+            s.read_exact(&mut buf).await?;
+            let msg = frame::decode(bytes::Bytes::from(buf))?;
+            if msg.get(headers::STREAM) == Some("eos") {
+                return Ok::<_, Box<dyn std::error::Error>>(msg);
+            }
+        }
+    })
+    .await??;
+    let e = micro::core::Error::parse(end.get(headers::ERROR).ok_or("the end of stream carries no error")?);
+    assert_eq!(e.code, 408, "{e}");
+    assert!(e.detail.contains("exceeded the caller's timeout"), "{e}");
+    w.server.stop().await?;
+    Ok(())
+}
+
+/// A stopping server ends its open streams with a 503; a stream message
+/// over the size limit fails that stream with an error saying so.
+#[tokio::test]
+async fn streams_end_with_503_on_stop_and_refuse_oversized_messages() -> TestResult {
+    let w = world("mux-stream-limits", true, Flags::default()).await?;
+    let c = w.client.client().clone();
+    // Over the 64 KiB limit of this world's transport.
+    let mut s = c.stream::<String, String>("echo", "Echo.Stream").await?;
+    s.send(&"small".to_string()).await?;
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), s.recv()).await??, Some("small".to_string()));
+    let big = s.send(&"x".repeat(100 * 1024)).await;
+    let e = match big {
+        Err(e) => e,
+        Ok(()) => tokio::time::timeout(Duration::from_secs(5), s.recv())
+            .await?
+            .err()
+            .ok_or("the oversized message went through")?,
+    };
+    assert!(e.detail.contains("over the limit"), "{e}");
+    // Stop with a stream open: it ends with the server's 503.
+    let mut s = c.stream::<String, String>("echo", "Echo.Stream").await?;
+    s.send(&"hi".to_string()).await?;
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), s.recv()).await??, Some("hi".to_string()));
+    let server = w.server.server().clone();
+    let stopping = tokio::spawn(async move { server.stop().await });
+    let e =
+        tokio::time::timeout(Duration::from_secs(10), s.recv()).await?.err().ok_or("the stream outlived the stop")?;
+    assert_eq!((e.code, e.id.as_str()), (503, "go.micro.server"), "{e}");
+    stopping.await??;
+    Ok(())
+}
+
 #[tokio::test]
 async fn an_oversized_reply_fails_only_its_own_call() -> TestResult {
     let w = world("mux-big-reply", true, Flags::default()).await?;
