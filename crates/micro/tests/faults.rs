@@ -302,6 +302,52 @@ async fn one_connection_cannot_take_every_in_flight_slot() -> TestResult {
 /// Sockets that never send the HTTP/2 preface, or send it and never a
 /// request, take every connection slot of a gRPC server; each is closed
 /// within the first-message timeout, and a call succeeds after.
+/// The gRPC server's in-flight limit: four slow (2 s) calls at once
+/// against a limit of 2 — the excess is refused at once with the server's 503.
+#[cfg(feature = "grpc")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_server_refuses_calls_over_its_in_flight_limit() -> TestResult {
+    let f = Flags {
+        server: Some("grpc".into()),
+        client: Some("grpc".into()),
+        server_max_in_flight: Some(2),
+        ..flags("faults-grpc-in-flight")
+    };
+    let svc = Service::builder("target").flags(f.clone()).build()?;
+    svc.handle("Echo.Slow", |ms: u64| async move {
+        tokio::time::sleep(Duration::from_millis(ms.min(5000))).await;
+        Ok::<_, Error>(ms)
+    })?;
+    svc.start().await?;
+    let addr = svc.server().service().nodes[0].address.clone();
+    let caller = Service::builder("caller").flags(f).build()?;
+    let mut calls = Vec::new();
+    for _ in 0..4 {
+        let client = caller.client().clone();
+        let opts = CallOptions { retries: Some(0), address: Some(addr.clone()), ..Default::default() };
+        calls.push(tokio::spawn(async move {
+            let t0 = Instant::now();
+            (client.call_with::<_, u64>("target", "Echo.Slow", &2_000u64, HashMap::new(), opts).await, t0.elapsed())
+        }));
+    }
+    let (mut ok, mut busy) = (0, 0);
+    for c in calls {
+        match c.await? {
+            (Ok(2_000), _) => ok += 1,
+            (Err(e), took) if e.code == 503 => {
+                assert_eq!(e.id, "go.micro.server", "{e}");
+                assert!(e.detail.contains("server busy"), "{e}");
+                assert!(took < Duration::from_millis(1_500), "refused at once, not after waiting: {took:?}");
+                busy += 1;
+            }
+            other => return Err(format!("unexpected {other:?}").into()),
+        }
+    }
+    assert_eq!((ok, busy), (2, 2), "the limit of 2 held");
+    svc.stop().await?;
+    Ok(())
+}
+
 #[cfg(feature = "grpc")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_sockets_cannot_lock_a_grpc_server_out() -> TestResult {
