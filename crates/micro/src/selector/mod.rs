@@ -301,6 +301,96 @@ mod tests {
         Ok(m)
     }
 
+    /// A registry whose watches can be broken on demand, counting them.
+    struct Breakable {
+        inner: Arc<MemoryRegistry>,
+        watches: Arc<AtomicUsize>,
+        broken: Arc<tokio::sync::Notify>,
+    }
+
+    struct BreakableWatcher {
+        inner: Box<dyn micro_core::Watcher>,
+        broken: Arc<tokio::sync::Notify>,
+    }
+
+    #[async_trait]
+    impl micro_core::Watcher for BreakableWatcher {
+        async fn next(&mut self) -> Result<micro_core::Event> {
+            tokio::select! {
+                _ = self.broken.notified() => Err(Error::internal("test", "watch broken")),
+                e = self.inner.next() => e,
+            }
+        }
+        fn stop(&self) {
+            self.inner.stop();
+        }
+    }
+
+    #[async_trait]
+    impl Registry for Breakable {
+        async fn register(&self, s: &Service, o: micro_core::RegisterOptions) -> Result<()> {
+            self.inner.register(s, o).await
+        }
+        async fn deregister(&self, s: &Service) -> Result<()> {
+            self.inner.deregister(s).await
+        }
+        async fn get_service(&self, name: &str) -> Result<Vec<Service>> {
+            self.inner.get_service(name).await
+        }
+        async fn list_services(&self) -> Result<Vec<Service>> {
+            self.inner.list_services().await
+        }
+        async fn watch(&self, opts: WatchOptions) -> Result<Box<dyn micro_core::Watcher>> {
+            self.watches.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(BreakableWatcher { inner: self.inner.watch(opts).await?, broken: self.broken.clone() }))
+        }
+        fn name(&self) -> &str {
+            "breakable"
+        }
+    }
+
+    /// A watch that breaks (etcd restarting) may have missed events: the
+    /// selector drops its whole cache and watches again, and events of the
+    /// new watch reach the cache.
+    #[tokio::test]
+    async fn a_broken_watch_clears_the_cache_and_is_watched_again() -> Result<()> {
+        let inner = Arc::new(MemoryRegistry::new());
+        inner.register(&svc("n0"), RegisterOptions::default()).await?;
+        let watches = Arc::new(AtomicUsize::new(0));
+        let broken = Arc::new(tokio::sync::Notify::new());
+        let reg = Arc::new(Breakable { inner: inner.clone(), watches: watches.clone(), broken: broken.clone() });
+        let sel = CacheSelector::new(
+            SelectorOptions { registry: reg, cache_ttl: Duration::from_secs(60) },
+            Strategy::RoundRobin,
+        );
+        sel.select("s", SelectOptions::default()).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while watches.load(Ordering::SeqCst) < 1 {
+            assert!(tokio::time::Instant::now() < deadline, "the selector never watched");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(sel.cached_nodes("s").is_some());
+        // One break (a stored permit: the watch takes it whenever it next waits).
+        broken.notify_one();
+        while sel.cached_nodes("s").is_some() || watches.load(Ordering::SeqCst) < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "the cache was not cleared and watched again");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The new watch feeds the cache: a node registered now is seen.
+        let mut seen = false;
+        for _ in 0..200 {
+            sel.select("s", SelectOptions::default()).await?;
+            inner.register(&svc("n1"), RegisterOptions::default()).await?;
+            if sel.cached_nodes("s").is_some_and(|n| n.len() == 2) {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(seen, "events of the new watch never reached the cache");
+        Ok(())
+    }
+
     #[tokio::test]
     async fn roundrobin_is_exactly_even() -> Result<()> {
         let (_r, sel) = setup(Strategy::RoundRobin, 3).await?;
