@@ -311,3 +311,33 @@ async fn micro_grpc_client_calls_a_plain_tonic_server() -> TestResult {
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     Ok(())
 }
+
+/// The standard health service with a standard client (tonic-health's):
+/// SERVING while the service runs; `Watch` streams the status, and on stop
+/// it turns NOT_SERVING (a load balancer stops sending calls) before the
+/// server drains and goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_turns_not_serving_on_stop_and_watch_follows() -> TestResult {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let (svc, addr, _abandoned) = micro_greeter("interop-health", Flags::default()).await?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
+    let mut health = HealthClient::new(channel);
+    for name in ["", "greeter"] {
+        let r = health.check(HealthCheckRequest { service: name.into() }).await?.into_inner();
+        assert_eq!(r.status(), ServingStatus::Serving, "{name:?}");
+    }
+    let unknown = health.check(HealthCheckRequest { service: "nobody".into() }).await.err();
+    assert_eq!(unknown.map(|s| s.code()), Some(tonic::Code::NotFound));
+    let mut watch = health.watch(HealthCheckRequest { service: "greeter".into() }).await?.into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), watch.message()).await??.ok_or("the watch ended")?;
+    assert_eq!(first.status(), ServingStatus::Serving);
+    let stopping = tokio::spawn(async move { svc.stop().await });
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.message()).await??.ok_or("the watch ended")?;
+    assert_eq!(next.status(), ServingStatus::NotServing, "the watch hears the stop");
+    // The watcher goes away; the server's drain then completes.
+    drop(watch);
+    drop(health);
+    tokio::time::timeout(Duration::from_secs(15), stopping).await???;
+    Ok(())
+}
