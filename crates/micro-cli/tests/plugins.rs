@@ -316,6 +316,14 @@ fn plugin_lists_skip_empty_entries_load_a_file_once_and_honour_overrides() -> Te
     std::fs::set_permissions(&ww, std::fs::Permissions::from_mode(0o666))?;
     let (ok, err) = micro_with(&ww.display().to_string(), &["--plugin-allow-insecure"])?;
     assert!(ok, "{err}");
+
+    // Another file with a component of the same name replaces it, and says so.
+    let again = dir.path().join("probe-again.so");
+    std::fs::copy(&good, &again)?;
+    let (ok, err) = micro_with(&format!("{g},{}", again.display()), &[])?;
+    assert!(ok, "{err}");
+    assert_eq!(err.matches("plugin loaded").count(), 2, "{err}");
+    assert!(err.contains("plugin probe replaces the client named \"probe\" that was already registered"), "{err}");
     Ok(())
 }
 

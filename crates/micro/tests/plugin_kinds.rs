@@ -29,8 +29,33 @@ fn new_registry(o: RegistryOptions) -> Result<Arc<dyn Registry>> {
 fn new_selector(o: SelectorOptions) -> Result<Arc<dyn Selector>> {
     Ok(Arc::new(CacheSelector::new(o, Strategy::RoundRobin)))
 }
+/// Dials made through the plugin transport, by address (each test's
+/// server has an address of its own; the tests of this file run at once).
+static PLUGIN_DIALS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn dials_to(addr: &str) -> usize {
+    PLUGIN_DIALS.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|a| *a == addr).count()
+}
+
+/// The tcp transport, counting its dials (on the plugin's side of the boundary).
+struct CountingTcp(TcpTransport);
+
+#[micro::core::async_trait]
+impl Transport for CountingTcp {
+    async fn dial(&self, addr: &str) -> Result<Box<dyn micro::core::Socket>> {
+        PLUGIN_DIALS.lock().unwrap_or_else(|p| p.into_inner()).push(addr.to_string());
+        self.0.dial(addr).await
+    }
+    async fn listen(&self, addr: &str) -> Result<Box<dyn micro::core::Listener>> {
+        self.0.listen(addr).await
+    }
+    fn name(&self) -> &str {
+        "tcp"
+    }
+}
+
 fn new_transport(o: TransportOptions) -> Result<Arc<dyn Transport>> {
-    Ok(Arc::new(TcpTransport::new(o)))
+    Ok(Arc::new(CountingTcp(TcpTransport::new(o))))
 }
 fn new_client(o: ClientOptions) -> Result<Arc<dyn Client>> {
     Ok(Arc::new(MucpClient::new(o)))
@@ -84,6 +109,13 @@ fn plugin_flags(world: &str) -> Flags {
         server: Some("pserver".into()),
         ..Flags::default()
     }
+}
+
+/// The next event of a watch, at most 10 s away.
+async fn next_event(w: &mut Box<dyn micro::core::Watcher>) -> Result<micro::core::Event> {
+    tokio::time::timeout(std::time::Duration::from_secs(10), w.next())
+        .await
+        .map_err(|_| micro::core::Error::timeout("test", "no watch event within 10 s"))?
 }
 
 #[derive(Serialize, Deserialize)]
@@ -147,7 +179,12 @@ async fn a_whole_request_path_through_plugin_components() -> Result<(), Box<dyn 
             Ok(())
         }
     })?;
+    // A watch through the plugin registry: its events cross the boundary.
+    let mut watch = svc.registry().watch(micro::core::WatchOptions { service: Some("greeter".into()) }).await?;
     svc.start().await?;
+    let created = next_event(&mut watch).await?;
+    assert_eq!((created.kind, created.service.name.as_str()), (micro::core::EventKind::Create, "greeter"));
+    assert_eq!(created.service.nodes.len(), 1, "the event carries the node");
 
     let caller = Service::builder("caller").flags(plugin_flags("kinds-rpc")).catalog(cat).build()?;
     for i in 0..20 {
@@ -168,6 +205,14 @@ async fn a_whole_request_path_through_plugin_components() -> Result<(), Box<dyn 
     assert_eq!(got.load(Ordering::SeqCst), 10);
     svc.stop().await?;
     assert_eq!(caller.registry().get_service("greeter").await.err().map(|e| e.code), Some(404));
+    loop {
+        let e = next_event(&mut watch).await?;
+        if e.kind == micro::core::EventKind::Delete {
+            assert_eq!(e.service.name, "greeter");
+            break;
+        }
+    }
+    watch.stop();
     Ok(())
 }
 
@@ -186,9 +231,16 @@ async fn a_plugin_transport_carries_overlapping_calls_and_streams() -> Result<()
         ..Flags::default()
     };
     let svc = Service::builder("counter").flags(flags.clone()).catalog(cat.clone()).build()?;
-    svc.handle("Counter.Slow", |ms: u64| async move {
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-        Ok(ms)
+    let slow_started = Arc::new(tokio::sync::Notify::new());
+    let started = slow_started.clone();
+    svc.handle("Counter.Slow", move |ms: u64| {
+        if ms > 0 {
+            started.notify_one();
+        }
+        async move {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            Ok(ms)
+        }
     })?;
     svc.handle_stream("Counter.Count", |_ctx, mut s: micro::TypedStream<u64, u64>| async move {
         let Some(n) = s.recv().await? else { return Ok(()) };
@@ -198,16 +250,26 @@ async fn a_plugin_transport_carries_overlapping_calls_and_streams() -> Result<()
         Ok(())
     })?;
     svc.start().await?;
-    let caller = Service::builder("caller").flags(flags).catalog(cat).build()?;
-    // A slow call does not hold up the quick ones sent after it.
+    // One connection per address: the dials through the plugin transport
+    // then count connections exactly.
+    let one = Flags { client: Some("mucp1".into()), ..flags };
+    let mut cat = cat;
+    cat.clients.insert(
+        "mucp1",
+        Arc::new(|o| Ok(Arc::new(MucpClient::with_connections(o, 1)) as Arc<dyn Client>)) as micro::catalog::NewClient,
+    );
+    let caller = Service::builder("caller").flags(one).catalog(cat).build()?;
+    let addr = svc.server().service().nodes[0].address.clone();
+    // A slow call does not hold up the quick ones sent after it, on the same connection.
     let c = caller.client().clone();
-    let slow = tokio::spawn(async move { c.call::<_, u64>("counter", "Counter.Slow", &400u64).await });
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let slow = tokio::spawn(async move { c.call::<_, u64>("counter", "Counter.Slow", &2_000u64).await });
+    tokio::time::timeout(std::time::Duration::from_secs(10), slow_started.notified()).await?;
     for _ in 0..10 {
         assert_eq!(caller.client().call::<_, u64>("counter", "Counter.Slow", &0u64).await?, 0);
     }
     assert!(!slow.is_finished(), "quick calls waited for the slow one");
-    assert_eq!(slow.await??, 400);
+    assert_eq!(slow.await??, 2_000);
+    assert_eq!(dials_to(&addr), 1, "the eleven overlapping calls shared one connection");
     let mut s: micro::TypedStream<u64, u64> = caller.client().stream("counter", "Counter.Count").await?;
     s.send(&3).await?;
     s.close_send();
@@ -216,6 +278,7 @@ async fn a_plugin_transport_carries_overlapping_calls_and_streams() -> Result<()
         got.push(x);
     }
     assert_eq!(got, [1, 2, 3]);
+    assert_eq!(dials_to(&addr), 2, "the stream took a connection of its own");
     svc.stop().await?;
     Ok(())
 }
