@@ -7,6 +7,8 @@
 use micro::core::{CallOptions, Error};
 use micro::{Flags, Service};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -71,19 +73,33 @@ async fn hostile_peers_are_cut_off_while_good_calls_succeed() -> TestResult {
     let (svc, addr) = server("faults-hostile", Flags::default()).await?;
     let caller = Service::builder("caller").flags(flags("faults-hostile")).build()?;
 
-    // Well-behaved traffic throughout: 8 callers x 100 calls.
+    // Well-behaved traffic throughout: 8 callers calling until the hostile
+    // peers are done, counting their calls.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let hostile_done = Arc::new(AtomicBool::new(false));
     let mut good = Vec::new();
     for c in 0..8 {
         let client = caller.client().clone();
+        let (calls, done) = (calls.clone(), hostile_done.clone());
         good.push(tokio::spawn(async move {
-            for i in 0..100 {
+            let mut i = 0;
+            while !done.load(Ordering::SeqCst) {
                 let s = format!("{c}-{i}");
                 let r: String = client.call("target", "Echo.Call", &s).await?;
                 assert_eq!(r, s);
+                calls.fetch_add(1, Ordering::SeqCst);
+                i += 1;
             }
             Ok::<_, Error>(())
         }));
     }
+    // The hostile peers start once the good traffic runs.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while calls.load(Ordering::SeqCst) < 8 {
+        assert!(Instant::now() < deadline, "the good calls never got going");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let calls_before = calls.load(Ordering::SeqCst);
 
     let bound = Duration::from_secs(5);
     // Garbage: "GARB" read as a length prefix is over the limit.
@@ -125,7 +141,9 @@ async fn hostile_peers_are_cut_off_while_good_calls_succeed() -> TestResult {
     let took = closed_within(s, bound).await?;
     assert!(took >= Duration::from_millis(250) && took < Duration::from_millis(1500), "read timeout: {took:?}");
 
-    // Many peers announcing large frames and sending little cost little memory.
+    // Many peers announcing large frames and sending little cost little
+    // memory: sampled from the moment they are written until the server has
+    // cut every one of them off at the read timeout (so it has read them).
     let before = rss_kib();
     let mut held = Vec::new();
     for _ in 0..64 {
@@ -134,14 +152,28 @@ async fn hostile_peers_are_cut_off_while_good_calls_succeed() -> TestResult {
         s.write_all(&[0u8; 16]).await?;
         held.push(s);
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let grew = rss_kib().saturating_sub(before);
+    let all_cut = tokio::spawn(async move {
+        for s in held {
+            closed_within(s, Duration::from_secs(10)).await.map_err(|e| e.to_string())?;
+        }
+        Ok::<_, String>(())
+    });
+    let mut peak = before;
+    while !all_cut.is_finished() {
+        peak = peak.max(rss_kib());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    all_cut.await??;
+    let grew = peak.saturating_sub(before);
     assert!(grew < 16 * 1024, "64 announced 1 MiB frames grew RSS by {grew} KiB");
-    drop(held);
 
+    // The good calls ran while the hostile peers were connected, and all succeeded.
+    let during = calls.load(Ordering::SeqCst) - calls_before;
+    hostile_done.store(true, Ordering::SeqCst);
     for g in good {
         g.await??;
     }
+    assert!(during >= 100, "only {during} good calls ran beside the hostile peers");
     svc.stop().await?;
     Ok(())
 }
