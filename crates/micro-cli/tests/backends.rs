@@ -25,7 +25,7 @@ fn etcd_env(etcd: &Etcd) -> Vec<(&'static str, String)> {
 
 fn command(path: impl AsRef<std::ffi::OsStr>, env: &[(&str, String)]) -> Command {
     let mut c = Command::new(path);
-    c.env_remove("MICRO_PLUGIN").env_remove("MICRO_CLIENT").env_remove("MICRO_TRANSPORT").env_remove("MICRO_BROKER");
+    without_micro_env(&mut c);
     for (k, v) in env {
         c.env(k, v);
     }

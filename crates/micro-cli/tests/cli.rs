@@ -20,9 +20,7 @@ impl World {
         Ok(World { dir: tempfile::tempdir()? })
     }
     fn env(&self, c: &mut Command) {
-        c.env_remove("MICRO_PLUGIN")
-            .env_remove("MICRO_CLIENT")
-            .env_remove("MICRO_TRANSPORT")
+        without_micro_env(c)
             .env("MICRO_REGISTRY", "local")
             .env("MICRO_REGISTRY_ADDRESS", self.dir.path().join("registry"))
             .env("MICRO_BROKER", "http")

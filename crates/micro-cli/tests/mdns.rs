@@ -11,12 +11,7 @@ use std::time::{Duration, Instant};
 
 fn in_ns(ns: &NetNs, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut c = ns.command(program);
-    c.env_remove("MICRO_PLUGIN")
-        .env_remove("MICRO_CLIENT")
-        .env_remove("MICRO_TRANSPORT")
-        .env_remove("MICRO_BROKER")
-        .env("MICRO_REGISTRY", "mdns")
-        .env("MICRO_LOG_LEVEL", "warn");
+    without_micro_env(&mut c).env("MICRO_REGISTRY", "mdns").env("MICRO_LOG_LEVEL", "warn");
     c
 }
 

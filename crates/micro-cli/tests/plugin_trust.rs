@@ -22,7 +22,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 fn start_up(plugin: &str, marker: &Path, extra: &[&str]) -> Result<Output, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let mut c = Command::new(MICRO);
-    c.env_remove("MICRO_CLIENT")
+    without_micro_env(&mut c)
         .env("MICRO_PLUGIN", plugin)
         .env("MICRO_PROBE_MARKER", marker)
         .env("MICRO_REGISTRY", "local")
@@ -35,7 +35,7 @@ fn start_up(plugin: &str, marker: &Path, extra: &[&str]) -> Result<Output, Box<d
 /// `micro plugin inspect` of `plugin`.
 fn inspect(plugin: &str, marker: &Path) -> Result<Output, Box<dyn std::error::Error>> {
     let mut c = Command::new(MICRO);
-    c.env_remove("MICRO_PLUGIN").env("MICRO_PROBE_MARKER", marker).args(["plugin", "inspect", plugin]);
+    without_micro_env(&mut c).env("MICRO_PROBE_MARKER", marker).args(["plugin", "inspect", plugin]);
     run_bounded(&mut c, LIMIT)
 }
 

@@ -19,7 +19,7 @@ fn registry_env(dir: &std::path::Path) -> Vec<(&'static str, String)> {
 
 fn cmd(bin_name: &str, env: &[(&str, String)]) -> Command {
     let mut c = Command::new(bin(bin_name));
-    c.env_remove("MICRO_PLUGIN").env_remove("MICRO_CLIENT").env_remove("MICRO_TRANSPORT");
+    without_micro_env(&mut c);
     for (k, v) in env {
         c.env(k, v);
     }

@@ -237,6 +237,72 @@ impl Nats {
     }
 }
 
+/// Clears every `MICRO_*` variable from a child's environment, so that a
+/// test's process sees only what the test gives it (a developer's exported
+/// `MICRO_REGISTRY` or `MICRO_PLUGIN` must not leak into a test).
+pub fn without_micro_env(c: &mut Command) -> &mut Command {
+    for (k, _) in std::env::vars_os() {
+        if k.to_str().is_some_and(|k| k.starts_with("MICRO_")) {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+/// A child process that is killed (and reaped) when dropped, however the
+/// test ends.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    /// Sends a signal (`"TERM"`, `"INT"`, …) with `kill`.
+    pub fn signal(&self, sig: &str) -> std::io::Result<()> {
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.0.id().to_string()]).status()?.success();
+        if !ok {
+            return Err(std::io::Error::other(format!("kill -{sig} {} failed", self.0.id())));
+        }
+        Ok(())
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::io::Result<std::process::ExitStatus> {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.0.try_wait()? {
+                return Ok(st);
+            }
+            if t0.elapsed() > limit {
+                return Err(std::io::Error::other(format!("process did not exit within {limit:?}")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then waits at most `limit` for the exit; returns the exit
+    /// status and whatever the process left on its piped stdout and stderr.
+    pub fn terminate(mut self, limit: Duration) -> std::io::Result<std::process::Output> {
+        use std::io::Read;
+        self.signal("TERM")?;
+        let status = self
+            .wait_exit(limit)
+            .map_err(|_| std::io::Error::other(format!("process did not exit within {limit:?} of SIGTERM")))?;
+        let mut out = std::process::Output { status, stdout: Vec::new(), stderr: Vec::new() };
+        if let Some(mut e) = self.0.stderr.take() {
+            e.read_to_end(&mut out.stderr)?;
+        }
+        if let Some(mut o) = self.0.stdout.take() {
+            o.read_to_end(&mut out.stdout)?;
+        }
+        Ok(out)
+    }
+}
+
 /// Starts a killed server again on its port: the port stays reserved
 /// (below the ephemeral range, never handed out again by [`free_port`]),
 /// and a start that fails to bind (the old socket not yet gone) is retried.

@@ -3,7 +3,7 @@
 
 use micro::core::Registry;
 use micro::registry::LocalRegistry;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -11,39 +11,7 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 const SERVICE: &str = env!("CARGO_BIN_EXE_greeter-service");
 const CLIENT: &str = env!("CARGO_BIN_EXE_greeter-client");
 
-/// A child process that is killed when the test ends, however it ends.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn signal(&self, sig: &str) -> TestResult {
-        let ok = Command::new("kill").args([&format!("-{sig}"), &self.0.id().to_string()]).status()?.success();
-        if !ok {
-            return Err(format!("kill -{sig} failed").into());
-        }
-        Ok(())
-    }
-
-    /// Waits for the process to exit, at most `limit`.
-    fn wait_exit(&mut self, limit: Duration) -> Result<std::process::ExitStatus, Box<dyn std::error::Error>> {
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = self.0.try_wait()? {
-                return Ok(st);
-            }
-            if t0.elapsed() > limit {
-                return Err(format!("process did not exit within {limit:?}").into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
+use micro_testkit::{without_micro_env, Proc};
 
 struct World {
     dir: tempfile::TempDir,
@@ -55,11 +23,10 @@ impl World {
     }
 
     fn env(&self, cmd: &mut Command) {
-        cmd.env("MICRO_REGISTRY", "local")
+        without_micro_env(cmd)
+            .env("MICRO_REGISTRY", "local")
             .env("MICRO_REGISTRY_ADDRESS", self.dir.path())
-            .env("MICRO_LOG_LEVEL", "warn")
-            .env_remove("MICRO_CLIENT")
-            .env_remove("MICRO_TRANSPORT");
+            .env("MICRO_LOG_LEVEL", "warn");
     }
 
     fn service(&self, args: &[&str]) -> Result<Proc, std::io::Error> {

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -145,37 +145,9 @@ pub(crate) fn run_bounded(cmd: &mut Command, limit: Duration) -> Result<Output, 
     Ok(Output { status, stdout, stderr })
 }
 
-/// A child process killed when dropped.
-pub(crate) struct Proc(pub(crate) Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    pub(crate) fn terminate(mut self, limit: Duration) -> Result<Output, Box<dyn std::error::Error>> {
-        Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status()?;
-        let t0 = Instant::now();
-        while self.0.try_wait()?.is_none() {
-            if t0.elapsed() > limit {
-                return Err("process did not exit after SIGTERM".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let mut out = Output { status: self.0.wait()?, stdout: Vec::new(), stderr: Vec::new() };
-        use std::io::Read;
-        if let Some(mut e) = self.0.stderr.take() {
-            e.read_to_end(&mut out.stderr)?;
-        }
-        if let Some(mut o) = self.0.stdout.take() {
-            o.read_to_end(&mut out.stdout)?;
-        }
-        Ok(out)
-    }
-}
+/// A child process killed when dropped (`micro_testkit::Proc`).
+#[allow(unused_imports)] // each test binary uses its own share of these
+pub(crate) use micro_testkit::{without_micro_env, Proc};
 
 /// Waits until `micro services` (same registry settings) lists `service`.
 pub(crate) fn wait_registered(
