@@ -18,7 +18,7 @@ fn in_ns(ns: &NetNs, program: impl AsRef<std::ffi::OsStr>) -> Command {
 #[test]
 fn services_find_each_other_over_mdns() -> TestResult {
     let ns = NetNs::create().map_err(|e| e.to_string())?;
-    let _a = Proc(in_ns(&ns, bin("greeter-service")).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+    let mut a = Proc(in_ns(&ns, bin("greeter-service")).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
     let _b = Proc(in_ns(&ns, bin("greeter-service")).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
 
     // Another process, with its own mDNS daemon, discovers both.
@@ -52,5 +52,30 @@ fn services_find_each_other_over_mdns() -> TestResult {
     let mut ids = ids;
     ids.sort();
     assert_eq!(seen, ids);
+
+    // A node killed without deregistering (SIGKILL, no goodbye packets) no
+    // longer answers: new lookups find only the live one, and calls go there.
+    a.0.kill()?;
+    a.wait_exit(Duration::from_secs(5))?;
+    let t0 = Instant::now();
+    let left = loop {
+        let o = in_ns(&ns, MICRO).args(["describe", "greeter", "--output", "json"]).output()?;
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        let now: Vec<String> = v[0]["nodes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|n| n["id"].as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        if now.len() == 1 {
+            break now;
+        }
+        if t0.elapsed() > Duration::from_secs(6) {
+            return Err(format!("{} nodes over mDNS 6 s after one was killed", now.len()).into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(ids.contains(&left[0]), "{left:?} is one of {ids:?}");
+    let o = in_ns(&ns, bin("greeter-client")).args(["--whoami", "--count", "4", "--wait", "10s"]).output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).lines().all(|l| l == left[0]), "only the live node answers");
     Ok(())
 }

@@ -96,6 +96,9 @@ pub fn decode(get: impl Fn(&str) -> Option<String>, now: u64) -> Option<Service>
     })
 }
 
+/// How long a new registry listens before its first answer (see `get_service`).
+const SETTLE: Duration = Duration::from_millis(500);
+
 struct Cache {
     /// fullname -> (record, expiry)
     nodes: HashMap<String, (Service, u64)>,
@@ -199,6 +202,13 @@ impl Registry for MdnsRegistry {
     }
 
     async fn get_service(&self, name: &str) -> Result<Vec<Service>> {
+        // Every responder answers a query after its own random delay (up to
+        // 120 ms, RFC 6762 §6): a fresh registry that answered with the
+        // first node heard would miss the others. Wait out the answers to
+        // the first query once, as `list_services` does.
+        if self.started.elapsed() < SETTLE {
+            tokio::time::sleep(SETTLE.saturating_sub(self.started.elapsed())).await;
+        }
         loop {
             let out = micro_core::registry::merge_services(self.live().into_iter().filter(|s| s.name == name));
             if !out.is_empty() {
