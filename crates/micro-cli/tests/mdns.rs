@@ -1,6 +1,7 @@
-//! The mdns registry between real processes. Multicast must not leave this
-//! machine, so everything runs in a private network namespace whose only
-//! interface is a loopback with multicast on (see micro-testkit's NetNs).
+//! Tests in private network namespaces (micro-testkit's NetNs): the mdns
+//! registry between real processes (multicast must not leave this machine:
+//! the only interface is a loopback with multicast on), and what a service
+//! bound to all interfaces registers.
 
 mod common;
 
@@ -77,5 +78,69 @@ fn services_find_each_other_over_mdns() -> TestResult {
     let o = in_ns(&ns, bin("greeter-client")).args(["--whoami", "--count", "4", "--wait", "10s"]).output()?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).lines().all(|l| l == left[0]), "only the live node answers");
+    Ok(())
+}
+
+/// A service bound to all interfaces (`0.0.0.0:0`) registers an address
+/// others can dial — the host's private IPv4, not `0.0.0.0` — and so does
+/// the HTTP broker's subscriber listener; a client calls it there and a
+/// publish reaches it. In a namespace whose only routable address is
+/// 10.99.0.1 (a veth pair inside it: nothing leaves the namespace).
+#[test]
+fn a_service_bound_to_all_interfaces_registers_a_routable_address() -> TestResult {
+    let ns = NetNs::create().map_err(|e| e.to_string())?;
+    ns.add_address("10.99.0.1/24").map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir()?;
+    let env = |c: &mut Command| {
+        without_micro_env(c)
+            .env("MICRO_REGISTRY", "local")
+            .env("MICRO_REGISTRY_ADDRESS", dir.path())
+            .env("MICRO_BROKER", "http")
+            .env("MICRO_LOG_LEVEL", "warn");
+    };
+    let mut svc = ns.command(bin("greeter-service"));
+    env(&mut svc);
+    let _svc = Proc(
+        svc.args(["--server-address", "0.0.0.0:0", "--broker-address", "0.0.0.0:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let describe = |service: &str| -> Result<Vec<String>, Box<dyn std::error::Error>> {
+        let mut c = ns.command(MICRO);
+        env(&mut c);
+        let o = c.args(["describe", service, "--output", "json"]).output()?;
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["nodes"].as_array().into_iter().flatten())
+            .filter_map(|n| n["address"].as_str().map(String::from))
+            .collect())
+    };
+    let t0 = Instant::now();
+    let (server, broker) = loop {
+        let (s, b) = (describe("greeter")?, describe("micro.http.broker")?);
+        if !s.is_empty() && !b.is_empty() {
+            break (s, b);
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            return Err(format!("not registered: greeter {s:?}, broker {b:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(server.iter().all(|a| a.starts_with("10.99.0.1:")), "the server registered {server:?}");
+    assert!(broker.iter().all(|a| a.starts_with("10.99.0.1:")), "the broker registered {broker:?}");
+    // Dialled there: a call answers, and a publish reaches the subscriber
+    // (the HTTP broker's publish fails naming any subscriber it cannot reach).
+    let mut client = ns.command(bin("greeter-client"));
+    env(&mut client);
+    let o = client.args(["--name", "Net", "--wait", "10s"]).output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "Hello Net");
+    let mut publish = ns.command(MICRO);
+    env(&mut publish);
+    let o = publish.args(["publish", "greeter.events", r#"{"id": 1}"#]).output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     Ok(())
 }

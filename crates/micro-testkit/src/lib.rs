@@ -348,6 +348,18 @@ impl NetNs {
         Ok(ns)
     }
 
+    /// Gives the namespace an interface with `cidr` (e.g. `10.99.0.1/24`):
+    /// one end of a veth pair whose other end stays inside too, so the
+    /// host has a routable address while no packet leaves the namespace.
+    pub fn add_address(&self, cidr: &str) -> Result<(), Error> {
+        let ns = self.name.as_str();
+        ip(&["netns", "exec", ns, "ip", "link", "add", "h0", "type", "veth", "peer", "name", "h1"])?;
+        ip(&["netns", "exec", ns, "ip", "addr", "add", cidr, "dev", "h0"])?;
+        ip(&["netns", "exec", ns, "ip", "link", "set", "h0", "up"])?;
+        ip(&["netns", "exec", ns, "ip", "link", "set", "h1", "up"])?;
+        Ok(())
+    }
+
     /// A command that runs `program` inside the namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");

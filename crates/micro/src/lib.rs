@@ -28,6 +28,7 @@
 //! # }
 //! ```
 
+pub mod addr;
 pub mod broker;
 pub mod catalog;
 pub mod client;

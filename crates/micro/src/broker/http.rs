@@ -393,7 +393,8 @@ impl Broker for HttpBroker {
         let record = Service {
             name: SERVICE.into(),
             version: opts.queue.clone().unwrap_or_else(|| BROADCAST.into()),
-            nodes: vec![Node { id: id.clone(), address: addr, metadata }],
+            // Bound to all interfaces, it registers one that others can dial.
+            nodes: vec![Node { id: id.clone(), address: crate::addr::advertised(&addr), metadata }],
             ..Default::default()
         };
         self.inner.registry.register(&record, RegisterOptions { ttl: TTL }).await?;

@@ -84,7 +84,11 @@ impl Endpoints {
             version: opts.version.clone(),
             metadata: HashMap::new(),
             endpoints,
-            nodes: vec![Node { id: opts.id.clone(), address: opts.advertise.clone().unwrap_or(address), metadata }],
+            nodes: vec![Node {
+                id: opts.id.clone(),
+                address: opts.advertise.clone().unwrap_or_else(|| crate::addr::advertised(&address)),
+                metadata,
+            }],
         }
     }
 }
