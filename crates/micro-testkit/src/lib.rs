@@ -5,6 +5,7 @@
 //! [`contract`] holds the behaviour every registry and broker must have.
 
 pub mod contract;
+pub mod hosts;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -51,7 +52,8 @@ pub fn free_port() -> Result<u16, Error> {
 /// Attempts at starting a server whose port turned out to be taken.
 const START_ATTEMPTS: usize = 5;
 
-fn find(binary: &str) -> Result<PathBuf, Error> {
+/// Where a server binary from Debian's packages is (`etcd`, `nats-server`).
+pub fn find(binary: &str) -> Result<PathBuf, Error> {
     for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"] {
         let p = PathBuf::from(dir).join(binary);
         if p.is_file() {
@@ -282,6 +284,21 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits at most `limit` for the process to exit by itself; returns the
+    /// exit status and what it left on its piped stdout and stderr.
+    pub fn output(mut self, limit: Duration) -> std::io::Result<std::process::Output> {
+        use std::io::Read;
+        let status = self.wait_exit(limit)?;
+        let mut out = std::process::Output { status, stdout: Vec::new(), stderr: Vec::new() };
+        if let Some(mut e) = self.0.stderr.take() {
+            e.read_to_end(&mut out.stderr)?;
+        }
+        if let Some(mut o) = self.0.stdout.take() {
+            o.read_to_end(&mut out.stdout)?;
+        }
+        Ok(out)
     }
 
     /// SIGTERM, then waits at most `limit` for the exit; returns the exit

@@ -1,0 +1,203 @@
+//! micro across hosts, simulated with network namespaces on one bridge
+//! (micro-testkit's `Hosts`; root and iproute2 needed, as in CI): etcd on
+//! host 1, NATS on host 2, greeter nodes on hosts 3 and 4 bound to all
+//! interfaces, the tools on host 5. Every process of the test runs "on" a
+//! host; nothing leaves the namespaces.
+
+mod common;
+
+use common::*;
+use micro_testkit::hosts::{Host, Hosts};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A command on `host` with the distributed set-up: etcd on host 1, NATS on host 2.
+fn on(host: &Host, program: impl AsRef<std::ffi::OsStr>, etcd: &str, nats: &str) -> Command {
+    let mut c = host.command(program);
+    without_micro_env(&mut c)
+        .env("MICRO_REGISTRY", "etcd")
+        .env("MICRO_REGISTRY_ADDRESS", etcd)
+        .env("MICRO_BROKER", "nats")
+        .env("MICRO_BROKER_ADDRESS", nats)
+        .env("MICRO_LOG_LEVEL", "warn");
+    c
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Runs `cmd` until `ok` accepts its output (bounded).
+fn until(
+    mut cmd: impl FnMut() -> Command,
+    what: &str,
+    ok: impl Fn(&Output) -> bool,
+) -> Result<Output, Box<dyn std::error::Error>> {
+    let t0 = Instant::now();
+    loop {
+        let o = cmd().output()?;
+        if ok(&o) {
+            return Ok(o);
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            return Err(format!("{what}: not within 30 s; last: {}", text(&o)).into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn calls_streams_and_pub_sub_cross_hosts() -> TestResult {
+    let hosts = Hosts::create(5).map_err(|e| e.to_string())?;
+    let (a, b, c, d, e) = (hosts.host(1), hosts.host(2), hosts.host(3), hosts.host(4), hosts.host(5));
+    let etcd = format!("{}:2379", a.ip());
+    let nats = format!("{}:4222", b.ip());
+
+    // etcd on host 1, nats-server on host 2 (each host has its own ports).
+    let data = tempfile::tempdir()?;
+    let client_url = format!("http://{etcd}");
+    let _etcd = Proc(
+        a.command(micro_testkit::find("etcd").map_err(|e| e.to_string())?)
+            .args(["--name", "a", "--data-dir"])
+            .arg(data.path().join("etcd"))
+            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+            .args([
+                "--listen-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:2380",
+            ])
+            .args(["--initial-cluster", "a=http://127.0.0.1:2380"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let _nats = Proc(
+        b.command(micro_testkit::find("nats-server").map_err(|e| e.to_string())?)
+            .args(["-a", b.ip(), "-p", "4222"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    // Both servers answer (from host 5) before the services start: a
+    // service does not start without its broker.
+    until(
+        || {
+            let mut m = on(e, MICRO, &etcd, &nats);
+            m.args(["services"]);
+            m
+        },
+        "etcd on host 1",
+        |o| o.status.success(),
+    )?;
+    until(
+        || {
+            let mut m = on(e, MICRO, &etcd, &nats);
+            m.args(["publish", "ready", "{}"]);
+            m
+        },
+        "nats-server on host 2",
+        |o| o.status.success(),
+    )?;
+    // Two greeter nodes bound to all interfaces.
+    let mut nodes = Vec::new();
+    for h in [c, d] {
+        let mut svc = on(h, bin("greeter-service"), &etcd, &nats);
+        svc.args(["--server-address", "0.0.0.0:0"]).stdout(Stdio::null()).stderr(Stdio::null());
+        nodes.push(Proc(svc.spawn()?));
+    }
+
+    // On host 5: both nodes listed, each at its own host's address.
+    let o = until(
+        || {
+            let mut m = on(e, MICRO, &etcd, &nats);
+            m.args(["describe", "greeter", "--output", "json"]);
+            m
+        },
+        "two greeter nodes in etcd",
+        |o| {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            v[0]["nodes"].as_array().is_some_and(|n| n.len() == 2)
+        },
+    )?;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    let mut addrs: Vec<String> = v[0]["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["address"].as_str().map(|a| a.split(':').next().unwrap_or_default().to_string()))
+        .collect();
+    addrs.sort();
+    assert_eq!(addrs, [c.ip(), d.ip()], "each node registered its own host's address");
+
+    // Calls from host 5 reach both hosts.
+    let o = on(e, bin("greeter-client"), &etcd, &nats)
+        .args(["--whoami", "--count", "8", "--selector", "roundrobin", "--wait", "10s"])
+        .output()?;
+    assert!(o.status.success(), "{}", text(&o));
+    let mut seen: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 2, "calls reached both nodes: {seen:?}");
+
+    // A stream from host 5 to a node on another host.
+    let o = on(e, MICRO, &etcd, &nats)
+        .args(["call", "greeter", "Greeter.Count", r#"{"n": 3}"#, "--stream", "--output", "json"])
+        .output()?;
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 3, "{}", text(&o));
+
+    // Pub/sub across hosts through NATS on host 2: a subscriber on host 4, a publisher on host 5.
+    let sub = Proc(
+        on(d, MICRO, &etcd, &nats)
+            .args(["subscribe", "cross.nats", "--count", "1", "--output", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?,
+    );
+    let got = publish_until_received(sub, || {
+        let mut p = on(e, MICRO, &etcd, &nats);
+        p.args(["publish", "cross.nats", r#"{"via": "nats"}"#]);
+        p
+    })?;
+    assert!(got.contains(r#""via":"nats""#), "{got}");
+
+    // And through the HTTP broker: the subscriber on host 3 listens on all
+    // interfaces and registers host 3's address in etcd; host 5 posts to it.
+    let sub = Proc(
+        on(c, MICRO, &etcd, &nats)
+            .args(["subscribe", "cross.http", "--broker", "http", "--broker-address", "0.0.0.0:0", "--count", "1"])
+            .args(["--output", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?,
+    );
+    let got = publish_until_received(sub, || {
+        let mut p = on(e, MICRO, &etcd, &nats);
+        p.args(["publish", "cross.http", r#"{"via": "http"}"#, "--broker", "http"]);
+        p
+    })?;
+    assert!(got.contains(r#""via":"http""#), "{got}");
+    drop(nodes);
+    Ok(())
+}
+
+/// Publishes (again, until the subscriber is in place) until `sub` has
+/// received one message and exited; returns what it printed.
+fn publish_until_received(
+    mut sub: Proc,
+    mut publish: impl FnMut() -> Command,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let t0 = Instant::now();
+    loop {
+        let _ = publish().output()?;
+        if sub.0.try_wait()?.is_some() {
+            let o = sub.output(Duration::from_secs(5))?;
+            return Ok(text(&o));
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            return Err("the subscriber on the other host received nothing within 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
