@@ -55,23 +55,7 @@ fn calls_streams_and_pub_sub_cross_hosts() -> TestResult {
 
     // etcd on host 1, nats-server on host 2 (each host has its own ports).
     let data = tempfile::tempdir()?;
-    let client_url = format!("http://{etcd}");
-    let _etcd = Proc(
-        a.command(micro_testkit::find("etcd").map_err(|e| e.to_string())?)
-            .args(["--name", "a", "--data-dir"])
-            .arg(data.path().join("etcd"))
-            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-            .args([
-                "--listen-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-advertise-peer-urls",
-                "http://127.0.0.1:2380",
-            ])
-            .args(["--initial-cluster", "a=http://127.0.0.1:2380"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
+    let _etcd = start_etcd(a, data.path())?;
     let _nats = Proc(
         b.command(micro_testkit::find("nats-server").map_err(|e| e.to_string())?)
             .args(["-a", b.ip(), "-p", "4222"])
@@ -200,4 +184,156 @@ fn publish_until_received(
         }
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// A host that drops off the network while a client on another host calls
+/// (3,000 calls, one every 5 ms, round robin over two nodes): no call
+/// fails — calls on the dead connection fail over within their deadline
+/// (the connection is given up once data stays unacknowledged for 3 s, and
+/// a dial to the dead host takes at most half of a call's time), the node
+/// leaves the registry within 3× its 3 s TTL, and once the cable is back it
+/// registers again and answers calls again.
+#[test]
+fn a_host_that_drops_off_leaves_the_rotation_and_comes_back() -> TestResult {
+    let hosts = Hosts::create(4).map_err(|e| e.to_string())?;
+    let (a, c, d, e) = (hosts.host(1), hosts.host(2), hosts.host(3), hosts.host(4));
+    let etcd = format!("{}:2379", a.ip());
+    let data = tempfile::tempdir()?;
+    let _etcd = start_etcd(a, data.path())?;
+    let env = |h: &Host, program: &std::path::Path| {
+        let mut c = h.command(program);
+        without_micro_env(&mut c)
+            .env("MICRO_REGISTRY", "etcd")
+            .env("MICRO_REGISTRY_ADDRESS", &etcd)
+            .env("MICRO_LOG_LEVEL", "warn");
+        c
+    };
+    let micro = std::path::Path::new(MICRO);
+    until(
+        || {
+            let mut m = env(e, micro);
+            m.arg("services");
+            m
+        },
+        "etcd on host 1",
+        |o| o.status.success(),
+    )?;
+    let mut nodes = Vec::new();
+    for h in [c, d] {
+        let mut svc = env(h, &bin("greeter-service"));
+        svc.args(["--server-address", "0.0.0.0:0", "--register-ttl", "3s", "--register-interval", "1s"]);
+        nodes.push(Proc(svc.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?));
+    }
+    let node_of = |host: &Host| -> Result<String, Box<dyn std::error::Error>> {
+        let o = until(
+            || {
+                let mut m = env(e, micro);
+                m.args(["describe", "greeter", "--output", "json"]);
+                m
+            },
+            "both nodes registered",
+            |o| {
+                let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+                v[0]["nodes"].as_array().is_some_and(|n| {
+                    n.iter().any(|n| n["address"].as_str().is_some_and(|a| a.starts_with(&format!("{}:", host.ip()))))
+                })
+            },
+        )?;
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+        let id = v[0]["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["address"].as_str().is_some_and(|a| a.starts_with(&format!("{}:", host.ip()))))
+            .and_then(|n| n["id"].as_str())
+            .ok_or("no node id")?;
+        Ok(id.to_string())
+    };
+    let (c_id, d_id) = (node_of(c)?, node_of(d)?);
+
+    // The client, its answers collected with the time each arrived.
+    let mut client = env(e, &bin("greeter-client"));
+    client.args(["--whoami", "--count", "3000", "--every", "5ms", "--selector", "roundrobin", "--wait", "10s"]);
+    let mut client = Proc(client.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?);
+    let stdout = client.0.stdout.take().ok_or("client stdout")?;
+    let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Instant, String)>::new()));
+    let sink = answers.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().unwrap_or_else(|p| p.into_inner()).push((Instant::now(), line));
+        }
+    });
+    let count = |id: &str, since: Instant| {
+        answers.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|(t, l)| *t >= since && l == id).count()
+    };
+    let wait_for = |what: &str, limit: Duration, f: &dyn Fn() -> bool| -> TestResult {
+        let t0 = Instant::now();
+        while !f() {
+            if t0.elapsed() > limit {
+                return Err(format!("{what}: not within {limit:?}").into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    };
+    let start = Instant::now();
+    wait_for("both nodes answering", Duration::from_secs(20), &|| {
+        count(&c_id, start) > 20 && count(&d_id, start) > 20
+    })?;
+
+    // Host 3's cable is cut.
+    d.link(false).map_err(|e| e.to_string())?;
+    let cut = Instant::now();
+    // It leaves the registry within 3× its TTL (it can no longer renew it).
+    let o = until(
+        || {
+            let mut m = env(e, micro);
+            m.args(["describe", "greeter", "--output", "json"]);
+            m
+        },
+        "host 3's node expired",
+        |o| {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            v[0]["nodes"].as_array().is_some_and(|n| n.len() == 1)
+        },
+    )?;
+    assert!(cut.elapsed() < Duration::from_secs(9) + Duration::from_secs(2), "expired after {:?}", cut.elapsed());
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&c_id));
+    let gone = Instant::now();
+    wait_for("calls going on to host 2 alone", Duration::from_secs(10), &|| count(&c_id, gone) > 50)?;
+    assert_eq!(count(&d_id, gone), 0, "the dropped host answered after it left");
+
+    // The cable is back: the node registers again and answers again.
+    d.link(true).map_err(|e| e.to_string())?;
+    let back = Instant::now();
+    wait_for("host 3 answering again", Duration::from_secs(20), &|| count(&d_id, back) > 5)?;
+
+    // Every one of the 3,000 calls succeeded.
+    let out = client.output(Duration::from_secs(60))?;
+    assert!(out.status.success(), "a call failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(answers.lock().unwrap_or_else(|p| p.into_inner()).len(), 3000);
+    drop(nodes);
+    Ok(())
+}
+
+/// etcd on `host`, listening on its address (port 2379: every host has its own ports).
+fn start_etcd(host: &Host, data: &std::path::Path) -> Result<Proc, Box<dyn std::error::Error>> {
+    let url = format!("http://{}:2379", host.ip());
+    Ok(Proc(
+        host.command(micro_testkit::find("etcd").map_err(|e| e.to_string())?)
+            .args(["--name", "a", "--data-dir"])
+            .arg(data.join("etcd"))
+            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+            .args([
+                "--listen-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:2380",
+            ])
+            .args(["--initial-cluster", "a=http://127.0.0.1:2380"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    ))
 }

@@ -170,7 +170,12 @@ pub async fn broker(
         let m = Message::new(format!("{{\"n\":{i}}}")).with_header("X-Seq", i.to_string());
         publisher.publish(&topic, m).await?;
     }
-    until(limit, "fan-out to both subscribers", || count(&ia) == N && count(&ib) == N).await?;
+    until(limit, "fan-out to both subscribers", || count(&ia) >= N && count(&ib) >= N)
+        .await
+        .map_err(|e| format!("{e} (a got {}, b got {} of {N})", count(&ia), count(&ib)))?;
+    check(count(&ia) == N && count(&ib) == N, || {
+        format!("a got {}, b got {} of {N}: duplicates", count(&ia), count(&ib))
+    })?;
     for (name, i) in [("a", &ia), ("b", &ib)] {
         let got = i.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for (k, m) in got.iter().enumerate() {

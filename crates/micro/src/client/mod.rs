@@ -55,7 +55,7 @@ pub(crate) async fn with_retries<F, Fut>(
     mut attempt_at: F,
 ) -> Result<Response>
 where
-    F: FnMut(Arc<Node>) -> Fut,
+    F: FnMut(Arc<Node>, bool) -> Fut,
     Fut: Future<Output = Attempt>,
 {
     let mut exclude = Vec::new();
@@ -85,7 +85,9 @@ where
             }
         };
         let address = &node.address;
-        match attempt_at(node.clone()).await {
+        // The last attempt may take all the time left; others leave room for a retry.
+        let last_attempt = attempt == retries;
+        match attempt_at(node.clone(), last_attempt).await {
             // Only the server's own refusal (at its limit, or stopping) is
             // retried: a 503 from a handler may come after it did its work.
             Attempt::Done(Err(e)) if e.code == 503 && e.id == "go.micro.server" && attempt < retries => {

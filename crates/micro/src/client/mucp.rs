@@ -57,11 +57,19 @@ impl MucpClient {
         }
     }
 
-    async fn attempt(&self, address: &str, req: &Request, deadline: Instant) -> Attempt {
+    async fn attempt(&self, address: &str, req: &Request, deadline: Instant, last: bool) -> Attempt {
         if self.plain.load(Ordering::Relaxed) {
             return self.attempt_plain(None, address, req, deadline).await;
         }
-        let conn = match self.conns.get(&*self.opts.transport, address).await {
+        // Dialling a host that is down waits out the dial timeout: unless this
+        // is the last attempt, leave half of the time left for another node.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let dial_limit = if last { left } else { left / 2 };
+        let got = match tokio::time::timeout(dial_limit, self.conns.get(&*self.opts.transport, address)).await {
+            Ok(got) => got,
+            Err(_) => Err(Error::timeout(ID, format!("dial {address}: no connection within {dial_limit:?}"))),
+        };
+        let conn = match got {
             Ok(Got::Mux(c)) => c,
             Ok(Got::Plain(sock)) => {
                 // This transport's sockets cannot be split: one call per connection, pooled.
@@ -131,8 +139,8 @@ impl MucpClient {
 
     async fn call_inner(&self, req: &Request, opts: &CallOptions, deadline: Instant) -> Result<Response> {
         let retries = opts.retries.unwrap_or(self.opts.retries);
-        super::with_retries(&*self.opts.selector, "mucp", req, opts, retries, |node| async move {
-            self.attempt(&node.address, req, deadline).await
+        super::with_retries(&*self.opts.selector, "mucp", req, opts, retries, |node, last| async move {
+            self.attempt(&node.address, req, deadline, last).await
         })
         .await
     }

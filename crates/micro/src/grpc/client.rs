@@ -260,7 +260,7 @@ impl Client for GrpcClient {
         let retries = opts.retries.unwrap_or(self.opts.retries);
         // Each attempt carries the time left as its gRPC deadline, which
         // tonic enforces (one timer per call, not two).
-        with_retries(&*self.opts.selector, "grpc", &req, &opts, retries, |node| {
+        with_retries(&*self.opts.selector, "grpc", &req, &opts, retries, |node, _last| {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let req = &req;
             async move {

@@ -147,6 +147,15 @@ async fn watch_loop(weak: Weak<Inner>) {
             };
             match ev {
                 Ok(ev) => {
+                    if ev.kind == micro_core::EventKind::Create {
+                        // A node that registers (again, after it left) is a
+                        // fresh start: its earlier failures no longer count.
+                        let mut bl = inner.blacklist.lock().unwrap_or_else(|p| p.into_inner());
+                        for n in &ev.service.nodes {
+                            bl.remove(&n.id);
+                        }
+                        inner.failing.store(bl.len(), Ordering::Relaxed);
+                    }
                     let mut cache = inner.cache.lock().unwrap_or_else(|p| p.into_inner());
                     if let Some(entry) = cache.get_mut(&ev.service.name) {
                         // Calls holding the old snapshot finish with it.

@@ -291,7 +291,7 @@ impl Net for TlsNet {
     fn accept<'a>(&'a self, l: &'a Self::Listener) -> BoxFuture<'a, io::Result<Conn<Self::Stream>>> {
         Box::pin(async move {
             let (tcp, peer) = l.tcp.accept().await?;
-            let _ = tcp.set_nodelay(true);
+            let _ = super::tcp::tune(&tcp);
             let local = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
             // The handshake runs when the connection is first used, in its own task.
             let stream = TlsConn::Server(ServerTls::new(l.acceptor.accept(tcp), l.handshake_timeout));

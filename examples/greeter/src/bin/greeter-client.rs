@@ -23,6 +23,9 @@ struct Cli {
     /// Call Greeter.Whoami instead and print the node id that answered
     #[arg(long)]
     whoami: bool,
+    /// Pause between calls, e.g. 5ms
+    #[arg(long, value_parser = micro::flags::parse_duration, default_value = "0s")]
+    every: Duration,
     #[command(flatten)]
     micro: micro::Flags,
 }
@@ -37,7 +40,10 @@ async fn run() -> anyhow::Result<()> {
     let svc = micro::Service::builder("greeter-client").flags(cli.micro).build()?;
     let client = svc.client();
     let deadline = Instant::now() + cli.wait;
-    for _ in 0..cli.count {
+    for i in 0..cli.count {
+        if i > 0 && !cli.every.is_zero() {
+            tokio::time::sleep(cli.every).await;
+        }
         loop {
             let req = HelloRequest { name: cli.name.clone() };
             let res = if cli.whoami {
