@@ -191,12 +191,20 @@ impl Etcd {
 pub struct Nats {
     server: Server,
     port: u16,
+    /// Its configuration file (see `spawn`).
+    config: tempfile::TempDir,
 }
 
 impl Nats {
     /// Starts nats-server and waits until it answers.
     pub fn start() -> Result<Nats, Error> {
-        let mut n = Nats { server: Server { child: None }, port: free_port()? };
+        let config = tempfile::tempdir()?;
+        // nats-server drops a subscriber that has not read for its write
+        // deadline (seconds, by default) as a slow consumer, losing what it held.
+        // A test process starved of CPU on a loaded machine is not slow in
+        // that sense; a minute keeps the tests about micro, not the scheduler.
+        std::fs::write(config.path().join("nats.conf"), "write_deadline: \"60s\"\n")?;
+        let mut n = Nats { server: Server { child: None }, port: free_port()?, config };
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
             match n.spawn() {
@@ -213,7 +221,8 @@ impl Nats {
 
     fn spawn(&mut self) -> Result<(), NotReady> {
         let child = Command::new(find("nats-server").map_err(NotReady::Silent)?)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-c"])
+            .arg(self.config.path().join("nats.conf"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
