@@ -188,12 +188,6 @@ async fn world(name: &str, split: bool, extra: Flags) -> Result<World, Box<dyn s
         }
     })?;
     server.handle("Echo.Big", |n: usize| async move { Ok::<_, Error>("y".repeat(n)) })?;
-    // Blocks its thread: the server cannot answer it before it returns, so
-    // a caller with a shorter deadline gets its reply late.
-    server.handle("Echo.Block", |(ms, s): (u64, String)| async move {
-        std::thread::sleep(Duration::from_millis(ms));
-        Ok::<_, Error>(s)
-    })?;
     server.handle_stream("Echo.Stream", |_ctx, mut s: micro::TypedStream<String, String>| async move {
         while let Some(m) = s.recv().await? {
             s.send(&m).await?;
@@ -242,8 +236,10 @@ async fn overlapping_calls_share_one_connection_and_replies_find_their_callers()
     Ok(())
 }
 
-// Two workers: `Echo.Block` holds one (a handler the server cannot time
-// out while it blocks), the caller's deadline fires on the other.
+// Two workers: `Work.Spin` in "hold" mode holds one (a handler the server
+// cannot time out while it computes, released only once its caller has
+// given up, so its reply is late whatever the machine's load), the
+// caller's deadline fires on the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_gives_up_or_sends_too_much_disturbs_no_one() -> TestResult {
     let w = world("mux-isolation", true, Flags::default()).await?;
@@ -253,7 +249,7 @@ async fn a_caller_that_gives_up_or_sends_too_much_disturbs_no_one() -> TestResul
         let c = c.clone();
         tokio::spawn(async move {
             let opts = CallOptions { timeout: Some(Duration::from_millis(100)), ..Default::default() };
-            c.call_with::<_, String>("echo", "Echo.Block", &(600u64, "late".to_string()), HashMap::new(), opts).await
+            c.call_with::<_, String>("echo", "Work.Spin", &"hold", HashMap::new(), opts).await
         })
     };
     let slow_ok = {
@@ -266,8 +262,10 @@ async fn a_caller_that_gives_up_or_sends_too_much_disturbs_no_one() -> TestResul
     assert!(big.is_some_and(|e| e.detail.contains("over the limit")));
     let e = slow.await?.err();
     assert_eq!(e.map(|e| e.code), Some(408));
+    // The caller gave up: now the handler answers, late.
+    w.spin.released.store(true, Ordering::SeqCst);
     assert_eq!(slow_ok.await??, "patient");
-    // The timed-out call's late reply (600 ms) arrives and is dropped; calls go on.
+    // The timed-out call's late reply arrives and is dropped; calls go on.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while micro::client::late_replies() == late_before {
         assert!(tokio::time::Instant::now() < deadline, "the late reply never arrived");
