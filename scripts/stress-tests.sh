@@ -22,7 +22,7 @@ trap 'kill $load 2>/dev/null || true; wait $load 2>/dev/null || true' EXIT
 passed=0
 for i in $(seq 1 "$RUNS"); do
   start=$(date +%s)
-  if bash scripts/test.sh "$@" >"$out/run-$i.log" 2>&1; then
+  if bash scripts/test.sh --no-fail-fast "$@" >"$out/run-$i.log" 2>&1; then
     passed=$((passed + 1)); verdict=passed
   else
     verdict="FAILED (log: $out/run-$i.log)"
