@@ -8,19 +8,19 @@ mod typed;
 pub use mucp::MucpClient;
 pub use typed::TypedClient;
 
-/// How many replies this process's `mucp` clients have dropped because
-/// their caller had given up (its deadline passed, or it was cancelled):
-/// a late reply never reaches another caller, and is counted here.
-pub fn late_replies() -> u64 {
-    mux::LATE_REPLIES.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 use micro_core::{
     headers, Broker, CallOptions, Error, Message, Node, Request, Response, Result, SelectOptions, Selector,
 };
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How many replies this process's `mucp` clients have dropped because
+/// their caller had given up (its deadline passed, or it was cancelled):
+/// a late reply never reaches another caller, and is counted here.
+pub fn late_replies() -> u64 {
+    mux::LATE_REPLIES.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// Publishes as every client does: the topic and a message id (unless the
 /// caller set one) in the headers, then through the broker.

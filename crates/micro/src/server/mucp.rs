@@ -488,12 +488,9 @@ impl Conn {
         // beside it on this connection go on, and the runtime spreads one
         // client's heavy calls over every worker.
         let echo = Incoming { id: req.id.clone(), service: req.service.clone(), ..Incoming::default() };
-        let (handlers, service) = (self.handlers.clone(), self.service.clone());
+        let (handler, service) = (served.handler.clone(), self.service.clone());
         let task = tokio::spawn(async move {
-            let reply = match handlers.get(&req.endpoint) {
-                Some(served) => cost.metered(dispatch(&served.handler, &service, req, max)).await,
-                None => unknown_endpoint(&req, &service),
-            };
+            let reply = cost.metered(dispatch(&handler, &service, req, max)).await;
             drop(permit);
             reply
         });
