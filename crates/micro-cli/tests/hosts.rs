@@ -11,15 +11,20 @@ use micro_testkit::hosts::{Host, Hosts};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// A command on `host` with the distributed set-up: etcd on host 1, NATS on host 2.
-fn on(host: &Host, program: impl AsRef<std::ffi::OsStr>, etcd: &str, nats: &str) -> Command {
+/// A command on `host` using etcd at `etcd`.
+fn with_etcd(host: &Host, program: impl AsRef<std::ffi::OsStr>, etcd: &str) -> Command {
     let mut c = host.command(program);
     without_micro_env(&mut c)
         .env("MICRO_REGISTRY", "etcd")
         .env("MICRO_REGISTRY_ADDRESS", etcd)
-        .env("MICRO_BROKER", "nats")
-        .env("MICRO_BROKER_ADDRESS", nats)
         .env("MICRO_LOG_LEVEL", "warn");
+    c
+}
+
+/// A command on `host` with the distributed set-up: etcd on host 1, NATS on host 2.
+fn on(host: &Host, program: impl AsRef<std::ffi::OsStr>, etcd: &str, nats: &str) -> Command {
+    let mut c = with_etcd(host, program, etcd);
+    c.env("MICRO_BROKER", "nats").env("MICRO_BROKER_ADDRESS", nats);
     c
 }
 
@@ -200,14 +205,7 @@ fn a_host_that_drops_off_leaves_the_rotation_and_comes_back() -> TestResult {
     let etcd = format!("{}:2379", a.ip());
     let data = tempfile::tempdir()?;
     let _etcd = start_etcd(a, data.path())?;
-    let env = |h: &Host, program: &std::path::Path| {
-        let mut c = h.command(program);
-        without_micro_env(&mut c)
-            .env("MICRO_REGISTRY", "etcd")
-            .env("MICRO_REGISTRY_ADDRESS", &etcd)
-            .env("MICRO_LOG_LEVEL", "warn");
-        c
-    };
+    let env = |h: &Host, program: &std::path::Path| with_etcd(h, program, &etcd);
     let micro = std::path::Path::new(MICRO);
     until(
         || {
