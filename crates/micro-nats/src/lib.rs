@@ -20,6 +20,7 @@ use micro_core::{
     async_trait, Broker, BrokerHandler, BrokerOptions, Catalog, Error, Message, Result, SubscribeOptions, Subscription,
 };
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, OnceCell};
@@ -145,6 +146,10 @@ impl Broker for NatsBroker {
         client.flush().await.map_err(|e| Error::internal(ID, format!("nats subscribe to {topic}: {e}")))?;
         let stop = Arc::new(Notify::new());
         let stopped = stop.clone();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let halted = stopping.clone();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let client = client.clone();
         let t = topic.to_string();
         tokio::spawn(async move {
             // One stop future for the life of the subscription, polled only when
@@ -157,14 +162,28 @@ impl Broker for NatsBroker {
                     m = sub.next() => match m { Some(m) => m, None => break },
                     _ = &mut stop => break,
                 };
+                // Unsubscribed: nothing more reaches the handler, even what
+                // the client had already buffered (one atomic load a message).
+                if halted.load(Ordering::Relaxed) {
+                    break;
+                }
                 let msg = Message { header: micro_headers(m.headers.as_ref()), body: m.payload };
                 if let Err(e) = handler(m.subject.to_string(), msg).await {
                     tracing::warn!(topic = %t, error = %e, "subscriber failed");
                 }
             }
+            // The server has the UNSUB once the flush's round trip is done.
             let _ = sub.unsubscribe().await;
+            let _ = client.flush().await;
+            let _ = done_tx.send(());
         });
-        Ok(Box::new(NatsSubscription { topic: topic.to_string(), queue: opts.queue, stop }))
+        Ok(Box::new(NatsSubscription {
+            topic: topic.to_string(),
+            queue: opts.queue,
+            stop,
+            stopping,
+            done: std::sync::Mutex::new(Some(done_rx)),
+        }))
     }
 
     fn address(&self) -> String {
@@ -180,7 +199,15 @@ struct NatsSubscription {
     topic: String,
     queue: Option<String>,
     stop: Arc<Notify>,
+    /// Set by `unsubscribe`: the delivery task calls the handler no more.
+    stopping: Arc<AtomicBool>,
+    /// Fires once the server has the unsubscription.
+    done: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
+
+/// How long `unsubscribe` waits for the server to confirm (a server that
+/// is down cannot; the subscription is gone on this side anyway).
+const UNSUBSCRIBE_LIMIT: Duration = Duration::from_secs(5);
 
 #[async_trait]
 impl Subscription for NatsSubscription {
@@ -191,8 +218,17 @@ impl Subscription for NatsSubscription {
         self.queue.as_deref()
     }
     async fn unsubscribe(&self) -> Result<()> {
+        // Once this returns, no message reaches the handler: the flag stops
+        // delivery at once, and the task confirms the server's UNSUB.
+        self.stopping.store(true, Ordering::Relaxed);
         // notify_one stores a permit, so this works even before the task waits.
         self.stop.notify_one();
+        let done = self.done.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(done) = done {
+            if tokio::time::timeout(UNSUBSCRIBE_LIMIT, done).await.is_err() {
+                tracing::warn!(topic = %self.topic, limit = ?UNSUBSCRIBE_LIMIT, "nats did not confirm the unsubscription in time");
+            }
+        }
         Ok(())
     }
 }
