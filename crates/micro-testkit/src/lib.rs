@@ -312,20 +312,9 @@ impl Proc {
 
     /// SIGTERM, then waits at most `limit` for the exit; returns the exit
     /// status and whatever the process left on its piped stdout and stderr.
-    pub fn terminate(mut self, limit: Duration) -> std::io::Result<std::process::Output> {
-        use std::io::Read;
+    pub fn terminate(self, limit: Duration) -> std::io::Result<std::process::Output> {
         self.signal("TERM")?;
-        let status = self
-            .wait_exit(limit)
-            .map_err(|_| std::io::Error::other(format!("process did not exit within {limit:?} of SIGTERM")))?;
-        let mut out = std::process::Output { status, stdout: Vec::new(), stderr: Vec::new() };
-        if let Some(mut e) = self.0.stderr.take() {
-            e.read_to_end(&mut out.stderr)?;
-        }
-        if let Some(mut o) = self.0.stdout.take() {
-            o.read_to_end(&mut out.stdout)?;
-        }
-        Ok(out)
+        self.output(limit).map_err(|e| std::io::Error::other(format!("after SIGTERM: {e}")))
     }
 }
 

@@ -267,11 +267,9 @@ async fn direct_address_skips_the_registry() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn stop_deregisters_and_drains_in_flight_requests() -> TestResult {
-    let svc = Arc::new(greeter("rpc-drain")?);
-    // The handler says when it runs: stop comes while it is in flight, not
-    // after a guessed delay.
+/// Adds `Greeter.Hold` (sleeps the request's `ms`); the returned Notify
+/// is signalled when a call of it starts running.
+fn hold(svc: &Service) -> Result<Arc<tokio::sync::Notify>, micro::Error> {
     let started = Arc::new(tokio::sync::Notify::new());
     let s = started.clone();
     svc.handle("Greeter.Hold", move |r: Sleep| {
@@ -281,6 +279,15 @@ async fn stop_deregisters_and_drains_in_flight_requests() -> TestResult {
             Ok(Greeting { greeting: "slept".into() })
         }
     })?;
+    Ok(started)
+}
+
+#[tokio::test]
+async fn stop_deregisters_and_drains_in_flight_requests() -> TestResult {
+    let svc = Arc::new(greeter("rpc-drain")?);
+    // The handler says when it runs: stop comes while it is in flight, not
+    // after a guessed delay.
+    let started = hold(&svc)?;
     svc.start().await?;
     let c = caller("rpc-drain")?;
     assert_eq!(c.registry().get_service("greeter").await?[0].nodes.len(), 1);
@@ -300,15 +307,7 @@ async fn stop_deregisters_and_drains_in_flight_requests() -> TestResult {
 async fn stop_waits_for_calls_in_flight_at_most_the_drain_timeout() -> TestResult {
     let svc =
         Service::builder("greeter").flags(flags("rpc-drain-cap")).drain_timeout(Duration::from_millis(300)).build()?;
-    let started = Arc::new(tokio::sync::Notify::new());
-    let s = started.clone();
-    svc.handle("Greeter.Hold", move |r: Sleep| {
-        s.notify_one();
-        async move {
-            tokio::time::sleep(Duration::from_millis(r.ms)).await;
-            Ok(Greeting { greeting: "slept".into() })
-        }
-    })?;
+    let started = hold(&svc)?;
     svc.start().await?;
     let c = caller("rpc-drain-cap")?;
     let client = c.client().clone();
