@@ -124,7 +124,8 @@ impl World {
 }
 
 /// The state of `Work.Spin`, a handler that computes without awaiting:
-/// `"brief"` spins for 5 ms, `"hold"` until released (at most 10 s).
+/// `"brief"` spins for 5 ms, `"hold"` until released (at most 10 s), `"block"`
+/// sleeps in place (holding its thread, not a core) until released.
 #[derive(Default)]
 struct Spin {
     started: AtomicUsize,
@@ -137,14 +138,20 @@ impl Spin {
         self.started.fetch_add(1, Ordering::SeqCst);
         self.spinning.fetch_add(1, Ordering::SeqCst);
         let start = std::time::Instant::now();
-        let limit = Duration::from_millis(if mode == "hold" { 10_000 } else { 5 });
+        let until_released = mode == "hold" || mode == "block";
+        let limit = Duration::from_millis(if until_released { 10_000 } else { 5 });
         let mut released = false;
         while start.elapsed() < limit {
-            if mode == "hold" && self.released.load(Ordering::SeqCst) {
+            if until_released && self.released.load(Ordering::SeqCst) {
                 released = true;
                 break;
             }
-            std::hint::spin_loop();
+            if mode == "block" {
+                // Holds its thread without taking a core from the tests beside it.
+                std::thread::sleep(Duration::from_millis(1));
+            } else {
+                std::hint::spin_loop();
+            }
         }
         self.spinning.fetch_sub(1, Ordering::SeqCst);
         if released { "released" } else { "spun" }.to_string()
@@ -236,9 +243,10 @@ async fn overlapping_calls_share_one_connection_and_replies_find_their_callers()
     Ok(())
 }
 
-// Two workers: `Work.Spin` in "hold" mode holds one (a handler the server
-// cannot time out while it computes, released only once its caller has
-// given up, so its reply is late whatever the machine's load), the
+// Two workers: `Work.Spin` in "block" mode holds one (a handler the server
+// cannot time out while it blocks, released only once its caller has given
+// up, so its reply is late whatever the machine's load; it sleeps rather
+// than spins, so it takes no core from the tests running beside it), the
 // caller's deadline fires on the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_gives_up_or_sends_too_much_disturbs_no_one() -> TestResult {
@@ -249,7 +257,7 @@ async fn a_caller_that_gives_up_or_sends_too_much_disturbs_no_one() -> TestResul
         let c = c.clone();
         tokio::spawn(async move {
             let opts = CallOptions { timeout: Some(Duration::from_millis(100)), ..Default::default() };
-            c.call_with::<_, String>("echo", "Work.Spin", &"hold", HashMap::new(), opts).await
+            c.call_with::<_, String>("echo", "Work.Spin", &"block", HashMap::new(), opts).await
         })
     };
     let slow_ok = {
