@@ -97,18 +97,7 @@ fn calls_streams_and_pub_sub_cross_hosts() -> TestResult {
     }
 
     // On host 5: both nodes listed, each at its own host's address.
-    let o = until(
-        || {
-            let mut m = on(e, MICRO, &etcd, &nats);
-            m.args(["describe", "greeter", "--output", "json"]);
-            m
-        },
-        "two greeter nodes in etcd",
-        |o| {
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-            v[0]["nodes"].as_array().is_some_and(|n| n.len() == 2)
-        },
-    )?;
+    let o = greeter_nodes(e, &etcd, 2, "two greeter nodes in etcd")?;
     let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
     let mut addrs: Vec<String> = v[0]["nodes"]
         .as_array()
@@ -284,18 +273,7 @@ fn a_host_that_drops_off_leaves_the_rotation_and_comes_back() -> TestResult {
     d.link(false).map_err(|e| e.to_string())?;
     let cut = Instant::now();
     // It leaves the registry within 3× its TTL (it can no longer renew it).
-    let o = until(
-        || {
-            let mut m = env(e, micro);
-            m.args(["describe", "greeter", "--output", "json"]);
-            m
-        },
-        "host 3's node expired",
-        |o| {
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-            v[0]["nodes"].as_array().is_some_and(|n| n.len() == 1)
-        },
-    )?;
+    let o = greeter_nodes(e, &etcd, 1, "host 3's node expired")?;
     assert!(cut.elapsed() < Duration::from_secs(9) + Duration::from_secs(2), "expired after {:?}", cut.elapsed());
     assert!(String::from_utf8_lossy(&o.stdout).contains(&c_id));
     let gone = Instant::now();
@@ -313,6 +291,22 @@ fn a_host_that_drops_off_leaves_the_rotation_and_comes_back() -> TestResult {
     assert_eq!(answers.lock().unwrap_or_else(|p| p.into_inner()).len(), 3000);
     drop(nodes);
     Ok(())
+}
+
+/// `micro describe greeter` on `host`, run until it lists `n` nodes (bounded).
+fn greeter_nodes(host: &Host, etcd: &str, n: usize, what: &str) -> Result<Output, Box<dyn std::error::Error>> {
+    until(
+        || {
+            let mut m = with_etcd(host, MICRO, etcd);
+            m.args(["describe", "greeter", "--output", "json"]);
+            m
+        },
+        what,
+        |o| {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            v[0]["nodes"].as_array().is_some_and(|nodes| nodes.len() == n)
+        },
+    )
 }
 
 /// etcd on `host`, listening on its address (port 2379: every host has its own ports).
