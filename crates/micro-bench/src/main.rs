@@ -289,7 +289,9 @@ async fn run() -> anyhow::Result<()> {
         }
         Cmd::Boundary { kind, plugin, name, callers, seconds, rounds, payload, only } => {
             let window = Duration::from_secs_f64(seconds);
-            let builtin = if kind == "transport" { "tcp" } else { "mucp" };
+            // The plugin against the same code compiled in: tcpx is micro's
+            // tcp transport, brpc is compiled into this binary as `brpc-in`.
+            let builtin = if kind == "transport" { "tcp" } else { rpc::contenders::BRPC_IN };
             let contenders = [("built in", builtin.to_string()), ("plugin", name.clone())];
             let mut results: Vec<(String, usize, Vec<Sample>)> = Vec::new();
             for &n in &callers {
@@ -372,11 +374,11 @@ async fn measure(
         client_pool_size: Some(callers.max(1)),
         ..Flags::default()
     };
-    let server = Service::builder("bench").flags(flags.clone()).build()?;
+    let server = Service::builder("bench").catalog(rpc::contenders::catalog()).flags(flags.clone()).build()?;
     server.handle("Bench.Echo", |s: String| async move { Ok::<_, Error>(s) })?;
     server.start().await?;
     let addr = server.server().service().nodes.first().map(|n| n.address.clone()).context("no address")?;
-    let caller = Service::builder("bench-client").flags(flags).build()?;
+    let caller = Service::builder("bench-client").catalog(rpc::contenders::catalog()).flags(flags).build()?;
     let body = "x".repeat(payload);
     // Warm up connections on every caller.
     let stop = Arc::new(AtomicBool::new(false));

@@ -133,8 +133,11 @@ impl<'a> Reader<'a> {
     }
     /// A string.
     pub fn string(&mut self) -> Result<String, Error> {
-        let b = self.bytes()?;
-        String::from_utf8(b.to_vec()).map_err(|_| Error::internal(ID, "string is not UTF-8"))
+        self.str().map(str::to_owned)
+    }
+    /// A string, borrowed from the buffer (no copy).
+    pub fn str(&mut self) -> Result<&'a str, Error> {
+        std::str::from_utf8(self.bytes()?).map_err(|_| Error::internal(ID, "string is not UTF-8"))
     }
     /// An optional string.
     pub fn opt_string(&mut self) -> Result<Option<String>, Error> {

@@ -398,6 +398,7 @@ fn print_report(contenders: &[Contender], plan: &Plan, summary: &BTreeMap<Key, S
             (Contender::MicroGrpc, Contender::Volo),
             (Contender::MicroTcpx, Contender::Micro),
             (Contender::MicroBrpc, Contender::Micro),
+            (Contender::MicroBrpc, Contender::MicroBrpcIn),
         ];
         print!("| ratio |");
         for &callers in &plan.callers {

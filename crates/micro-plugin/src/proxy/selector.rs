@@ -20,7 +20,8 @@ impl Dispatch for SelectorExport {
                 let exclude = dec!(r.strings());
                 let protocol = dec!(r.opt_string());
                 Box::pin(async move {
-                    let node = self.0.select(&service, SelectOptions { exclude, protocol }).await?;
+                    // Shared: a caching selector answers without copying the node.
+                    let node = self.0.select_shared(&service, SelectOptions { exclude, protocol }).await?;
                     let mut w =
                         Writer::with_capacity(12 + node.id.len() + node.address.len() + wire::map_len(&node.metadata));
                     wire::put_node(&mut w, &node);
@@ -34,16 +35,16 @@ impl Dispatch for SelectorExport {
         let mut r = Reader::new(args);
         match method {
             selector_m::MARK => {
-                let (service, node) = (r.string()?, r.string()?);
+                let (service, node) = (r.str()?, r.str()?);
                 let err: Option<Error> = match r.u32()? {
                     0 => None,
                     _ => Some(r.json()?),
                 };
-                self.0.mark(&service, &node, err.as_ref().map_or(Ok(()), Err));
+                self.0.mark(service, node, err.as_ref().map_or(Ok(()), Err));
                 ok()
             }
             selector_m::RESET => {
-                self.0.reset(&r.string()?);
+                self.0.reset(r.str()?);
                 ok()
             }
             selector_m::NAME => string_reply(self.0.name()),
@@ -60,22 +61,50 @@ pub fn export_selector(s: Arc<dyn Selector>) -> FfiObject {
 struct SelectorProxy {
     remote: Remote,
     name: String,
+    /// Nodes already decoded, by their encoding. A client selects once per
+    /// call and a service has few nodes, so most answers are one of these:
+    /// a hit costs a hash of ~100 bytes instead of a dozen allocations
+    /// (id, address and each metadata entry).
+    nodes: std::sync::Mutex<std::collections::HashMap<Box<[u8]>, Arc<Node>>>,
 }
+
+/// How many decoded nodes a selector proxy keeps; past this it starts over
+/// (nodes that left the registry must not pile up).
+const NODE_CACHE: usize = 256;
 
 /// A selector exported by the other side.
 pub fn import_selector(obj: FfiObject) -> Result<Arc<dyn Selector>> {
     let remote = Remote::new(obj)?;
     let name = remote.call_string(selector_m::NAME);
-    Ok(Arc::new(SelectorProxy { remote, name }))
+    Ok(Arc::new(SelectorProxy { remote, name, nodes: Default::default() }))
+}
+
+impl SelectorProxy {
+    /// The node a SELECT reply encodes, decoded once per distinct encoding.
+    fn node_of(&self, encoded: &[u8]) -> Result<Arc<Node>> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = nodes.get(encoded) {
+            return Ok(n.clone());
+        }
+        let node = Arc::new(wire::get_node(&mut Reader::new(encoded))?);
+        if nodes.len() >= NODE_CACHE {
+            nodes.clear();
+        }
+        nodes.insert(encoded.into(), node.clone());
+        Ok(node)
+    }
 }
 
 #[async_trait]
 impl Selector for SelectorProxy {
     async fn select(&self, service: &str, opts: SelectOptions) -> Result<Node> {
-        let mut w = Writer::new();
+        self.select_shared(service, opts).await.map(|n| (*n).clone())
+    }
+    async fn select_shared(&self, service: &str, opts: SelectOptions) -> Result<Arc<Node>> {
+        let mut w = Writer::with_capacity(16 + service.len());
         w.str(service).strs(&opts.exclude).opt_str(opts.protocol.as_deref());
         let r = self.remote.call(selector_m::SELECT, &w.finish(), Vec::new()).await?;
-        wire::get_node(&mut Reader::new(r.bytes.as_slice()))
+        self.node_of(r.bytes.as_slice())
     }
     fn mark(&self, service: &str, node_id: &str, outcome: Result<(), &Error>) {
         let mut w = Writer::with_capacity(16 + service.len() + node_id.len());
@@ -93,5 +122,67 @@ impl Selector for SelectorProxy {
     }
     fn name(&self) -> &str {
         &self.name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A selector answering with whatever node the test put in.
+    struct Fixed(Mutex<Node>);
+
+    #[async_trait]
+    impl Selector for Fixed {
+        async fn select(&self, _: &str, _: SelectOptions) -> Result<Node> {
+            Ok(self.0.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        }
+        fn mark(&self, _: &str, _: &str, _: Result<(), &Error>) {}
+        fn reset(&self, _: &str) {}
+        fn name(&self) -> &str {
+            "fixed"
+        }
+    }
+
+    fn node(id: &str, address: &str) -> Node {
+        let metadata = [("protocol", "mucp"), ("transport", "tcp")].map(|(k, v)| (k.into(), v.into())).into();
+        Node { id: id.into(), address: address.into(), metadata }
+    }
+
+    #[tokio::test]
+    async fn the_node_cache_never_answers_with_a_stale_node() -> Result<()> {
+        let host = Arc::new(Fixed(Mutex::new(node("a", "127.0.0.1:1"))));
+        let proxy = import_selector(export_selector(host.clone()))?;
+        let first = proxy.select_shared("s", SelectOptions::default()).await?;
+        let again = proxy.select_shared("s", SelectOptions::default()).await?;
+        assert!(Arc::ptr_eq(&first, &again), "the same node is decoded once");
+        assert_eq!(*first, node("a", "127.0.0.1:1"));
+
+        // The same node id at a new address, then with other metadata: the
+        // encoding differs, so the cache has nothing to answer with.
+        *host.0.lock().unwrap_or_else(|p| p.into_inner()) = node("a", "127.0.0.1:2");
+        assert_eq!(proxy.select("s", SelectOptions::default()).await?.address, "127.0.0.1:2");
+        let mut changed = node("a", "127.0.0.1:2");
+        changed.metadata.insert("version".into(), "2".into());
+        *host.0.lock().unwrap_or_else(|p| p.into_inner()) = changed.clone();
+        assert_eq!(*proxy.select_shared("s", SelectOptions::default()).await?, changed);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_node_cache_stays_bounded() -> Result<()> {
+        let host = Arc::new(Fixed(Mutex::new(node("n0", "127.0.0.1:1"))));
+        let proxy = SelectorProxy {
+            remote: Remote::new(export_selector(host.clone()))?,
+            name: "fixed".into(),
+            nodes: Default::default(),
+        };
+        for i in 0..NODE_CACHE * 3 {
+            *host.0.lock().unwrap_or_else(|p| p.into_inner()) = node(&format!("n{i}"), "127.0.0.1:1");
+            assert_eq!(proxy.select_shared("s", SelectOptions::default()).await?.id, format!("n{i}"));
+            assert!(proxy.nodes.lock().unwrap_or_else(|p| p.into_inner()).len() <= NODE_CACHE);
+        }
+        Ok(())
     }
 }

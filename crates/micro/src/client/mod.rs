@@ -64,7 +64,8 @@ where
         if attempt > 0 {
             // 10ms, 20ms, 40ms … capped at 1s.
             let backoff = Duration::from_millis(10u64 << (attempt - 1).min(7)).min(Duration::from_secs(1));
-            tokio::time::sleep(backoff).await;
+            // Boxed: a timer held inline would grow every call's future.
+            Box::pin(tokio::time::sleep(backoff)).await;
         }
         // `selected`: the node came from the selector (and is told how it went).
         let (node, selected) = match &opts.address {

@@ -293,6 +293,13 @@ impl Conns {
         Conns { per_address: per_address.max(1), ttl, addresses: Mutex::new(HashMap::new()), epoch: Instant::now() }
     }
 
+    /// An open connection to `address` if there are `per_address` of
+    /// them, without dialling (the common case, and no future to poll).
+    pub(super) fn ready(&self, address: &str) -> Option<Arc<MuxConn>> {
+        let addr = lock(&self.addresses).get(address)?.clone();
+        self.pick(&addr)
+    }
+
     /// A connection to `address`: one already open when there are
     /// `per_address` of them, else a new one.
     pub(super) async fn get(&self, transport: &dyn Transport, address: &str) -> Result<Got> {
