@@ -419,9 +419,20 @@ async fn call_stream(
             }
             anyhow::Ok(())
         };
-        let (sent, printed) = tokio::join!(send, print);
-        printed?;
-        return sent;
+        // The responses decide when this ends: once they are over (the
+        // stream ended, or broke), lines still to come on stdin have nowhere
+        // to go, and waiting for them would hang a broken stream forever.
+        tokio::pin!(send, print);
+        let mut sending = true;
+        loop {
+            tokio::select! {
+                printed = &mut print => return printed,
+                sent = &mut send, if sending => {
+                    sent?;
+                    sending = false;
+                }
+            }
+        }
     }
     stream.send(json_body(request)?).await?;
     stream.close_send();

@@ -329,3 +329,156 @@ fn start_etcd(host: &Host, data: &std::path::Path) -> Result<Proc, Box<dyn std::
             .spawn()?,
     ))
 }
+
+/// A bad path between a client and a service (micro-testkit's proxy on a
+/// router host: the greeter on host 2 advertises the router's address, so
+/// every call from host 4 crosses it): calls meet their deadlines or fail
+/// with 408, a refused or reset connection is an error or a retry, never a
+/// hang; a stream survives a stall and ends with an error when its
+/// connection is reset, never silently.
+#[test]
+fn a_bad_path_delays_or_fails_calls_but_never_hangs_them() -> TestResult {
+    use micro_testkit::proxy::Proxy;
+    let hosts = Hosts::create(4).map_err(|e| e.to_string())?;
+    let (a, svc_host, router, client) = (hosts.host(1), hosts.host(2), hosts.host(3), hosts.host(4));
+    let etcd = format!("{}:2379", a.ip());
+    let data = tempfile::tempdir()?;
+    let _etcd = start_etcd(a, data.path())?;
+    let micro = || with_etcd(client, MICRO, &etcd);
+    until(
+        || {
+            let mut m = micro();
+            m.arg("services");
+            m
+        },
+        "etcd on host 1",
+        |o| o.status.success(),
+    )?;
+    let proxy = Proxy::start_on(router, &format!("{}:9090", router.ip()), &format!("{}:9090", svc_host.ip()))
+        .map_err(|e| e.to_string())?;
+    let _greeter = Proc(
+        with_etcd(svc_host, bin("greeter-service"), &etcd)
+            .args(["--server-address", "0.0.0.0:9090", "--server-advertise", proxy.addr()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let o = greeter_nodes(client, &etcd, 1, "the greeter registered")?;
+    assert!(String::from_utf8_lossy(&o.stdout).contains(proxy.addr()), "registered at the router's address");
+    let call = |timeout: &str| -> Result<Output, Box<dyn std::error::Error>> {
+        let mut m = micro();
+        m.args(["call", "greeter", "Greeter.Hello", r#"{"name": "path"}"#, "--timeout", timeout]);
+        run_bounded(&mut m, Duration::from_secs(20))
+    };
+    let o = call("5s")?;
+    assert!(o.status.success(), "{}", text(&o));
+
+    // 50 ms each way: a call with 5 s succeeds, one with 80 ms (less than a
+    // round trip) fails with 408 and does not wait for the late reply.
+    proxy.latency(Duration::from_millis(50));
+    let o = call("5s")?;
+    assert!(o.status.success(), "{}", text(&o));
+    let t0 = Instant::now();
+    let o = call("80ms")?;
+    assert!(!o.status.success() && text(&o).contains("408"), "{}", text(&o));
+    assert!(t0.elapsed() < Duration::from_secs(5), "the 80 ms call took {:?}", t0.elapsed());
+    // A stream over the slow path gets every message.
+    let o = run_bounded(
+        micro().args(["call", "greeter", "Greeter.Count", r#"{"n": 5}"#, "--stream", "--output", "json"]),
+        Duration::from_secs(20),
+    )?;
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 5, "{}", text(&o));
+    proxy.latency(Duration::ZERO);
+
+    // A stalled path (connections open, no byte through): the call ends
+    // with 408 at its deadline.
+    proxy.stall(true);
+    let o = call("1s")?;
+    assert!(!o.status.success() && text(&o).contains("408"), "{}", text(&o));
+    proxy.stall(false);
+
+    // A bidirectional stream survives a stall, and ends with an error (not
+    // silently, not hanging with its input still open) when reset.
+    let mut chat = micro();
+    chat.args(["call", "greeter", "Greeter.Chat", "-", "--stream", "--output", "json"]);
+    let mut chat = Proc(chat.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?);
+    let mut input = chat.0.stdin.take().ok_or("chat stdin")?;
+    let lines = read_lines(chat.0.stdout.take().ok_or("chat stdout")?);
+    use std::io::Write;
+    writeln!(input, r#"{{"name": "one"}}"#)?;
+    wait_line(&lines, "Hello one")?;
+    proxy.stall(true);
+    writeln!(input, r#"{{"name": "two"}}"#)?;
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!lines.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|l| l.contains("Hello two")), "stalled");
+    proxy.stall(false);
+    wait_line(&lines, "Hello two")?;
+    proxy.reset();
+    let out = chat.output(Duration::from_secs(20))?;
+    assert!(!out.status.success(), "a reset stream must end with an error: {}", text(&out));
+    assert!(!out.stderr.is_empty(), "and say so");
+    drop(input);
+
+    // Refused connections: the call fails (after its retry), it does not hang.
+    proxy.refuse(true);
+    let o = call("3s")?;
+    assert!(!o.status.success(), "{}", text(&o));
+    proxy.refuse(false);
+
+    // Connections reset every 200 ms under a run of calls: each call is
+    // retried on a fresh connection and none fails.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let resetting = {
+        let (flag, proxy) = (stop.clone(), &proxy);
+        std::thread::scope(|s| {
+            let resets = s.spawn(move || {
+                let mut n = 0;
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(200));
+                    proxy.reset();
+                    n += 1;
+                }
+                n
+            });
+            let mut c = with_etcd(client, bin("greeter-client"), &etcd);
+            c.args(["--count", "300", "--every", "10ms"]);
+            let o = run_bounded(&mut c, Duration::from_secs(60));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            (o, resets.join())
+        })
+    };
+    let (o, resets) = resetting;
+    let o = o?;
+    assert!(o.status.success(), "a call failed under resets: {}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 300);
+    assert!(resets.map_err(|_| "reset thread")? >= 5, "the path was reset during the calls");
+    Ok(())
+}
+
+type Lines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Collects a child's output lines as they come.
+fn read_lines(r: impl std::io::Read + Send + 'static) -> Lines {
+    let lines: Lines = Default::default();
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+            sink.lock().unwrap_or_else(|p| p.into_inner()).push(l);
+        }
+    });
+    lines
+}
+
+/// Waits (bounded) until a line containing `what` has come.
+fn wait_line(lines: &Lines, what: &str) -> TestResult {
+    let t0 = Instant::now();
+    while !lines.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|l| l.contains(what)) {
+        if t0.elapsed() > Duration::from_secs(20) {
+            return Err(format!("no {what:?} within 20 s").into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}

@@ -31,6 +31,11 @@ impl Host {
         &self.ip
     }
 
+    /// The host's network namespace, as `ip netns` keeps it.
+    pub fn netns_path(&self) -> std::path::PathBuf {
+        std::path::Path::new("/var/run/netns").join(&self.ns)
+    }
+
     /// A command that runs `program` on this host.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");

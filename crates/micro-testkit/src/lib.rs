@@ -6,6 +6,7 @@
 
 pub mod contract;
 pub mod hosts;
+pub mod proxy;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;

@@ -171,11 +171,16 @@ where
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(main) {
+    let code = match rt.block_on(main) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             report(format_args!("error: {e:#}"));
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    // Not a plain drop: that waits for every blocking task, and a read of
+    // stdin (tokio reads it on a blocking thread) never ends while the
+    // other end stays open. Whatever main awaited is done by now.
+    rt.shutdown_background();
+    code
 }
