@@ -482,3 +482,85 @@ fn wait_line(lines: &Lines, what: &str) -> TestResult {
     }
     Ok(())
 }
+
+/// etcd partitioned from everything else: a client already calling goes on
+/// calling from its cached view while the service's registration lapses
+/// (etcd expires it: the service cannot renew), and once the partition
+/// heals the service registers again by itself.
+#[test]
+fn a_partition_from_etcd_leaves_calls_going_and_heals() -> TestResult {
+    let hosts = Hosts::create(3).map_err(|e| e.to_string())?;
+    let (a, svc_host, client) = (hosts.host(1), hosts.host(2), hosts.host(3));
+    let etcd = format!("{}:2379", a.ip());
+    let data = tempfile::tempdir()?;
+    let _etcd = start_etcd(a, data.path())?;
+    until(
+        || {
+            let mut m = with_etcd(client, MICRO, &etcd);
+            m.arg("services");
+            m
+        },
+        "etcd on host 1",
+        |o| o.status.success(),
+    )?;
+    let _greeter = Proc(
+        with_etcd(svc_host, bin("greeter-service"), &etcd)
+            .args(["--server-address", "0.0.0.0:0", "--register-ttl", "3s", "--register-interval", "1s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    greeter_nodes(client, &etcd, 1, "the greeter registered")?;
+
+    let mut calls = with_etcd(client, bin("greeter-client"), &etcd);
+    calls.args(["--count", "1000", "--every", "10ms"]);
+    let mut calls = Proc(calls.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?);
+    let answers = read_lines(calls.0.stdout.take().ok_or("client stdout")?);
+    let answered = || answers.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let wait_answers = |n: usize| -> TestResult {
+        let t0 = Instant::now();
+        while answered() < n {
+            if t0.elapsed() > Duration::from_secs(20) {
+                return Err(format!("{} answers of {n} within 20 s", answered()).into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    };
+    wait_answers(50)?;
+
+    // The partition. Seen from etcd's own host, the registration lapses.
+    a.link(false).map_err(|e| e.to_string())?;
+    greeter_nodes_gone(a, &etcd)?;
+    // Calls go on after the lapse, from the client's cached view.
+    let lapsed = answered();
+    if let Err(e) = wait_answers(lapsed + 100) {
+        let out = calls.terminate(Duration::from_secs(5))?;
+        return Err(format!("{e}; the client said: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let out = calls.output(Duration::from_secs(60))?;
+    assert!(out.status.success(), "a call failed during the partition: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(answered(), 1000);
+
+    // Healed: the service registers again by itself, and new clients find it.
+    a.link(true).map_err(|e| e.to_string())?;
+    greeter_nodes(client, &etcd, 1, "the greeter registering again after the partition")?;
+    let o =
+        run_bounded(with_etcd(client, bin("greeter-client"), &etcd).args(["--count", "3"]), Duration::from_secs(30))?;
+    assert!(o.status.success(), "{}", text(&o));
+    Ok(())
+}
+
+/// Waits until `micro describe greeter` on `host` says the service is not found.
+fn greeter_nodes_gone(host: &Host, etcd: &str) -> TestResult {
+    until(
+        || {
+            let mut m = with_etcd(host, MICRO, etcd);
+            m.args(["describe", "greeter", "--output", "json"]);
+            m
+        },
+        "the greeter gone from etcd",
+        |o| !o.status.success() && text(o).contains("not found"),
+    )
+    .map(|_| ())
+}

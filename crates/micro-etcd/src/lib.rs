@@ -9,6 +9,10 @@
 //! state — takes a new lease and writes the record again). Watches turn
 //! etcd events into registry events (`create`, `update`, `delete`).
 
+/// How often the connection to etcd is pinged, and how long a ping may go
+/// unanswered before the connection is given up.
+const KEEP_ALIVE: Duration = Duration::from_secs(2);
+
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions as EtcdWatchOptions};
 use micro_core::catalog::NewRegistry;
 use micro_core::{
@@ -105,7 +109,14 @@ impl EtcdRegistry {
         if let Some(c) = &*c {
             return Ok(c.clone());
         }
-        let opts = ConnectOptions::new().with_connect_timeout(self.timeout).with_timeout(self.timeout);
+        // HTTP/2 pings, idle or not: a partition from etcd is noticed in
+        // seconds (the watch ends and is retried, the cache goes stale)
+        // instead of when TCP gives up, many minutes later.
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(self.timeout)
+            .with_timeout(self.timeout)
+            .with_keep_alive(KEEP_ALIVE, KEEP_ALIVE)
+            .with_keep_alive_while_idle(true);
         let client =
             Client::connect(&self.endpoints, Some(opts)).await.map_err(|e| etcd_err(&self.endpoints, "connect", e))?;
         *c = Some(client.clone());

@@ -50,9 +50,15 @@ pub const BLACKLIST_FOR: Duration = Duration::from_secs(30);
 
 struct Entry {
     snapshot: Arc<Snapshot>,
-    fetched: Instant,
+    /// When the registry gave this answer; `None` once it is distrusted
+    /// (the watch broke, so events may have been missed): the next call
+    /// asks the registry again, and uses this answer only if the registry
+    /// cannot be reached.
+    fetched: Option<Instant>,
     /// The round-robin position, kept across snapshots.
     turn: Arc<AtomicUsize>,
+    /// A background lookup of a stale entry is under way.
+    refreshing: Arc<AtomicBool>,
 }
 
 /// One registry answer for a service, as calls read it.
@@ -85,10 +91,17 @@ impl CacheSelector {
         }
     }
 
-    /// The nodes currently cached for a service (for tests and debugging).
+    /// The nodes currently cached for a service, fresh or stale (for tests and debugging).
     pub fn cached_nodes(&self, service: &str) -> Option<Vec<Node>> {
         let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.get(service).map(|e| e.snapshot.nodes.iter().map(|n| Node::clone(n)).collect())
+    }
+
+    /// Whether the cached answer for a service is trusted (fresh, kept in
+    /// step by the watch) rather than stale or missing.
+    pub fn is_fresh(&self, service: &str) -> bool {
+        let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(service).and_then(|e| e.fetched).is_some_and(|t| t.elapsed() < self.inner.ttl)
     }
 
     fn ensure_watch(&self) {
@@ -105,23 +118,77 @@ impl CacheSelector {
         let turn = {
             let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
             match cache.get(name) {
-                Some(e) if e.fetched.elapsed() < self.inner.ttl => return Ok((e.snapshot.clone(), e.turn.clone())),
+                Some(e) if e.fetched.is_some_and(|t| t.elapsed() < self.inner.ttl) => {
+                    return Ok((e.snapshot.clone(), e.turn.clone()))
+                }
+                // Stale (past its TTL, or the watch broke): answer with it now
+                // and ask the registry in the background, as go-micro's cache
+                // serves stale entries. A call must not wait on a registry
+                // that cannot be reached (a partition): that wait would take
+                // the call's whole deadline.
+                Some(e) if !e.snapshot.nodes.is_empty() => {
+                    if !e.refreshing.swap(true, Ordering::AcqRel) {
+                        tokio::spawn(refresh(self.inner.clone(), name.to_string()));
+                    }
+                    return Ok((e.snapshot.clone(), e.turn.clone()));
+                }
                 Some(e) => e.turn.clone(),
                 None => Arc::new(AtomicUsize::new(rand::rng().random_range(0..1024))),
             }
         };
         self.ensure_watch();
-        let services = self.inner.registry.get_service(name).await.map_err(|e| {
-            if e.code == 404 {
-                Error::not_found("go.micro.client", format!("service {name}: not found"))
-            } else {
-                Error::internal("go.micro.client", format!("error selecting {name} node: {}", e.detail))
-            }
-        })?;
-        let snapshot = Arc::new(Snapshot::new(services));
-        let entry = Entry { snapshot: snapshot.clone(), fetched: Instant::now(), turn: turn.clone() };
-        self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), entry);
-        Ok((snapshot, turn))
+        let services = self.inner.registry.get_service(name).await.map_err(|e| lookup_error(name, &e))?;
+        Ok(store(&self.inner, name, services, turn))
+    }
+}
+
+/// The error of a failed registry lookup, as callers see it.
+fn lookup_error(name: &str, e: &Error) -> Error {
+    if e.code == 404 {
+        Error::not_found("go.micro.client", format!("service {name}: not found"))
+    } else {
+        Error::internal("go.micro.client", format!("error selecting {name} node: {}", e.detail))
+    }
+}
+
+/// Caches a registry answer as fresh.
+fn store(
+    inner: &Inner,
+    name: &str,
+    services: Vec<Service>,
+    turn: Arc<AtomicUsize>,
+) -> (Arc<Snapshot>, Arc<AtomicUsize>) {
+    let snapshot = Arc::new(Snapshot::new(services));
+    let entry = Entry {
+        snapshot: snapshot.clone(),
+        fetched: Some(Instant::now()),
+        turn: turn.clone(),
+        refreshing: Arc::new(AtomicBool::new(false)),
+    };
+    inner.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), entry);
+    (snapshot, turn)
+}
+
+/// Asks the registry for a stale entry's service: a fresh answer replaces
+/// it, "not found" removes it (the service is gone), and while the registry
+/// cannot be reached the stale entry stays and the next call tries again.
+async fn refresh(inner: Arc<Inner>, name: String) {
+    let res = inner.registry.get_service(&name).await;
+    let mut cache = inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(entry) = cache.get_mut(&name) else { return };
+    match res {
+        Ok(services) => {
+            let turn = entry.turn.clone();
+            drop(cache);
+            store(&inner, &name, services, turn);
+        }
+        Err(e) if e.code == 404 => {
+            cache.remove(&name);
+        }
+        Err(e) => {
+            tracing::debug!(service = %name, error = %e.detail, "registry unreachable; serving the cached nodes");
+            entry.refreshing.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -165,9 +232,13 @@ async fn watch_loop(weak: Weak<Inner>) {
                     }
                 }
                 Err(e) => {
-                    // Events may have been missed: distrust the whole cache.
-                    tracing::debug!(error = %e, "selector: watch ended; clearing cache");
-                    inner.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    // Events may have been missed: distrust the whole cache
+                    // (each service is asked for again), but keep it to fall
+                    // back on while the registry cannot be reached.
+                    tracing::debug!(error = %e, "selector: watch ended; the cache is stale");
+                    for entry in inner.cache.lock().unwrap_or_else(|p| p.into_inner()).values_mut() {
+                        entry.fetched = None;
+                    }
                     break;
                 }
             }
@@ -310,11 +381,13 @@ mod tests {
         Ok(m)
     }
 
-    /// A registry whose watches can be broken on demand, counting them.
+    /// A registry whose watches can be broken on demand, counting them,
+    /// and which can be made unreachable (`down`).
     struct Breakable {
         inner: Arc<MemoryRegistry>,
         watches: Arc<AtomicUsize>,
         broken: Arc<tokio::sync::Notify>,
+        down: Arc<AtomicBool>,
     }
 
     struct BreakableWatcher {
@@ -344,12 +417,18 @@ mod tests {
             self.inner.deregister(s).await
         }
         async fn get_service(&self, name: &str) -> Result<Vec<Service>> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(Error::internal("test", "registry unreachable"));
+            }
             self.inner.get_service(name).await
         }
         async fn list_services(&self) -> Result<Vec<Service>> {
             self.inner.list_services().await
         }
         async fn watch(&self, opts: WatchOptions) -> Result<Box<dyn micro_core::Watcher>> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(Error::internal("test", "registry unreachable"));
+            }
             self.watches.fetch_add(1, Ordering::SeqCst);
             Ok(Box::new(BreakableWatcher { inner: self.inner.watch(opts).await?, broken: self.broken.clone() }))
         }
@@ -358,18 +437,29 @@ mod tests {
         }
     }
 
+    fn breakable(
+        inner: Arc<MemoryRegistry>,
+    ) -> (Breakable, Arc<AtomicUsize>, Arc<tokio::sync::Notify>, Arc<AtomicBool>) {
+        let (watches, broken, down) =
+            (Arc::new(AtomicUsize::new(0)), Arc::new(tokio::sync::Notify::new()), Arc::new(AtomicBool::new(false)));
+        (
+            Breakable { inner, watches: watches.clone(), broken: broken.clone(), down: down.clone() },
+            watches,
+            broken,
+            down,
+        )
+    }
+
     /// A watch that breaks (etcd restarting) may have missed events: the
-    /// selector drops its whole cache and watches again, and events of the
-    /// new watch reach the cache.
+    /// selector distrusts its whole cache and watches again, and events of
+    /// the new watch reach the cache.
     #[tokio::test]
-    async fn a_broken_watch_clears_the_cache_and_is_watched_again() -> Result<()> {
+    async fn a_broken_watch_makes_the_cache_stale_and_is_watched_again() -> Result<()> {
         let inner = Arc::new(MemoryRegistry::new());
         inner.register(&svc("n0"), RegisterOptions::default()).await?;
-        let watches = Arc::new(AtomicUsize::new(0));
-        let broken = Arc::new(tokio::sync::Notify::new());
-        let reg = Arc::new(Breakable { inner: inner.clone(), watches: watches.clone(), broken: broken.clone() });
+        let (reg, watches, broken, _down) = breakable(inner.clone());
         let sel = CacheSelector::new(
-            SelectorOptions { registry: reg, cache_ttl: Duration::from_secs(60) },
+            SelectorOptions { registry: Arc::new(reg), cache_ttl: Duration::from_secs(60) },
             Strategy::RoundRobin,
         );
         sel.select("s", SelectOptions::default()).await?;
@@ -378,11 +468,18 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "the selector never watched");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert!(sel.cached_nodes("s").is_some());
+        assert!(sel.is_fresh("s"));
         // One break (a stored permit: the watch takes it whenever it next waits).
         broken.notify_one();
-        while sel.cached_nodes("s").is_some() || watches.load(Ordering::SeqCst) < 2 {
-            assert!(tokio::time::Instant::now() < deadline, "the cache was not cleared and watched again");
+        while sel.is_fresh("s") || watches.load(Ordering::SeqCst) < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "the cache was not distrusted and watched again");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The next call is answered from the stale entry and has the
+        // registry asked again in the background.
+        sel.select("s", SelectOptions::default()).await?;
+        while !sel.is_fresh("s") {
+            assert!(tokio::time::Instant::now() < deadline, "the stale entry was never refreshed");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // The new watch feeds the cache: a node registered now is seen.
@@ -397,6 +494,49 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(seen, "events of the new watch never reached the cache");
+        Ok(())
+    }
+
+    /// A registry that cannot be reached (a partition): calls go on with the
+    /// nodes last seen, a service never seen is an error, and a service the
+    /// registry says is gone (404) is gone.
+    #[tokio::test]
+    async fn an_unreachable_registry_leaves_calls_the_nodes_last_seen() -> Result<()> {
+        let inner = Arc::new(MemoryRegistry::new());
+        inner.register(&svc("n0"), RegisterOptions::default()).await?;
+        let (reg, _watches, broken, down) = breakable(inner.clone());
+        let sel = CacheSelector::new(
+            SelectorOptions { registry: Arc::new(reg), cache_ttl: Duration::from_millis(50) },
+            Strategy::RoundRobin,
+        );
+        assert_eq!(sel.select("s", SelectOptions::default()).await?.id, "n0");
+        down.store(true, Ordering::SeqCst);
+        broken.notify_one();
+        // Past the cache's TTL and with the watch broken, 100 calls all get
+        // n0 (none waits for the registry).
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        for _ in 0..100 {
+            assert_eq!(sel.select("s", SelectOptions::default()).await?.id, "n0");
+        }
+        assert!(!sel.is_fresh("s"));
+        let e = sel.select("never-seen", SelectOptions::default()).await.expect_err("a node of nothing");
+        assert!(e.detail.contains("registry unreachable"), "{e:?}");
+        // Reachable again, and the service deregistered: the registry's
+        // answer wins (once the background lookup has it).
+        inner.deregister(&svc("n0")).await?;
+        down.store(false, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match sel.select("s", SelectOptions::default()).await {
+                Ok(n) => assert_eq!(n.id, "n0"),
+                Err(e) => {
+                    assert_eq!(e.code, 404, "{e:?}");
+                    break;
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the registry's 404 never reached the cache");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         Ok(())
     }
 
