@@ -834,8 +834,13 @@ async fn run() -> anyhow::Result<()> {
                 format!("listening on {address} (HOST:PORT, e.g. 127.0.0.1:8080 or localhost:8080)")
             })?;
             let bound = listener.local_addr()?;
+            // Bound to all interfaces: print where other hosts reach it
+            // (go-micro's address rules, as a server registers).
+            let reach = micro::addr::advertised(&bound.to_string());
             if cli.output == Output::Json {
-                outln!("{}", serde_json::json!({ "listening": format!("http://{bound}") }));
+                outln!("{}", serde_json::json!({ "listening": format!("http://{reach}"), "bound": bound.to_string() }));
+            } else if reach != bound.to_string() {
+                outln!("micro api listening on http://{reach} (bound to {bound})");
             } else {
                 outln!("micro api listening on http://{bound}");
             }

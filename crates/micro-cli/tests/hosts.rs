@@ -156,6 +156,25 @@ fn calls_streams_and_pub_sub_cross_hosts() -> TestResult {
         p
     })?;
     assert!(got.contains(r#""via":"http""#), "{got}");
+
+    // The API gateway on host 5, bound to all interfaces, says where other
+    // hosts reach it, and a request from host 3 gets through it to a greeter.
+    let mut api = on(e, MICRO, &etcd, &nats);
+    api.args(["api", "--address", "0.0.0.0:8080", "--namespace", "", "--output", "json"]);
+    let mut api = Proc(api.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?);
+    let lines = read_lines(api.0.stdout.take().ok_or("api stdout")?);
+    wait_line(&lines, "listening")?;
+    let first = lines.lock().unwrap_or_else(|p| p.into_inner())[0].clone();
+    let v: serde_json::Value = serde_json::from_str(&first)?;
+    let url = format!("http://{}:8080", e.ip());
+    assert_eq!(v["listening"], url.as_str(), "{first}");
+    let post = format!(
+        "import urllib.request as u; r = u.Request('{url}/greeter/hello', data=b'{{\"name\": \"hosts\"}}', \
+         headers={{'Content-Type': 'application/json'}}); print(u.urlopen(r, timeout=10).read().decode())"
+    );
+    let o = run_bounded(c.command("python3").args(["-c", &post]), Duration::from_secs(30))?;
+    assert!(o.status.success() && text(&o).contains("Hello hosts"), "{}", text(&o));
+    drop(api);
     drop(nodes);
     Ok(())
 }
@@ -563,4 +582,94 @@ fn greeter_nodes_gone(host: &Host, etcd: &str) -> TestResult {
         |o| !o.status.success() && text(o).contains("not found"),
     )
     .map(|_| ())
+}
+
+/// The zero-set-up path across hosts: the mdns registry and the HTTP broker
+/// on three hosts of one network, and no address given anywhere. With
+/// mdns, servers and the broker's listener bind all interfaces and announce
+/// their host's address: calls from host 3 reach the greeters on hosts 1
+/// and 2, and an event published on host 3 reaches both.
+#[test]
+fn the_zero_setup_defaults_work_across_hosts() -> TestResult {
+    let hosts = Hosts::create(3).map_err(|e| e.to_string())?;
+    let (h1, h2, h3) = (hosts.host(1), hosts.host(2), hosts.host(3));
+    let zero = |h: &Host, program: &std::path::Path| {
+        let mut c = h.command(program);
+        without_micro_env(&mut c)
+            .env("MICRO_REGISTRY", "mdns")
+            .env("MICRO_BROKER", "http")
+            .env("MICRO_LOG_LEVEL", "warn");
+        c
+    };
+    let mut nodes = Vec::new();
+    for h in [h1, h2] {
+        nodes.push(Proc(zero(h, &bin("greeter-service")).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?));
+    }
+    let micro = std::path::Path::new(MICRO);
+    let o = until(
+        || {
+            let mut m = zero(h3, micro);
+            m.args(["describe", "greeter", "--output", "json"]);
+            m
+        },
+        "both greeters found over mDNS from host 3",
+        |o| {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            v[0]["nodes"].as_array().is_some_and(|n| n.len() == 2)
+        },
+    )?;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    let mut addrs: Vec<String> = v[0]["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["address"].as_str().map(String::from))
+        .collect();
+    addrs.sort();
+    let hosts_of: Vec<&str> = addrs.iter().map(|a| a.split(':').next().unwrap_or_default()).collect();
+    assert_eq!(hosts_of, [h1.ip(), h2.ip()], "each greeter announced its own host's address");
+
+    // Calls from host 3 reach both hosts.
+    let o = run_bounded(
+        zero(h3, &bin("greeter-client")).args([
+            "--whoami",
+            "--count",
+            "8",
+            "--selector",
+            "roundrobin",
+            "--wait",
+            "20s",
+        ]),
+        Duration::from_secs(60),
+    )?;
+    assert!(o.status.success(), "{}", text(&o));
+    let mut seen: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 2, "calls reached both hosts: {seen:?}");
+
+    // An event published on host 3 reaches the greeters' subscriptions on
+    // hosts 1 and 2 (the HTTP broker posts to each host's listener).
+    let received = |addr: &str| -> Result<u64, Box<dyn std::error::Error>> {
+        let o = run_bounded(
+            zero(h3, micro).args(["call", "greeter", "Greeter.Events", "{}", "--address", addr, "--output", "json"]),
+            Duration::from_secs(30),
+        )?;
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).map_err(|e| format!("{e}: {}", text(&o)))?;
+        Ok(v["received"].as_u64().unwrap_or_default())
+    };
+    let t0 = Instant::now();
+    loop {
+        let o = run_bounded(zero(h3, micro).args(["publish", "greeter.events", "{}"]), Duration::from_secs(30))?;
+        assert!(o.status.success(), "{}", text(&o));
+        if received(&addrs[0])? > 0 && received(&addrs[1])? > 0 {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            return Err("an event published on host 3 did not reach both greeters within 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop(nodes);
+    Ok(())
 }

@@ -11,6 +11,21 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+/// Where a server or the HTTP broker listens when no address is given,
+/// by the registry in use. With `mdns`, discovery is the local network's:
+/// a node it announces must be reachable from there, so it binds all
+/// interfaces (and registers this host's address, as above). Every other
+/// registry keeps loopback, a free port: `local` and `memory` are this
+/// machine's alone, and with etcd or a plugin registry the operator says
+/// which interface to expose (`--server-address 0.0.0.0:0` for all).
+pub fn default_listen(registry: &str) -> &'static str {
+    if registry == "mdns" {
+        "0.0.0.0:0"
+    } else {
+        "127.0.0.1:0"
+    }
+}
+
 /// The address to register for a listener bound to `bound` (`host:port`).
 pub fn advertised(bound: &str) -> String {
     let Ok(sa) = bound.parse::<SocketAddr>() else { return bound.to_string() };

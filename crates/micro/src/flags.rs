@@ -54,7 +54,7 @@ pub struct Flags {
     /// Id of this node [default: <name>-<uuid>]
     #[arg(long, env = "MICRO_SERVER_ID", alias = "server_id", global = true)]
     pub server_id: Option<String>,
-    /// Address to listen on, host:port [default: 127.0.0.1:0]
+    /// Address to listen on, host:port [default: 127.0.0.1:0; 0.0.0.0:0 with the mdns registry]
     #[arg(long, env = "MICRO_SERVER_ADDRESS", alias = "server_address", global = true)]
     pub server_address: Option<String>,
     /// Address to advertise in the registry instead of the bound one

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 pub struct ServiceBuilder {
     name: String,
     version: String,
-    address: String,
+    address: Option<String>,
     metadata: HashMap<String, String>,
     register_ttl: Duration,
     register_interval: Duration,
@@ -37,9 +37,10 @@ impl ServiceBuilder {
         self.version = v.into();
         self
     }
-    /// Address to listen on (default `127.0.0.1:0`, a free port on loopback).
+    /// Address to listen on (default: a free port on loopback, or on all
+    /// interfaces with the `mdns` registry; see [`crate::addr::default_listen`]).
     pub fn address(mut self, a: impl Into<String>) -> Self {
-        self.address = a.into();
+        self.address = Some(a.into());
         self
     }
     /// Adds node metadata.
@@ -164,7 +165,11 @@ impl ServiceBuilder {
             id: f.server_id.clone().unwrap_or_else(|| format!("{name}-{}", uuid::Uuid::new_v4())),
             name: name.clone(),
             version: f.server_version.clone().unwrap_or(self.version),
-            address: f.server_address.clone().unwrap_or(self.address),
+            address: f
+                .server_address
+                .clone()
+                .or(self.address)
+                .unwrap_or_else(|| crate::addr::default_listen(registry.name()).to_string()),
             advertise: f.server_advertise.clone(),
             metadata,
             transport: transport.clone(),
@@ -230,7 +235,7 @@ impl Service {
         ServiceBuilder {
             name: name.into(),
             version: "latest".into(),
-            address: "127.0.0.1:0".into(),
+            address: None,
             metadata: HashMap::new(),
             register_ttl: Duration::from_secs(60),
             register_interval: Duration::from_secs(30),

@@ -99,7 +99,7 @@ pub struct HttpBroker {
 
 impl HttpBroker {
     /// A broker that finds subscribers through `opts.registry` and listens
-    /// on `opts.addresses[0]` (default `127.0.0.1:0`).
+    /// on `opts.addresses[0]` (default: [`crate::addr::default_listen`] of the registry).
     pub fn new(opts: BrokerOptions) -> Result<Self> {
         let registry = opts.registry.ok_or_else(|| Error::internal(ID, "the http broker needs a registry"))?;
         let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
@@ -113,7 +113,11 @@ impl HttpBroker {
         let secure = opts.tls.cert.is_some() && opts.tls.key.is_some();
         Ok(HttpBroker {
             inner: Arc::new(Inner {
-                listen: opts.addresses.first().cloned().unwrap_or_else(|| "127.0.0.1:0".into()),
+                listen: opts
+                    .addresses
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| crate::addr::default_listen(registry.name()).to_string()),
                 registry,
                 subs: Mutex::new(HashMap::new()),
                 server: tokio::sync::Mutex::new(None),
