@@ -208,12 +208,27 @@ fn publish_until_received(
 /// registers again and answers calls again.
 #[test]
 fn a_host_that_drops_off_leaves_the_rotation_and_comes_back() -> TestResult {
+    drop_off("mucp")
+}
+
+/// The same over grpc: tonic's connections get micro's socket options
+/// (the 3 s `TCP_USER_TIMEOUT`) through micro's own connector.
+#[test]
+fn a_grpc_host_that_drops_off_leaves_the_rotation_and_comes_back() -> TestResult {
+    drop_off("grpc")
+}
+
+fn drop_off(protocol: &str) -> TestResult {
     let hosts = Hosts::create(4).map_err(|e| e.to_string())?;
     let (a, c, d, e) = (hosts.host(1), hosts.host(2), hosts.host(3), hosts.host(4));
     let etcd = format!("{}:2379", a.ip());
     let data = tempfile::tempdir()?;
     let _etcd = start_etcd(a, data.path())?;
-    let env = |h: &Host, program: &std::path::Path| with_etcd(h, program, &etcd);
+    let env = |h: &Host, program: &std::path::Path| {
+        let mut c = with_etcd(h, program, &etcd);
+        c.env("MICRO_SERVER", protocol).env("MICRO_CLIENT", protocol);
+        c
+    };
     let micro = std::path::Path::new(MICRO);
     until(
         || {

@@ -48,7 +48,22 @@ impl GrpcClient {
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
         Ok(match &self.tls {
-            None => endpoint.connect_lazy(),
+            // Our own connect, for the socket options of micro's tcp
+            // transport: above all the 3 s TCP_USER_TIMEOUT, so that calls on
+            // a connection to a host that went away fail over instead of
+            // waiting out their deadlines (HTTP/2 pings would do it too, but
+            // grpc-go servers answer frequent pings with GOAWAY).
+            None => {
+                let address = address.to_string();
+                endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+                    let address = address.clone();
+                    async move {
+                        let s = tokio::net::TcpStream::connect(&address).await?;
+                        crate::transport::tune(&s)?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+                    }
+                }))
+            }
             Some(tls) => {
                 let (tls, address) = (tls.clone(), address.to_string());
                 endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {

@@ -4,4 +4,5 @@ pub use micro_core::frame;
 mod tcp;
 pub mod tls;
 
+pub(crate) use tcp::tune;
 pub use tcp::{Conn, Net, TcpTransport, TokioNet};
