@@ -435,3 +435,44 @@ async fn handler_names_must_be_handler_dot_method() -> TestResult {
     assert!(e.contains("Handler.Method"), "{e}");
     Ok(())
 }
+
+/// IPv6: a server bound to `[::1]:0` registers `[::1]:PORT` (brackets and
+/// all), a call by name dials it, both protocols; the HTTP broker listening
+/// on `[::1]:0` is posted to there.
+#[tokio::test]
+async fn ipv6_addresses_are_registered_dialled_and_posted_to() -> TestResult {
+    // grpc is a feature (on in the workspace's test run).
+    let protocols: &[&str] = if cfg!(feature = "grpc") { &["mucp", "grpc"] } else { &["mucp"] };
+    for &protocol in protocols {
+        let world = format!("ipv6-{protocol}-{}", std::process::id());
+        let mut f = flags(&world);
+        f.server = Some(protocol.into());
+        f.client = Some(protocol.into());
+        f.server_address = Some("[::1]:0".into());
+        f.broker = Some("http".into());
+        f.broker_address = Some("[::1]:0".into());
+        let svc = Service::builder("v6").flags(f.clone()).build()?;
+        svc.handle("V6.Hello", |r: Hello| async move {
+            Ok::<_, Error>(Greeting { greeting: format!("Hello {}", r.name) })
+        })?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<serde_json::Value>(1);
+        svc.subscribe("v6.events", move |v: serde_json::Value| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(v).await;
+                Ok(())
+            }
+        })?;
+        svc.start().await?;
+        let addr = svc.server().service().nodes.first().map(|n| n.address.clone()).ok_or("no node")?;
+        assert!(addr.starts_with("[::1]:"), "{protocol} registered {addr}");
+        let client = Service::builder("v6-client").flags(f).build()?;
+        let r: Greeting = client.client().call("v6", "V6.Hello", &Hello { name: "six".into() }).await?;
+        assert_eq!(r.greeting, "Hello six", "{protocol}");
+        client.client().publish("v6.events", &serde_json::json!({ "over": "ipv6" })).await?;
+        let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await?.ok_or("no event")?;
+        assert_eq!(got["over"], "ipv6");
+        svc.stop().await?;
+    }
+    Ok(())
+}
