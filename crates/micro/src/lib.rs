@@ -58,7 +58,7 @@ pub use micro_core as core;
 pub use micro_core::Error as RpcError;
 pub use server::Context;
 pub use service::{shutdown_signal, Service, ServiceBuilder, STOP_STEP_LIMIT};
-pub use stream::TypedStream;
+pub use stream::{MessageStream, TypedStream};
 
 /// Errors of building and running a service.
 #[derive(Debug, thiserror::Error)]

@@ -99,3 +99,76 @@ impl<S, R> std::fmt::Debug for TypedStream<S, R> {
         f.debug_struct("TypedStream").field("content_type", &self.codec.content_type()).finish()
     }
 }
+
+use crate::codec::ProtoJson;
+
+/// A stream of generated (prost + serde) messages, as `micro-build`'s
+/// clients and handlers use it: sends `S`, receives `R`, each message in
+/// protobuf or JSON by the stream's content type ([`ProtoJson`]).
+#[derive(Debug)]
+pub struct MessageStream<S, R> {
+    inner: TypedStream<ProtoJson<S>, ProtoJson<R>>,
+}
+
+/// The sending half of a [`MessageStream`].
+pub struct MessageSender<S> {
+    inner: TypedSender<ProtoJson<S>>,
+}
+
+/// The receiving half of a [`MessageStream`].
+pub struct MessageReceiver<R> {
+    inner: TypedReceiver<ProtoJson<R>>,
+}
+
+/// What a generated message is: a prost message with serde derives.
+pub trait GeneratedMessage: prost::Message + Default + Serialize + DeserializeOwned + Send + 'static {}
+impl<T: prost::Message + Default + Serialize + DeserializeOwned + Send + 'static> GeneratedMessage for T {}
+
+impl<S: GeneratedMessage, R: GeneratedMessage> MessageStream<S, R> {
+    /// Wraps a typed stream of the same messages.
+    pub fn new(inner: TypedStream<ProtoJson<S>, ProtoJson<R>>) -> Self {
+        MessageStream { inner }
+    }
+
+    /// Sends one message; fails once the peer has gone.
+    pub async fn send(&self, msg: S) -> Result<()> {
+        self.inner.send(&ProtoJson(msg)).await
+    }
+
+    /// The peer's next message; `Ok(None)` when the peer finished, `Err`
+    /// with the peer's error when it failed or went away.
+    pub async fn recv(&mut self) -> Result<Option<R>> {
+        Ok(self.inner.recv().await?.map(|m| m.0))
+    }
+
+    /// Ends this side's messages; receiving goes on.
+    pub fn close_send(&mut self) {
+        self.inner.close_send();
+    }
+
+    /// Splits the stream so that sending and receiving can go on in
+    /// different tasks (see [`TypedStream::split`]).
+    pub fn split(self) -> (MessageSender<S>, MessageReceiver<R>) {
+        let (tx, rx) = self.inner.split();
+        (MessageSender { inner: tx }, MessageReceiver { inner: rx })
+    }
+}
+
+impl<S: GeneratedMessage> MessageSender<S> {
+    /// Sends one message.
+    pub async fn send(&self, msg: S) -> Result<()> {
+        self.inner.send(&ProtoJson(msg)).await
+    }
+
+    /// Ends this side's messages.
+    pub fn close(&mut self) {
+        self.inner.close();
+    }
+}
+
+impl<R: GeneratedMessage> MessageReceiver<R> {
+    /// The peer's next message; `Ok(None)` when the peer finished.
+    pub async fn recv(&mut self) -> Result<Option<R>> {
+        Ok(self.inner.recv().await?.map(|m| m.0))
+    }
+}

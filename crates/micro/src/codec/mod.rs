@@ -4,7 +4,7 @@ mod json;
 mod proto;
 
 pub use json::JsonCodec;
-pub use proto::{Proto, ProtoCodec, PROTO_TYPES};
+pub use proto::{Proto, ProtoCodec, ProtoJson, PROTO_TYPES};
 
 use micro_core::Codecs;
 use std::sync::Arc;

@@ -251,3 +251,46 @@ mod tests {
         assert!(e.contains("protobuf Hello"), "{e}");
     }
 }
+
+/// A prost message that also derives serde (as `micro-build` generates
+/// them), as a codec value: protobuf bytes under the protobuf content
+/// types, the serde form under JSON. So a generated service answers a
+/// generated client in protobuf and `micro call` or the API gateway in
+/// JSON, with the same handler.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProtoJson<T>(pub T);
+
+impl<T: prost::Message + Serialize> Serialize for ProtoJson<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            self.0.serialize(s)
+        } else {
+            s.serialize_bytes(&self.0.encode_to_vec())
+        }
+    }
+}
+
+impl<'de, T: prost::Message + Default + serde::de::DeserializeOwned> serde::Deserialize<'de> for ProtoJson<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: prost::Message + Default + serde::de::DeserializeOwned> serde::de::Visitor<'de> for V<T> {
+            type Value = ProtoJson<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{} as protobuf bytes or a JSON object", short_name::<T>())
+            }
+            // The protobuf codec hands over the body's bytes.
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> std::result::Result<ProtoJson<T>, E> {
+                T::decode(v).map(ProtoJson).map_err(|e| E::custom(format!("protobuf {}: {e}", short_name::<T>())))
+            }
+            // JSON: an object, read by the message's own serde derive.
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> std::result::Result<ProtoJson<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ProtoJson)
+            }
+            // `null`, or no body: the empty message.
+            fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<ProtoJson<T>, E> {
+                Ok(ProtoJson(T::default()))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
