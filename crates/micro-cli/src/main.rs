@@ -442,6 +442,43 @@ async fn call_stream(
     Ok(())
 }
 
+/// An endpoint's request and response fields, laid out as go-micro's
+/// `micro get service` lays them out (a tab per level, nested messages in
+/// braces).
+fn endpoint_shape(e: &micro::core::Endpoint) -> String {
+    fn field(v: &micro::core::Value, depth: usize, out: &mut String) {
+        let tabs = "\t".repeat(depth + 1);
+        if v.values.is_empty() {
+            out.push_str(&format!("{tabs}{} {}\n", v.name.to_lowercase(), v.kind));
+            return;
+        }
+        out.push_str(&format!("{tabs}{} {} {{\n", v.name.to_lowercase(), v.kind));
+        for f in &v.values {
+            field(f, depth + 1, out);
+        }
+        out.push_str(&format!("{tabs}}}\n"));
+    }
+    let block = |v: &Option<micro::core::Value>| match v {
+        Some(v) if !v.values.is_empty() => {
+            let mut out = String::from("{\n");
+            for f in &v.values {
+                field(f, 0, &mut out);
+            }
+            out.push('}');
+            out
+        }
+        _ => "{}".to_string(),
+    };
+    let mut out = format!("Endpoint: {}\n", e.name);
+    if !e.metadata.is_empty() {
+        let mut md: Vec<String> = e.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        md.sort();
+        out.push_str(&format!("Metadata: {}\n", md.join(",")));
+    }
+    out.push_str(&format!("\nRequest: {}\n\nResponse: {}\n", block(&e.request), block(&e.response)));
+    out
+}
+
 /// Prints one JSON response: pretty for people, one line for `--output json`.
 fn print_json(body: &[u8], output: Output) -> anyhow::Result<()> {
     let v: serde_json::Value = serde_json::from_slice(body).context("the response is not JSON")?;
@@ -673,6 +710,15 @@ async fn run() -> anyhow::Result<()> {
                         .collect();
                     print_table(&["ENDPOINT", "REQUEST", "RESPONSE"], &endpoints);
                     outln!();
+                    // Endpoints whose records carry fields (services generated
+                    // from a .proto): each one's shape, as go-micro prints it.
+                    for e in &s.endpoints {
+                        let has_fields =
+                            |v: &Option<micro::core::Value>| v.as_ref().is_some_and(|v| !v.values.is_empty());
+                        if has_fields(&e.request) || has_fields(&e.response) {
+                            outln!("{}", endpoint_shape(e));
+                        }
+                    }
                 }
             }
         }

@@ -341,3 +341,45 @@ async fn health_turns_not_serving_on_stop_and_watch_follows() -> TestResult {
     tokio::time::timeout(Duration::from_secs(15), stopping).await???;
     Ok(())
 }
+
+/// A grpcio client generated from examples/proto-greeter's greeter.proto
+/// calls the service micro-build generated from the same file (served on
+/// micro's grpc server): unary with a nested message and an enum, server,
+/// client and bidirectional streams, and the handler's error as a status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpcio_client_calls_a_service_generated_by_micro_build() -> TestResult {
+    let world = format!("proto-greeter-py-{}", std::process::id());
+    let svc = proto_greeter::service(flags(&world))?;
+    svc.start().await?;
+    let addr = svc.server().service().nodes[0].address.clone();
+    let py = python()?;
+    let stubs = tempfile::tempdir()?;
+    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/proto-greeter/proto");
+    let ok = Command::new(&py)
+        .args(["-m", "grpc_tools.protoc", "-I"])
+        .arg(&proto)
+        .arg(format!("--python_out={}", stubs.path().display()))
+        .arg(format!("--grpc_python_out={}", stubs.path().display()))
+        .arg(proto.join("greeter.proto"))
+        .status()?;
+    assert!(ok.success(), "grpc_tools.protoc failed");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/proto_greeter_client.py");
+    let mut cmd = tokio::process::Command::new(&py);
+    cmd.arg(script).arg(&addr).env("PYTHONPATH", stubs.path()).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output()).await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the grpcio client failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    let checks: Vec<serde_json::Value> = stdout.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let check = |name: &str| checks.iter().find(|c| c["check"] == name).cloned().unwrap_or_default();
+    assert_eq!(check("unary")["greeting"], "Hello Python from Lisbon");
+    assert_eq!(check("server_stream")["counts"], serde_json::json!([1, 2, 3, 4]));
+    assert_eq!(
+        (check("client_stream")["total"].clone(), check("client_stream")["count"].clone()),
+        (42.into(), 2.into())
+    );
+    assert_eq!(check("bidi")["greetings"], serde_json::json!(["Hello a", "Hello b", "Hello c"]));
+    assert_eq!(check("error")["code"], "INVALID_ARGUMENT");
+    assert!(check("error")["details"].as_str().unwrap_or_default().contains("name must not be empty"));
+    svc.stop().await?;
+    Ok(())
+}
