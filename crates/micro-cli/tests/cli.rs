@@ -610,6 +610,42 @@ fn generated_projects_build_from_another_checkout() -> TestResult {
     };
     assert_eq!(call(&[])?["msg"], "Hello John");
 
+    // `--proto`: a service generated from its .proto by the copy's
+    // micro-build builds offline too, answers, and describes its fields.
+    let pdir = w.dir.path().join("proto-svc");
+    let o = w.micro(&["new", pdir.to_str().ok_or("path")?, "--proto", "--micro-path", copy.to_str().ok_or("path")?])?;
+    assert!(o.status.success(), "{}", err(&o));
+    let manifest = std::fs::read_to_string(pdir.join("Cargo.toml"))?;
+    let copy_build = copy.canonicalize()?.join("crates/micro-build");
+    assert!(
+        manifest.contains(&format!("micro-build = {{ path = {:?} }}", copy_build.display().to_string())),
+        "{manifest}"
+    );
+    let b = Command::new(&cargo)
+        .current_dir(&pdir)
+        .args(["build", "--offline", "--target-dir"])
+        .arg(plugin_target())
+        .output()?;
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    assert!(!String::from_utf8_lossy(&b.stderr).contains("warning:"), "{}", String::from_utf8_lossy(&b.stderr));
+    let mut c = Command::new(plugin_target().join("debug/proto-svc"));
+    w.env(&mut c);
+    let _proto_svc = Proc(c.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+    let t0 = Instant::now();
+    let answer = loop {
+        let o = w.micro(&["call", "proto-svc", "ProtoSvc.Call", r#"{"name": "Proto"}"#, "--output", "json"])?;
+        if o.status.success() {
+            break out(&o);
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            return Err(format!("the --proto service never answered: {}", err(&o)).into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(answer.trim(), r#"{"msg":"Hello Proto"}"#);
+    let o = w.micro(&["describe", "proto-svc"])?;
+    assert!(out(&o).contains("Endpoint: ProtoSvc.Call\n\nRequest: {\n\tname string\n}"), "{}", out(&o));
+
     // The copy's brpc plugin, built by this checkout's tool, called through by this checkout's tool.
     let so = w.dir.path().join("brpc-elsewhere.so");
     let build = |so: &std::path::Path| {

@@ -4,5 +4,6 @@ pub use micro_core::frame;
 mod tcp;
 pub mod tls;
 
+#[cfg(feature = "grpc")]
 pub(crate) use tcp::tune;
 pub use tcp::{Conn, Net, TcpTransport, TokioNet};
