@@ -12,7 +12,7 @@
 //!
 //! - `GreeterClient`: `GreeterClient::new("greeter", service.client().clone())`
 //!   with one async method per RPC: unary `hello(req) -> Result<HelloReply>`,
-//!   and for streams a [`micro::MessageStream`] (server streaming: the
+//!   and for streams a `micro::MessageStream` (server streaming: the
 //!   request is sent and the stream's sending side closed). Each method has
 //!   a `_with` form taking metadata and `CallOptions` (timeout, retries,
 //!   address).

@@ -1076,7 +1076,7 @@ fn readme_sample_matching_is_strict_where_it_should_be() {
 #[test]
 fn a_generated_service_is_described_field_by_field_and_called_in_json() -> TestResult {
     let w = World::new()?;
-    let mut c = Command::new(bin("proto-greeter"));
+    let mut c = Command::new(bin("generated-greeter"));
     w.env(&mut c);
     let _svc = Proc(c.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
     w.registered()?;

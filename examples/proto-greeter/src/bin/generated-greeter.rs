@@ -1,4 +1,4 @@
-//! The generated greeter as a service process: `proto-greeter [micro flags]`.
+//! The generated greeter as a service process: `generated-greeter [micro flags]`.
 
 use clap::Parser;
 
