@@ -1103,3 +1103,30 @@ fn a_generated_service_is_described_field_by_field_and_called_in_json() -> TestR
     assert_eq!(out(&o), "{\"i\":1}\n{\"i\":2}\n");
     Ok(())
 }
+
+/// `MICRO_CLIENT_CONNECTIONS` sets how many connections a client opens to
+/// each node (counted by micro-testkit's proxy, which the greeter
+/// advertises): 3 when it says 3, 1 when it says 1, for the same 12 calls.
+#[test]
+fn micro_client_connections_sets_the_connections_per_node() -> TestResult {
+    let w = World::new()?;
+    let port = micro_testkit::free_port().map_err(|e| e.to_string())?;
+    let upstream = format!("127.0.0.1:{port}");
+    let proxy = micro_testkit::proxy::Proxy::start("127.0.0.1:0", &upstream).map_err(|e| e.to_string())?;
+    let mut c = Command::new(bin("greeter-service"));
+    w.env(&mut c);
+    c.args(["--server-address", &upstream, "--server-advertise", proxy.addr()]);
+    let _svc = Proc(c.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+    w.registered()?;
+    for n in [3, 1] {
+        let before = proxy.accepted();
+        let mut client = Command::new(bin("greeter-client"));
+        w.env(&mut client);
+        client.args(["--count", "12"]).env("MICRO_CLIENT_CONNECTIONS", n.to_string());
+        let o = run_bounded(&mut client, Duration::from_secs(30))?;
+        assert!(o.status.success(), "{}", err(&o));
+        assert_eq!(out(&o).lines().count(), 12);
+        assert_eq!(proxy.accepted() - before, n, "MICRO_CLIENT_CONNECTIONS={n}");
+    }
+    Ok(())
+}
