@@ -7,6 +7,17 @@ mod selector_m {
     pub(super) const MARK: u32 = 2;
     pub(super) const RESET: u32 = 3;
     pub(super) const NAME: u32 = 4;
+    /// SELECT answered synchronously if the selector can answer at once
+    /// (a cached service), else an empty reply: the caller then asks with
+    /// SELECT. A peer without it answers "unknown method", which the
+    /// caller treats the same way.
+    pub(super) const SELECT_NOW: u32 = 5;
+}
+
+fn encoded(node: &Node) -> Reply {
+    let mut w = Writer::with_capacity(12 + node.id.len() + node.address.len() + wire::map_len(&node.metadata));
+    wire::put_node(&mut w, node);
+    Reply::bytes(w.finish())
 }
 
 struct SelectorExport(Arc<dyn Selector>);
@@ -22,10 +33,7 @@ impl Dispatch for SelectorExport {
                 Box::pin(async move {
                     // Shared: a caching selector answers without copying the node.
                     let node = self.0.select_shared(&service, SelectOptions { exclude, protocol }).await?;
-                    let mut w =
-                        Writer::with_capacity(12 + node.id.len() + node.address.len() + wire::map_len(&node.metadata));
-                    wire::put_node(&mut w, &node);
-                    Ok(Reply::bytes(w.finish()))
+                    Ok(encoded(&node))
                 })
             }
             m => ready_err(unknown_method("selector", m)),
@@ -48,6 +56,19 @@ impl Dispatch for SelectorExport {
                 ok()
             }
             selector_m::NAME => string_reply(self.0.name()),
+            selector_m::SELECT_NOW => {
+                let service = r.str()?;
+                let opts = SelectOptions { exclude: r.strings()?, protocol: r.opt_string()? };
+                // One poll, with a waker that does nothing: a selector that
+                // answers from its cache is ready at once, and one that is not
+                // (a registry lookup) is dropped here and asked with SELECT.
+                let mut fut = self.0.select_shared(service, opts);
+                match fut.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+                    std::task::Poll::Ready(Ok(node)) => Ok(encoded(&node)),
+                    std::task::Poll::Ready(Err(e)) => Err(e),
+                    std::task::Poll::Pending => Ok(Reply::default()),
+                }
+            }
             m => Err(unknown_method("selector", m)),
         }
     }
@@ -103,7 +124,18 @@ impl Selector for SelectorProxy {
     async fn select_shared(&self, service: &str, opts: SelectOptions) -> Result<Arc<Node>> {
         let mut w = Writer::with_capacity(16 + service.len());
         w.str(service).strs(&opts.exclude).opt_str(opts.protocol.as_deref());
-        let r = self.remote.call(selector_m::SELECT, &w.finish(), Vec::new()).await?;
+        let args = w.finish();
+        // Synchronously first: an asynchronous crossing costs two boxes, a
+        // future across the boundary and its waker bridge, for an answer
+        // that a caching selector nearly always has at once. Any error here
+        // (none available, or a peer without SELECT_NOW) is asked again
+        // asynchronously, which gives the real answer.
+        if let Ok(r) = self.remote.call_sync(selector_m::SELECT_NOW, &args, Vec::new()) {
+            if !r.bytes.as_slice().is_empty() {
+                return self.node_of(r.bytes.as_slice());
+            }
+        }
+        let r = self.remote.call(selector_m::SELECT, &args, Vec::new()).await?;
         self.node_of(r.bytes.as_slice())
     }
     fn mark(&self, service: &str, node_id: &str, outcome: Result<(), &Error>) {
@@ -167,6 +199,38 @@ mod tests {
         changed.metadata.insert("version".into(), "2".into());
         *host.0.lock().unwrap_or_else(|p| p.into_inner()) = changed.clone();
         assert_eq!(*proxy.select_shared("s", SelectOptions::default()).await?, changed);
+        Ok(())
+    }
+
+    /// A selector that is not ready at once (it looks something up), or
+    /// that fails: the synchronous attempt gives way to the asynchronous one.
+    struct Slow {
+        fail: bool,
+    }
+
+    #[async_trait]
+    impl Selector for Slow {
+        async fn select(&self, _: &str, _: SelectOptions) -> Result<Node> {
+            tokio::task::yield_now().await;
+            if self.fail {
+                return Err(Error::internal("test", "none available"));
+            }
+            Ok(node("slow", "127.0.0.1:9"))
+        }
+        fn mark(&self, _: &str, _: &str, _: Result<(), &Error>) {}
+        fn reset(&self, _: &str) {}
+        fn name(&self) -> &str {
+            "slow"
+        }
+    }
+
+    #[tokio::test]
+    async fn a_selector_not_ready_at_once_is_asked_asynchronously() -> Result<()> {
+        let proxy = import_selector(export_selector(Arc::new(Slow { fail: false })))?;
+        assert_eq!(proxy.select("s", SelectOptions::default()).await?.id, "slow");
+        let proxy = import_selector(export_selector(Arc::new(Slow { fail: true })))?;
+        let e = proxy.select("s", SelectOptions::default()).await.expect_err("the selector failed");
+        assert!(e.detail.contains("none available"), "{e:?}");
         Ok(())
     }
 
