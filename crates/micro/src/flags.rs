@@ -116,6 +116,22 @@ pub struct Flags {
     pub server_first_message_timeout: Option<Duration>,
 }
 
+impl Flags {
+    /// Flags for a world of its own inside this process: the `memory`
+    /// registry and broker, both named `world`, so that services built with
+    /// the same name find each other and no one else (tests, examples).
+    /// Add to it with struct update: `Flags { server: Some("grpc".into()), ..Flags::memory("t") }`.
+    pub fn memory(world: &str) -> Flags {
+        Flags {
+            registry: Some("memory".into()),
+            registry_address: Some(world.into()),
+            broker: Some("memory".into()),
+            broker_address: Some(world.into()),
+            ..Flags::default()
+        }
+    }
+}
+
 /// Splits a comma-separated address list, skipping empty entries.
 pub fn split_list(s: Option<&str>) -> Vec<String> {
     s.map(|s| s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect()).unwrap_or_default()

@@ -17,12 +17,10 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn flags(world: &str) -> Flags {
     Flags {
-        registry: Some("memory".into()),
-        registry_address: Some(world.into()),
         transport_read_timeout: Some(Duration::from_millis(300)),
         server_idle_timeout: Some(Duration::from_secs(2)),
         max_message_size: Some(1024 * 1024),
-        ..Flags::default()
+        ..Flags::memory(world)
     }
 }
 

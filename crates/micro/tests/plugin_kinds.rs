@@ -222,14 +222,7 @@ async fn a_whole_request_path_through_plugin_components() -> Result<(), Box<dyn 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_transport_carries_overlapping_calls_and_streams() -> Result<(), Box<dyn std::error::Error>> {
     let cat = catalog()?;
-    let flags = Flags {
-        registry: Some("memory".into()),
-        registry_address: Some("kinds-split".into()),
-        broker: Some("memory".into()),
-        broker_address: Some("kinds-split".into()),
-        transport: Some("ptransport".into()),
-        ..Flags::default()
-    };
+    let flags = Flags { transport: Some("ptransport".into()), ..Flags::memory("kinds-split") };
     let svc = Service::builder("counter").flags(flags.clone()).catalog(cat.clone()).build()?;
     let slow_started = Arc::new(tokio::sync::Notify::new());
     let started = slow_started.clone();

@@ -26,13 +26,7 @@ struct Sleep {
 
 /// Flags for an isolated in-process world: a memory registry and broker of our own.
 fn flags(world: &str) -> Flags {
-    Flags {
-        registry: Some("memory".into()),
-        registry_address: Some(world.into()),
-        broker: Some("memory".into()),
-        broker_address: Some(world.into()),
-        ..Flags::default()
-    }
+    Flags::memory(world)
 }
 
 fn greeter(world: &str) -> Result<Service, micro::Error> {

@@ -94,11 +94,9 @@ async fn world(protocol: &str, via: Via) -> Result<World, Box<dyn std::error::Er
     let registry = format!("streams-{protocol}-{}", uuid_like());
     let name = |side: Via| if via == side { format!("plugin-{protocol}") } else { protocol.to_string() };
     let flags = Flags {
-        registry: Some("memory".into()),
-        registry_address: Some(registry),
         server: Some(name(Via::ServerPlugin)),
         client: Some(name(Via::ClientPlugin)),
-        ..Flags::default()
+        ..Flags::memory(&registry)
     };
     let catalog = catalog()?;
     let server = Service::builder("counter").flags(flags.clone()).catalog(catalog.clone()).build()?;

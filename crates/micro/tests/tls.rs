@@ -53,13 +53,7 @@ fn leaf(
 }
 
 fn base(world: &str) -> Flags {
-    Flags {
-        registry: Some("memory".into()),
-        registry_address: Some(world.into()),
-        client_retries: Some(0),
-        client_request_timeout: Some(Duration::from_secs(3)),
-        ..Flags::default()
-    }
+    Flags { client_retries: Some(0), client_request_timeout: Some(Duration::from_secs(3)), ..Flags::memory(world) }
 }
 
 async fn call(flags: Flags, addr: &str) -> Result<String, micro::core::Error> {

@@ -12,15 +12,7 @@ use std::time::Duration;
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn flags(world: &str, protocol: &str) -> Flags {
-    Flags {
-        registry: Some("memory".into()),
-        registry_address: Some(world.into()),
-        broker: Some("memory".into()),
-        broker_address: Some(world.into()),
-        server: Some(protocol.into()),
-        client: Some(protocol.into()),
-        ..Flags::default()
-    }
+    Flags { server: Some(protocol.into()), client: Some(protocol.into()), ..Flags::memory(world) }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

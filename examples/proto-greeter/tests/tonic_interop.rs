@@ -63,12 +63,8 @@ async fn the_generated_client_calls_a_tonic_server() -> TestResult {
             .add_service(GreeterServer::new(Plain))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
     );
-    let flags = Flags {
-        registry: Some("memory".into()),
-        registry_address: Some(format!("tonic-interop-{}", std::process::id())),
-        client: Some("grpc".into()),
-        ..Flags::default()
-    };
+    let flags =
+        Flags { client: Some("grpc".into()), ..Flags::memory(&format!("tonic-interop-{}", std::process::id())) };
     let caller = Service::builder("caller").flags(flags).build()?;
     let at = || CallOptions { address: Some(addr.clone()), ..Default::default() };
 

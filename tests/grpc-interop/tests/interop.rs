@@ -59,14 +59,7 @@ fn python() -> Result<PathBuf, String> {
 }
 
 fn flags(world: &str) -> Flags {
-    Flags {
-        registry: Some("memory".into()),
-        registry_address: Some(world.into()),
-        server: Some("grpc".into()),
-        client: Some("grpc".into()),
-        client_retries: Some(0),
-        ..Flags::default()
-    }
+    Flags { server: Some("grpc".into()), client: Some("grpc".into()), client_retries: Some(0), ..Flags::memory(world) }
 }
 
 /// A micro greeter on the `grpc` server; its address and abandoned-call count.
