@@ -144,3 +144,30 @@ fn a_service_bound_to_all_interfaces_registers_a_routable_address() -> TestResul
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     Ok(())
 }
+
+/// The registry contract every registry meets (micro-testkit's), run
+/// against the mdns registry in process, inside a namespace: a lookup right
+/// after registering finds the node, a watch hears creates, a node that
+/// stops renewing expires after its TTL and watchers hear it (no lookup
+/// needed: the browser sweeps), deregistering is heard and is a 404.
+#[test]
+fn the_mdns_registry_meets_the_registry_contract() -> TestResult {
+    let ns = NetNs::create().map_err(|e| e.to_string())?;
+    let verdict = ns
+        .run(|| -> Result<(), String> {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let new = micro::catalog::builtin().registries.get("mdns").map_err(|e| e.to_string())?;
+                let reg = new(micro::core::RegistryOptions::default()).map_err(|e| e.to_string())?;
+                micro_testkit::contract::registry(&*reg, "contract", Duration::from_secs(2), Duration::from_secs(20))
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .map_err(|e| e.to_string())?;
+    verdict.map_err(Into::into)
+}

@@ -125,35 +125,27 @@ impl MdnsRegistry {
         let cache = Arc::new(Mutex::new(Cache { nodes: HashMap::new() }));
         let (events, _) = broadcast::channel(1024);
         let (c, tx) = (cache.clone(), events.clone());
-        // mdns-sd delivers on a channel from its own thread; a thread of ours keeps the cache.
+        // mdns-sd delivers on a channel from its own thread; a thread of ours
+        // keeps the cache, and between events sweeps it, so that watchers
+        // hear a node whose registration expired (a killed node says no
+        // goodbye) even when nobody asks for services.
         std::thread::Builder::new()
             .name("micro-mdns-browse".into())
-            .spawn(move || {
-                while let Ok(ev) = receiver.recv() {
-                    match ev {
-                        ServiceEvent::ServiceResolved(info) => {
-                            let get = |k: &str| info.get_property_val_str(k).map(String::from);
-                            let Some(svc) = decode(get, now_secs()) else { continue };
-                            let exp = info.get_property_val_str("exp").and_then(|e| e.parse().ok()).unwrap_or(0);
-                            let old = c
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .nodes
-                                .insert(info.get_fullname().to_string(), (svc.clone(), exp));
-                            let kind = if old.is_some() { EventKind::Update } else { EventKind::Create };
-                            if old.map(|o| o.0) != Some(svc.clone()) {
-                                let _ = tx.send(Event { kind, service: svc });
-                            }
-                        }
-                        ServiceEvent::ServiceRemoved(_, fullname) => {
-                            let old = c.lock().unwrap_or_else(|p| p.into_inner()).nodes.remove(&fullname);
-                            if let Some((svc, _)) = old {
-                                let _ = tx.send(Event { kind: EventKind::Delete, service: svc });
-                            }
-                        }
-                        _ => {}
+            .spawn(move || loop {
+                match receiver.recv_timeout(SWEEP) {
+                    Ok(ServiceEvent::ServiceResolved(info)) => {
+                        let get = |k: &str| info.get_property_val_str(k).map(String::from);
+                        let Some(svc) = decode(get, now_secs()) else { continue };
+                        let exp = info.get_property_val_str("exp").and_then(|e| e.parse().ok()).unwrap_or(0);
+                        remember(&c, &tx, info.get_fullname(), svc, exp);
                     }
+                    Ok(ServiceEvent::ServiceRemoved(_, fullname)) => forget(&c, &tx, &fullname),
+                    Ok(_) => {}
+                    // A timeout: time to sweep. Disconnected: the daemon stopped.
+                    Err(_) if receiver.is_disconnected() => return,
+                    Err(_) => {}
                 }
+                sweep(&c, &tx);
             })
             .map_err(|e| err("browser thread", e))?;
         Ok(MdnsRegistry { daemon, cache, events, started: Instant::now() })
@@ -161,16 +153,41 @@ impl MdnsRegistry {
 
     /// Live records, dropping expired ones (and telling watchers).
     fn live(&self) -> Vec<Service> {
-        let now = now_secs();
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let expired: Vec<String> =
-            cache.nodes.iter().filter(|(_, (_, e))| *e != 0 && *e <= now).map(|(k, _)| k.clone()).collect();
-        for k in expired {
-            if let Some((svc, _)) = cache.nodes.remove(&k) {
-                let _ = self.events.send(Event { kind: EventKind::Delete, service: svc });
-            }
+        sweep(&self.cache, &self.events);
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).nodes.values().map(|(s, _)| s.clone()).collect()
+    }
+}
+
+/// How often the browser thread sweeps out expired registrations.
+const SWEEP: Duration = Duration::from_millis(500);
+
+/// A node's record, cached; watchers hear a create, or an update if it changed.
+fn remember(cache: &Mutex<Cache>, events: &broadcast::Sender<Event>, fullname: &str, svc: Service, exp: u64) {
+    let old = cache.lock().unwrap_or_else(|p| p.into_inner()).nodes.insert(fullname.to_string(), (svc.clone(), exp));
+    let kind = if old.is_some() { EventKind::Update } else { EventKind::Create };
+    if old.map(|o| o.0) != Some(svc.clone()) {
+        let _ = events.send(Event { kind, service: svc });
+    }
+}
+
+/// A node gone; watchers hear a delete (once, however many say so).
+fn forget(cache: &Mutex<Cache>, events: &broadcast::Sender<Event>, fullname: &str) {
+    let old = cache.lock().unwrap_or_else(|p| p.into_inner()).nodes.remove(fullname);
+    if let Some((svc, _)) = old {
+        let _ = events.send(Event { kind: EventKind::Delete, service: svc });
+    }
+}
+
+/// Drops expired registrations, telling watchers.
+fn sweep(cache: &Mutex<Cache>, events: &broadcast::Sender<Event>) {
+    let now = now_secs();
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    let expired: Vec<String> =
+        cache.nodes.iter().filter(|(_, (_, e))| *e != 0 && *e <= now).map(|(k, _)| k.clone()).collect();
+    for k in expired {
+        if let Some((svc, _)) = cache.nodes.remove(&k) {
+            let _ = events.send(Event { kind: EventKind::Delete, service: svc });
         }
-        cache.nodes.values().map(|(s, _)| s.clone()).collect()
     }
 }
 
@@ -183,9 +200,17 @@ impl Registry for MdnsRegistry {
                 node.address.parse().map_err(|e| err(&format!("node address {}", node.address), e))?;
             let props = encode(service, node, expires)?;
             let host = format!("{}.local.", node.id.replace('.', "-"));
+            // What this registry registered it knows at once, as mDNS
+            // peers will hear it (the browser's own answer then changes
+            // nothing): a lookup right after registering finds the node.
+            let own = decode(|k| props.get(k).cloned(), now_secs());
             let info = ServiceInfo::new(SERVICE_TYPE, &node.id, &host, addr.ip(), addr.port(), props)
                 .map_err(|e| err("service info", e))?;
+            let fullname = info.get_fullname().to_string();
             self.daemon.register(info).map_err(|e| err("register", e))?;
+            if let Some(own) = own {
+                remember(&self.cache, &self.events, &fullname, own, expires);
+            }
         }
         Ok(())
     }
@@ -193,6 +218,8 @@ impl Registry for MdnsRegistry {
     async fn deregister(&self, service: &Service) -> Result<()> {
         for node in &service.nodes {
             let fullname = format!("{}.{SERVICE_TYPE}", node.id);
+            // Gone for this registry at once; peers hear the goodbye.
+            forget(&self.cache, &self.events, &fullname);
             if let Ok(rx) = self.daemon.unregister(&fullname) {
                 // Wait (bounded) for the goodbye packets to go out.
                 let _ = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(1))).await;

@@ -382,6 +382,20 @@ impl NetNs {
         c.args(["netns", "exec", &self.name]).arg(program);
         c
     }
+
+    /// Runs `f` on a thread of its own that has joined the namespace (and
+    /// so do the threads it starts: a tokio runtime built there, an mDNS
+    /// daemon), for in-process tests of a component inside it.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+        let path = std::path::Path::new("/var/run/netns").join(&self.name);
+        std::thread::spawn(move || -> Result<T, Error> {
+            let ns = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns: {e}"))?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| "the thread in the namespace panicked")?
+    }
 }
 
 impl Drop for NetNs {
