@@ -4,7 +4,9 @@
 //! In `build.rs`:
 //!
 //! ```no_run
-//! micro_build::compile_protos(&["proto/greeter.proto"], &["proto"]).expect("greeter.proto");
+//! fn main() -> std::io::Result<()> {
+//!     micro_build::compile_protos(&["proto/greeter.proto"], &["proto"])
+//! }
 //! ```
 //!
 //! and in the crate, `mod greeter { include!(concat!(env!("OUT_DIR"), "/greeter.rs")); }`.

@@ -88,6 +88,23 @@ async fn eventually(what: &str, f: impl Fn() -> bool) -> TestResult {
     Ok(())
 }
 
+/// Python stubs of `proto/greeter.proto` (in `proto`), made by grpc_tools
+/// in a directory of their own (for `PYTHONPATH`).
+fn python_stubs(py: &Path, proto: &Path) -> Result<tempfile::TempDir, Box<dyn std::error::Error>> {
+    let stubs = tempfile::tempdir()?;
+    let ok = Command::new(py)
+        .args(["-m", "grpc_tools.protoc", "-I"])
+        .arg(proto)
+        .arg(format!("--python_out={}", stubs.path().display()))
+        .arg(format!("--grpc_python_out={}", stubs.path().display()))
+        .arg(proto.join("greeter.proto"))
+        .status()?;
+    if !ok.success() {
+        return Err(format!("grpc_tools.protoc failed on {}", proto.display()).into());
+    }
+    Ok(stubs)
+}
+
 /// Runs `py/client.py` against `addr` (over TLS when `ca` is given) and
 /// returns its checks, one JSON object each.
 async fn run_python_client(
@@ -95,16 +112,7 @@ async fn run_python_client(
     ca: Option<&Path>,
 ) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error>> {
     let py = python()?;
-    let stubs = tempfile::tempdir()?;
-    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
-    let ok = Command::new(&py)
-        .args(["-m", "grpc_tools.protoc", "-I"])
-        .arg(&proto)
-        .arg(format!("--python_out={}", stubs.path().display()))
-        .arg(format!("--grpc_python_out={}", stubs.path().display()))
-        .arg(proto.join("greeter.proto"))
-        .status()?;
-    assert!(ok.success(), "grpc_tools.protoc failed");
+    let stubs = python_stubs(&py, &Path::new(env!("CARGO_MANIFEST_DIR")).join("proto"))?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/client.py");
     let mut cmd = tokio::process::Command::new(&py);
     cmd.arg(script).arg(addr).env("PYTHONPATH", stubs.path()).kill_on_drop(true);
@@ -346,16 +354,7 @@ async fn a_grpcio_client_calls_a_service_generated_by_micro_build() -> TestResul
     svc.start().await?;
     let addr = svc.server().service().nodes[0].address.clone();
     let py = python()?;
-    let stubs = tempfile::tempdir()?;
-    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/proto-greeter/proto");
-    let ok = Command::new(&py)
-        .args(["-m", "grpc_tools.protoc", "-I"])
-        .arg(&proto)
-        .arg(format!("--python_out={}", stubs.path().display()))
-        .arg(format!("--grpc_python_out={}", stubs.path().display()))
-        .arg(proto.join("greeter.proto"))
-        .status()?;
-    assert!(ok.success(), "grpc_tools.protoc failed");
+    let stubs = python_stubs(&py, &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/proto-greeter/proto"))?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/proto_greeter_client.py");
     let mut cmd = tokio::process::Command::new(&py);
     cmd.arg(script).arg(&addr).env("PYTHONPATH", stubs.path()).kill_on_drop(true);
