@@ -518,7 +518,8 @@ fn wait_line(lines: &Lines, what: &str) -> TestResult {
 }
 
 /// etcd partitioned from everything else: a client already calling goes on
-/// calling from its cached view while the service's registration lapses
+/// calling from its cached view (after its watch on etcd has broken, too)
+/// while the service's registration lapses
 /// (etcd expires it: the service cannot renew), and once the partition
 /// heals the service registers again by itself.
 #[test]
@@ -547,7 +548,9 @@ fn a_partition_from_etcd_leaves_calls_going_and_heals() -> TestResult {
     greeter_nodes(client, &etcd, 1, "the greeter registered")?;
 
     let mut calls = with_etcd(client, bin("greeter-client"), &etcd);
-    calls.args(["--count", "1000", "--every", "10ms"]);
+    // About 20 s of calls: the partition outlasts the client's watch on
+    // etcd (its connection is given up within 15 s of the cut).
+    calls.args(["--count", "2000", "--every", "10ms"]);
     let mut calls = Proc(calls.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?);
     let answers = read_lines(calls.0.stdout.take().ok_or("client stdout")?);
     let answered = || answers.lock().unwrap_or_else(|p| p.into_inner()).len();
@@ -574,7 +577,7 @@ fn a_partition_from_etcd_leaves_calls_going_and_heals() -> TestResult {
     }
     let out = calls.output(Duration::from_secs(60))?;
     assert!(out.status.success(), "a call failed during the partition: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(answered(), 1000);
+    assert_eq!(answered(), 2000);
 
     // Healed: the service registers again by itself, and new clients find it.
     a.link(true).map_err(|e| e.to_string())?;

@@ -9,9 +9,13 @@
 //! state — takes a new lease and writes the record again). Watches turn
 //! etcd events into registry events (`create`, `update`, `delete`).
 
-/// How often the connection to etcd is pinged, and how long a ping may go
-/// unanswered before the connection is given up.
-const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// How often a connection to etcd with a watch on it is pinged, and how
+/// long a ping may go unanswered before the connection is given up. Not
+/// more often: etcd answers pings closer than its `--grpc-keepalive-min-time`
+/// (5 s by default) with GOAWAY "too_many_pings", and pings on an idle
+/// connection (no stream open) likewise, so idle connections are not pinged.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions as EtcdWatchOptions};
 use micro_core::catalog::NewRegistry;
@@ -109,14 +113,14 @@ impl EtcdRegistry {
         if let Some(c) = &*c {
             return Ok(c.clone());
         }
-        // HTTP/2 pings, idle or not: a partition from etcd is noticed in
-        // seconds (the watch ends and is retried, the cache goes stale)
-        // instead of when TCP gives up, many minutes later.
+        // HTTP/2 pings while a watch is open: a partition from etcd is
+        // noticed within 15 s (the watch ends and is retried, the cache goes
+        // stale) instead of when TCP gives up, many minutes later.
         let opts = ConnectOptions::new()
             .with_connect_timeout(self.timeout)
             .with_timeout(self.timeout)
-            .with_keep_alive(KEEP_ALIVE, KEEP_ALIVE)
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive(KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT)
+            .with_keep_alive_while_idle(false);
         let client =
             Client::connect(&self.endpoints, Some(opts)).await.map_err(|e| etcd_err(&self.endpoints, "connect", e))?;
         *c = Some(client.clone());
