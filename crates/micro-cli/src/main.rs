@@ -521,11 +521,13 @@ fn flags_shown(command: &str) -> &'static [&'static str] {
         "max_message_size",
     ];
     const BROKER: &[&str] = &["broker", "broker_address", "plugin"];
+    const SUBSCRIBE: &[&str] = &["broker", "broker_address", "broker_advertise", "plugin"];
     const LOADING: &[&str] = &["plugin_allow_insecure", "plugin_allow_panic_abort"];
     match command {
         "services" | "describe" => REGISTRY,
         "call" | "health" | "api" => CALLS,
-        "publish" | "subscribe" => BROKER,
+        "publish" => BROKER,
+        "subscribe" => SUBSCRIBE,
         "plugin inspect" => LOADING,
         _ => &[],
     }

@@ -1130,3 +1130,40 @@ fn micro_client_connections_sets_the_connections_per_node() -> TestResult {
     }
     Ok(())
 }
+
+/// `--broker-advertise`: the HTTP broker's subscriber registers the address
+/// it is told (here micro-testkit's proxy in front of it), and a publisher
+/// delivers there.
+#[test]
+fn the_http_broker_registers_its_advertised_address() -> TestResult {
+    let w = World::new()?;
+    let port = micro_testkit::free_port().map_err(|e| e.to_string())?;
+    let listen = format!("127.0.0.1:{port}");
+    let proxy = micro_testkit::proxy::Proxy::start("127.0.0.1:0", &listen).map_err(|e| e.to_string())?;
+    let mut c = Command::new(MICRO);
+    w.env(&mut c);
+    c.args(["subscribe", "advertised.events", "--count", "1", "--output", "json"]).args([
+        "--broker-address",
+        &listen,
+        "--broker-advertise",
+        proxy.addr(),
+    ]);
+    let sub = Proc(c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?);
+    let t0 = Instant::now();
+    loop {
+        let o = w.micro(&["describe", "micro.http.broker", "--output", "json"])?;
+        if out(&o).contains(&format!("\"address\": \"{}\"", proxy.addr())) {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            return Err(format!("the subscriber never registered {}: {}", proxy.addr(), out(&o)).into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = w.micro(&["publish", "advertised.events", r#"{"via": "proxy"}"#])?;
+    assert!(o.status.success(), "{}", err(&o));
+    let got = sub.output(Duration::from_secs(20))?;
+    assert!(String::from_utf8_lossy(&got.stdout).contains(r#""via":"proxy""#), "{}", out(&got));
+    assert!(proxy.accepted() >= 1, "the publisher delivered through the advertised address");
+    Ok(())
+}

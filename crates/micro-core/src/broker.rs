@@ -24,12 +24,17 @@ pub struct BrokerOptions {
     /// TLS files, for brokers that listen or dial on their own (the `http`
     /// broker): the transport's, so that pub/sub is as protected as calls.
     pub tls: crate::TlsOptions,
+    /// For brokers that listen on their own (the `http` broker): the
+    /// `host:port` to register for that listener instead of the one derived
+    /// from its bound address (behind NAT, or to pick an interface).
+    pub advertise: Option<String>,
 }
 
 impl std::fmt::Debug for BrokerOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrokerOptions")
             .field("addresses", &self.addresses)
+            .field("advertise", &self.advertise)
             .field("registry", &self.registry.as_ref().map(|r| r.name().to_string()))
             .field("tls", &self.tls)
             .finish()

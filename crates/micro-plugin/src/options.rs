@@ -77,6 +77,9 @@ pub fn encode_broker(o: &BrokerOptions) -> Encoded {
     let mut w = Writer::new();
     w.strs(&o.addresses).u32(o.registry.is_some() as u32);
     put_tls(&mut w, &o.tls);
+    // Last, so that a peer that does not know it ignores it (and one that
+    // does reads None from a peer without it).
+    w.opt_str(o.advertise.as_deref());
     (w.finish(), o.registry.iter().map(|r| export_registry(r.clone())).collect())
 }
 /// Broker options.
@@ -85,7 +88,8 @@ pub fn decode_broker(b: &[u8], objects: Vec<FfiObject>) -> Result<BrokerOptions>
     let addresses = r.strings()?;
     let mut it = objects.into_iter();
     let registry = if r.u32()? == 1 { Some(import_registry(next(&mut it, "registry")?)?) } else { None };
-    Ok(BrokerOptions { addresses, registry, tls: get_tls(&mut r)? })
+    let tls = get_tls(&mut r)?;
+    Ok(BrokerOptions { addresses, registry, tls, advertise: r.opt_string().ok().flatten() })
 }
 
 /// Client options.

@@ -69,6 +69,9 @@ pub struct Flags {
     /// Broker addresses, comma-separated
     #[arg(long, env = "MICRO_BROKER_ADDRESS", alias = "broker_address", global = true)]
     pub broker_address: Option<String>,
+    /// Address the http broker registers for its listener instead of the bound one, host:port
+    #[arg(long, env = "MICRO_BROKER_ADVERTISE", alias = "broker_advertise", global = true)]
+    pub broker_advertise: Option<String>,
     /// Registry for discovery [default: local]
     #[arg(long, env = "MICRO_REGISTRY", global = true)]
     pub registry: Option<String>,

@@ -119,6 +119,7 @@ impl ServiceBuilder {
             addresses: split_list(f.broker_address.as_deref()),
             registry: Some(registry.clone()),
             tls: tls.clone(),
+            advertise: f.broker_advertise.clone(),
         })
         .map_err(failed("broker", &names.broker))?;
         let defaults = TransportOptions::default();

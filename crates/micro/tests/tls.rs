@@ -308,7 +308,8 @@ async fn the_http_broker_uses_the_transports_tls() -> TestResult {
     let (srv_cert, srv_key) = leaf(dir.path(), "server", &ca, ExtendedKeyUsagePurpose::ServerAuth)?;
     let (cli_cert, cli_key) = leaf(dir.path(), "client", &ca, ExtendedKeyUsagePurpose::ClientAuth)?;
     let reg = std::sync::Arc::new(micro::registry::MemoryRegistry::new());
-    let opts = |tls: TlsOptions| BrokerOptions { addresses: vec![], registry: Some(reg.clone()), tls };
+    let opts =
+        |tls: TlsOptions| BrokerOptions { addresses: vec![], registry: Some(reg.clone()), tls, ..Default::default() };
     let sub = HttpBroker::new(opts(TlsOptions { cert: Some(srv_cert), key: Some(srv_key), ca: Some(ca_pem.clone()) }))?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let handler: micro::core::BrokerHandler = std::sync::Arc::new(move |_t, m: Message| {

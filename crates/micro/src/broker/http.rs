@@ -81,6 +81,8 @@ struct Sub {
 
 struct Inner {
     listen: String,
+    /// What to register instead of the listener's own address.
+    advertise: Option<String>,
     registry: Arc<dyn Registry>,
     subs: Mutex<HashMap<String, Sub>>,
     server: tokio::sync::Mutex<Option<(String, CancellationToken)>>,
@@ -113,6 +115,7 @@ impl HttpBroker {
         let secure = opts.tls.cert.is_some() && opts.tls.key.is_some();
         Ok(HttpBroker {
             inner: Arc::new(Inner {
+                advertise: opts.advertise.clone(),
                 listen: opts
                     .addresses
                     .first()
@@ -397,8 +400,12 @@ impl Broker for HttpBroker {
         let record = Service {
             name: SERVICE.into(),
             version: opts.queue.clone().unwrap_or_else(|| BROADCAST.into()),
-            // Bound to all interfaces, it registers one that others can dial.
-            nodes: vec![Node { id: id.clone(), address: crate::addr::advertised(&addr), metadata }],
+            // As told, else (bound to all interfaces) one that others can dial.
+            nodes: vec![Node {
+                id: id.clone(),
+                address: self.inner.advertise.clone().unwrap_or_else(|| crate::addr::advertised(&addr)),
+                metadata,
+            }],
             ..Default::default()
         };
         self.inner.registry.register(&record, RegisterOptions { ttl: TTL }).await?;
