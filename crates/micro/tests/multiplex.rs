@@ -125,7 +125,8 @@ impl World {
 
 /// The state of `Work.Spin`, a handler that computes without awaiting:
 /// `"brief"` spins for 5 ms, `"hold"` until released (at most 10 s), `"block"`
-/// sleeps in place (holding its thread, not a core) until released.
+/// sleeps in place (holding its thread, not a core, through `block_in_place`)
+/// until released.
 #[derive(Default)]
 struct Spin {
     started: AtomicUsize,
@@ -205,7 +206,15 @@ async fn world(name: &str, split: bool, extra: Flags) -> Result<World, Box<dyn s
     let s = spin.clone();
     server.handle("Work.Spin", move |mode: String| {
         let s = s.clone();
-        async move { Ok::<_, Error>(s.run(&mode)) }
+        async move {
+            if mode == "block" {
+                // Blocking in place hands the worker's queued tasks to another
+                // thread first: a task left in a blocked worker's LIFO slot
+                // (the caller whose deadline must fire, say) would wait for it.
+                return Ok::<_, Error>(tokio::task::block_in_place(|| s.run(&mode)));
+            }
+            Ok::<_, Error>(s.run(&mode))
+        }
     })?;
     server.start().await?;
     let client = Service::builder("caller").flags(flags).catalog(catalog(dials.clone(), split, 64 * 1024)).build()?;
