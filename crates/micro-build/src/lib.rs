@@ -334,6 +334,15 @@ impl Generator {
             };
             let _ = writeln!(buf, "{doc}    {sig}");
         }
+        // Named by the trait, so that a caller (`micro new --proto`) need not
+        // derive the free function's snake-case name.
+        let _ = writeln!(
+            buf,
+            "\n    /// Serves this handler on `service`: [`register_{snake}_handler`].\n    \
+             fn register(self, service: &::micro::Service) -> ::std::result::Result<(), ::micro::Error>\n    \
+             where\n        Self: Sized,\n    {{\n        register_{snake}_handler(service, self)\n    }}",
+            snake = snake(&s.proto_name),
+        );
         buf.push_str("}\n\n");
     }
 

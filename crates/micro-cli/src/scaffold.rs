@@ -339,12 +339,11 @@ fn main() -> std::process::ExitCode {{
         micro::init_logging();
         let cli = Cli::parse();
         let service = micro::Service::builder("{name}").version("latest").flags(cli.micro).build()?;
-        pb::register_{snake_handler}_handler(&service, Handler)?;
+        pb::{handler}Handler::register(Handler, &service)?;
         service.run().await
     }})
 }}
 "#,
-                snake_handler = snake_case(handler),
             ),
         ),
         (
@@ -371,22 +370,6 @@ The usual micro flags and `MICRO_*` variables choose the components: see `cargo 
         ),
         (".gitignore".into(), "/target\n".to_string()),
     ]
-}
-
-/// `HelloSvc` → `hello_svc` (how micro-build names `register_*_handler`).
-fn snake_case(s: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if c.is_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.extend(c.to_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
