@@ -89,7 +89,7 @@ fn program_headers(b: &[u8], p_type: u32) -> Vec<usize> {
     (0..phnum).map(|i| phoff + i * phentsize).filter(|&at| b[at..at + 4] == p_type.to_le_bytes()).collect()
 }
 
-/// The host's async-ffi ABI version (what `inspect` calls "Future ABI").
+/// The host's future ABI version (what `inspect` calls "Future ABI").
 fn host_future_abi() -> u32 {
     micro_plugin::loader::BuildInfo::host().future_abi_version
 }
@@ -135,9 +135,9 @@ fn nothing_of_a_refused_file_runs_and_inspect_runs_nothing() -> TestResult {
             format!("plugin ABI version mismatch: plugin has {}", host.abi_version + 7),
         ),
         (
-            "async-ffi ABI version",
+            "future ABI version",
             future_abi.display().to_string(),
-            format!("async-ffi ABI version mismatch: plugin has {}", host_future_abi() + 5),
+            format!("future ABI version mismatch: plugin has {}", host_future_abi() + 5),
         ),
         (
             "target",

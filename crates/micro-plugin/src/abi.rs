@@ -2,12 +2,12 @@
 //!
 //! Only these types cross: plain integers, pointers, byte buffers that carry
 //! the function that frees them, opaque objects with a C vtable, and
-//! `async_ffi` futures. Everything richer (messages, services, options) is
+//! futures and wakers with C vtables ([`ffi_future`](crate::ffi_future)). Everything richer (messages, services, options) is
 //! encoded into bytes (see [`wire`](crate::wire)), so the layout of Rust's
 //! own types never has to agree between host and plugin.
 #![allow(unsafe_code)]
 
-use async_ffi::FfiFuture;
+use crate::ffi_future::{FfiContext, FfiFuture, FfiPoll, FfiWaker, FfiWakerVTable, FromPanic};
 use std::ffi::c_void;
 
 /// The first eight bytes of every plugin descriptor: `MICROPLG`.
@@ -16,7 +16,7 @@ pub const MAGIC: [u8; 8] = *b"MICROPLG";
 /// The version of this ABI. Bumped on any change to the types in this
 /// module, the method numbering, or the wire encoding. (A forgotten bump of
 /// a layout change is still caught: see [`LAYOUT`].)
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// The name of the symbol every plugin exports: its [`PluginDescriptor`],
 /// read from the file before the library is opened.
@@ -234,6 +234,13 @@ pub struct FfiReply {
     pub object: FfiObject,
 }
 
+impl FromPanic for FfiReply {
+    fn from_panic() -> Self {
+        let e = micro_core::Error::internal("micro.plugin", "a future across the plugin boundary panicked");
+        FfiReply { status: 1, bytes: FfiBuf::from_vec(e.to_json().into_bytes()), object: FfiObject::null() }
+    }
+}
+
 /// The host's services to a plugin, given at initialisation.
 #[repr(C)]
 pub struct HostApi {
@@ -286,16 +293,16 @@ pub struct IoPoll {
 pub struct StreamVTable {
     /// Reads into `buf[..len]` (initialised memory).
     pub poll_read:
-        unsafe extern "C" fn(data: *mut c_void, cx: *mut async_ffi::FfiContext<'_>, buf: *mut u8, len: usize) -> IoPoll,
+        unsafe extern "C" fn(data: *mut c_void, cx: *const FfiContext, buf: *mut u8, len: usize) -> IoPoll,
     /// Writes `buf[..len]`.
     pub poll_write: unsafe extern "C" fn(
         data: *mut c_void,
-        cx: *mut async_ffi::FfiContext<'_>,
+        cx: *const FfiContext,
         buf: *const u8,
         len: usize,
     ) -> IoPoll,
     /// Shuts the write side down.
-    pub poll_shutdown: unsafe extern "C" fn(data: *mut c_void, cx: *mut async_ffi::FfiContext<'_>) -> IoPoll,
+    pub poll_shutdown: unsafe extern "C" fn(data: *mut c_void, cx: *const FfiContext) -> IoPoll,
     /// Closes and frees the stream.
     pub drop: unsafe extern "C" fn(data: *mut c_void),
 }
@@ -327,6 +334,18 @@ pub struct FfiStreamReply {
     pub peer: FfiBuf,
     /// The error message.
     pub error: FfiBuf,
+}
+
+impl FromPanic for FfiStreamReply {
+    fn from_panic() -> Self {
+        FfiStreamReply {
+            status: 1,
+            stream: FfiStream { data: std::ptr::null_mut(), vtable: std::ptr::null() },
+            local: FfiBuf::empty(),
+            peer: FfiBuf::empty(),
+            error: FfiBuf::from_vec(b"a host socket future panicked".to_vec()),
+        }
+    }
 }
 
 /// The functions of a host listener.
@@ -363,6 +382,17 @@ pub struct FfiListenerReply {
     pub addr: FfiBuf,
     /// The error message.
     pub error: FfiBuf,
+}
+
+impl FromPanic for FfiListenerReply {
+    fn from_panic() -> Self {
+        FfiListenerReply {
+            status: 1,
+            listener: FfiListener { data: std::ptr::null(), vtable: std::ptr::null() },
+            addr: FfiBuf::empty(),
+            error: FfiBuf::from_vec(b"a host listener future panicked".to_vec()),
+        }
+    }
 }
 
 /// A tracing event of a plugin, forwarded to the host.
@@ -444,7 +474,8 @@ pub struct PluginDescriptor {
     pub size: u32,
     /// The plugin's [`ABI_VERSION`].
     pub abi_version: u32,
-    /// `async_ffi::ABI_VERSION` of the plugin: futures cross in its layout.
+    /// The plugin's [`FUTURE_ABI_VERSION`](crate::ffi_future::FUTURE_ABI_VERSION):
+    /// how futures and wakers cross.
     pub future_abi_version: u32,
     /// [`PANIC_UNWIND`] or [`PANIC_ABORT`]: whether the plugin's panics can be caught.
     pub panic_strategy: u32,
@@ -525,7 +556,7 @@ pub const fn descriptor(
         magic,
         size: std::mem::size_of::<PluginDescriptor>() as u32,
         abi_version: abi_version(),
-        future_abi_version: async_ffi::ABI_VERSION,
+        future_abi_version: crate::ffi_future::FUTURE_ABI_VERSION,
         panic_strategy: if panic_abort { PANIC_ABORT } else { PANIC_UNWIND },
         produces,
         layout: LAYOUT.to_le_bytes(),
@@ -585,7 +616,7 @@ macro_rules! layouts {
 }
 
 /// A fingerprint of the layout of every type that crosses the boundary
-/// (size, alignment and the offset of each field, `async_ffi`'s future
+/// (size, alignment and the offset of each field, futures and wakers
 /// included). Both ends compute it from their own copy of this crate and the
 /// loader compares them, so a layout change without an [`ABI_VERSION`]
 /// bump is a load error, never a misread.
@@ -608,8 +639,14 @@ pub const LAYOUT: u64 = fingerprint(&layouts! {
     LogEvent { level, plugin, target, message, fields }
     PluginDescriptor { magic, size, abi_version, future_abi_version, panic_strategy, produces, layout, name, kind, path, new_func, rustc, target, framework }
     PluginEntry { layout, init, construct }
-    FfiFuture<FfiReply> {}
-    FfiFuture<()> {}
+    FfiWakerVTable { clone, wake, wake_by_ref, drop }
+    FfiWaker { vtable }
+    FfiContext { waker }
+    FfiFuture<FfiReply> { data, poll, drop }
+    FfiFuture<()> { data, poll, drop }
+    FfiPoll<FfiReply> {}
+    FfiPoll<FfiStreamReply> {}
+    FfiPoll<()> {}
 });
 
 #[cfg(all(test, target_pointer_width = "64"))]
@@ -663,6 +700,13 @@ mod tests {
             framework = 820
         );
         layout!(PluginEntry, 24, 8, layout = 0, init = 8, construct = 16);
+        layout!(FfiWakerVTable, 32, 8, clone = 0, wake = 8, wake_by_ref = 16, drop = 24);
+        layout!(FfiWaker, 8, 8, vtable = 0);
+        layout!(FfiContext, 8, 8, waker = 0);
+        layout!(FfiFuture<FfiReply>, 24, 8, data = 0, poll = 8, drop = 16);
+        layout!(FfiPoll<FfiReply>, 64, 8);
+        layout!(FfiPoll<FfiStreamReply>, 128, 8);
+        layout!(FfiPoll<()>, 1, 1);
     }
 
     #[test]

@@ -15,7 +15,8 @@ use crate::abi::{
     StreamVTable,
 };
 use crate::runtime::Contained;
-use async_ffi::ContextExt;
+use crate::ffi_future::{FfiContext, FfiFuture, WakerSlot};
+use std::future::IntoFuture as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::OnceLock;
@@ -53,7 +54,7 @@ pub fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(fut: F) {
     let own = crate::runtime::plugin_runtime();
     let task =
         Contained::new(Box::pin(fut), own.clone(), |()| (), |e| tracing::error!("a plugin task ended with a {e}"));
-    let mut ffi = std::mem::ManuallyDrop::new(async_ffi::FfiFuture::new(task));
+    let mut ffi = std::mem::ManuallyDrop::new(FfiFuture::new(task));
     // SAFETY: `spawn` is the host's function for this ABI version (checked
     // at init); it either takes the future out of `ffi` (0) or leaves it.
     let taken = unsafe { (api.spawn)(&mut *ffi) } == 0;
@@ -62,7 +63,7 @@ pub fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(fut: F) {
         let ffi = std::mem::ManuallyDrop::into_inner(ffi);
         match own {
             Some(rt) => {
-                rt.spawn(ffi);
+                rt.spawn(ffi.into_future());
             }
             None => tracing::error!("a plugin task was spawned before the plugin's runtime started; dropped"),
         }
@@ -82,7 +83,13 @@ fn stream_of(r: FfiStreamReply) -> io::Result<HostStream> {
     if r.status != 0 || r.stream.vtable.is_null() {
         return Err(io::Error::other(text(&r.error)));
     }
-    Ok(HostStream { local: text(&r.local), peer: text(&r.peer), inner: r.stream })
+    Ok(HostStream {
+        local: text(&r.local),
+        peer: text(&r.peer),
+        inner: r.stream,
+        reading: WakerSlot::new(),
+        writing: WakerSlot::new(),
+    })
 }
 
 /// Connects to `addr` on the host's reactor (`TCP_NODELAY` set).
@@ -113,6 +120,10 @@ fn stream_vtable(s: &FfiStream) -> &StreamVTable {
 /// A TCP stream owned by the host.
 pub struct HostStream {
     inner: FfiStream,
+    // One waker bridge per direction, so the host's socket sees the same
+    // waker on every poll and registers it once.
+    reading: WakerSlot,
+    writing: WakerSlot,
     local: String,
     peer: String,
 }
@@ -129,10 +140,12 @@ impl HostStream {
 
     fn poll_with(
         &mut self,
+        write: bool,
         cx: &mut Context<'_>,
-        f: impl FnOnce(&FfiStream, *mut async_ffi::FfiContext<'_>) -> IoPoll,
+        f: impl FnOnce(&FfiStream, *const FfiContext) -> IoPoll,
     ) -> Poll<io::Result<usize>> {
-        let r = cx.with_ffi_context(|ctx| f(&self.inner, ctx));
+        let slot = if write { &self.writing } else { &self.reading };
+        let r = slot.with(cx, |ctx| f(&self.inner, ctx));
         match r.status {
             0 => Poll::Ready(Ok(r.n)),
             1 => Poll::Pending,
@@ -154,7 +167,7 @@ impl tokio::io::AsyncRead for HostStream {
         let dst = buf.initialize_unfilled();
         let (ptr, len) = (dst.as_mut_ptr(), dst.len());
         // SAFETY: `ptr[..len]` is initialised memory we hold `&mut` to for this call.
-        match this.poll_with(cx, |s, ctx| unsafe { (stream_vtable(s).poll_read)(s.data, ctx, ptr, len) }) {
+        match this.poll_with(false, cx, |s, ctx| unsafe { (stream_vtable(s).poll_read)(s.data, ctx, ptr, len) }) {
             Poll::Ready(Ok(n)) => {
                 buf.advance(n.min(len));
                 Poll::Ready(Ok(()))
@@ -169,7 +182,7 @@ impl tokio::io::AsyncWrite for HostStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let (ptr, len) = (buf.as_ptr(), buf.len());
         // SAFETY: `buf` is readable for this call.
-        self.get_mut().poll_with(cx, |s, ctx| unsafe { (stream_vtable(s).poll_write)(s.data, ctx, ptr, len) })
+        self.get_mut().poll_with(true, cx, |s, ctx| unsafe { (stream_vtable(s).poll_write)(s.data, ctx, ptr, len) })
     }
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         // TCP streams have nothing to flush.
@@ -177,7 +190,7 @@ impl tokio::io::AsyncWrite for HostStream {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // SAFETY: a host entry point on our stream.
-        self.get_mut().poll_with(cx, |s, ctx| unsafe { (stream_vtable(s).poll_shutdown)(s.data, ctx) }).map_ok(|_| ())
+        self.get_mut().poll_with(true, cx, |s, ctx| unsafe { (stream_vtable(s).poll_shutdown)(s.data, ctx) }).map_ok(|_| ())
     }
 }
 

@@ -6,7 +6,8 @@ use crate::abi::{
     StreamVTable,
 };
 use crate::runtime::{panic_message, Contained};
-use async_ffi::{FfiContext, FfiFuture, FutureExt as _};
+use crate::ffi_future::{FfiContext, FfiFuture};
+use std::future::IntoFuture as _;
 use std::ffi::c_void;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -47,7 +48,7 @@ pub(crate) unsafe extern "C" fn spawn(fut: *mut FfiFuture<()>) -> u32 {
     let Some(rt) = host_runtime() else { return 1 };
     // SAFETY: valid per the contract; from here on the future is ours (returns 0 below).
     let fut = unsafe { std::ptr::read(fut) };
-    if catch_unwind(AssertUnwindSafe(move || drop(rt.spawn(fut)))).is_err() {
+    if catch_unwind(AssertUnwindSafe(move || drop(rt.spawn(fut.into_future())))).is_err() {
         tracing::error!("spawning a plugin's task failed (the runtime is shutting down?)");
     }
     0
@@ -88,7 +89,7 @@ fn on_host<F: Future + Send + 'static>(fut: F, on_panic: fn(String) -> F::Output
 where
     F::Output: Send + 'static,
 {
-    Contained::new(Box::pin(fut), host_runtime(), |v| v, on_panic).into_ffi()
+    FfiFuture::new(Contained::new(Box::pin(fut), host_runtime(), |v| v, on_panic))
 }
 
 unsafe extern "C" fn connect(addr: FfiStr) -> FfiFuture<FfiStreamReply> {
@@ -175,20 +176,21 @@ fn io_poll(p: Poll<std::io::Result<usize>>) -> IoPoll {
 // SAFETY: unsafe to call; the contract is the `# Safety` section above.
 unsafe fn with_stream(
     data: *mut c_void,
-    cx: *mut FfiContext<'_>,
+    cx: *const FfiContext,
     f: impl FnOnce(Pin<&mut TcpStream>, &mut std::task::Context<'_>) -> Poll<std::io::Result<usize>>,
 ) -> IoPoll {
     let res = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: guaranteed by the caller: the stream is live and ours for this call.
         let s = unsafe { &mut *(data as *mut TcpStream) };
         // SAFETY: guaranteed by the caller: a valid context for this call.
-        let cx = unsafe { &mut *cx };
-        cx.with_context(|cx| f(Pin::new(s), cx))
+        let cx = unsafe { &*cx };
+        // SAFETY: the plugin's context, valid during this poll.
+        unsafe { cx.with_context(|cx| f(Pin::new(s), cx)) }
     }));
     io_poll(res.unwrap_or_else(|p| Poll::Ready(Err(std::io::Error::other(format!("panic: {}", panic_message(&*p)))))))
 }
 
-unsafe extern "C" fn poll_read(data: *mut c_void, cx: *mut FfiContext<'_>, dst: *mut u8, len: usize) -> IoPoll {
+unsafe extern "C" fn poll_read(data: *mut c_void, cx: *const FfiContext, dst: *mut u8, len: usize) -> IoPoll {
     let read = |s: Pin<&mut TcpStream>, cx: &mut std::task::Context<'_>| {
         // SAFETY: the plugin passes `len` initialised bytes at `dst`, ours for this call.
         let slice = unsafe { std::slice::from_raw_parts_mut(dst, len) };
@@ -199,7 +201,7 @@ unsafe extern "C" fn poll_read(data: *mut c_void, cx: *mut FfiContext<'_>, dst: 
     unsafe { with_stream(data, cx, read) }
 }
 
-unsafe extern "C" fn poll_write(data: *mut c_void, cx: *mut FfiContext<'_>, src: *const u8, len: usize) -> IoPoll {
+unsafe extern "C" fn poll_write(data: *mut c_void, cx: *const FfiContext, src: *const u8, len: usize) -> IoPoll {
     let write = |s: Pin<&mut TcpStream>, cx: &mut std::task::Context<'_>| {
         // SAFETY: the plugin passes `len` readable bytes at `src` for this call.
         let src = unsafe { std::slice::from_raw_parts(src, len) };
@@ -209,7 +211,7 @@ unsafe extern "C" fn poll_write(data: *mut c_void, cx: *mut FfiContext<'_>, src:
     unsafe { with_stream(data, cx, write) }
 }
 
-unsafe extern "C" fn poll_shutdown(data: *mut c_void, cx: *mut FfiContext<'_>) -> IoPoll {
+unsafe extern "C" fn poll_shutdown(data: *mut c_void, cx: *const FfiContext) -> IoPoll {
     // SAFETY: as in poll_read.
     unsafe { with_stream(data, cx, |s, cx| s.poll_shutdown(cx).map_ok(|()| 0)) }
 }

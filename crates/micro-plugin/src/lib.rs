@@ -26,7 +26,7 @@
 //!   file. The rustc version is only reported: a plugin built by another
 //!   compiler with the same ABI version loads.
 //! * Objects cross as opaque pointers with a C vtable of three functions —
-//!   `call` (async, returns an `async_ffi::FfiFuture`), `call_sync` and
+//!   `call` (async, returns an [`FfiFuture`](ffi_future::FfiFuture)), `call_sync` and
 //!   `drop` — and every argument and result is encoded into bytes
 //!   ([`wire`]). One generic vtable instead of one per trait keeps the ABI
 //!   tiny and identical for all six component types, and since host and
@@ -38,7 +38,8 @@
 //!   poll of its futures. A plugin gets a small runtime of its own at init
 //!   (`MICRO_PLUGIN_THREADS` workers, default 2, or 1 on one core), so `tokio::spawn`, timers
 //!   and sockets inside plugin code work whatever tokio version it uses,
-//!   while the host's executor polls plugin futures through `async_ffi`.
+//!   while the host's executor polls plugin futures through [`ffi_future`], whose wakers keep
+//!   their identity across polls (a clone is a reference count, not a box).
 //!   Host objects handed to a plugin (a registry, a handler…) run in the
 //!   host's runtime the same way. A plugin whose hot path is I/O can use
 //!   sockets on the host's reactor instead ([`host`]), so that readiness
@@ -60,6 +61,7 @@
 // The shared contract, bottom up: the C types and the byte encoding, each
 // side's runtime, the object/vtable machinery, one proxy per component.
 pub mod abi;
+pub mod ffi_future;
 mod object;
 pub mod options;
 pub mod proxy;

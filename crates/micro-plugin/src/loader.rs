@@ -202,7 +202,7 @@ impl Config {
 pub struct BuildInfo {
     /// Plugin ABI version.
     pub abi_version: u32,
-    /// `async_ffi` ABI version.
+    /// Future ABI version (how futures and wakers cross, `ffi_future`).
     pub future_abi_version: u32,
     /// Fingerprint of the layout of the boundary's C types (hex).
     pub layout: String,
@@ -297,7 +297,7 @@ struct Checked {
 /// regular file, owned by this user or root, not writable by others; its
 /// bytes are read through the same descriptor and everything else is
 /// checked on those bytes: the sha256 pin, the ELF structure (see `elf`),
-/// the descriptor (magic, size, ABI version, async-ffi version, layout
+/// the descriptor (magic, size, ABI version, future ABI version, layout
 /// fingerprint, target, panic strategy).
 fn check_file(spec: &str, opts: LoadOptions) -> Result<Checked, PluginError> {
     use std::io::Read;
@@ -452,7 +452,7 @@ fn check_magic(path: &Path, magic: [u8; 8]) -> Result<(), PluginError> {
 }
 
 /// The loader's checks of a descriptor whose prefix matched, in order: the
-/// async-ffi ABI version, the layout fingerprint, the target, the panic
+/// future ABI version, the layout fingerprint, the target, the panic
 /// strategy. The rustc version is not compared.
 fn check_descriptor(path: &Path, d: &PluginDescriptor, opts: LoadOptions) -> Result<(), PluginError> {
     let build = BuildInfo::of(d);
@@ -467,7 +467,7 @@ fn check_descriptor(path: &Path, d: &PluginDescriptor, opts: LoadOptions) -> Res
     let rebuild = format!(": rebuild the plugin against micro-plugin {}", host.framework);
     if build.future_abi_version != host.future_abi_version {
         return Err(mismatch(
-            "async-ffi ABI version",
+            "future ABI version",
             build.future_abi_version.to_string(),
             host.future_abi_version.to_string(),
             rebuild,

@@ -28,6 +28,10 @@ impl Writer {
     pub fn with_capacity(n: usize) -> Self {
         Writer { buf: Vec::with_capacity(n) }
     }
+    /// A writer that appends to `buf` (to reuse its capacity).
+    pub fn from_vec(buf: Vec<u8>) -> Self {
+        Writer { buf }
+    }
     /// The bytes written.
     pub fn finish(self) -> Vec<u8> {
         self.buf

@@ -76,10 +76,11 @@ impl Broker for BrokerProxy {
         self.remote.call(broker_m::DISCONNECT, &[], Vec::new()).await.map(|_| ())
     }
     async fn publish(&self, topic: &str, msg: Message) -> Result<()> {
-        let mut w = Writer::new();
-        w.str(topic);
-        wire::put_message(&mut w, &msg);
-        self.remote.call(broker_m::PUBLISH, &w.finish(), Vec::new()).await.map(|_| ())
+        let publish = self.remote.call_encoded(broker_m::PUBLISH, Vec::new(), |w| {
+            w.str(topic);
+            wire::put_message(w, &msg);
+        });
+        publish.await.map(|_| ())
     }
     async fn subscribe(
         &self,
@@ -172,10 +173,11 @@ pub(super) fn import_broker_handler(obj: FfiObject) -> Result<BrokerHandler> {
     Ok(Arc::new(move |topic: String, msg: Message| {
         let remote = remote.clone();
         Box::pin(async move {
-            let mut w = Writer::new();
-            w.str(&topic);
-            wire::put_message(&mut w, &msg);
-            remote.call(handler_m::CALL, &w.finish(), Vec::new()).await.map(|_| ())
+            let call = remote.call_encoded(handler_m::CALL, Vec::new(), |w| {
+                w.str(&topic);
+                wire::put_message(w, &msg);
+            });
+            call.await.map(|_| ())
         })
     }))
 }

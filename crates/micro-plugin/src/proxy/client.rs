@@ -66,24 +66,31 @@ pub fn import_client(obj: FfiObject) -> Result<Arc<dyn Client>> {
 #[async_trait]
 impl Client for ClientProxy {
     async fn call(&self, req: Request, opts: CallOptions) -> Result<Response> {
-        let mut w = Writer::with_capacity(wire::request_len(&req) + 32);
-        wire::put_request(&mut w, &req);
-        wire::put_call_options(&mut w, &opts);
-        let r = self.remote.call(client_m::CALL, &w.finish(), Vec::new()).await?;
+        let r = self
+            .remote
+            .call_encoded(client_m::CALL, Vec::new(), |w| {
+                wire::put_request(w, &req);
+                wire::put_call_options(w, &opts);
+            })
+            .await?;
         wire::get_response(&mut Reader::new(r.bytes.as_slice()))
     }
     async fn stream(&self, req: Request, opts: CallOptions) -> Result<micro_core::Stream> {
-        let mut w = Writer::with_capacity(wire::request_len(&req) + 32);
-        wire::put_request(&mut w, &req);
-        wire::put_call_options(&mut w, &opts);
-        let r = self.remote.call(client_m::STREAM, &w.finish(), Vec::new()).await?;
+        let r = self
+            .remote
+            .call_encoded(client_m::STREAM, Vec::new(), |w| {
+                wire::put_request(w, &req);
+                wire::put_call_options(w, &opts);
+            })
+            .await?;
         import_stream(reply_object(r, "stream")?)
     }
     async fn publish(&self, topic: &str, msg: Message) -> Result<()> {
-        let mut w = Writer::new();
-        w.str(topic);
-        wire::put_message(&mut w, &msg);
-        self.remote.call(client_m::PUBLISH, &w.finish(), Vec::new()).await.map(|_| ())
+        let publish = self.remote.call_encoded(client_m::PUBLISH, Vec::new(), |w| {
+            w.str(topic);
+            wire::put_message(w, &msg);
+        });
+        publish.await.map(|_| ())
     }
     fn name(&self) -> &str {
         &self.name

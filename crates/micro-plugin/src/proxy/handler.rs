@@ -37,9 +37,7 @@ pub(super) fn import_handler_fn(obj: FfiObject) -> Result<HandlerFn> {
     Ok(Arc::new(move |req: Request| {
         let remote = remote.clone();
         Box::pin(async move {
-            let mut w = Writer::with_capacity(wire::request_len(&req));
-            wire::put_request(&mut w, &req);
-            let r = remote.call(handler_m::CALL, &w.finish(), Vec::new()).await?;
+            let r = remote.call_encoded(handler_m::CALL, Vec::new(), |w| wire::put_request(w, &req)).await?;
             wire::get_response(&mut Reader::new(r.bytes.as_slice()))
         })
     }))

@@ -122,30 +122,30 @@ impl Selector for SelectorProxy {
         self.select_shared(service, opts).await.map(|n| (*n).clone())
     }
     async fn select_shared(&self, service: &str, opts: SelectOptions) -> Result<Arc<Node>> {
-        let mut w = Writer::with_capacity(16 + service.len());
-        w.str(service).strs(&opts.exclude).opt_str(opts.protocol.as_deref());
-        let args = w.finish();
+        let args = |w: &mut Writer| {
+            w.str(service).strs(&opts.exclude).opt_str(opts.protocol.as_deref());
+        };
         // Synchronously first: an asynchronous crossing costs two boxes, a
         // future across the boundary and its waker bridge, for an answer
         // that a caching selector nearly always has at once. Any error here
         // (none available, or a peer without SELECT_NOW) is asked again
         // asynchronously, which gives the real answer.
-        if let Ok(r) = self.remote.call_sync(selector_m::SELECT_NOW, &args, Vec::new()) {
+        if let Ok(r) = self.remote.call_sync_encoded(selector_m::SELECT_NOW, Vec::new(), args) {
             if !r.bytes.as_slice().is_empty() {
                 return self.node_of(r.bytes.as_slice());
             }
         }
-        let r = self.remote.call(selector_m::SELECT, &args, Vec::new()).await?;
+        let r = self.remote.call_encoded(selector_m::SELECT, Vec::new(), args).await?;
         self.node_of(r.bytes.as_slice())
     }
     fn mark(&self, service: &str, node_id: &str, outcome: Result<(), &Error>) {
-        let mut w = Writer::with_capacity(16 + service.len() + node_id.len());
-        w.str(service).str(node_id);
-        match outcome {
-            Ok(()) => w.u32(0),
-            Err(e) => w.u32(1).json(e),
-        };
-        let _ = self.remote.call_sync(selector_m::MARK, &w.finish(), Vec::new());
+        let _ = self.remote.call_sync_encoded(selector_m::MARK, Vec::new(), |w| {
+            w.str(service).str(node_id);
+            match outcome {
+                Ok(()) => w.u32(0),
+                Err(e) => w.u32(1).json(e),
+            };
+        });
     }
     fn reset(&self, service: &str) {
         let mut w = Writer::new();

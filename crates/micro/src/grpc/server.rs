@@ -476,7 +476,7 @@ impl tonic::server::UnaryService<Bytes> for Unary {
         let (func, call) = (self.func.clone(), self.call.clone());
         Box::pin(async move {
             let _permit = call.permit()?;
-            match invoke(&func, req, call.timeout, &call.service).await {
+            match invoke(&func, req, call.timeout, &call.service, &call.endpoint).await {
                 Ok(r) => {
                     let mut resp = tonic::Response::new(r.body);
                     // Response metadata that cannot travel as gRPC metadata is dropped.

@@ -1,4 +1,4 @@
-use super::cost::Cost;
+use super::cost::{metered, Cost};
 use super::endpoints::{unsubscribe_all, Endpoints};
 use crate::lock;
 use futures::future::BoxFuture;
@@ -477,11 +477,7 @@ impl Conn {
         let cost = served.cost.clone();
         if !cost.spawns() {
             // The fast path: run where the request was read (see `cost`).
-            running.push(Box::pin(async move {
-                let reply = cost.metered(dispatch(&served.handler, &self.service, req, max)).await;
-                drop(permit);
-                reply
-            }));
+            running.push(Box::pin(metered(cost, dispatch(&served.handler, &self.service, req, max), permit)));
             return;
         }
         // An endpoint that computes gets a task of its own, so the calls
@@ -489,11 +485,7 @@ impl Conn {
         // client's heavy calls over every worker.
         let echo = Incoming { id: req.id.clone(), service: req.service.clone(), ..Incoming::default() };
         let (handler, service) = (served.handler.clone(), self.service.clone());
-        let task = tokio::spawn(async move {
-            let reply = cost.metered(dispatch(&handler, &service, req, max)).await;
-            drop(permit);
-            reply
-        });
+        let task = tokio::spawn(async move { metered(cost, dispatch(&handler, &service, req, max), permit).await });
         // Dropped with the connection, the call is cancelled as an inline one is.
         let task = tokio_util::task::AbortOnDropHandle::new(task);
         running.push(Box::pin(async move {
@@ -830,7 +822,7 @@ async fn dispatch(h: &Handler, service: &str, mut req: Incoming, max: Option<usi
         body: std::mem::take(&mut req.body),
         metadata: std::mem::take(&mut req.metadata),
     };
-    let result = invoke(&h.func, request, req.timeout, service).await;
+    let result = invoke(&h.func, request, req.timeout, service, &req.endpoint).await;
     match result {
         Ok(resp) => {
             let extra = resp.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str()));
@@ -855,24 +847,30 @@ async fn dispatch(h: &Handler, service: &str, mut req: Incoming, max: Option<usi
 
 /// Calls a handler with a request: a panic answers 500, and the caller's
 /// remaining `timeout` (when it sent one) is enforced. Both protocols serve
-/// plain calls through this.
-pub(crate) async fn invoke(
+/// plain calls through this. The handler is called at once; the future
+/// returned holds only its future (not the request, nor a copy of the
+/// endpoint's name: `endpoint` is borrowed for the error messages), which
+/// keeps a server's per-call future small (see `cost::Metered`).
+pub(crate) fn invoke<'a>(
     func: &micro_core::HandlerFn,
     req: Request,
     timeout: Option<Duration>,
-    service: &str,
-) -> Result<micro_core::Response> {
-    let endpoint = req.endpoint.clone();
+    service: &'a str,
+    endpoint: &'a str,
+) -> impl std::future::Future<Output = Result<micro_core::Response>> + Send + 'a {
     // A panicking handler answers 500; the connection and server go on.
-    let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| func(req))) {
-        Ok(fut) => AssertUnwindSafe(fut).catch_unwind(),
-        Err(_) => return Err(Error::internal(service, format!("handler {endpoint} panicked"))),
-    };
-    let res = match timeout {
-        Some(t) => tokio::time::timeout(t, fut)
-            .await
-            .map_err(|_| Error::timeout(ID, format!("{endpoint} exceeded the caller's timeout of {t:?}")))?,
-        None => fut.await,
-    };
-    res.unwrap_or_else(|_| Err(Error::internal(service, format!("handler {endpoint} panicked"))))
+    let started = std::panic::catch_unwind(AssertUnwindSafe(|| func(req)));
+    async move {
+        let fut = match started {
+            Ok(fut) => AssertUnwindSafe(fut).catch_unwind(),
+            Err(_) => return Err(Error::internal(service, format!("handler {endpoint} panicked"))),
+        };
+        let res = match timeout {
+            Some(t) => tokio::time::timeout(t, fut)
+                .await
+                .map_err(|_| Error::timeout(ID, format!("{endpoint} exceeded the caller's timeout of {t:?}")))?,
+            None => fut.await,
+        };
+        res.unwrap_or_else(|_| Err(Error::internal(service, format!("handler {endpoint} panicked"))))
+    }
 }

@@ -1,0 +1,448 @@
+//! Futures and wakers across the plugin boundary, in C layout.
+//!
+//! micro used `async-ffi` for this until ABI 5. Its waker bridge allocates
+//! a box each time the other side clones the waker, and gives the waker a
+//! new identity on every poll, so the other side's `will_wake` never holds
+//! and every `Pending` clones (and allocates) again: 2.8 allocations per
+//! plugin call in the profile. Here the side that polls keeps one bridge per
+//! place it polls from (a [`WakerSlot`]): made on the first clone, it keeps
+//! its address for the slot's life, so from the second poll on the other
+//! side sees the same waker and clones nothing; a clone is a reference count.
+//!
+//! The pieces, from the bottom:
+//! - [`FfiWaker`]: the header of a waker object, a pointer to its C vtable;
+//! - [`FfiContext`]: what a poll passes across, a borrowed waker;
+//! - [`FfiFuture`]: a boxed future, its poll and its drop, in one allocation;
+//! - [`WakerSlot`]: the polling side's bridge from its `Context` to an `FfiContext`;
+//! - [`FfiContext::with_context`]: the polled side's `Context` from an `FfiContext`.
+#![allow(unsafe_code)]
+
+use futures::task::AtomicWaker;
+use std::ffi::c_void;
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
+
+/// The version of this module's layout and protocol (the descriptor's
+/// `future_abi_version`): "MFUT" and a counter.
+pub const FUTURE_ABI_VERSION: u32 = 0x4d46_0001;
+
+/// The functions of a waker object. Each takes the object's address (which
+/// starts with its [`FfiWaker`] header).
+#[repr(C)]
+pub struct FfiWakerVTable {
+    /// Returns a new owned reference to a waker that wakes the same task.
+    pub clone: unsafe extern "C" fn(w: *const FfiWaker) -> *const FfiWaker,
+    /// Wakes the task and releases this reference.
+    pub wake: unsafe extern "C" fn(w: *const FfiWaker),
+    /// Wakes the task.
+    pub wake_by_ref: unsafe extern "C" fn(w: *const FfiWaker),
+    /// Releases this reference.
+    pub drop: unsafe extern "C" fn(w: *const FfiWaker),
+}
+
+/// The first field of every waker object that crosses.
+#[repr(C)]
+pub struct FfiWaker {
+    pub(crate) vtable: &'static FfiWakerVTable,
+}
+
+/// A borrowed waker for the length of one poll.
+#[repr(C)]
+pub struct FfiContext {
+    pub(crate) waker: *const FfiWaker,
+}
+
+/// The outcome of polling an [`FfiFuture`].
+#[repr(C, u8)]
+pub enum FfiPoll<T> {
+    /// Done, with its output.
+    Ready(T),
+    /// Not yet; the waker will be called.
+    Pending,
+    /// The poll panicked (the future is finished; micro's own futures catch
+    /// their panics earlier and answer with an error value instead).
+    Panicked,
+}
+
+/// An output that can stand for a future that panicked.
+pub trait FromPanic {
+    /// The value for a future whose poll panicked.
+    fn from_panic() -> Self;
+}
+
+impl FromPanic for () {
+    fn from_panic() -> Self {}
+}
+
+/// A future of one side, owned by the other: one box holding the future,
+/// and the two functions of its side that poll and drop it.
+#[repr(C)]
+pub struct FfiFuture<T> {
+    pub(crate) data: *mut c_void,
+    pub(crate) poll: unsafe extern "C" fn(data: *mut c_void, cx: *const FfiContext) -> FfiPoll<T>,
+    pub(crate) drop: unsafe extern "C" fn(data: *mut c_void),
+    _out: PhantomData<T>,
+}
+
+// SAFETY: `new` only accepts `Send` futures, and the output must be `Send` to leave.
+unsafe impl<T: Send> Send for FfiFuture<T> {}
+
+impl<T> FfiFuture<T> {
+    /// Boxes `fut` for the other side. Its poll and drop catch panics (a
+    /// panicking poll reads as [`FfiPoll::Panicked`]); entering a runtime is
+    /// the future's own business (see `runtime::Contained`).
+    pub fn new<F: Future<Output = T> + Send + 'static>(fut: F) -> Self {
+        FfiFuture {
+            data: Box::into_raw(Box::new(fut)) as *mut c_void,
+            poll: poll_boxed::<F>,
+            drop: drop_boxed::<F>,
+            _out: PhantomData,
+        }
+    }
+}
+
+unsafe extern "C" fn poll_boxed<F: Future>(data: *mut c_void, cx: *const FfiContext) -> FfiPoll<F::Output> {
+    let polled = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `data` is the Box<F> of `FfiFuture::new`, not yet dropped,
+        // polled by its one owner, so this is the only reference.
+        let fut = unsafe { &mut *(data as *mut F) };
+        // SAFETY: boxed, so it never moves until `drop_boxed`.
+        let fut = unsafe { Pin::new_unchecked(fut) };
+        // SAFETY: the caller passes a context valid for this call.
+        let cx = unsafe { &*cx };
+        // SAFETY: the other side's context, valid during this poll.
+        unsafe { cx.with_context(|cx| fut.poll(cx)) }
+    }));
+    match polled {
+        Ok(Poll::Ready(v)) => FfiPoll::Ready(v),
+        Ok(Poll::Pending) => FfiPoll::Pending,
+        Err(_) => FfiPoll::Panicked,
+    }
+}
+
+unsafe extern "C" fn drop_boxed<F>(data: *mut c_void) {
+    // SAFETY: `data` is the Box<F> of `FfiFuture::new`, dropped once by its owner.
+    let fut = unsafe { Box::from_raw(data as *mut F) };
+    if catch_unwind(AssertUnwindSafe(move || drop(fut))).is_err() {
+        tracing::error!("a future panicked while being dropped");
+    }
+}
+
+impl<T> Drop for FfiFuture<T> {
+    fn drop(&mut self) {
+        // SAFETY: the box of the side that made this future, dropped once, here.
+        unsafe { (self.drop)(self.data) }
+    }
+}
+
+impl<T: FromPanic> IntoFuture for FfiFuture<T> {
+    type Output = T;
+    type IntoFuture = Polled<T>;
+    fn into_future(self) -> Polled<T> {
+        Polled { fut: Some(self), slot: WakerSlot::new() }
+    }
+}
+
+/// An [`FfiFuture`] being awaited: the future and the waker bridge its polls use.
+pub struct Polled<T> {
+    fut: Option<FfiFuture<T>>,
+    slot: WakerSlot,
+}
+
+// Nothing of a Polled is pinned: the other side's future lives in its box.
+impl<T> Unpin for Polled<T> {}
+
+impl<T: FromPanic> Future for Polled<T> {
+    type Output = T;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let this = &mut *self;
+        let Some(fut) = this.fut.as_ref() else { return Poll::Ready(T::from_panic()) };
+        // SAFETY: the future's own poll function on its own data, with a
+        // context valid for this call; a finished future is never polled again.
+        let r = this.slot.with(cx, |ffi| unsafe { (fut.poll)(fut.data, ffi) });
+        match r {
+            FfiPoll::Ready(v) => {
+                // Release the other side's state now rather than when the awaiter drops.
+                this.fut = None;
+                Poll::Ready(v)
+            }
+            FfiPoll::Pending => Poll::Pending,
+            FfiPoll::Panicked => {
+                this.fut = None;
+                Poll::Ready(T::from_panic())
+            }
+        }
+    }
+}
+
+/// The polling side's bridge from its `Context` to an [`FfiContext`], kept
+/// for as long as it polls the same thing (a future, a socket's read half).
+/// Until the other side first clones the waker nothing is allocated; the
+/// clone makes one reference-counted bridge whose address, and so the
+/// waker's identity on the other side, stays the same for later polls.
+#[derive(Default)]
+pub struct WakerSlot {
+    bridge: OnceLock<Arc<Bridge>>,
+}
+
+impl WakerSlot {
+    /// An empty slot.
+    pub const fn new() -> Self {
+        WakerSlot { bridge: OnceLock::new() }
+    }
+
+    /// Calls `f` with an [`FfiContext`] that wakes `cx`'s task.
+    pub fn with<R>(&self, cx: &Context<'_>, f: impl FnOnce(*const FfiContext) -> R) -> R {
+        if let Some(b) = self.bridge.get() {
+            // The task may have moved (another waker): the bridge wakes the latest.
+            b.waker.register(cx.waker());
+            let ctx = FfiContext { waker: Arc::as_ptr(b) as *const FfiWaker };
+            return f(&ctx);
+        }
+        let first = FirstPoll { header: FfiWaker { vtable: &FIRST_POLL }, waker: cx.waker(), slot: &self.bridge };
+        let ctx = FfiContext { waker: &first.header };
+        f(&ctx)
+    }
+}
+
+/// The shared waker the other side holds clones of.
+#[repr(C)]
+struct Bridge {
+    header: FfiWaker,
+    // Lock-free, and `register` clones only when the task's waker changed.
+    waker: AtomicWaker,
+}
+
+/// The borrowed waker of a slot's first poll: a clone makes the bridge.
+#[repr(C)]
+struct FirstPoll<'a> {
+    header: FfiWaker,
+    waker: &'a Waker,
+    slot: &'a OnceLock<Arc<Bridge>>,
+}
+
+static FIRST_POLL: FfiWakerVTable =
+    FfiWakerVTable { clone: first_clone, wake: first_wake_by_ref, wake_by_ref: first_wake_by_ref, drop: first_drop };
+
+static BRIDGE: FfiWakerVTable =
+    FfiWakerVTable { clone: bridge_clone, wake: bridge_wake, wake_by_ref: bridge_wake_by_ref, drop: bridge_drop };
+
+unsafe extern "C" fn first_clone(w: *const FfiWaker) -> *const FfiWaker {
+    // SAFETY: FIRST_POLL is only ever the vtable of a FirstPoll header, which
+    // lives (on the polling side's stack) for the poll this clone happens in.
+    let first = unsafe { &*(w as *const FirstPoll<'_>) };
+    let made = catch_unwind(AssertUnwindSafe(|| {
+        let b = first.slot.get_or_init(|| {
+            let waker = AtomicWaker::new();
+            waker.register(first.waker);
+            Arc::new(Bridge { header: FfiWaker { vtable: &BRIDGE }, waker })
+        });
+        Arc::into_raw(Arc::clone(b)) as *const FfiWaker
+    }));
+    // Only an allocation failure panics here, and that aborts anyway;
+    // a waker that never wakes is the one safe answer left.
+    made.unwrap_or(&NOOP_WAKER)
+}
+
+unsafe extern "C" fn first_wake_by_ref(w: *const FfiWaker) {
+    // SAFETY: as in first_clone.
+    let first = unsafe { &*(w as *const FirstPoll<'_>) };
+    let _ = catch_unwind(AssertUnwindSafe(|| first.waker.wake_by_ref()));
+}
+
+unsafe extern "C" fn first_drop(_: *const FfiWaker) {
+    // Borrowed: nothing to release.
+}
+
+unsafe extern "C" fn bridge_clone(w: *const FfiWaker) -> *const FfiWaker {
+    // SAFETY: BRIDGE is only ever the vtable of a Bridge made by `Arc::new`
+    // in first_clone, and the caller holds a reference to it.
+    unsafe { Arc::increment_strong_count(w as *const Bridge) };
+    w
+}
+
+unsafe extern "C" fn bridge_wake_by_ref(w: *const FfiWaker) {
+    // SAFETY: as in bridge_clone.
+    let b = unsafe { &*(w as *const Bridge) };
+    let _ = catch_unwind(AssertUnwindSafe(|| b.waker.wake()));
+}
+
+unsafe extern "C" fn bridge_wake(w: *const FfiWaker) {
+    // SAFETY: as in bridge_clone.
+    unsafe { bridge_wake_by_ref(w) };
+    // SAFETY: `wake` consumes the caller's reference.
+    unsafe { bridge_drop(w) };
+}
+
+unsafe extern "C" fn bridge_drop(w: *const FfiWaker) {
+    // SAFETY: as in bridge_clone; the caller gives up its reference.
+    let b = unsafe { Arc::from_raw(w as *const Bridge) };
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(b)));
+}
+
+static NOOP: FfiWakerVTable = FfiWakerVTable { clone: noop_clone, wake: noop, wake_by_ref: noop, drop: noop };
+static NOOP_WAKER: FfiWaker = FfiWaker { vtable: &NOOP };
+
+unsafe extern "C" fn noop_clone(w: *const FfiWaker) -> *const FfiWaker {
+    w
+}
+
+unsafe extern "C" fn noop(_: *const FfiWaker) {}
+
+impl FfiContext {
+    /// Runs `f` with a `Context` whose waker calls back through this one. The
+    /// waker's identity is the other side's waker object, so a bridge kept in
+    /// a [`WakerSlot`] looks the same to `will_wake` on every poll.
+    ///
+    /// # Safety
+    /// `self` must come from the other side's poll that is running now (its
+    /// waker object is valid for the call).
+    pub unsafe fn with_context<R>(&self, f: impl FnOnce(&mut Context<'_>) -> R) -> R {
+        // SAFETY: the RawWaker's functions below implement the RawWaker
+        // contract on an FfiWaker object; the waker is borrowed (ManuallyDrop:
+        // never dropped here), as is the other side's.
+        let waker = ManuallyDrop::new(unsafe { Waker::from_raw(RawWaker::new(self.waker as *const (), &FOREIGN)) });
+        f(&mut Context::from_waker(&waker))
+    }
+}
+
+/// A std waker over the other side's [`FfiWaker`]. One static, so that
+/// `will_wake` compares equal for the same object.
+static FOREIGN: RawWakerVTable = RawWakerVTable::new(foreign_clone, foreign_wake, foreign_wake_by_ref, foreign_drop);
+
+fn vtable_of(p: *const ()) -> &'static FfiWakerVTable {
+    // SAFETY: every FOREIGN RawWaker's data is a live FfiWaker object (see with_context and foreign_clone).
+    unsafe { (*(p as *const FfiWaker)).vtable }
+}
+
+unsafe fn foreign_clone(p: *const ()) -> RawWaker {
+    // SAFETY: the object is live (we hold a reference); its own clone.
+    let c = unsafe { (vtable_of(p).clone)(p as *const FfiWaker) };
+    RawWaker::new(c as *const (), &FOREIGN)
+}
+
+unsafe fn foreign_wake(p: *const ()) {
+    // SAFETY: the object is live; `wake` consumes our reference.
+    unsafe { (vtable_of(p).wake)(p as *const FfiWaker) }
+}
+
+unsafe fn foreign_wake_by_ref(p: *const ()) {
+    // SAFETY: the object is live.
+    unsafe { (vtable_of(p).wake_by_ref)(p as *const FfiWaker) }
+}
+
+unsafe fn foreign_drop(p: *const ()) {
+    // SAFETY: the object is live; we give up our reference.
+    unsafe { (vtable_of(p).drop)(p as *const FfiWaker) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    /// A waker that counts its wakes.
+    struct Count(AtomicUsize);
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A future that stores a clone of its waker on each pending poll
+    /// unless `will_wake` says the stored one is the same, as tokio's
+    /// resources do, and counts the clones.
+    struct Registers {
+        stored: Arc<Mutex<Option<Waker>>>,
+        clones: Arc<AtomicUsize>,
+        polls_left: usize,
+    }
+    impl Future for Registers {
+        type Output = u32;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u32> {
+            if self.polls_left == 0 {
+                return Poll::Ready(7);
+            }
+            self.polls_left -= 1;
+            let mut s = self.stored.lock().unwrap_or_else(|e| e.into_inner());
+            if !s.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *s = Some(cx.waker().clone());
+                self.clones.fetch_add(1, Ordering::SeqCst);
+            }
+            Poll::Pending
+        }
+    }
+
+    impl FromPanic for u32 {
+        fn from_panic() -> Self {
+            u32::MAX
+        }
+    }
+
+    #[test]
+    fn the_waker_keeps_its_identity_across_polls_and_wakes_the_task() {
+        let stored = Arc::new(Mutex::new(None));
+        let clones = Arc::new(AtomicUsize::new(0));
+        let fut = FfiFuture::new(Registers { stored: stored.clone(), clones: clones.clone(), polls_left: 5 });
+        let mut polled = Box::pin(fut.into_future());
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..5 {
+            assert!(polled.as_mut().poll(&mut cx).is_pending());
+        }
+        // First poll: a borrowed waker, whose clone is the bridge; every
+        // later poll passes the bridge itself, so `will_wake` holds: one clone.
+        assert_eq!(clones.load(Ordering::SeqCst), 1);
+        let w = stored.lock().unwrap_or_else(|e| e.into_inner()).take();
+        w.into_iter().for_each(Waker::wake);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "the stored waker wakes the polling task");
+        assert_eq!(polled.as_mut().poll(&mut cx), Poll::Ready(7));
+    }
+
+    #[test]
+    fn a_woken_bridge_reaches_the_latest_task() {
+        let stored = Arc::new(Mutex::new(None));
+        let fut = FfiFuture::new(Registers { stored: stored.clone(), clones: Arc::default(), polls_left: 3 });
+        let mut polled = Box::pin(fut.into_future());
+        let (a, b) = (Arc::new(Count(AtomicUsize::new(0))), Arc::new(Count(AtomicUsize::new(0))));
+        let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+        assert!(polled.as_mut().poll(&mut Context::from_waker(&wa)).is_pending());
+        assert!(polled.as_mut().poll(&mut Context::from_waker(&wa)).is_pending());
+        // The future moved to another task: the old clone now wakes that one.
+        assert!(polled.as_mut().poll(&mut Context::from_waker(&wb)).is_pending());
+        let w = stored.lock().unwrap_or_else(|e| e.into_inner()).take();
+        w.into_iter().for_each(Waker::wake);
+        assert_eq!((a.0.load(Ordering::SeqCst), b.0.load(Ordering::SeqCst)), (0, 1));
+    }
+
+    #[test]
+    fn a_panicking_poll_is_a_value_and_a_clone_outlives_its_future() {
+        struct Boom;
+        impl Future for Boom {
+            type Output = u32;
+            fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<u32> {
+                panic!("boom")
+            }
+        }
+        let waker = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
+        let mut cx = Context::from_waker(&waker);
+        let mut p = Box::pin(FfiFuture::new(Boom).into_future());
+        assert_eq!(p.as_mut().poll(&mut cx), Poll::Ready(u32::MAX));
+
+        let stored = Arc::new(Mutex::new(None));
+        let fut = FfiFuture::new(Registers { stored: stored.clone(), clones: Arc::default(), polls_left: 2 });
+        let mut polled = Box::pin(fut.into_future());
+        assert!(polled.as_mut().poll(&mut cx).is_pending());
+        drop(polled);
+        // The bridge is reference-counted: waking after the awaiter is gone is harmless.
+        let w = stored.lock().unwrap_or_else(|e| e.into_inner()).take();
+        w.into_iter().for_each(Waker::wake);
+    }
+}
