@@ -32,29 +32,12 @@ fn command(path: impl AsRef<std::ffi::OsStr>, env: &[(&str, String)]) -> Command
     c
 }
 
-async fn node_ids(reg: &micro_etcd::EtcdRegistry) -> Vec<String> {
-    match reg.get_service("greeter").await {
-        Ok(s) => s.iter().flat_map(|s| s.nodes.iter().map(|n| n.id.clone())).collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
 async fn wait_nodes(
     reg: &micro_etcd::EtcdRegistry,
     n: usize,
     limit: Duration,
 ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-    let t0 = Instant::now();
-    loop {
-        let ids = node_ids(reg).await;
-        if ids.len() == n {
-            return Ok(ids);
-        }
-        if t0.elapsed() > limit {
-            return Err(format!("{} greeter nodes in etcd after {limit:?}, wanted {n}", ids.len()).into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Ok(micro_testkit::wait::nodes(reg, "greeter", n, limit).await.map_err(|e| e.to_string())?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,13 +135,9 @@ async fn wait_total(
     n: usize,
     limit: Duration,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let t0 = Instant::now();
-    while ls.iter().map(|l| count(l)).sum::<usize>() < n {
-        if t0.elapsed() > limit {
-            return Err(format!("received {} of {n}", ls.iter().map(|l| count(l)).sum::<usize>()).into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let total = || ls.iter().map(|l| count(l)).sum::<usize>();
+    let what = format!("{n} messages received");
+    micro_testkit::wait::until(&what, limit, || total() >= n).await.map_err(|e| format!("{e} (received {})", total()))?;
     Ok(())
 }
 

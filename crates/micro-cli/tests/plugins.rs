@@ -203,75 +203,105 @@ fn refused(plugin_env: &str, extra: &[&str], want: &str) -> TestResult {
     Ok(())
 }
 
+// Each way a plugin can be bad stops start-up with its own exact error (one test each).
+
 #[test]
-fn bad_plugins_stop_start_up_with_exact_errors() -> TestResult {
+fn a_missing_file_stops_start_up() -> TestResult {
+    refused("/nonexistent/brpc.so", &[], "error: plugin /nonexistent/brpc.so: no such file")
+}
+
+#[test]
+fn a_text_file_is_not_an_elf_library() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let d = dir.path();
-
-    refused("/nonexistent/brpc.so", &[], "error: plugin /nonexistent/brpc.so: no such file")?;
-
-    let text = d.join("notes.so");
+    let text = dir.path().join("notes.so");
     std::fs::write(&text, "not a library")?;
-    refused(
-        &text.display().to_string(),
-        &[],
-        &format!("error: plugin {}: not an ELF shared library (no ELF magic number)", text.canonicalize()?.display()),
-    )?;
+    let want =
+        format!("error: plugin {}: not an ELF shared library (no ELF magic number)", text.canonicalize()?.display());
+    refused(&text.display().to_string(), &[], &want)
+}
 
+#[test]
+fn a_c_library_without_the_descriptor_is_not_a_plugin() -> TestResult {
     // A C shared library without the symbol, built here with cc.
-    let c_src = d.join("lib.c");
+    let dir = tempfile::tempdir()?;
+    let c_src = dir.path().join("lib.c");
     std::fs::write(&c_src, "int answer(void) { return 42; }\n")?;
-    let c_lib = d.join("libanswer.so");
+    let c_lib = dir.path().join("libanswer.so");
     let st = Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&c_lib).arg(&c_src).status()?;
     assert!(st.success(), "cc failed");
-    refused(&c_lib.display().to_string(), &[], "not a micro plugin: no `MICRO_PLUGIN` symbol")?;
+    refused(&c_lib.display().to_string(), &[], "not a micro plugin: no `MICRO_PLUGIN` symbol")
+}
 
-    let bad_magic = probe(Some("bad-magic"));
+#[test]
+fn a_wrong_magic_number_is_refused() -> TestResult {
     refused(
-        &bad_magic.display().to_string(),
+        &probe(Some("bad-magic")).display().to_string(),
         &[],
         "magic number mismatch: plugin has 0x4f5243494d544f4e, host has 0x474c504f5243494d",
-    )?;
-    let bad_abi = probe(Some("bad-abi"));
+    )
+}
+
+#[test]
+fn another_plugin_abi_version_is_refused() -> TestResult {
     refused(
-        &bad_abi.display().to_string(),
+        &probe(Some("bad-abi")).display().to_string(),
         &[],
         &format!(
             "plugin ABI version mismatch: plugin has {}, host has {}: rebuild the plugin against micro-plugin",
             micro_plugin::abi::ABI_VERSION + 998,
             micro_plugin::abi::ABI_VERSION
         ),
-    )?;
+    )
+}
 
-    let unknown = probe(Some("unknown-type"));
-    refused(&unknown.display().to_string(), &[], "unknown plugin type: database for probe")?;
-    let wrong = probe(Some("wrong-kind"));
+#[test]
+fn an_unknown_type_is_refused_as_go_micro_words_it() -> TestResult {
+    refused(&probe(Some("unknown-type")).display().to_string(), &[], "unknown plugin type: database for probe")
+}
+
+#[test]
+fn a_new_func_that_does_not_fit_its_type_is_an_invalid_plugin() -> TestResult {
     refused(
-        &wrong.display().to_string(),
+        &probe(Some("wrong-kind")).display().to_string(),
         &[],
         "invalid plugin probe: its NewFunc new_client makes a client, but its Type is transport",
-    )?;
-    let panics = probe(Some("panic-init"));
-    refused(&panics.display().to_string(), &[], "init of probe failed: panic in init: probe panics in init")?;
-    refused(&panics.display().to_string(), &[], "plugin code panicked: probe panics in init")?;
+    )
+}
 
-    // Integrity: a world-writable file, a writable directory, a wrong pin.
-    let good = probe(None);
-    let ww = d.join("ww.so");
-    std::fs::copy(&good, &ww)?;
+#[test]
+fn a_panic_in_init_stops_start_up_with_its_message() -> TestResult {
+    let panics = probe(Some("panic-init")).display().to_string();
+    refused(&panics, &[], "init of probe failed: panic in init: probe panics in init")?;
+    refused(&panics, &[], "plugin code panicked: probe panics in init")
+}
+
+#[test]
+fn a_file_writable_by_others_is_refused() -> TestResult {
     use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let ww = dir.path().join("ww.so");
+    std::fs::copy(probe(None), &ww)?;
     std::fs::set_permissions(&ww, std::fs::Permissions::from_mode(0o666))?;
-    refused(&ww.display().to_string(), &[], "refusing to load: the file is writable by group or others (mode 666)")?;
-    let open_dir = d.join("open");
+    refused(&ww.display().to_string(), &[], "refusing to load: the file is writable by group or others (mode 666)")
+}
+
+#[test]
+fn a_file_in_a_directory_writable_by_others_is_refused() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let open_dir = dir.path().join("open");
     std::fs::create_dir(&open_dir)?;
     std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777))?;
     let in_open = open_dir.join("p.so");
-    std::fs::copy(&good, &in_open)?;
+    std::fs::copy(probe(None), &in_open)?;
     std::fs::set_permissions(&in_open, std::fs::Permissions::from_mode(0o644))?;
-    refused(&in_open.display().to_string(), &[], "is writable by group or others (mode 777)")?;
-    let pin = format!("{}#sha256={}", good.display(), "0".repeat(64));
-    refused(&pin, &[], "sha256 mismatch: pinned 0000")?;
-    Ok(())
+    refused(&in_open.display().to_string(), &[], "is writable by group or others (mode 777)")
+}
+
+#[test]
+fn a_wrong_sha256_pin_is_refused() -> TestResult {
+    let pin = format!("{}#sha256={}", probe(None).display(), "0".repeat(64));
+    refused(&pin, &[], "sha256 mismatch: pinned 0000")
 }
 
 /// Runs `micro services` with plugins and returns (success, stderr).

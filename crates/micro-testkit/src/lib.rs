@@ -2,11 +2,15 @@
 //! `etcd-server` and `nats-server` packages, installed by `scripts/setup.sh`)
 //! started on free loopback ports, waited for until they answer, restarted
 //! on the same port, and killed when dropped. No mock stands in for them.
-//! [`contract`] holds the behaviour every registry and broker must have.
+//! [`contract`] holds the behaviour every registry and broker must have;
+//! [`certs`] makes the TLS tests' certificates; [`wait`] polls for an event
+//! instead of sleeping for it.
 
+pub mod certs;
 pub mod contract;
 pub mod hosts;
 pub mod proxy;
+pub mod wait;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;

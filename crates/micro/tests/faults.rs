@@ -66,13 +66,17 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_peers_are_cut_off_while_good_calls_succeed() -> TestResult {
-    let (svc, addr) = server("faults-hostile", Flags::default()).await?;
-    let caller = Service::builder("caller").flags(flags("faults-hostile")).build()?;
-
-    // Well-behaved traffic throughout: 8 callers calling until the hostile
-    // peers are done, counting their calls.
+/// Runs one hostile peer (`hostile`, given the server's address) against a
+/// fresh server while 8 well-behaved callers call it, then checks that every
+/// good call succeeded, and returns how many completed while the hostile
+/// peer was at work (from its first byte until the server had cut it off).
+async fn beside_good_calls<F, Fut>(world: &str, hostile: F) -> Result<usize, Box<dyn std::error::Error>>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = TestResult>,
+{
+    let (svc, addr) = server(world, Flags::default()).await?;
+    let caller = Service::builder("caller").flags(flags(world)).build()?;
     let calls = Arc::new(AtomicUsize::new(0));
     let hostile_done = Arc::new(AtomicBool::new(false));
     let mut good = Vec::new();
@@ -91,88 +95,153 @@ async fn hostile_peers_are_cut_off_while_good_calls_succeed() -> TestResult {
             Ok::<_, Error>(())
         }));
     }
-    // The hostile peers start once the good traffic runs.
+    // The hostile peer starts once the good traffic runs.
     let deadline = Instant::now() + Duration::from_secs(10);
     while calls.load(Ordering::SeqCst) < 8 {
         assert!(Instant::now() < deadline, "the good calls never got going");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let calls_before = calls.load(Ordering::SeqCst);
-
-    let bound = Duration::from_secs(5);
-    // Garbage: "GARB" read as a length prefix is over the limit.
-    let mut s = TcpStream::connect(&addr).await?;
-    s.write_all(b"GARBAGE GARBAGE GARBAGE\r\n").await?;
-    closed_within(s, bound).await?;
-    // A complete frame whose header block is truncated inside.
-    let mut s = TcpStream::connect(&addr).await?;
-    s.write_all(&[0, 0, 0, 10, 0, 5, 0, 3, b'a', b'b', b'c', 0, 0, 0]).await?;
-    closed_within(s, bound).await?;
-    // A frame cut short by the peer.
-    let mut s = TcpStream::connect(&addr).await?;
-    s.write_all(&100u32.to_be_bytes()).await?;
-    s.write_all(&[7u8; 50]).await?;
-    s.shutdown().await?;
-    closed_within(s, bound).await?;
-    // A 100 MiB length prefix: refused before anything is allocated.
-    let mut s = TcpStream::connect(&addr).await?;
-    s.write_all(&(100u32 * 1024 * 1024).to_be_bytes()).await?;
-    let took = closed_within(s, bound).await?;
-    assert!(took < Duration::from_secs(1), "refused at once, took {took:?}");
-    // Slow loris: a byte every 100 ms is cut off by the 300 ms read timeout.
-    let mut s = TcpStream::connect(&addr).await?;
-    s.write_all(&1000u32.to_be_bytes()).await?;
-    let loris = tokio::spawn(async move {
-        for _ in 0..50 {
-            if s.write_all(&[1]).await.is_err() {
-                return Ok::<_, std::io::Error>(true);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(false)
-    });
-    assert!(loris.await??, "the slow loris was cut off within 5 s");
-    // Half a length prefix and then nothing: the read timeout (300 ms), which
-    // starts at a frame's first byte, closes it long before the idle timeout (2 s).
-    let mut s = TcpStream::connect(&addr).await?;
-    s.write_all(&[0, 0]).await?;
-    let took = closed_within(s, bound).await?;
-    assert!(took >= Duration::from_millis(250) && took < Duration::from_millis(1500), "read timeout: {took:?}");
-
-    // Many peers announcing large frames and sending little cost little
-    // memory: sampled from the moment they are written until the server has
-    // cut every one of them off at the read timeout (so it has read them).
-    let before = rss_kib();
-    let mut held = Vec::new();
-    for _ in 0..64 {
-        let mut s = TcpStream::connect(&addr).await?;
-        s.write_all(&(1024u32 * 1024 - 1).to_be_bytes()).await?;
-        s.write_all(&[0u8; 16]).await?;
-        held.push(s);
+    let before = calls.load(Ordering::SeqCst);
+    hostile(addr).await?;
+    let during = calls.load(Ordering::SeqCst) - before;
+    // And the server still serves after it: 8 more good calls (bounded).
+    let after = calls.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while calls.load(Ordering::SeqCst) < after + 8 {
+        assert!(Instant::now() < deadline, "no good calls after the hostile peer");
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let all_cut = tokio::spawn(async move {
-        for s in held {
-            closed_within(s, Duration::from_secs(10)).await.map_err(|e| e.to_string())?;
-        }
-        Ok::<_, String>(())
-    });
-    let mut peak = before;
-    while !all_cut.is_finished() {
-        peak = peak.max(rss_kib());
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    all_cut.await??;
-    let grew = peak.saturating_sub(before);
-    assert!(grew < 16 * 1024, "64 announced 1 MiB frames grew RSS by {grew} KiB");
-
-    // The good calls ran while the hostile peers were connected, and all succeeded.
-    let during = calls.load(Ordering::SeqCst) - calls_before;
     hostile_done.store(true, Ordering::SeqCst);
     for g in good {
         g.await??;
     }
-    assert!(during >= 100, "only {during} good calls ran beside the hostile peers");
     svc.stop().await?;
+    Ok(during)
+}
+
+/// How long any hostile peer may take to be cut off.
+const BOUND: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_is_cut_off() -> TestResult {
+    beside_good_calls("faults-garbage", |addr| async move {
+        // "GARB" read as a length prefix is over the limit.
+        let mut s = TcpStream::connect(&addr).await?;
+        s.write_all(b"GARBAGE GARBAGE GARBAGE\r\n").await?;
+        closed_within(s, BOUND).await?;
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_block_truncated_inside_a_frame_is_cut_off() -> TestResult {
+    beside_good_calls("faults-truncated-header", |addr| async move {
+        let mut s = TcpStream::connect(&addr).await?;
+        s.write_all(&[0, 0, 0, 10, 0, 5, 0, 3, b'a', b'b', b'c', 0, 0, 0]).await?;
+        closed_within(s, BOUND).await?;
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_cut_short_by_the_peer_is_cut_off() -> TestResult {
+    beside_good_calls("faults-cut-short", |addr| async move {
+        let mut s = TcpStream::connect(&addr).await?;
+        s.write_all(&100u32.to_be_bytes()).await?;
+        s.write_all(&[7u8; 50]).await?;
+        s.shutdown().await?;
+        closed_within(s, BOUND).await?;
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mib_length_prefix_is_refused_before_anything_is_allocated() -> TestResult {
+    beside_good_calls("faults-100mib", |addr| async move {
+        let mut s = TcpStream::connect(&addr).await?;
+        s.write_all(&(100u32 * 1024 * 1024).to_be_bytes()).await?;
+        let took = closed_within(s, BOUND).await?;
+        assert!(took < Duration::from_secs(1), "refused at once, took {took:?}");
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_loris_is_cut_off_by_the_read_timeout() -> TestResult {
+    let during = beside_good_calls("faults-loris", |addr| async move {
+        // A byte every 100 ms is cut off by the 300 ms read timeout.
+        let mut s = TcpStream::connect(&addr).await?;
+        s.write_all(&1000u32.to_be_bytes()).await?;
+        for _ in 0..50 {
+            if s.write_all(&[1]).await.is_err() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err("the slow loris was not cut off within 5 s".into())
+    })
+    .await?;
+    // It was connected for at least the read timeout: good calls ran meanwhile.
+    assert!(during >= 10, "only {during} good calls ran beside the slow loris");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_a_length_prefix_is_cut_off_by_the_read_timeout_not_the_idle_timeout() -> TestResult {
+    let during = beside_good_calls("faults-half-prefix", |addr| async move {
+        // The read timeout (300 ms) starts at a frame's first byte, and
+        // closes it long before the idle timeout (2 s).
+        let mut s = TcpStream::connect(&addr).await?;
+        s.write_all(&[0, 0]).await?;
+        let took = closed_within(s, BOUND).await?;
+        assert!(took >= Duration::from_millis(250) && took < Duration::from_millis(1500), "read timeout: {took:?}");
+        Ok(())
+    })
+    .await?;
+    assert!(during >= 10, "only {during} good calls ran beside the half prefix");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_announcing_large_frames_cost_little_memory() -> TestResult {
+    let during = beside_good_calls("faults-memory", |addr| async move {
+        // Sampled from the moment the 64 peers have written until the
+        // server has cut every one of them off at the read timeout (so it
+        // has read what they sent).
+        let before = rss_kib();
+        let mut held = Vec::new();
+        for _ in 0..64 {
+            let mut s = TcpStream::connect(&addr).await?;
+            s.write_all(&(1024u32 * 1024 - 1).to_be_bytes()).await?;
+            s.write_all(&[0u8; 16]).await?;
+            held.push(s);
+        }
+        let all_cut = tokio::spawn(async move {
+            for s in held {
+                closed_within(s, Duration::from_secs(10)).await.map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(())
+        });
+        let mut peak = before;
+        while !all_cut.is_finished() {
+            peak = peak.max(rss_kib());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        all_cut.await??;
+        let grew = peak.saturating_sub(before);
+        assert!(grew < 16 * 1024, "64 announced 1 MiB frames grew RSS by {grew} KiB");
+        Ok(())
+    })
+    .await?;
+    assert!(during >= 10, "only {during} good calls ran beside the 64 peers");
     Ok(())
 }
 

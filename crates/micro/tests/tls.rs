@@ -6,51 +6,12 @@
 
 use micro::core::CallOptions;
 use micro::{Flags, Service};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use micro_testkit::certs::{Ca, Usage};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-fn make_ca(name: &str) -> Result<Ca, rcgen::Error> {
-    let key = KeyPair::generate()?;
-    let mut p = CertificateParams::new(Vec::<String>::new())?;
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, name);
-    Ok(Ca { cert: p.self_signed(&key)?, key })
-}
-
-/// A CA and the path of its certificate written into `dir`.
-fn ca_file(dir: &Path) -> Result<(Ca, String), Box<dyn std::error::Error>> {
-    let ca = make_ca("micro test CA")?;
-    let path = dir.join("ca.pem");
-    std::fs::write(&path, ca.cert.pem())?;
-    Ok((ca, path.display().to_string()))
-}
-
-/// Writes `<name>.pem` and `<name>.key` signed by `ca`; returns their paths.
-fn leaf(
-    dir: &Path,
-    name: &str,
-    ca: &Ca,
-    usage: ExtendedKeyUsagePurpose,
-) -> Result<(String, String), Box<dyn std::error::Error>> {
-    let key = KeyPair::generate()?;
-    let mut p = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.extended_key_usages = vec![usage];
-    let cert = p.signed_by(&key, &ca.cert, &ca.key)?;
-    let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
-    std::fs::write(&c, cert.pem())?;
-    std::fs::write(&k, key.serialize_pem())?;
-    Ok((c.display().to_string(), k.display().to_string()))
-}
 
 fn base(world: &str) -> Flags {
     Flags { client_retries: Some(0), client_request_timeout: Some(Duration::from_secs(3)), ..Flags::memory(world) }
@@ -84,11 +45,11 @@ async fn mutual_tls_grpc() -> TestResult {
 async fn mutual_tls_over(protocol: Option<&str>) -> TestResult {
     PROTOCOL.with(|p| *p.borrow_mut() = protocol.map(String::from));
     let dir = tempfile::tempdir()?;
-    let (ca, ca_pem) = ca_file(dir.path())?;
-    let (srv_cert, srv_key) = leaf(dir.path(), "server", &ca, ExtendedKeyUsagePurpose::ServerAuth)?;
-    let (cli_cert, cli_key) = leaf(dir.path(), "client", &ca, ExtendedKeyUsagePurpose::ClientAuth)?;
-    let rogue = make_ca("rogue CA")?;
-    let (bad_cert, bad_key) = leaf(dir.path(), "rogue-client", &rogue, ExtendedKeyUsagePurpose::ClientAuth)?;
+    let (ca, ca_pem) = Ca::in_dir(dir.path())?;
+    let (srv_cert, srv_key) = ca.leaf(dir.path(), "server", Usage::Server)?.args();
+    let (cli_cert, cli_key) = ca.leaf(dir.path(), "client", Usage::Client)?.args();
+    let rogue = Ca::new("rogue CA")?;
+    let (bad_cert, bad_key) = rogue.leaf(dir.path(), "rogue-client", Usage::Client)?.args();
 
     let server = Service::builder("secure")
         .flags(Flags {
@@ -138,8 +99,8 @@ async fn mutual_tls_over(protocol: Option<&str>) -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_only_tls_and_configuration_errors() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let (ca, ca_pem) = ca_file(dir.path())?;
-    let (srv_cert, srv_key) = leaf(dir.path(), "server", &ca, ExtendedKeyUsagePurpose::ServerAuth)?;
+    let (ca, ca_pem) = Ca::in_dir(dir.path())?;
+    let (srv_cert, srv_key) = ca.leaf(dir.path(), "server", Usage::Server)?.args();
 
     // TLS without client certificates: any client that trusts the CA calls.
     let server = Service::builder("secure")
@@ -176,8 +137,8 @@ async fn server_only_tls_and_configuration_errors() -> TestResult {
 /// A started TLS server (`Echo.Call`, and `Echo.Big` answering up to 3 MiB)
 /// with a fresh CA and certificate in `dir`: the service, its address, the CA file.
 async fn tls_server(dir: &Path, flags: Flags) -> Result<(Service, String, String), Box<dyn std::error::Error>> {
-    let (ca, ca_pem) = ca_file(dir)?;
-    let (cert, key) = leaf(dir, "server", &ca, ExtendedKeyUsagePurpose::ServerAuth)?;
+    let (ca, ca_pem) = Ca::in_dir(dir)?;
+    let (cert, key) = ca.leaf(dir, "server", Usage::Server)?.args();
     let server = Service::builder("secure")
         .flags(Flags { transport_tls_cert: Some(cert), transport_tls_key: Some(key), ..flags })
         .build()?;
@@ -304,9 +265,9 @@ async fn the_http_broker_uses_the_transports_tls() -> TestResult {
     use micro::broker::HttpBroker;
     use micro::core::{Broker, BrokerOptions, Message, SubscribeOptions, TlsOptions};
     let dir = tempfile::tempdir()?;
-    let (ca, ca_pem) = ca_file(dir.path())?;
-    let (srv_cert, srv_key) = leaf(dir.path(), "server", &ca, ExtendedKeyUsagePurpose::ServerAuth)?;
-    let (cli_cert, cli_key) = leaf(dir.path(), "client", &ca, ExtendedKeyUsagePurpose::ClientAuth)?;
+    let (ca, ca_pem) = Ca::in_dir(dir.path())?;
+    let (srv_cert, srv_key) = ca.leaf(dir.path(), "server", Usage::Server)?.args();
+    let (cli_cert, cli_key) = ca.leaf(dir.path(), "client", Usage::Client)?.args();
     let reg = std::sync::Arc::new(micro::registry::MemoryRegistry::new());
     let opts =
         |tls: TlsOptions| BrokerOptions { addresses: vec![], registry: Some(reg.clone()), tls, ..Default::default() };

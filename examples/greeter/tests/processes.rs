@@ -66,21 +66,7 @@ impl World {
 
     /// Polls the registry until `greeter` has `n` nodes, at most `limit`.
     async fn wait_nodes(&self, n: usize, limit: Duration) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-        let reg = self.registry()?;
-        let t0 = Instant::now();
-        loop {
-            let ids: Vec<String> = match reg.get_service("greeter").await {
-                Ok(s) => s.iter().flat_map(|s| s.nodes.iter().map(|n| n.id.clone())).collect(),
-                Err(_) => Vec::new(),
-            };
-            if ids.len() == n {
-                return Ok(ids);
-            }
-            if t0.elapsed() > limit {
-                return Err(format!("greeter has {} nodes, wanted {n}, after {limit:?}", ids.len()).into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        Ok(micro_testkit::wait::nodes(&self.registry()?, "greeter", n, limit).await.map_err(|e| e.to_string())?)
     }
 }
 

@@ -78,14 +78,7 @@ async fn micro_greeter(world: &str, extra: Flags) -> Result<(Service, String, Ab
 
 /// Waits (bounded) until `f` holds.
 async fn eventually(what: &str, f: impl Fn() -> bool) -> TestResult {
-    let t0 = Instant::now();
-    while !f() {
-        if t0.elapsed() > Duration::from_secs(5) {
-            return Err(format!("not within 5s: {what}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+    Ok(micro_testkit::wait::until(what, Duration::from_secs(5), f).await.map_err(|e| e.to_string())?)
 }
 
 /// Python stubs of `proto/greeter.proto` (in `proto`), made by grpc_tools
@@ -159,18 +152,10 @@ async fn python_grpcio_calls_a_micro_grpc_service() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_calls_a_micro_grpc_service_over_tls() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.distinguished_name.push(rcgen::DnType::CommonName, "interop CA");
-    let ca = p.self_signed(&ca_key)?;
-    let key = rcgen::KeyPair::generate()?;
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?
-        .signed_by(&key, &ca, &ca_key)?;
-    let (ca_pem, cert_pem, key_pem) = (dir.path().join("ca.pem"), dir.path().join("s.pem"), dir.path().join("s.key"));
-    std::fs::write(&ca_pem, ca.pem())?;
-    std::fs::write(&cert_pem, leaf.pem())?;
-    std::fs::write(&key_pem, key.serialize_pem())?;
+    let ca = micro_testkit::certs::Ca::new("interop CA")?;
+    let ca_pem = ca.write(dir.path(), "ca.pem")?;
+    let leaf = ca.leaf(dir.path(), "s", micro_testkit::certs::Usage::Any)?;
+    let (cert_pem, key_pem) = (leaf.cert, leaf.key);
     let tls = Flags {
         transport_tls_cert: Some(cert_pem.display().to_string()),
         transport_tls_key: Some(key_pem.display().to_string()),
