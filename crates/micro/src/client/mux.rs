@@ -31,6 +31,9 @@ struct Shared {
     max: Option<usize>,
     /// `state.broken` is set, readable without the lock.
     broken: AtomicBool,
+    /// `state.waiting.len()`, readable without the lock: new calls go to
+    /// the connection with the fewest in flight.
+    in_flight: AtomicUsize,
     /// When the last reply came (or the connection was made), in
     /// milliseconds since `epoch` (for the idle TTL, checked without the
     /// lock on every call).
@@ -63,6 +66,7 @@ impl Shared {
             st.broken.get_or_insert_with(|| e.clone());
             self.broken.store(true, Ordering::Relaxed);
             st.out = bytes::BytesMut::new();
+            self.in_flight.store(0, Ordering::Relaxed);
             std::mem::take(&mut st.waiting)
         };
         self.stop.cancel();
@@ -103,7 +107,9 @@ impl Drop for Pending {
         // A caller that gave up (its deadline passed) leaves no entry behind;
         // its reply, if it still comes, is dropped by the reader.
         if self.rx.is_some() {
-            lock(&self.shared.state).waiting.remove(&self.id);
+            let mut st = lock(&self.shared.state);
+            st.waiting.remove(&self.id);
+            self.shared.in_flight.store(st.waiting.len(), Ordering::Relaxed);
         }
     }
 }
@@ -123,6 +129,7 @@ impl MuxConn {
             wake: Notify::new(),
             max: tx.max_message_size(),
             broken: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
             last_used_ms: AtomicU64::new(epoch.elapsed().as_millis() as u64),
             epoch,
             stop: tokio_util::sync::CancellationToken::new(),
@@ -188,7 +195,12 @@ impl MuxConn {
                         // A reply that names no call of ours: the connection is out of step.
                         return Error::internal(ID, "reply without a request id of this client");
                     };
-                    let waiter = lock(&r.state).waiting.remove(&id);
+                    let waiter = {
+                        let mut st = lock(&r.state);
+                        let w = st.waiting.remove(&id);
+                        r.in_flight.store(st.waiting.len(), Ordering::Relaxed);
+                        w
+                    };
                     r.last_used_ms.store(r.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
                     match waiter {
                         Some(w) => {
@@ -235,6 +247,7 @@ impl MuxConn {
                 return Err(QueueError::Request(Error::bad_request(ID, format!("cannot send the request: {e}"))));
             }
             st.waiting.insert(id, tx);
+            self.shared.in_flight.store(st.waiting.len(), Ordering::Relaxed);
             !std::mem::replace(&mut st.writing, true)
         };
         if wake {
@@ -335,8 +348,11 @@ impl Conns {
         Ok(Got::Mux(conn))
     }
 
-    /// Picks a usable connection in turn, dropping unusable ones; `None`
-    /// when fewer than `per_address` are open.
+    /// Picks the usable connection with the fewest calls in flight (ties
+    /// in turn), dropping unusable ones; `None` when fewer than
+    /// `per_address` are open. In turn alone, a call could land behind a
+    /// full batch on one connection while the other was idle: at 16 callers
+    /// over two connections that was the tail of the latency (BENCHMARKS.md).
     fn pick(&self, addr: &Address) -> Option<Arc<MuxConn>> {
         let mut conns = lock(&addr.conns);
         let now = self.epoch.elapsed();
@@ -344,7 +360,12 @@ impl Conns {
         if conns.len() < self.per_address {
             return None;
         }
-        let i = addr.next.fetch_add(1, Ordering::Relaxed) % conns.len();
+        let start = addr.next.fetch_add(1, Ordering::Relaxed);
+        let n = conns.len();
+        let i = (0..n)
+            .map(|k| (start + k) % n)
+            .min_by_key(|&i| conns[i].shared.in_flight.load(Ordering::Relaxed))
+            .unwrap_or(start % n);
         Some(conns[i].clone())
     }
 
