@@ -25,8 +25,14 @@ pub struct GrpcClient {
     // address → content type → a ready-made client, cloned per call; looked
     // up without allocating, under a read lock.
     clients: std::sync::RwLock<HashMap<String, HashMap<String, Clients>>>,
+    // service → endpoint → its HTTP/2 path, made once (a `format!` and a
+    // parse per call otherwise); bounded, since names come from callers.
+    paths: std::sync::RwLock<HashMap<String, HashMap<String, http::uri::PathAndQuery>>>,
     tls: Option<Arc<crate::transport::tls::TlsNet>>,
 }
+
+/// The most paths [`GrpcClient::path`] keeps (it starts over beyond).
+const PATHS_KEPT: usize = 1024;
 
 impl GrpcClient {
     /// A client with these options.
@@ -38,7 +44,7 @@ impl GrpcClient {
         } else {
             None
         };
-        Ok(GrpcClient { opts, channels: Mutex::new(HashMap::new()), clients: Default::default(), tls })
+        Ok(GrpcClient { opts, channels: Mutex::new(HashMap::new()), clients: Default::default(), paths: Default::default(), tls })
     }
 
     /// A new channel to `address` (it connects lazily and reconnects by itself).
@@ -117,6 +123,22 @@ impl GrpcClient {
         Ok(pick)
     }
 
+    /// The HTTP/2 path of `endpoint` of `service` (see [`path_of`]), cached.
+    fn path(&self, service: &str, endpoint: &str) -> Result<http::uri::PathAndQuery> {
+        let read = self.paths.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = read.get(service).and_then(|m| m.get(endpoint)) {
+            return Ok(p.clone());
+        }
+        drop(read);
+        let p = path_of(service, endpoint)?;
+        let mut paths = self.paths.write().unwrap_or_else(|p| p.into_inner());
+        if paths.values().map(HashMap::len).sum::<usize>() >= PATHS_KEPT {
+            paths.clear();
+        }
+        paths.entry(service.to_string()).or_default().insert(endpoint.to_string(), p.clone());
+        Ok(p)
+    }
+
     /// Drops the connections to a node that failed, so that nodes which went
     /// away do not pile up; the next call to it (if any) connects afresh.
     fn forget(&self, address: &str) {
@@ -135,7 +157,7 @@ impl GrpcClient {
             return Attempt::Done(Err(e));
         }
         request.set_timeout(timeout);
-        let path = match path_of(&req.service, &req.endpoint) {
+        let path = match self.path(&req.service, &req.endpoint) {
             Ok(p) => p,
             Err(e) => return Attempt::Done(Err(e)),
         };

@@ -335,7 +335,12 @@ impl hyper::body::Body for Counted {
 /// that sends the headers and then dribbles or withholds the body is cut off.
 struct Deadlined {
     body: Incoming,
-    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// When the body must be complete.
+    until: tokio::time::Instant,
+    /// Its timer, made (and registered) only once the body has kept us
+    /// waiting: a unary request's body nearly always comes with its headers,
+    /// and then the call costs no timer and no allocation for it.
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     limit: Duration,
 }
 
@@ -349,13 +354,17 @@ impl hyper::body::Body for Deadlined {
         use std::task::Poll;
         match std::pin::Pin::new(&mut self.body).poll_frame(cx) {
             Poll::Ready(r) => Poll::Ready(r.map(|f| f.map_err(Into::into))),
-            Poll::Pending => match std::future::Future::poll(self.deadline.as_mut(), cx) {
-                Poll::Ready(()) => {
-                    let limit = self.limit;
-                    Poll::Ready(Some(Err(format!("the request body did not arrive within {limit:?}").into())))
+            Poll::Pending => {
+                let until = self.until;
+                let timer = self.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+                match std::future::Future::poll(timer.as_mut(), cx) {
+                    Poll::Ready(()) => {
+                        let limit = self.limit;
+                        Poll::Ready(Some(Err(format!("the request body did not arrive within {limit:?}").into())))
+                    }
+                    Poll::Pending => Poll::Pending,
                 }
-                Poll::Pending => Poll::Pending,
-            },
+            }
         }
     }
     fn is_end_stream(&self) -> bool {
@@ -417,7 +426,8 @@ impl Router {
         let mut resp = match &handler.stream {
             None => {
                 let limit = self.body_deadline;
-                let req = req.map(|body| Deadlined { body, deadline: Box::pin(tokio::time::sleep(limit)), limit });
+                let until = tokio::time::Instant::now() + limit;
+                let req = req.map(|body| Deadlined { body, until, deadline: None, limit });
                 grpc.unary(Unary { call, func: handler.func.clone() }, req).await
             }
             Some(func) => grpc.streaming(Streaming { call, func: func.clone() }, req).await,
