@@ -302,6 +302,7 @@ impl FfiContext {
     /// # Safety
     /// `self` must come from the other side's poll that is running now (its
     /// waker object is valid for the call).
+    // SAFETY: unsafe to call; the contract is the `# Safety` section above.
     pub unsafe fn with_context<R>(&self, f: impl FnOnce(&mut Context<'_>) -> R) -> R {
         // SAFETY: the RawWaker's functions below implement the RawWaker
         // contract on an FfiWaker object; the waker is borrowed (ManuallyDrop:
@@ -320,22 +321,30 @@ fn vtable_of(p: *const ()) -> &'static FfiWakerVTable {
     unsafe { (*(p as *const FfiWaker)).vtable }
 }
 
+// SAFETY: unsafe by the RawWakerVTable contract: only called through FOREIGN,
+// whose data is always a live FfiWaker object.
 unsafe fn foreign_clone(p: *const ()) -> RawWaker {
     // SAFETY: the object is live (we hold a reference); its own clone.
     let c = unsafe { (vtable_of(p).clone)(p as *const FfiWaker) };
     RawWaker::new(c as *const (), &FOREIGN)
 }
 
+// SAFETY: unsafe by the RawWakerVTable contract: only called through FOREIGN,
+// whose data is always a live FfiWaker object.
 unsafe fn foreign_wake(p: *const ()) {
     // SAFETY: the object is live; `wake` consumes our reference.
     unsafe { (vtable_of(p).wake)(p as *const FfiWaker) }
 }
 
+// SAFETY: unsafe by the RawWakerVTable contract: only called through FOREIGN,
+// whose data is always a live FfiWaker object.
 unsafe fn foreign_wake_by_ref(p: *const ()) {
     // SAFETY: the object is live.
     unsafe { (vtable_of(p).wake_by_ref)(p as *const FfiWaker) }
 }
 
+// SAFETY: unsafe by the RawWakerVTable contract: only called through FOREIGN,
+// whose data is always a live FfiWaker object.
 unsafe fn foreign_drop(p: *const ()) {
     // SAFETY: the object is live; we give up our reference.
     unsafe { (vtable_of(p).drop)(p as *const FfiWaker) }
