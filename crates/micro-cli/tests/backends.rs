@@ -137,7 +137,9 @@ async fn wait_total(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let total = || ls.iter().map(|l| count(l)).sum::<usize>();
     let what = format!("{n} messages received");
-    micro_testkit::wait::until(&what, limit, || total() >= n).await.map_err(|e| format!("{e} (received {})", total()))?;
+    micro_testkit::wait::until(&what, limit, || total() >= n)
+        .await
+        .map_err(|e| format!("{e} (received {})", total()))?;
     Ok(())
 }
 

@@ -292,15 +292,10 @@ pub struct IoPoll {
 #[repr(C)]
 pub struct StreamVTable {
     /// Reads into `buf[..len]` (initialised memory).
-    pub poll_read:
-        unsafe extern "C" fn(data: *mut c_void, cx: *const FfiContext, buf: *mut u8, len: usize) -> IoPoll,
+    pub poll_read: unsafe extern "C" fn(data: *mut c_void, cx: *const FfiContext, buf: *mut u8, len: usize) -> IoPoll,
     /// Writes `buf[..len]`.
-    pub poll_write: unsafe extern "C" fn(
-        data: *mut c_void,
-        cx: *const FfiContext,
-        buf: *const u8,
-        len: usize,
-    ) -> IoPoll,
+    pub poll_write:
+        unsafe extern "C" fn(data: *mut c_void, cx: *const FfiContext, buf: *const u8, len: usize) -> IoPoll,
     /// Shuts the write side down.
     pub poll_shutdown: unsafe extern "C" fn(data: *mut c_void, cx: *const FfiContext) -> IoPoll,
     /// Closes and frees the stream.

@@ -14,8 +14,8 @@ use crate::abi::{
     FfiListener, FfiListenerReply, FfiStr, FfiStream, FfiStreamReply, HostApi, IoPoll, ListenerFfiVTable, NetApi,
     StreamVTable,
 };
-use crate::runtime::Contained;
 use crate::ffi_future::{FfiContext, FfiFuture, WakerSlot};
+use crate::runtime::Contained;
 use std::future::IntoFuture as _;
 use std::io;
 use std::pin::Pin;
@@ -190,7 +190,9 @@ impl tokio::io::AsyncWrite for HostStream {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // SAFETY: a host entry point on our stream.
-        self.get_mut().poll_with(true, cx, |s, ctx| unsafe { (stream_vtable(s).poll_shutdown)(s.data, ctx) }).map_ok(|_| ())
+        self.get_mut()
+            .poll_with(true, cx, |s, ctx| unsafe { (stream_vtable(s).poll_shutdown)(s.data, ctx) })
+            .map_ok(|_| ())
     }
 }
 

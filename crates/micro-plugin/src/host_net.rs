@@ -5,11 +5,11 @@ use crate::abi::{
     FfiBuf, FfiListener, FfiListenerReply, FfiStr, FfiStream, FfiStreamReply, IoPoll, ListenerFfiVTable, NetApi,
     StreamVTable,
 };
-use crate::runtime::{panic_message, Contained};
 use crate::ffi_future::{FfiContext, FfiFuture};
-use std::future::IntoFuture as _;
+use crate::runtime::{panic_message, Contained};
 use std::ffi::c_void;
 use std::future::Future;
+use std::future::IntoFuture as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;

@@ -9,9 +9,9 @@
 #![allow(unsafe_code)]
 
 use crate::abi::{FfiArgs, FfiBuf, FfiObject, FfiReply, FfiStr, ObjectVTable};
+use crate::ffi_future::FfiFuture;
 use crate::runtime;
 pub(crate) use crate::runtime::panic_message;
-use crate::ffi_future::FfiFuture;
 use micro_core::{BoxFuture, Error};
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -141,9 +141,9 @@ unsafe extern "C" fn call_entry(data: *const c_void, method: u32, args: FfiArgs)
         ex.inner.clone().call_dyn(method, bytes, objects)
     }));
     match started {
-        Ok(fut) => {
-            FfiFuture::new(runtime::Contained::new(fut, ex.rt.clone(), reply_of, |e| reply_of(Err(Error::internal(ID, e)))))
-        }
+        Ok(fut) => FfiFuture::new(runtime::Contained::new(fut, ex.rt.clone(), reply_of, |e| {
+            reply_of(Err(Error::internal(ID, e)))
+        })),
         Err(p) => {
             let e = Error::internal(ID, format!("panic: {}", panic_message(&*p)));
             FfiFuture::new(std::future::ready(reply_of(Err(e))))
@@ -207,6 +207,21 @@ thread_local! {
 /// buffer is freed rather than held by the thread).
 const SCRATCH_KEEP: usize = 64 * 1024;
 
+/// Calls `f` with the bytes `encode` writes into this thread's scratch
+/// buffer. Taken out of its cell rather than borrowed: a call made from
+/// inside `f` (a nested crossing) finds the cell empty and allocates.
+fn with_scratch<R>(encode: impl FnOnce(&mut crate::wire::Writer), f: impl FnOnce(&[u8]) -> R) -> R {
+    let mut w = crate::wire::Writer::from_vec(SCRATCH.take());
+    encode(&mut w);
+    let mut buf = w.finish();
+    let r = f(&buf);
+    if buf.capacity() <= SCRATCH_KEEP {
+        buf.clear();
+        SCRATCH.set(buf);
+    }
+    r
+}
+
 /// Lays out objects for a call; they are handed over to the callee.
 struct OutObjects(Vec<FfiObject>);
 
@@ -257,19 +272,11 @@ impl Remote {
         objects: Vec<FfiObject>,
         encode: impl FnOnce(&mut crate::wire::Writer),
     ) -> impl std::future::Future<Output = Result<RemoteReply, Error>> + Send + 'static {
-        // Taken out rather than borrowed: a call made from inside the other
-        // side's `call` (a nested crossing) finds it empty and allocates.
-        let mut w = crate::wire::Writer::from_vec(SCRATCH.take());
-        encode(&mut w);
-        let mut buf = w.finish();
-        let mut out = OutObjects(objects);
-        // SAFETY: `obj` is a live object of the other side; args live during the call.
-        let fut = unsafe { (self.obj.vtable_ref().call)(self.obj.data(), method, out.args(&buf)) };
-        drop(out);
-        if buf.capacity() <= SCRATCH_KEEP {
-            buf.clear();
-            SCRATCH.set(buf);
-        }
+        let fut = with_scratch(encode, |args| {
+            let mut out = OutObjects(objects);
+            // SAFETY: `obj` is a live object of the other side; args live during the call.
+            unsafe { (self.obj.vtable_ref().call)(self.obj.data(), method, out.args(args)) }
+        });
         async move { into_result(fut.await) }
     }
 
@@ -281,15 +288,7 @@ impl Remote {
         objects: Vec<FfiObject>,
         encode: impl FnOnce(&mut crate::wire::Writer),
     ) -> Result<RemoteReply, Error> {
-        let mut w = crate::wire::Writer::from_vec(SCRATCH.take());
-        encode(&mut w);
-        let mut buf = w.finish();
-        let r = self.call_sync(method, &buf, objects);
-        if buf.capacity() <= SCRATCH_KEEP {
-            buf.clear();
-            SCRATCH.set(buf);
-        }
-        r
+        with_scratch(encode, |args| self.call_sync(method, args, objects))
     }
 
     /// Calls a synchronous method.

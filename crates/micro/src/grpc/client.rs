@@ -44,7 +44,13 @@ impl GrpcClient {
         } else {
             None
         };
-        Ok(GrpcClient { opts, channels: Mutex::new(HashMap::new()), clients: Default::default(), paths: Default::default(), tls })
+        Ok(GrpcClient {
+            opts,
+            channels: Mutex::new(HashMap::new()),
+            clients: Default::default(),
+            paths: Default::default(),
+            tls,
+        })
     }
 
     /// A new channel to `address` (it connects lazily and reconnects by itself).
