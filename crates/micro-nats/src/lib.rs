@@ -143,7 +143,7 @@ impl Broker for NatsBroker {
         .map_err(|e| Error::internal(ID, format!("nats subscribe to {topic}: {e}")))?;
         // A round trip to the server: once subscribe returns, the server has
         // the subscription, so a message published after it is delivered.
-        client.flush().await.map_err(|e| Error::internal(ID, format!("nats subscribe to {topic}: {e}")))?;
+        round_trip(client).await.map_err(|e| Error::internal(ID, format!("nats subscribe to {topic}: {e}")))?;
         let stop = Arc::new(Notify::new());
         let stopped = stop.clone();
         let stopping = Arc::new(AtomicBool::new(false));
@@ -172,9 +172,9 @@ impl Broker for NatsBroker {
                     tracing::warn!(topic = %t, error = %e, "subscriber failed");
                 }
             }
-            // The server has the UNSUB once the flush's round trip is done.
+            // The server has the UNSUB once the round trip is done.
             let _ = sub.unsubscribe().await;
-            let _ = client.flush().await;
+            let _ = round_trip(&client).await;
             let _ = done_tx.send(());
         });
         Ok(Box::new(NatsSubscription {
@@ -203,6 +203,29 @@ struct NatsSubscription {
     stopping: Arc<AtomicBool>,
     /// Fires once the server has the unsubscription.
     done: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+}
+
+/// How long a [`round_trip`] may take.
+const ROUND_TRIP_LIMIT: Duration = Duration::from_secs(5);
+
+/// Returns once the server has processed everything this connection sent
+/// before (a SUB, an UNSUB). async-nats's `flush` only empties the socket's
+/// buffer: the server may still hold the SUB unread while another
+/// connection's messages pass it by (a broker-contract run under load lost
+/// all 50 messages of one subscriber so). NATS serves one connection's
+/// operations in order, so a message that this connection publishes to a
+/// subject only it subscribes to comes back after everything before it.
+async fn round_trip(client: &async_nats::Client) -> std::result::Result<(), String> {
+    let subject = client.new_inbox();
+    let mut probe = client.subscribe(subject.clone()).await.map_err(|e| e.to_string())?;
+    client.publish(subject, bytes::Bytes::new()).await.map_err(|e| e.to_string())?;
+    client.flush().await.map_err(|e| e.to_string())?;
+    // `probe` is dropped on return, which unsubscribes it.
+    match tokio::time::timeout(ROUND_TRIP_LIMIT, probe.next()).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err("the connection closed".into()),
+        Err(_) => Err(format!("the server did not answer within {ROUND_TRIP_LIMIT:?}")),
+    }
 }
 
 /// How long `unsubscribe` waits for the server to confirm (a server that
