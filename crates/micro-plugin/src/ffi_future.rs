@@ -28,8 +28,10 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 /// The version of this module's layout and protocol (the descriptor's
-/// `future_abi_version`): "MFUT" and a counter.
-pub const FUTURE_ABI_VERSION: u32 = 0x4d46_0001;
+/// `future_abi_version`). It continues the numbers of `async-ffi`'s
+/// `ABI_VERSION` (2 in the `async-ffi` micro used before), so that no plugin
+/// built with that crate's futures ever matches it.
+pub const FUTURE_ABI_VERSION: u32 = 3;
 
 /// The functions of a waker object. Each takes the object's address (which
 /// starts with its [`FfiWaker`] header).
