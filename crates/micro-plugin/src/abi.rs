@@ -331,15 +331,22 @@ pub struct FfiStreamReply {
     pub error: FfiBuf,
 }
 
-impl FromPanic for FfiStreamReply {
-    fn from_panic() -> Self {
+impl FfiStreamReply {
+    /// A failed connect or accept, with its message.
+    pub fn error(message: String) -> Self {
         FfiStreamReply {
             status: 1,
             stream: FfiStream { data: std::ptr::null_mut(), vtable: std::ptr::null() },
             local: FfiBuf::empty(),
             peer: FfiBuf::empty(),
-            error: FfiBuf::from_vec(b"a host socket future panicked".to_vec()),
+            error: FfiBuf::from_vec(message.into_bytes()),
         }
+    }
+}
+
+impl FromPanic for FfiStreamReply {
+    fn from_panic() -> Self {
+        FfiStreamReply::error("a host socket future panicked".into())
     }
 }
 
@@ -379,14 +386,21 @@ pub struct FfiListenerReply {
     pub error: FfiBuf,
 }
 
-impl FromPanic for FfiListenerReply {
-    fn from_panic() -> Self {
+impl FfiListenerReply {
+    /// A failed bind, with its message.
+    pub fn error(message: String) -> Self {
         FfiListenerReply {
             status: 1,
             listener: FfiListener { data: std::ptr::null(), vtable: std::ptr::null() },
             addr: FfiBuf::empty(),
-            error: FfiBuf::from_vec(b"a host listener future panicked".to_vec()),
+            error: FfiBuf::from_vec(message.into_bytes()),
         }
+    }
+}
+
+impl FromPanic for FfiListenerReply {
+    fn from_panic() -> Self {
+        FfiListenerReply::error("a host listener future panicked".into())
     }
 }
 

@@ -62,13 +62,7 @@ fn buf(s: String) -> FfiBuf {
 }
 
 fn stream_err(e: String) -> FfiStreamReply {
-    FfiStreamReply {
-        status: 1,
-        stream: FfiStream { data: std::ptr::null_mut(), vtable: std::ptr::null() },
-        local: FfiBuf::empty(),
-        peer: FfiBuf::empty(),
-        error: buf(e),
-    }
+    FfiStreamReply::error(e)
 }
 
 fn stream_ok(s: TcpStream) -> FfiStreamReply {
@@ -107,12 +101,7 @@ unsafe extern "C" fn connect(addr: FfiStr) -> FfiFuture<FfiStreamReply> {
 }
 
 fn listener_err(e: String) -> FfiListenerReply {
-    FfiListenerReply {
-        status: 1,
-        listener: FfiListener { data: std::ptr::null(), vtable: std::ptr::null() },
-        addr: FfiBuf::empty(),
-        error: buf(e),
-    }
+    FfiListenerReply::error(e)
 }
 
 unsafe extern "C" fn bind(addr: FfiStr) -> FfiFuture<FfiListenerReply> {
