@@ -164,6 +164,9 @@ enum Cmd {
         /// Payload bytes
         #[arg(long, default_value_t = 64)]
         payload: usize,
+        /// Run only micro's nats broker or only raw async-nats, 5 rounds, for profiling
+        #[arg(long, value_parser = ["nats", "raw"])]
+        only: Option<String>,
     },
     /// Calls/s through a built-in component and a plugin one (a transport or a client)
     #[command(
@@ -255,7 +258,8 @@ async fn run() -> anyhow::Result<()> {
             .await?
         }
         Cmd::Footprint { service, connections } => footprint(&service, connections).await?,
-        Cmd::Broker { messages, payload } => brokers(messages, payload).await?,
+        Cmd::Broker { messages, payload, only: None } => brokers(messages, payload).await?,
+        Cmd::Broker { messages, payload, only: Some(only) } => nats_only(&only, messages, payload).await?,
         Cmd::PluginLoadOnce { plugin } => {
             let t0 = Instant::now();
             let cfg = micro::plugin::load(&plugin.display().to_string(), Default::default())?;
@@ -518,7 +522,7 @@ async fn brokers(n: usize, payload: usize) -> anyhow::Result<()> {
     // micro's nats broker and raw async-nats in alternating order, median of
     // `ROUNDS`: the rate of one nats-server swings between runs on a small VM,
     // and whichever goes first finds the server colder.
-    const ROUNDS: usize = 5;
+    const ROUNDS: usize = 9;
     let (mut ours, mut raws) = (Vec::new(), Vec::new());
     // A sample that stalls (nats-server dropping a subscriber it thinks
     // slow, on a starved VM) is reported and left out, not fatal.
@@ -540,14 +544,30 @@ async fn brokers(n: usize, payload: usize) -> anyhow::Result<()> {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    rows.push(("nats (median of 5, alternating with raw)", median(&mut ours)));
+    rows.push(("nats (median of 9, alternating with raw)", median(&mut ours)));
     let raw = median(&mut raws);
     println!("| broker | messages | msg/s | vs raw async-nats |");
     println!("|---|---:|---:|---:|");
     for (name, rate) in rows {
         println!("| {name} | {n} | {rate:.0} | {:.2} |", rate / raw);
     }
-    println!("| raw async-nats (ceiling, median of 5) | {n} | {raw:.0} | 1.00 |");
+    println!("| raw async-nats (ceiling, median of 9) | {n} | {raw:.0} | 1.00 |");
+    Ok(())
+}
+
+/// One nats contender alone, for `perf stat`/`perf record`.
+async fn nats_only(only: &str, n: usize, payload: usize) -> anyhow::Result<()> {
+    let nats = micro_testkit::Nats::start().map_err(|e| anyhow::anyhow!("{e}"))?;
+    for round in 0..5 {
+        let rate = match only {
+            "nats" => micro_nats_rate(&nats, n, payload, round).await,
+            _ => raw_nats_rate(&nats, n, payload, round).await,
+        };
+        match rate {
+            Ok(r) => println!("{only} round {round}: {r:.0} msg/s"),
+            Err(e) => eprintln!("warning: {only} round {round} left out: {e:#}"),
+        }
+    }
     Ok(())
 }
 

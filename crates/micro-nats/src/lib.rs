@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, OnceCell};
+use tokio::sync::OnceCell;
 
 const ID: &str = "go.micro.broker.nats";
 
@@ -49,7 +49,13 @@ impl NatsBroker {
     }
 
     async fn client(&self) -> Result<&async_nats::Client> {
-        self.client.get_or_try_init(|| self.connect_client()).await
+        if let Some(c) = self.client.get() {
+            return Ok(c);
+        }
+        // Boxed: the connect future is kilobytes, and inline it would make
+        // every publish's future (boxed by `async_trait`) that large too,
+        // past the allocator's per-thread cache.
+        Box::pin(self.client.get_or_try_init(|| self.connect_client())).await
     }
 
     async fn connect_client(&self) -> Result<async_nats::Client> {
@@ -144,23 +150,26 @@ impl Broker for NatsBroker {
         // A round trip to the server: once subscribe returns, the server has
         // the subscription, so a message published after it is delivered.
         round_trip(client).await.map_err(|e| Error::internal(ID, format!("nats subscribe to {topic}: {e}")))?;
-        let stop = Arc::new(Notify::new());
-        let stopped = stop.clone();
+        // Stop signal: a oneshot, whose receiver is polled with one atomic
+        // load when nothing changed (a `Notify` waiter takes a lock per poll).
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let stopping = Arc::new(AtomicBool::new(false));
         let halted = stopping.clone();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
         let client = client.clone();
         let t = topic.to_string();
         tokio::spawn(async move {
-            // One stop future for the life of the subscription, polled only when
-            // no message is ready (a fresh one per message costs a lock each).
-            let stop = stopped.notified();
-            tokio::pin!(stop);
+            // A subscription handle dropped without `unsubscribe` keeps
+            // delivering, as in go-micro: only a sent stop ends the loop.
+            let mut orphaned = false;
             loop {
                 let m = tokio::select! {
                     biased;
                     m = sub.next() => match m { Some(m) => m, None => break },
-                    _ = &mut stop => break,
+                    r = &mut stopped, if !orphaned => match r {
+                        Ok(()) => break,
+                        Err(_) => { orphaned = true; continue }
+                    },
                 };
                 // Unsubscribed: nothing more reaches the handler, even what
                 // the client had already buffered (one atomic load a message).
@@ -180,7 +189,7 @@ impl Broker for NatsBroker {
         Ok(Box::new(NatsSubscription {
             topic: topic.to_string(),
             queue: opts.queue,
-            stop,
+            stop: std::sync::Mutex::new(Some(stop)),
             stopping,
             done: std::sync::Mutex::new(Some(done_rx)),
         }))
@@ -198,7 +207,7 @@ impl Broker for NatsBroker {
 struct NatsSubscription {
     topic: String,
     queue: Option<String>,
-    stop: Arc<Notify>,
+    stop: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     /// Set by `unsubscribe`: the delivery task calls the handler no more.
     stopping: Arc<AtomicBool>,
     /// Fires once the server has the unsubscription.
@@ -244,8 +253,10 @@ impl Subscription for NatsSubscription {
         // Once this returns, no message reaches the handler: the flag stops
         // delivery at once, and the task confirms the server's UNSUB.
         self.stopping.store(true, Ordering::Relaxed);
-        // notify_one stores a permit, so this works even before the task waits.
-        self.stop.notify_one();
+        let stop = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(stop) = stop {
+            let _ = stop.send(());
+        }
         let done = self.done.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(done) = done {
             if tokio::time::timeout(UNSUBSCRIBE_LIMIT, done).await.is_err() {
@@ -278,5 +289,16 @@ mod tests {
         let msg = Message::new(&b"x"[..]).with_header("X", "a\r\nPUB evil 1");
         let e = b.publish("t", msg).await.err().map(|e| e.detail).unwrap_or_default();
         assert!(e.contains("CR or LF"), "{e}");
+    }
+
+    #[test]
+    fn a_publish_future_stays_small() {
+        // `async_trait` boxes it on every publish. With the connect future
+        // inline it was 6,864 bytes: past glibc's per-thread cache (1,032),
+        // so each publish paid a slow malloc and free and a 6 KiB copy.
+        let b = NatsBroker::new(BrokerOptions::default());
+        let f = b.publish("t", Message::new(&b"x"[..]));
+        let size = std::mem::size_of_val(&*f);
+        assert!(size <= 1024, "publish future is {size} bytes");
     }
 }
