@@ -139,7 +139,8 @@ fn metadata_of(map: &tonic::metadata::MetadataMap) -> HashMap<String, String> {
     let mut out = HashMap::new();
     for kv in map.iter() {
         if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
-            if !is_reserved(k.as_str()) {
+            // `date` is HTTP's, added by servers such as tonic's (not call metadata).
+            if !is_reserved(k.as_str()) && k.as_str() != "date" {
                 if let Ok(v) = v.to_str() {
                     out.insert(k.as_str().to_string(), v.to_string());
                 }

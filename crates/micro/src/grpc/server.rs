@@ -196,6 +196,9 @@ async fn listen<N: Net>(
             // connections and streams would otherwise be held forever).
             let http = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(hyper_util::rt::TokioTimer::new())
+                // gRPC has no use for HTTP's `date`; without it a response
+                // is smaller and the client parses no header it will drop.
+                .auto_date_header(false)
                 .keep_alive_interval(Some(Duration::from_secs(60)))
                 .keep_alive_timeout(Duration::from_secs(20))
                 .max_concurrent_streams(u32::try_from(limits.max_in_flight_per_connection.max(1)).unwrap_or(u32::MAX))
