@@ -45,6 +45,16 @@ pub fn load_all(specs: &[String], opts: LoadOptions, catalog: &mut Catalog) -> R
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HostNet;
 
+/// The host's stream has one waker slot per direction, but one object: its
+/// halves share it behind tokio's lock.
+impl crate::transport::Halves for micro_plugin::host::HostStream {
+    type Read = tokio::io::ReadHalf<Self>;
+    type Write = tokio::io::WriteHalf<Self>;
+    fn halves(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}
+
 impl crate::transport::Net for HostNet {
     type Stream = micro_plugin::host::HostStream;
     type Listener = micro_plugin::host::HostListener;

@@ -6,4 +6,4 @@ pub mod tls;
 
 #[cfg(feature = "grpc")]
 pub(crate) use tcp::tune;
-pub use tcp::{Conn, Net, TcpTransport, TokioNet};
+pub use tcp::{Conn, Halves, Net, TcpTransport, TcpWriteHalf, TokioNet};

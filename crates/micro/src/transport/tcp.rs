@@ -22,12 +22,98 @@ pub struct Conn<S> {
     pub peer: String,
 }
 
+/// A stream that splits into a read half and a write half, each driven by
+/// its own task (a connection's reader and writer).
+pub trait Halves: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The read half.
+    type Read: AsyncRead + Unpin + Send + 'static;
+    /// The write half.
+    type Write: AsyncWrite + Unpin + Send + 'static;
+    /// Splits the stream. The connection closes once both halves are gone.
+    fn halves(self) -> (Self::Read, Self::Write);
+}
+
+/// A TCP stream splits without a lock: `tokio::io::split` puts both halves
+/// behind one mutex, on which a connection's reader and writer, running on
+/// two threads, block each other (a futex wait and a wake-up every time).
+impl Halves for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = TcpWriteHalf;
+    fn halves(self) -> (Self::Read, Self::Write) {
+        let (r, w) = self.into_split();
+        (r, TcpWriteHalf(Some(w)))
+    }
+}
+
+/// The write half of a TCP stream. Unlike tokio's `OwnedWriteHalf`, dropping
+/// it does not shut the connection's sending side: as with any other stream,
+/// the connection closes when both halves are dropped (or on `shutdown`).
+pub struct TcpWriteHalf(Option<tokio::net::tcp::OwnedWriteHalf>);
+
+impl TcpWriteHalf {
+    fn get(&mut self) -> io::Result<&mut tokio::net::tcp::OwnedWriteHalf> {
+        self.0.as_mut().ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "write half dropped"))
+    }
+}
+
+impl Drop for TcpWriteHalf {
+    fn drop(&mut self) {
+        if let Some(w) = self.0.take() {
+            w.forget();
+        }
+    }
+}
+
+impl AsyncWrite for TcpWriteHalf {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get() {
+            Ok(w) => std::pin::Pin::new(w).poll_write(cx, buf),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get() {
+            Ok(w) => std::pin::Pin::new(w).poll_write_vectored(cx, bufs),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get() {
+            Ok(w) => std::pin::Pin::new(w).poll_flush(cx),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get() {
+            Ok(w) => std::pin::Pin::new(w).poll_shutdown(cx),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+}
+
 /// Where the TCP transport's sockets come from: tokio here ([`TokioNet`]),
 /// or the host's runtime when the transport runs inside a plugin
 /// (`micro::plugin::HostNet`).
 pub trait Net: Send + Sync + 'static {
     /// A connected stream.
-    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    type Stream: Halves;
     /// A listening socket.
     type Listener: Send + Sync + 'static;
     /// Connects, with `TCP_NODELAY`.
@@ -169,7 +255,7 @@ struct TcpSocket<S> {
     out: BytesMut,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> TcpSocket<S> {
+impl<S: Halves> TcpSocket<S> {
     fn new(conn: Conn<S>, opts: &TransportOptions) -> Self {
         TcpSocket {
             stream: Some(BufReader::with_capacity(16 * 1024, conn.stream)),
@@ -193,7 +279,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> TcpSocket<S> {
 }
 
 #[async_trait]
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Socket for TcpSocket<S> {
+impl<S: Halves> Socket for TcpSocket<S> {
     async fn send(&mut self, msg: Message) -> Result<()> {
         self.out.clear();
         frame::encode(&msg, &mut self.out).map_err(|e| self.err("send to", e))?;
@@ -222,7 +308,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Socket for TcpSocket<S>
         let stream = self.stream.take()?;
         // Bytes the reader already buffered belong to the receiving half.
         let buffered = std::io::Cursor::new(stream.buffer().to_vec());
-        let (r, w) = tokio::io::split(stream.into_inner());
+        let (r, w) = stream.into_inner().halves();
         let receiver = TcpReceiver {
             stream: BufReader::with_capacity(16 * 1024, buffered.chain(r)),
             remote: self.remote.clone(),
@@ -398,6 +484,29 @@ impl<R: AsyncRead + Unpin + Send> SocketReceiver for TcpReceiver<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The halves of a split socket are lock-free, yet keep the semantics of
+    /// any stream's: dropping the sending half alone closes nothing (the
+    /// peer's reply still arrives), and the peer sees the end once both are gone.
+    #[tokio::test]
+    async fn a_split_socket_closes_when_both_halves_are_gone() -> Result<()> {
+        let t = TcpTransport::default();
+        let l = t.listen("127.0.0.1:0").await?;
+        let mut c = t.dial(&l.addr()).await?;
+        let mut s = l.accept().await?;
+        let Some((tx, mut rx)) = c.split() else { panic!("a tcp socket splits") };
+        drop(tx);
+        // No end of stream reaches the peer while the receiving half lives.
+        let early = tokio::time::timeout(Duration::from_millis(200), s.recv()).await;
+        assert!(early.is_err(), "the peer saw {early:?} after only the sending half was dropped");
+        s.send(Message::new(&b"reply"[..])).await?;
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        assert!(matches!(&got, Ok(Ok(m)) if &m.body[..] == b"reply"), "{got:?}");
+        drop(rx);
+        let end = tokio::time::timeout(Duration::from_secs(5), s.recv()).await;
+        assert!(matches!(end, Ok(Err(_))), "the peer must see the connection end: {end:?}");
+        Ok(())
+    }
 
     #[tokio::test]
     async fn send_and_receive_both_ways() -> Result<()> {

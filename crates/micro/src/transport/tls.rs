@@ -199,6 +199,15 @@ macro_rules! ready_or_return {
     };
 }
 
+/// A TLS stream's halves share its session state, so they share a lock.
+impl super::Halves for TlsConn {
+    type Read = tokio::io::ReadHalf<TlsConn>;
+    type Write = tokio::io::WriteHalf<TlsConn>;
+    fn halves(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}
+
 impl AsyncRead for TlsConn {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
