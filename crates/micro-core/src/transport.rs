@@ -143,4 +143,16 @@ pub trait SocketReceiver: Send {
         let msg = self.recv().await?;
         frame::to_frame(&msg).map_err(|e| Error::internal("go.micro.transport", e.to_string()))
     }
+    /// Receives a batch in the format of [`SocketSender::send_frames`]: one
+    /// frame, waited for, then any more that have already arrived whole
+    /// (never waiting for them). A receiver whose messages cross a boundary
+    /// one call at a time (a plugin's) takes a batch per crossing this way;
+    /// the default is a batch of one.
+    async fn recv_frames(&mut self) -> Result<Bytes> {
+        let f = self.recv_frame().await?;
+        let mut batch = Vec::with_capacity(4 + f.len());
+        batch.extend_from_slice(&(f.len() as u32).to_be_bytes());
+        batch.extend_from_slice(&f);
+        Ok(Bytes::from(batch))
+    }
 }

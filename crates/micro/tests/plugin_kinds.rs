@@ -275,3 +275,48 @@ async fn a_plugin_transport_carries_overlapping_calls_and_streams() -> Result<()
     svc.stop().await?;
     Ok(())
 }
+
+/// Replies that arrive together cross the boundary together: a socket's
+/// receiving half imported from the other side fetches every frame already
+/// read in one crossing (`recv_frames`) and hands them out one by one,
+/// intact and in order.
+#[tokio::test]
+async fn frames_that_arrived_together_cross_in_one_batch() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let err = |e: std::io::Error| micro::core::Error::internal("test", e.to_string());
+    let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(err)?;
+    let addr = peer.local_addr().map_err(err)?.to_string();
+    let transport = micro_plugin::proxy::import_transport(micro_plugin::proxy::export_transport(Arc::new(
+        TcpTransport::new(TransportOptions::default()),
+    )))?;
+    let mut socket = transport.dial(&addr).await?;
+    let (mut s, _) = peer.accept().await.map_err(err)?;
+    let mut frames = Vec::new();
+    for i in 0..3u8 {
+        let f = micro::core::frame::to_frame(&micro::core::Message::new(vec![i; 10 + i as usize]));
+        frames.push(f.map_err(|e| micro::core::Error::internal("test", e.to_string()))?);
+    }
+    let mut wire = Vec::new();
+    for f in &frames {
+        wire.extend_from_slice(&(f.len() as u32).to_be_bytes());
+        wire.extend_from_slice(f);
+    }
+    s.write_all(&wire).await.map_err(err)?;
+    let Some((_tx, mut rx)) = socket.split() else { panic!("the proxy's socket splits") };
+    // Let all three reach the host's read buffer before the first crossing.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let batch = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv_frames())
+        .await
+        .map_err(|_| micro::core::Error::timeout("test", "no batch"))??;
+    assert_eq!(&batch[..], &wire[..], "all three frames in one crossing");
+    // The same through recv_frame, one at a time, after a second write.
+    s.write_all(&wire).await.map_err(err)?;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    for (i, f) in frames.iter().enumerate() {
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv_frame())
+            .await
+            .map_err(|_| micro::core::Error::timeout("test", "no frame"))??;
+        assert_eq!(&got[..], &f[..], "frame {i}");
+    }
+    Ok(())
+}

@@ -479,7 +479,33 @@ impl<R: AsyncRead + Unpin + Send> SocketReceiver for TcpReceiver<R> {
         let err = |e: &dyn std::fmt::Display| Error::internal(ID, format!("recv from {}: {e}", self.remote));
         read_frame(&mut self.stream, self.max, self.read_timeout).await.map_err(|e| err(&e))
     }
+
+    async fn recv_frames(&mut self) -> Result<Bytes> {
+        let first = self.recv_frame().await?;
+        let mut batch = BytesMut::with_capacity(4 + first.len());
+        batch.put_u32(first.len() as u32);
+        batch.extend_from_slice(&first);
+        // Then the frames already whole in the read buffer, taken without
+        // awaiting (so nothing half-read is ever dropped); a frame over the
+        // limit is left for the next call to report.
+        while batch.len() < BATCH_LIMIT {
+            let buf = self.stream.buffer();
+            let Some(prefix) = buf.get(..4) else { break };
+            let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+            let Ok(size) = frame::check_len(len, self.max) else { break };
+            if buf.len() < 4 + size {
+                break;
+            }
+            batch.extend_from_slice(&buf[..4 + size]);
+            std::pin::Pin::new(&mut self.stream).consume(4 + size);
+        }
+        Ok(batch.freeze())
+    }
 }
+
+/// How many bytes [`TcpReceiver::recv_frames`] gathers past its first frame
+/// at most (the read buffer holds 16 KiB, so this is rarely what stops it).
+const BATCH_LIMIT: usize = 64 * 1024;
 
 #[cfg(test)]
 mod tests {
