@@ -178,38 +178,52 @@ impl MuxConn {
         });
         micro_plugin::host::spawn(async move {
             let read = async {
+                // Replies of one read, with their ids, kept across reads.
+                let mut replies = Vec::new();
+                let mut waiters = Vec::new();
                 loop {
-                    let frame = match rx.recv_frame().await {
-                        Ok(f) => f,
+                    // Every reply that has arrived, in one call (one call and
+                    // one crossing per batch when the socket is a plugin's).
+                    let batch = match rx.recv_frames().await {
+                        Ok(b) => b,
                         Err(e) => return super::connection_error(&e),
                     };
-                    let mut id = None;
-                    if let Err(e) = frame::decode_with(frame.clone(), |k, v| {
-                        if k == headers::ID {
-                            id = v.parse::<u64>().ok();
+                    for frame in frame::split_batch(batch) {
+                        let frame = match frame {
+                            Ok(f) => f,
+                            Err(e) => return Error::internal(ID, format!("bad reply batch: {e}")),
+                        };
+                        let mut id = None;
+                        if let Err(e) = frame::decode_with(frame.clone(), |k, v| {
+                            if k == headers::ID {
+                                id = v.parse::<u64>().ok();
+                            }
+                        }) {
+                            return Error::internal(ID, format!("bad reply frame: {e}"));
                         }
-                    }) {
-                        return Error::internal(ID, format!("bad reply frame: {e}"));
+                        let Some(id) = id else {
+                            // A reply that names no call of ours: the connection is out of step.
+                            return Error::internal(ID, "reply without a request id of this client");
+                        };
+                        replies.push((id, frame));
                     }
-                    let Some(id) = id else {
-                        // A reply that names no call of ours: the connection is out of step.
-                        return Error::internal(ID, "reply without a request id of this client");
-                    };
-                    let waiter = {
+                    // One lock for the whole batch.
+                    {
                         let mut st = lock(&r.state);
-                        let w = st.waiting.remove(&id);
+                        waiters.extend(replies.iter().map(|(id, _)| st.waiting.remove(id)));
                         r.in_flight.store(st.waiting.len(), Ordering::Relaxed);
-                        w
-                    };
+                    }
                     r.last_used_ms.store(r.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-                    match waiter {
-                        Some(w) => {
-                            let _ = w.send(Ok(frame));
-                        }
-                        // Its caller gave up (deadline, cancellation): dropped, counted.
-                        None => {
-                            LATE_REPLIES.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(id, "dropped a reply whose caller gave up");
+                    for ((id, frame), waiter) in replies.drain(..).zip(waiters.drain(..)) {
+                        match waiter {
+                            Some(w) => {
+                                let _ = w.send(Ok(frame));
+                            }
+                            // Its caller gave up (deadline, cancellation): dropped, counted.
+                            None => {
+                                LATE_REPLIES.fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!(id, "dropped a reply whose caller gave up");
+                            }
                         }
                     }
                 }

@@ -481,35 +481,77 @@ impl<R: AsyncRead + Unpin + Send> SocketReceiver for TcpReceiver<R> {
     }
 
     async fn recv_frames(&mut self) -> Result<Bytes> {
-        let first = self.recv_frame().await?;
-        let mut batch = BytesMut::with_capacity(4 + first.len());
-        batch.put_u32(first.len() as u32);
-        batch.extend_from_slice(&first);
-        // Then the frames already whole in the read buffer, taken without
-        // awaiting (so nothing half-read is ever dropped); a frame over the
-        // limit is left for the next call to report.
-        while batch.len() < BATCH_LIMIT {
-            let buf = self.stream.buffer();
-            let Some(prefix) = buf.get(..4) else { break };
-            let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
-            let Ok(size) = frame::check_len(len, self.max) else { break };
-            if buf.len() < 4 + size {
-                break;
-            }
-            batch.extend_from_slice(&buf[..4 + size]);
-            std::pin::Pin::new(&mut self.stream).consume(4 + size);
+        // The frames already whole in the read buffer are taken without
+        // awaiting (so nothing half-read is ever dropped), copied once; only
+        // when there is none is one waited for, with `recv_frame`'s checks.
+        let mut first = None;
+        let mut whole = whole_frames(self.stream.buffer(), self.max);
+        if whole == 0 {
+            first = Some(self.recv_frame().await?);
+            whole = whole_frames(self.stream.buffer(), self.max);
         }
+        let head = first.as_ref().map_or(0, |f| 4 + f.len());
+        let mut batch = BytesMut::with_capacity(head + whole);
+        if let Some(f) = first {
+            batch.put_u32(f.len() as u32);
+            batch.extend_from_slice(&f);
+        }
+        batch.extend_from_slice(&self.stream.buffer()[..whole]);
+        std::pin::Pin::new(&mut self.stream).consume(whole);
         Ok(batch.freeze())
     }
 }
 
-/// How many bytes [`TcpReceiver::recv_frames`] gathers past its first frame
-/// at most (the read buffer holds 16 KiB, so this is rarely what stops it).
+/// How many bytes at the start of `buf` are whole frames (length prefix
+/// included), up to [`BATCH_LIMIT`]; a frame over `max` ends the count and
+/// is left for `recv_frame` to report.
+fn whole_frames(buf: &[u8], max: usize) -> usize {
+    let mut at = 0;
+    while at < BATCH_LIMIT {
+        let Some(prefix) = buf.get(at..at + 4) else { break };
+        let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+        let Ok(size) = frame::check_len(len, max) else { break };
+        if buf.len() - at - 4 < size {
+            break;
+        }
+        at += 4 + size;
+    }
+    at
+}
+
+/// How many bytes of buffered frames [`TcpReceiver::recv_frames`] takes at
+/// most (the read buffer holds 16 KiB, so this is rarely what stops it).
 const BATCH_LIMIT: usize = 64 * 1024;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `recv_frames` takes the frames that are whole and leaves a frame cut
+    /// short where it is: its rest, arriving later, completes it.
+    #[tokio::test]
+    async fn a_batch_holds_the_whole_frames_and_leaves_a_partial_one() -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let io = |e: io::Error| Error::internal("test", e.to_string());
+        let l = TcpTransport::default().listen("127.0.0.1:0").await?;
+        let mut peer = TcpStream::connect(l.addr()).await.map_err(io)?;
+        let mut s = l.accept().await?;
+        let Some((_tx, mut rx)) = s.split() else { panic!("a tcp socket splits") };
+        let frame = |b: &[u8]| [&(b.len() as u32).to_be_bytes()[..], b].concat();
+        let (a, b, c) = (frame(b"first"), frame(b"second"), frame(b"third, cut in two"));
+        peer.write_all(&[&a[..], &b[..], &c[..9]].concat()).await.map_err(io)?;
+        let limit = Duration::from_secs(5);
+        let mut got = Vec::new();
+        while got.len() < a.len() + b.len() {
+            let batch = tokio::time::timeout(limit, rx.recv_frames()).await;
+            got.extend_from_slice(&batch.map_err(|_| Error::timeout("test", "no batch"))??);
+        }
+        assert_eq!(got, [a, b].concat(), "the whole frames, and not a byte of the third");
+        peer.write_all(&c[9..]).await.map_err(io)?;
+        let third = tokio::time::timeout(limit, rx.recv_frames()).await;
+        assert_eq!(&third.map_err(|_| Error::timeout("test", "no batch"))??[..], &c[..]);
+        Ok(())
+    }
 
     /// The halves of a split socket are lock-free, yet keep the semantics of
     /// any stream's: dropping the sending half alone closes nothing (the
