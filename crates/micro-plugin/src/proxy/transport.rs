@@ -369,3 +369,59 @@ impl Socket for SocketProxy {
         self.remote_addr.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The receiving half as a host from before `RECV_FRAMES` exports it:
+    /// one frame per RECV, "unknown method" for anything newer.
+    struct OldHalves {
+        frames: std::sync::Mutex<Vec<&'static [u8]>>,
+    }
+
+    impl Dispatch for OldHalves {
+        fn call(self: Arc<Self>, method: u32, _: &[u8], _: Vec<FfiObject>) -> BoxFuture<'static, Result<Reply>> {
+            match method {
+                halves_m::RECV => {
+                    let next = self.frames.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                    Box::pin(async move {
+                        match next {
+                            Some(f) => Ok(Reply::bytes(f.to_vec())),
+                            None => Err(Error::internal("test", "connection closed")),
+                        }
+                    })
+                }
+                m => ready_err(unknown_method("split socket", m)),
+            }
+        }
+        fn call_sync(&self, method: u32, _: &[u8], _: Vec<FfiObject>) -> Result<Reply> {
+            Err(unknown_method("split socket", method))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_batches_is_asked_frame_by_frame() -> Result<()> {
+        let old = Arc::new(OldHalves { frames: std::sync::Mutex::new(vec![b"second", b"first"]) });
+        let remote = Arc::new(Remote::new(export(old))?);
+        let mut rx = ReceiverProxy { remote, pending: bytes::Bytes::new(), batches: true };
+        assert_eq!(&rx.recv_frame().await?[..], b"first");
+        assert!(!rx.batches, "the unknown method was noticed");
+        assert_eq!(&rx.recv_frames().await?[..], b"\0\0\0\x06second", "a batch of one, in batch format");
+        let e = rx.recv_frame().await.expect_err("no more frames");
+        assert!(e.detail.contains("connection closed"), "{e:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_truncated_batch_is_an_error_not_a_short_frame() {
+        let mut batch = bytes::Bytes::from_static(b"\0\0\0\x05abc");
+        let e = next_frame(&mut batch).expect_err("5 bytes announced, 3 there");
+        assert!(e.detail.contains("truncated"), "{e:?}");
+        assert!(batch.is_empty(), "the rest of a malformed batch is dropped");
+        let mut batch = bytes::Bytes::from_static(b"\0\0\0\x02ab\0\0\0\x01c");
+        assert_eq!(next_frame(&mut batch).ok().as_deref(), Some(&b"ab"[..]));
+        assert_eq!(next_frame(&mut batch).ok().as_deref(), Some(&b"c"[..]));
+        assert!(batch.is_empty());
+    }
+}

@@ -317,8 +317,9 @@ impl Conn {
         mut idle: Pin<&mut tokio::time::Sleep>,
         peer: &str,
     ) {
+        // Every request that has arrived, a batch per read.
         async fn next(mut rx: Box<dyn SocketReceiver>) -> (Box<dyn SocketReceiver>, Result<bytes::Bytes>) {
-            let f = rx.recv_frame().await;
+            let f = rx.recv_frames().await;
             (rx, f)
         }
         let mut running: FuturesUnordered<BoxFuture<'_, bytes::Bytes>> = FuturesUnordered::new();
@@ -339,7 +340,7 @@ impl Conn {
                 if reading {
                     if let Poll::Ready((rx, f)) = futures::poll!(recv.as_mut()) {
                         progressed = true;
-                        reading = self.on_frame(f, max, stopping, &mut running, &mut out, peer);
+                        reading = self.on_batch(f, max, stopping, &mut running, &mut out, peer);
                         if reading {
                             recv.set(next(rx));
                         }
@@ -402,7 +403,7 @@ impl Conn {
                 _ = &mut cancelled, if !stopping => stopping = true,
                 Some(reply) = running.next(), if !running.is_empty() => out.extend_from_slice(&reply),
                 (rx, f) = &mut recv, if reading => {
-                    reading = self.on_frame(f, max, stopping, &mut running, &mut out, peer);
+                    reading = self.on_batch(f, max, stopping, &mut running, &mut out, peer);
                     if reading {
                         recv.set(next(rx));
                     }
@@ -420,6 +421,30 @@ impl Conn {
 
     /// Takes a frame read on a multiplexed connection: starts its call, or
     /// says (false) that the connection is to be read no more.
+    /// Starts the calls of a batch of frames (see `on_frame`); false once
+    /// the connection is to be read no more.
+    fn on_batch<'a>(
+        &'a self,
+        batch: Result<bytes::Bytes>,
+        max: Option<usize>,
+        stopping: bool,
+        running: &mut FuturesUnordered<BoxFuture<'a, bytes::Bytes>>,
+        out: &mut bytes::BytesMut,
+        peer: &str,
+    ) -> bool {
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => return self.on_frame(Err(e), max, stopping, running, out, peer),
+        };
+        for f in frame::split_batch(batch) {
+            let f = f.map_err(|e| Error::bad_request(ID, format!("a malformed batch of frames: {e}")));
+            if !self.on_frame(f, max, stopping, running, out, peer) {
+                return false;
+            }
+        }
+        true
+    }
+
     fn on_frame<'a>(
         &'a self,
         f: Result<bytes::Bytes>,
