@@ -51,8 +51,15 @@ impl Halves for TcpStream {
 pub struct TcpWriteHalf(Option<tokio::net::tcp::OwnedWriteHalf>);
 
 impl TcpWriteHalf {
-    fn get(&mut self) -> io::Result<&mut tokio::net::tcp::OwnedWriteHalf> {
-        self.0.as_mut().ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "write half dropped"))
+    /// Polls the half with `f` (it is there until the drop).
+    fn poll_with<T>(
+        self: std::pin::Pin<&mut Self>,
+        f: impl FnOnce(std::pin::Pin<&mut tokio::net::tcp::OwnedWriteHalf>) -> std::task::Poll<io::Result<T>>,
+    ) -> std::task::Poll<io::Result<T>> {
+        match self.get_mut().0.as_mut() {
+            Some(w) => f(std::pin::Pin::new(w)),
+            None => std::task::Poll::Ready(Err(io::Error::new(io::ErrorKind::NotConnected, "write half dropped"))),
+        }
     }
 }
 
@@ -66,45 +73,30 @@ impl Drop for TcpWriteHalf {
 
 impl AsyncWrite for TcpWriteHalf {
     fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<io::Result<usize>> {
-        match self.get() {
-            Ok(w) => std::pin::Pin::new(w).poll_write(cx, buf),
-            Err(e) => std::task::Poll::Ready(Err(e)),
-        }
+        self.poll_with(|w| w.poll_write(cx, buf))
     }
     fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> std::task::Poll<io::Result<usize>> {
-        match self.get() {
-            Ok(w) => std::pin::Pin::new(w).poll_write_vectored(cx, bufs),
-            Err(e) => std::task::Poll::Ready(Err(e)),
-        }
+        self.poll_with(|w| w.poll_write_vectored(cx, bufs))
     }
     fn is_write_vectored(&self) -> bool {
         true
     }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        match self.get() {
-            Ok(w) => std::pin::Pin::new(w).poll_flush(cx),
-            Err(e) => std::task::Poll::Ready(Err(e)),
-        }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        self.poll_with(|w| w.poll_flush(cx))
     }
     fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<()>> {
-        match self.get() {
-            Ok(w) => std::pin::Pin::new(w).poll_shutdown(cx),
-            Err(e) => std::task::Poll::Ready(Err(e)),
-        }
+        self.poll_with(|w| w.poll_shutdown(cx))
     }
 }
 
