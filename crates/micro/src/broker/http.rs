@@ -86,6 +86,9 @@ struct Inner {
     registry: Arc<dyn Registry>,
     subs: Mutex<HashMap<String, Sub>>,
     server: tokio::sync::Mutex<Option<(String, CancellationToken)>>,
+    /// The server's connections: `disconnect` waits for the deliveries in
+    /// flight on them to be answered.
+    connections: tokio_util::task::TaskTracker,
     client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     delivery_timeout: Duration,
     /// TLS for listening (with a certificate) and for delivering to secure nodes (with a CA).
@@ -124,6 +127,7 @@ impl HttpBroker {
                 registry,
                 subs: Mutex::new(HashMap::new()),
                 server: tokio::sync::Mutex::new(None),
+                connections: tokio_util::task::TaskTracker::new(),
                 client,
                 delivery_timeout: DELIVERY_TIMEOUT,
                 tls,
@@ -150,6 +154,7 @@ impl Inner {
             return Ok(addr.clone());
         }
         let cancel = CancellationToken::new();
+        self.connections.reopen();
         let addr = match (&self.tls, self.secure) {
             (Some(net), true) => self.accept_loop(net.clone(), cancel.clone()).await?,
             _ => self.accept_loop(Arc::new(crate::transport::TokioNet), cancel.clone()).await?,
@@ -171,6 +176,7 @@ impl Inner {
             .await
             .map_err(|e| Error::internal(ID, format!("http broker: listen on {}: {e}", self.listen)))?;
         let weak = Arc::downgrade(self);
+        let connections = self.connections.clone();
         let conns = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         tokio::spawn(async move {
             loop {
@@ -189,8 +195,8 @@ impl Inner {
                     tracing::warn!("http broker: connection limit reached; closing");
                     continue;
                 };
-                let weak = weak.clone();
-                tokio::spawn(async move {
+                let (weak, stop) = (weak.clone(), stop.clone());
+                connections.spawn(async move {
                     let _permit = permit;
                     let svc = hyper::service::service_fn(move |req| {
                         let weak = weak.clone();
@@ -207,7 +213,16 @@ impl Inner {
                         .timer(hyper_util::rt::TokioTimer::new())
                         .header_read_timeout(READ_TIMEOUT)
                         .serve_connection(TokioIo::new(conn.stream), svc);
-                    let _ = conn.await;
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        // Disconnecting: a delivery in flight is answered,
+                        // then the connection closes (an idle one at once).
+                        _ = stop.cancelled() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
                 });
             }
         });
@@ -314,6 +329,13 @@ impl Broker for HttpBroker {
         }
         if let Some((_, cancel)) = self.inner.server.lock().await.take() {
             cancel.cancel();
+            // A publisher whose message a handler took must hear so, even if
+            // this process exits next (`micro subscribe --count 1` does):
+            // wait for the deliveries in flight to be answered.
+            self.inner.connections.close();
+            if tokio::time::timeout(READ_TIMEOUT, self.inner.connections.wait()).await.is_err() {
+                tracing::warn!(limit = ?READ_TIMEOUT, "http broker: deliveries still running at disconnect");
+            }
         }
         Ok(())
     }
@@ -469,6 +491,38 @@ mod tests {
 
     fn broker(reg: &Arc<MemoryRegistry>) -> Result<HttpBroker> {
         HttpBroker::new(BrokerOptions { addresses: vec![], registry: Some(reg.clone()), ..Default::default() })
+    }
+
+    /// A subscriber that disconnects and exits (its runtime gone) while
+    /// its handler still runs: the publisher is answered, not cut off. The
+    /// tool's `micro subscribe --count 1` does exactly this.
+    #[test]
+    fn disconnect_answers_the_deliveries_in_flight() -> Result<()> {
+        let rt = || tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(io);
+        let (sub_rt, pub_rt) = (rt()?, rt()?);
+        let reg = Arc::new(MemoryRegistry::new());
+        let (took_tx, took) = std::sync::mpsc::channel::<()>();
+        let handler: BrokerHandler = Arc::new(move |_t, _m| {
+            let _ = took_tx.send(());
+            // Still running when the subscriber disconnects.
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok(())
+            })
+        });
+        let subscriber = broker(&reg)?;
+        sub_rt.block_on(subscriber.subscribe("t", handler, SubscribeOptions::default()))?;
+        let publisher = broker(&reg)?;
+        let published = pub_rt.spawn(async move { publisher.publish("t", Message::new(&b"{}"[..])).await });
+        took.recv_timeout(Duration::from_secs(10)).map_err(io)?;
+        sub_rt.block_on(subscriber.disconnect())?;
+        // The process exits: nothing of the subscriber runs any more.
+        sub_rt.shutdown_background();
+        let r = pub_rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), published).await });
+        match r {
+            Ok(Ok(Ok(()))) => Ok(()),
+            other => Err(io(format!("the publisher was not answered: {other:?}"))),
+        }
     }
 
     #[tokio::test]
