@@ -168,15 +168,24 @@ where
     Ok(())
 }
 
+/// Appends an encoded frame to a batch, with its length prefix (the batch
+/// format of [`split_batch`]).
+pub fn put_prefixed(out: &mut BytesMut, frame: &[u8]) {
+    out.reserve(4 + frame.len());
+    out.put_u32(frame.len() as u32);
+    out.extend_from_slice(frame);
+}
+
 /// Splits a batch of length-prefixed frames (as [`encode_parts_prefixed`]
 /// writes them) into the frames, without their prefixes and without copying.
 pub fn split_batch(mut batch: Bytes) -> impl Iterator<Item = Result<Bytes, FrameError>> {
-    std::iter::from_fn(move || {
-        if batch.is_empty() {
-            return None;
-        }
-        Some(take(&mut batch, 4).inspect_err(|_| batch.clear()))
-    })
+    std::iter::from_fn(move || (!batch.is_empty()).then(|| next_in_batch(&mut batch)))
+}
+
+/// Takes the first frame of a batch (see [`split_batch`]), without copying,
+/// leaving the rest in `batch`; a malformed batch is emptied whole.
+pub fn next_in_batch(batch: &mut Bytes) -> Result<Bytes, FrameError> {
+    take(batch, 4).inspect_err(|_| batch.clear())
 }
 
 /// Takes a field with a `width`-byte length prefix.

@@ -150,9 +150,8 @@ pub trait SocketReceiver: Send {
     /// the default is a batch of one.
     async fn recv_frames(&mut self) -> Result<Bytes> {
         let f = self.recv_frame().await?;
-        let mut batch = Vec::with_capacity(4 + f.len());
-        batch.extend_from_slice(&(f.len() as u32).to_be_bytes());
-        batch.extend_from_slice(&f);
-        Ok(Bytes::from(batch))
+        let mut batch = bytes::BytesMut::new();
+        frame::put_prefixed(&mut batch, &f);
+        Ok(batch.freeze())
     }
 }

@@ -55,7 +55,15 @@ pub trait Dispatch: Send + Sync + 'static {
 
 /// An unknown method number: the two sides disagree about the ABI.
 pub(crate) fn unknown_method(kind: &str, method: u32) -> Error {
-    Error::internal(ID, format!("{kind}: unknown method {method} (plugin ABI mismatch)"))
+    Error::internal(ID, format!("{kind}: {UNKNOWN_METHOD} {method} (plugin ABI mismatch)"))
+}
+
+const UNKNOWN_METHOD: &str = "unknown method";
+
+/// Whether the other side answered [`unknown_method`]: a peer built before
+/// the method was added, whose caller then falls back to what it has.
+pub(crate) fn is_unknown_method(e: &Error) -> bool {
+    e.id == ID && e.detail.contains(UNKNOWN_METHOD)
 }
 
 struct Exported {

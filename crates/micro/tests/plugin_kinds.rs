@@ -296,10 +296,9 @@ async fn frames_that_arrived_together_cross_in_one_batch() -> Result<()> {
         let f = micro::core::frame::to_frame(&micro::core::Message::new(vec![i; 10 + i as usize]));
         frames.push(f.map_err(|e| micro::core::Error::internal("test", e.to_string()))?);
     }
-    let mut wire = Vec::new();
+    let mut wire = bytes::BytesMut::new();
     for f in &frames {
-        wire.extend_from_slice(&(f.len() as u32).to_be_bytes());
-        wire.extend_from_slice(f);
+        micro::core::frame::put_prefixed(&mut wire, f);
     }
     s.write_all(&wire).await.map_err(err)?;
     let Some((_tx, mut rx)) = socket.split() else { panic!("the proxy's socket splits") };
@@ -311,7 +310,6 @@ async fn frames_that_arrived_together_cross_in_one_batch() -> Result<()> {
     assert_eq!(&batch[..], &wire[..], "all three frames in one crossing");
     // The same through recv_frame, one at a time, after a second write.
     s.write_all(&wire).await.map_err(err)?;
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     for (i, f) in frames.iter().enumerate() {
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv_frame())
             .await

@@ -4,7 +4,7 @@
 //! method numbers below are part of the ABI.
 
 use crate::abi::FfiObject;
-use crate::object::{export, unknown_method, Dispatch, Remote, Reply};
+use crate::object::{export, is_unknown_method, unknown_method, Dispatch, Remote, Reply};
 use crate::wire::{self, Reader, Writer};
 use micro_core::{
     async_trait, BoxFuture, Broker, BrokerHandler, CallOptions, Client, Endpoint, Error, Event, EventKind, Handler,

@@ -273,36 +273,21 @@ impl SocketReceiver for ReceiverProxy {
         if self.batches {
             match self.remote.call(halves_m::RECV_FRAMES, &[], Vec::new()).await {
                 Ok(r) => return Ok(bytes::Bytes::copy_from_slice(r.bytes.as_slice())),
-                Err(e) if e.detail.contains("unknown method") => self.batches = false,
+                Err(e) if is_unknown_method(&e) => self.batches = false,
                 Err(e) => return Err(e),
             }
         }
         let r = self.remote.call(halves_m::RECV, &[], Vec::new()).await?;
-        let mut batch = Vec::with_capacity(4 + r.bytes.as_slice().len());
-        batch.extend_from_slice(&(r.bytes.as_slice().len() as u32).to_be_bytes());
-        batch.extend_from_slice(r.bytes.as_slice());
-        Ok(bytes::Bytes::from(batch))
+        let mut batch = bytes::BytesMut::new();
+        micro_core::frame::put_prefixed(&mut batch, r.bytes.as_slice());
+        Ok(batch.freeze())
     }
 }
 
-/// The first frame of a batch from the other side (length-prefixed frames),
-/// checked, leaving the rest in `batch`; a malformed batch is dropped whole.
+/// The first frame of a batch from the other side; a malformed batch is dropped whole.
 fn next_frame(batch: &mut bytes::Bytes) -> Result<bytes::Bytes> {
-    use bytes::Buf;
-    let len = match batch.get(..4) {
-        Some(p) => u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize,
-        None => 0,
-    };
-    if batch.len() < 4 || batch.len() - 4 < len {
-        let got = batch.len();
-        *batch = bytes::Bytes::new();
-        return Err(Error::internal(
-            "go.micro.plugin",
-            format!("a truncated batch of frames from the other side ({got} bytes)"),
-        ));
-    }
-    batch.advance(4);
-    Ok(batch.split_to(len))
+    micro_core::frame::next_in_batch(batch)
+        .map_err(|e| Error::internal("go.micro.plugin", format!("a batch of frames from the other side: {e}")))
 }
 
 /// A message in the frame encoding sockets' messages cross the boundary in.

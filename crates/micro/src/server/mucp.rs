@@ -419,8 +419,6 @@ impl Conn {
         let _ = tx.close().await;
     }
 
-    /// Takes a frame read on a multiplexed connection: starts its call, or
-    /// says (false) that the connection is to be read no more.
     /// Starts the calls of a batch of frames (see `on_frame`); false once
     /// the connection is to be read no more.
     fn on_batch<'a>(
@@ -445,6 +443,8 @@ impl Conn {
         true
     }
 
+    /// Takes a frame read on a multiplexed connection: starts its call, or
+    /// says (false) that the connection is to be read no more.
     fn on_frame<'a>(
         &'a self,
         f: Result<bytes::Bytes>,

@@ -1,5 +1,5 @@
 use super::frame;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use micro_core::{
     async_trait, BoxFuture, Error, Listener, Message, Result, Socket, SocketReceiver, SocketSender, Transport,
     TransportOptions,
@@ -285,9 +285,7 @@ impl<S: Halves> Socket for TcpSocket<S> {
 
     async fn send_frame(&mut self, encoded: Bytes) -> Result<()> {
         self.out.clear();
-        self.out.reserve(4 + encoded.len());
-        self.out.put_u32(encoded.len() as u32);
-        self.out.extend_from_slice(&encoded);
+        frame::put_prefixed(&mut self.out, &encoded);
         self.write_out().await
     }
 
@@ -485,8 +483,7 @@ impl<R: AsyncRead + Unpin + Send> SocketReceiver for TcpReceiver<R> {
         let head = first.as_ref().map_or(0, |f| 4 + f.len());
         let mut batch = BytesMut::with_capacity(head + whole);
         if let Some(f) = first {
-            batch.put_u32(f.len() as u32);
-            batch.extend_from_slice(&f);
+            frame::put_prefixed(&mut batch, &f);
         }
         batch.extend_from_slice(&self.stream.buffer()[..whole]);
         std::pin::Pin::new(&mut self.stream).consume(whole);
