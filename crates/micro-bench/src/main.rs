@@ -484,15 +484,15 @@ async fn broker_rate(
     n: usize,
     payload: usize,
 ) -> anyhow::Result<f64> {
-    use micro::core::{BrokerHandler, Message, SubscribeOptions};
+    use micro::core::{BrokerHandler, Handled, Message, SubscribeOptions};
     let got = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let done = Arc::new(tokio::sync::Notify::new());
     let (g, d) = (got.clone(), done.clone());
-    let handler: BrokerHandler = Arc::new(move |_t, _m| {
+    let handler: BrokerHandler = Arc::new(move |_t: &str, _m| {
         if g.fetch_add(1, Ordering::SeqCst) + 1 == n {
             d.notify_one();
         }
-        Box::pin(async { Ok(()) })
+        Handled::ok()
     });
     subscriber.connect().await?;
     publisher.connect().await?;

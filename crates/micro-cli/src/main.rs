@@ -763,11 +763,11 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Plugin(_) | Command::New { .. } | Command::Completion { .. } => {}
         Command::Subscribe { topic, queue, count } => {
-            use micro::core::{BrokerHandler, SubscribeOptions};
+            use micro::core::{BrokerHandler, Handled, SubscribeOptions};
             let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Message)>(1024);
-            let handler: BrokerHandler = std::sync::Arc::new(move |t, m| {
-                let tx = tx.clone();
-                Box::pin(async move {
+            let handler: BrokerHandler = std::sync::Arc::new(move |t: &str, m| {
+                let (tx, t) = (tx.clone(), t.to_string());
+                Handled::later(async move {
                     let _ = tx.send((t, m)).await;
                     Ok(())
                 })

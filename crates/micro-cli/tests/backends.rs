@@ -225,7 +225,7 @@ async fn nats_queue_groups_restart_and_plain_clients() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restart_during_a_publish_stream_loses_only_what_was_in_flight() -> TestResult {
-    use micro::core::{Broker, BrokerHandler, BrokerOptions, Message, SubscribeOptions};
+    use micro::core::{Broker, BrokerHandler, BrokerOptions, Handled, Message, SubscribeOptions};
     use std::sync::atomic::{AtomicUsize, Ordering};
     let mut nats = Nats::start().map_err(|e| e.to_string())?;
     let opts = || BrokerOptions { addresses: vec![nats.address()], registry: None, ..Default::default() };
@@ -233,10 +233,10 @@ async fn nats_restart_during_a_publish_stream_loses_only_what_was_in_flight() ->
     let publisher = micro_nats::NatsBroker::new(opts());
     let got = Arc::new(Mutex::new(Vec::<u32>::new()));
     let g = got.clone();
-    let handler: BrokerHandler = Arc::new(move |_t, m: Message| {
+    let handler: BrokerHandler = Arc::new(move |_t: &str, m: Message| {
         let n: u32 = String::from_utf8_lossy(&m.body).parse().unwrap_or(0);
         g.lock().unwrap_or_else(|e| e.into_inner()).push(n);
-        Box::pin(async { Ok(()) })
+        Handled::ok()
     });
     sub.subscribe("stream", handler, SubscribeOptions::default()).await?;
     publisher.connect().await?;

@@ -1,10 +1,102 @@
 //! Publish/subscribe messaging.
 
 use crate::{async_trait, BoxFuture, Message, Registry, Result};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 /// Handles one delivered message: `(topic, message)`.
-pub type BrokerHandler = Arc<dyn Fn(String, Message) -> BoxFuture<'static, Result<()>> + Send + Sync>;
+///
+/// The topic is borrowed (a broker hands over the subject it received, with
+/// no copy) and the result is a [`Handled`], which is either finished
+/// already or a future: a handler that needs no waiting costs the broker no
+/// allocation per message.
+pub type BrokerHandler = Arc<dyn Fn(&str, Message) -> Handled + Send + Sync>;
+
+/// What a [`BrokerHandler`] returns for one message: a future of the
+/// handler's result, which a broker awaits before the next message.
+///
+/// ```
+/// use micro_core::{BrokerHandler, Handled};
+/// use std::sync::{atomic::{AtomicUsize, Ordering}, Arc};
+///
+/// let seen = Arc::new(AtomicUsize::new(0));
+/// let s = seen.clone();
+/// // Finished at once: no future is allocated.
+/// let count: BrokerHandler = Arc::new(move |_topic: &str, _msg| {
+///     s.fetch_add(1, Ordering::Relaxed);
+///     Handled::ok()
+/// });
+/// // Goes on after returning: copy what it keeps of the topic.
+/// let log: BrokerHandler = Arc::new(|topic: &str, msg| {
+///     let topic = topic.to_string();
+///     Handled::later(async move {
+///         println!("{topic}: {} bytes", msg.body.len());
+///         Ok(())
+///     })
+/// });
+/// # let _ = (count, log);
+/// ```
+#[must_use = "a handler's work may not be done until its result is awaited"]
+pub struct Handled(HandledState);
+
+enum HandledState {
+    Done(Option<Result<()>>),
+    Later(BoxFuture<'static, Result<()>>),
+}
+
+impl Handled {
+    /// Handled successfully, already.
+    pub fn ok() -> Self {
+        Handled(HandledState::Done(Some(Ok(()))))
+    }
+
+    /// Handled already, with this result.
+    pub fn done(result: Result<()>) -> Self {
+        Handled(HandledState::Done(Some(result)))
+    }
+
+    /// Handling goes on in `fut` (boxed once).
+    pub fn later(fut: impl Future<Output = Result<()>> + Send + 'static) -> Self {
+        Handled(HandledState::Later(Box::pin(fut)))
+    }
+}
+
+impl From<Result<()>> for Handled {
+    fn from(result: Result<()>) -> Self {
+        Handled::done(result)
+    }
+}
+
+impl From<BoxFuture<'static, Result<()>>> for Handled {
+    fn from(fut: BoxFuture<'static, Result<()>>) -> Self {
+        Handled(HandledState::Later(fut))
+    }
+}
+
+impl Future for Handled {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        // Both states are Unpin (a boxed future is pinned on the heap).
+        match &mut self.get_mut().0 {
+            HandledState::Done(result) => {
+                Poll::Ready(result.take().unwrap_or_else(|| Err(crate::Error::internal("micro", "Handled polled after completion"))))
+            }
+            HandledState::Later(fut) => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+impl std::fmt::Debug for Handled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            HandledState::Done(r) => f.debug_tuple("Handled::Done").field(r).finish(),
+            HandledState::Later(_) => f.write_str("Handled::Later(..)"),
+        }
+    }
+}
 
 /// Options of [`Broker::subscribe`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -72,4 +164,32 @@ pub trait Subscription: Send + Sync {
     fn queue(&self) -> Option<&str>;
     /// Stops delivery to this subscription.
     async fn unsubscribe(&self) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+
+    fn poll(h: &mut Handled) -> Poll<Result<()>> {
+        Pin::new(h).poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[test]
+    fn a_finished_handler_is_ready_at_once_and_only_once() {
+        let mut h = Handled::done(Err(crate::Error::internal("t", "boom")));
+        assert!(matches!(poll(&mut h), Poll::Ready(Err(e)) if e.detail == "boom"));
+        // Polled again (a broker's bug): an error, not a panic or a second result.
+        assert!(matches!(poll(&mut h), Poll::Ready(Err(e)) if e.detail.contains("after completion")));
+        assert!(matches!(poll(&mut Handled::ok()), Poll::Ready(Ok(()))));
+    }
+
+    #[tokio::test]
+    async fn a_later_handler_runs_its_future() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut h = Handled::later(async move { rx.await.map_err(|_| crate::Error::internal("t", "dropped")) });
+        assert!(poll(&mut h).is_pending(), "it waits for its future");
+        let _ = tx.send(());
+        assert!(h.await.is_ok());
+    }
 }

@@ -25,7 +25,7 @@ pub mod stream;
 pub mod transport;
 
 pub use async_trait::async_trait;
-pub use broker::{Broker, BrokerHandler, BrokerOptions, SubscribeOptions, Subscription};
+pub use broker::{Broker, BrokerHandler, BrokerOptions, Handled, SubscribeOptions, Subscription};
 pub use catalog::{Catalog, Table, UnknownComponent};
 pub use client::{CallOptions, Client, ClientOptions, Request, Response};
 pub use codec::{Codec, Codecs};

@@ -177,7 +177,7 @@ impl Broker for NatsBroker {
                     break;
                 }
                 let msg = Message { header: micro_headers(m.headers.as_ref()), body: m.payload };
-                if let Err(e) = handler(m.subject.to_string(), msg).await {
+                if let Err(e) = handler(&m.subject, msg).await {
                     tracing::warn!(topic = %t, error = %e, "subscriber failed");
                 }
             }

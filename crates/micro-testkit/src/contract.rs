@@ -4,7 +4,7 @@
 //! that no backend can drift from the others.
 
 use micro_core::{
-    Broker, BrokerHandler, EventKind, Message, Node, RegisterOptions, Registry, Service, SubscribeOptions, WatchOptions,
+    Broker, BrokerHandler, EventKind, Handled, Message, Node, RegisterOptions, Registry, Service, SubscribeOptions, WatchOptions,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -113,15 +113,15 @@ pub async fn registry(r: &dyn Registry, prefix: &str, ttl: Duration, limit: Dura
     Ok(())
 }
 
-/// Messages a subscriber received, in order.
-type Inbox = Arc<Mutex<Vec<Message>>>;
+/// Messages a subscriber received, in order, with the topic each came with.
+type Inbox = Arc<Mutex<Vec<(String, Message)>>>;
 
 fn inbox() -> (Inbox, BrokerHandler) {
     let got: Inbox = Arc::default();
     let g = got.clone();
-    let handler: BrokerHandler = Arc::new(move |_topic, m| {
-        g.lock().unwrap_or_else(|p| p.into_inner()).push(m);
-        Box::pin(async { Ok(()) })
+    let handler: BrokerHandler = Arc::new(move |topic: &str, m| {
+        g.lock().unwrap_or_else(|p| p.into_inner()).push((topic.to_string(), m));
+        Handled::ok()
     });
     (got, handler)
 }
@@ -145,8 +145,8 @@ async fn until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> R
 /// an in-process broker they may all be one instance; for a networked one,
 /// separate clients). On topic `<prefix>.<...>`:
 ///
-/// every subscriber receives every message, with its body and headers, in
-/// the order published; a queue group shares the messages (each goes to
+/// every subscriber receives every message, with its topic, body and
+/// headers, in the order published; a queue group shares the messages (each goes to
 /// exactly one member); after unsubscribing nothing more arrives.
 pub async fn broker(
     publisher: &dyn Broker,
@@ -178,7 +178,8 @@ pub async fn broker(
     })?;
     for (name, i) in [("a", &ia), ("b", &ib)] {
         let got = i.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        for (k, m) in got.iter().enumerate() {
+        for (k, (t, m)) in got.iter().enumerate() {
+            check(*t == topic, || format!("{name}: message {k} was handed topic {t:?}, published to {topic:?}"))?;
             check(m.body == format!("{{\"n\":{k}}}").as_bytes(), || format!("{name}: message {k} is {:?}", m.body))?;
             check(m.header.get("X-Seq").map(String::as_str) == Some(k.to_string().as_str()), || {
                 format!("{name}: message {k}'s headers {:?}", m.header)
@@ -209,7 +210,7 @@ pub async fn broker(
     let mut seen: Vec<String> = [&qa, &qb]
         .iter()
         .flat_map(|i| i.lock().unwrap_or_else(|p| p.into_inner()).clone())
-        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .map(|(_, m)| String::from_utf8_lossy(&m.body).into_owned())
         .collect();
     seen.sort_by_key(|s| s.parse::<usize>().unwrap_or(usize::MAX));
     let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();

@@ -273,9 +273,9 @@ async fn the_http_broker_uses_the_transports_tls() -> TestResult {
         |tls: TlsOptions| BrokerOptions { addresses: vec![], registry: Some(reg.clone()), tls, ..Default::default() };
     let sub = HttpBroker::new(opts(TlsOptions { cert: Some(srv_cert), key: Some(srv_key), ca: Some(ca_pem.clone()) }))?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let handler: micro::core::BrokerHandler = std::sync::Arc::new(move |_t, m: Message| {
+    let handler: micro::core::BrokerHandler = std::sync::Arc::new(move |_t: &str, m: Message| {
         let _ = tx.send(m.body);
-        Box::pin(async { Ok(()) })
+        micro::core::Handled::ok()
     });
     let _s = sub.subscribe("secure.events", handler, SubscribeOptions::default()).await?;
     let node = micro::core::Registry::get_service(&*reg, micro::broker::http::SERVICE).await?[0].nodes[0].clone();

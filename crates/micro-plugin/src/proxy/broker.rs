@@ -156,8 +156,8 @@ impl Dispatch for BrokerHandlerExport {
         let mut r = Reader::new(args);
         let topic = dec!(r.string());
         let msg = dec!(wire::get_message(&mut r));
-        let fut = (self.0)(topic, msg);
-        Box::pin(async move { fut.await.and_then(|_| ok()) })
+        let handled = (self.0)(&topic, msg);
+        Box::pin(async move { handled.await.and_then(|_| ok()) })
     }
     fn call_sync(&self, method: u32, _: &[u8], _: Vec<FfiObject>) -> Result<Reply> {
         Err(unknown_method("broker handler", method))
@@ -170,14 +170,12 @@ pub(super) fn export_broker_handler(h: BrokerHandler) -> FfiObject {
 
 pub(super) fn import_broker_handler(obj: FfiObject) -> Result<BrokerHandler> {
     let remote = Arc::new(Remote::new(obj)?);
-    Ok(Arc::new(move |topic: String, msg: Message| {
-        let remote = remote.clone();
-        Box::pin(async move {
-            let call = remote.call_encoded(handler_m::CALL, Vec::new(), |w| {
-                w.str(&topic);
-                wire::put_message(w, &msg);
-            });
-            call.await.map(|_| ())
-        })
+    Ok(Arc::new(move |topic: &str, msg: Message| {
+        // Encoded now, while the topic is borrowed.
+        let call = remote.call_encoded(handler_m::CALL, Vec::new(), |w| {
+            w.str(topic);
+            wire::put_message(w, &msg);
+        });
+        Handled::later(async move { call.await.map(|_| ()) })
     }))
 }

@@ -299,7 +299,7 @@ impl Inner {
         let Some(handler) = handler else {
             return status(StatusCode::NOT_FOUND, &format!("no subscriber {id} for topic {topic}"));
         };
-        match handler(topic.clone(), Message { header: msg.header, body: msg.body.into() }).await {
+        match handler(&topic, Message { header: msg.header, body: msg.body.into() }).await {
             Ok(()) => status(StatusCode::OK, ""),
             Err(e) => {
                 tracing::warn!(%topic, error = %e, "subscriber failed");
@@ -485,6 +485,7 @@ impl Subscription for HttpSubscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use micro_core::Handled;
     use crate::registry::MemoryRegistry;
     use base64::Engine as _;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -502,10 +503,10 @@ mod tests {
         let (sub_rt, pub_rt) = (rt()?, rt()?);
         let reg = Arc::new(MemoryRegistry::new());
         let (took_tx, took) = std::sync::mpsc::channel::<()>();
-        let handler: BrokerHandler = Arc::new(move |_t, _m| {
+        let handler: BrokerHandler = Arc::new(move |_t: &str, _m| {
             let _ = took_tx.send(());
             // Still running when the subscriber disconnects.
-            Box::pin(async {
+            Handled::later(async {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 Ok(())
             })
@@ -539,10 +540,10 @@ mod tests {
         let m = n.clone();
         (
             n,
-            Arc::new(move |_t, msg: Message| {
+            Arc::new(move |_t: &str, msg: Message| {
                 assert_eq!(msg.get("k"), Some("v"));
                 m.fetch_add(msg.body.len(), Ordering::SeqCst);
-                Box::pin(async { Ok(()) })
+                Handled::ok()
             }),
         )
     }

@@ -70,7 +70,7 @@ impl Broker for MemoryBroker {
             super::recipients(list.iter().map(|s| (s.queue.clone(), s.handler.clone())))
         };
         for h in chosen {
-            if let Err(e) = h(topic.to_string(), msg.clone()).await {
+            if let Err(e) = h(topic, msg.clone()).await {
                 tracing::warn!(topic, error = %e, "subscriber failed");
             }
         }
@@ -143,6 +143,7 @@ impl Subscription for MemorySubscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use micro_core::Handled;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[tokio::test]
@@ -156,9 +157,9 @@ mod tests {
     fn counter() -> (Arc<AtomicUsize>, BrokerHandler) {
         let n = Arc::new(AtomicUsize::new(0));
         let m = n.clone();
-        let h: BrokerHandler = Arc::new(move |_t, _m| {
+        let h: BrokerHandler = Arc::new(move |_t: &str, _m| {
             m.fetch_add(1, Ordering::SeqCst);
-            Box::pin(async { Ok(()) })
+            Handled::ok()
         });
         (n, h)
     }
@@ -194,7 +195,7 @@ mod tests {
     #[tokio::test]
     async fn a_failing_handler_does_not_stop_delivery() -> Result<()> {
         let b = MemoryBroker::new();
-        let bad: BrokerHandler = Arc::new(|_t, _m| Box::pin(async { Err(Error::internal("x", "boom")) }));
+        let bad: BrokerHandler = Arc::new(|_t: &str, _m| Handled::done(Err(Error::internal("x", "boom"))));
         let (n, good) = counter();
         b.subscribe("t", bad, SubscribeOptions::default()).await?;
         b.subscribe("t", good, SubscribeOptions::default()).await?;

@@ -1,7 +1,7 @@
 use crate::stream::TypedStream;
 use micro_core::codec::{decode, encode};
 use micro_core::{
-    headers, BrokerHandler, Codecs, Endpoint, Error, Handler, HandlerFn, Request, Response, Result, Stream,
+    headers, BrokerHandler, Codecs, Handled, Endpoint, Error, Handler, HandlerFn, Request, Response, Result, Stream,
     StreamHandlerFn, Subscriber, Value,
 };
 use serde::{de::DeserializeOwned, Serialize};
@@ -106,16 +106,17 @@ where
     Fut: Future<Output = Result<()>> + Send + 'static,
 {
     let f = Arc::new(f);
-    let handler: BrokerHandler = Arc::new(move |topic, msg| {
-        let f = f.clone();
-        let codecs = codecs.clone();
-        Box::pin(async move {
-            let ct = msg.get(headers::CONTENT_TYPE).unwrap_or(codecs.default_type()).to_string();
-            let codec = codecs.get(&ct)?;
-            let value: T = decode(&*codec, &msg.body)
-                .map_err(|e| Error::bad_request("go.micro.server", format!("message on {topic}: {}", e.detail)))?;
-            f(value).await
-        })
+    let handler: BrokerHandler = Arc::new(move |topic: &str, msg| {
+        // Decoded before the future starts: a message that does not decode
+        // costs no future, and the topic is needed only for its error.
+        let decoded = codecs.get(msg.get(headers::CONTENT_TYPE).unwrap_or(codecs.default_type())).and_then(|codec| {
+            decode::<T>(&*codec, &msg.body)
+                .map_err(|e| Error::bad_request("go.micro.server", format!("message on {topic}: {}", e.detail)))
+        });
+        match decoded {
+            Ok(value) => Handled::later(f(value)),
+            Err(e) => Handled::done(Err(e)),
+        }
     });
     Subscriber { topic: topic.to_string(), queue, handler }
 }
