@@ -36,17 +36,49 @@ pub(crate) fn start_plugin_runtime(name: &str, threads: usize) -> std::io::Resul
     Ok(())
 }
 
-/// The runtime of this side: the current one, else the plugin's own.
+/// The runtime of this side: inside a plugin, the plugin's own; in the
+/// host, the current one.
 pub(crate) fn this_side() -> Option<Handle> {
-    Handle::try_current().ok().or_else(plugin_runtime)
+    plugin_runtime().or_else(|| Handle::try_current().ok())
+}
+
+thread_local! {
+    /// Set once this thread (a host thread, seen from the plugin's copy of
+    /// this crate) has the plugin's runtime entered for good.
+    static PLUGIN_ENTERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Enters `rt` unless the calling thread is already in a runtime of this
 /// side's tokio (a thread of the other side never is: its tokio is another copy).
+///
+/// Inside a plugin the runtime is always the plugin's one, and a host thread
+/// that polls plugin code enters it once and stays in it: the plugin's copy
+/// of tokio keeps its context in its own thread-locals, which the host's
+/// tokio never reads, so this changes nothing for the host, and saves each
+/// later poll a handle clone and a thread-local swap (a fifth of the runtime
+/// bookkeeping of a client plugin's call, BENCHMARKS.md).
 pub(crate) fn enter(rt: &Option<Handle>) -> Option<EnterGuard<'_>> {
-    match rt {
-        Some(rt) if Handle::try_current().is_err() => Some(rt.enter()),
-        _ => None,
+    let rt = rt.as_ref()?;
+    // In a task of this side's tokio: its runtime is current (cheaper to
+    // ask than `try_current`, which clones the handle).
+    if tokio::task::try_id().is_some() {
+        return None;
+    }
+    if let Some(plugin) = PLUGIN_RUNTIME.get() {
+        if PLUGIN_ENTERED.get() {
+            return None;
+        }
+        if Handle::try_current().is_err() {
+            // Never left: the guard is forgotten (nested guards of other
+            // runtimes still restore this one when they drop).
+            std::mem::forget(plugin.handle().enter());
+            PLUGIN_ENTERED.set(true);
+        }
+        return None;
+    }
+    match Handle::try_current() {
+        Err(_) => Some(rt.enter()),
+        Ok(_) => None,
     }
 }
 
