@@ -152,7 +152,30 @@ impl Etcd {
 
     fn spawn(&mut self) -> Result<(), NotReady> {
         self.spawn_once().map_err(NotReady::Silent)?;
-        self.server.wait_ready(self.client_port, Duration::from_secs(20))
+        let limit = Duration::from_secs(20);
+        let t0 = Instant::now();
+        self.server.wait_ready(self.client_port, limit)?;
+        // etcd accepts connections before it has a leader; a request sent
+        // then waits for the election, which on a loaded machine can take
+        // longer than a client's timeout (a service's first registration
+        // failed so in CI). Ready means its health check says so.
+        loop {
+            if let Some(c) = self.server.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    self.server.child = None;
+                    return Err(NotReady::Exited(format!("exited ({status}) before it was healthy")));
+                }
+            }
+            if etcd_healthy(self.client_port) {
+                return Ok(());
+            }
+            if t0.elapsed() > limit {
+                return Err(NotReady::Silent(
+                    format!("etcd on 127.0.0.1:{} not healthy after {limit:?}", self.client_port).into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn spawn_once(&mut self) -> Result<(), Error> {
@@ -190,6 +213,22 @@ impl Etcd {
         }
         restart_on_same_port(|| self.spawn(), "etcd")
     }
+}
+
+/// Whether etcd's `/health` on `port` answers `"health":"true"` (it has a
+/// leader and serves requests).
+fn etcd_healthy(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut reply = Vec::new();
+    let _ = s.take(4096).read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply);
+    reply.starts_with("HTTP/1.1 200") && reply.contains(r#""health":"true""#)
 }
 
 /// A nats-server on loopback.
