@@ -81,9 +81,11 @@ impl Future for Handled {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         // Both states are Unpin (a boxed future is pinned on the heap).
         match &mut self.get_mut().0 {
-            HandledState::Done(result) => {
-                Poll::Ready(result.take().unwrap_or_else(|| Err(crate::Error::internal("micro", "Handled polled after completion"))))
-            }
+            HandledState::Done(result) => Poll::Ready(
+                result
+                    .take()
+                    .unwrap_or_else(|| Err(crate::Error::internal("micro", "Handled polled after completion"))),
+            ),
             HandledState::Later(fut) => fut.as_mut().poll(cx),
         }
     }

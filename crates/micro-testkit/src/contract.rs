@@ -4,7 +4,8 @@
 //! that no backend can drift from the others.
 
 use micro_core::{
-    Broker, BrokerHandler, EventKind, Handled, Message, Node, RegisterOptions, Registry, Service, SubscribeOptions, WatchOptions,
+    Broker, BrokerHandler, EventKind, Handled, Message, Node, RegisterOptions, Registry, Service, SubscribeOptions,
+    WatchOptions,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -485,9 +485,9 @@ impl Subscription for HttpSubscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use micro_core::Handled;
     use crate::registry::MemoryRegistry;
     use base64::Engine as _;
+    use micro_core::Handled;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn broker(reg: &Arc<MemoryRegistry>) -> Result<HttpBroker> {

@@ -1,7 +1,7 @@
 use crate::stream::TypedStream;
 use micro_core::codec::{decode, encode};
 use micro_core::{
-    headers, BrokerHandler, Codecs, Handled, Endpoint, Error, Handler, HandlerFn, Request, Response, Result, Stream,
+    headers, BrokerHandler, Codecs, Endpoint, Error, Handled, Handler, HandlerFn, Request, Response, Result, Stream,
     StreamHandlerFn, Subscriber, Value,
 };
 use serde::{de::DeserializeOwned, Serialize};
