@@ -470,3 +470,66 @@ async fn ipv6_addresses_are_registered_dialled_and_posted_to() -> TestResult {
     }
     Ok(())
 }
+
+/// The grpc client keeps as many HTTP/2 connections to a node as it is
+/// told (`MICRO_CLIENT_CONNECTIONS` or `with_connections`), and spreads
+/// concurrent calls over them: counted by micro-testkit's proxy, which the
+/// service advertises.
+#[cfg(feature = "grpc")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_client_opens_the_connections_it_is_told() -> TestResult {
+    let world = "rpc-grpc-connections";
+    let upstream = format!("127.0.0.1:{}", micro_testkit::free_port().map_err(|e| e.to_string())?);
+    let proxy = micro_testkit::proxy::Proxy::start("127.0.0.1:0", &upstream).map_err(|e| e.to_string())?;
+    let svc = Service::builder("sleeper")
+        .flags(Flags {
+            server: Some("grpc".into()),
+            server_address: Some(upstream.clone()),
+            server_advertise: Some(proxy.addr().to_string()),
+            ..flags(world)
+        })
+        .build()?;
+    svc.handle("Sleeper.Sleep", |r: Sleep| async move {
+        tokio::time::sleep(Duration::from_millis(r.ms)).await;
+        Ok::<_, Error>(Greeting { greeting: "slept".into() })
+    })?;
+    svc.start().await?;
+    let c = caller(world)?;
+    for n in [3, 1] {
+        let client = Arc::new(
+            micro::grpc::GrpcClient::new(micro::core::ClientOptions {
+                selector: c.selector().clone(),
+                transport: c.transport().clone(),
+                broker: c.broker().clone(),
+                retries: 0,
+                request_timeout: Duration::from_secs(10),
+                pool_size: 1,
+                pool_ttl: Duration::from_secs(60),
+                tls: Default::default(),
+            })?
+            .with_connections(n),
+        );
+        let before = proxy.accepted();
+        // 12 calls at once, each held 200 ms by the handler: the later ones
+        // find the first connection busy and take the next.
+        let calls = (0..12).map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let req = micro::core::Request {
+                    service: "sleeper".into(),
+                    endpoint: "Sleeper.Sleep".into(),
+                    content_type: "application/json".into(),
+                    body: br#"{"ms":200}"#.to_vec().into(),
+                    metadata: HashMap::new(),
+                };
+                micro::core::Client::call(&*client, req, CallOptions::default()).await
+            })
+        });
+        for call in calls.collect::<Vec<_>>() {
+            tokio::time::timeout(Duration::from_secs(20), call).await???;
+        }
+        assert_eq!(proxy.accepted() - before, n, "with_connections({n})");
+    }
+    svc.stop().await?;
+    Ok(())
+}

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 const ID: &str = "go.micro.client";
 
-/// Connections per address: `MICRO_CLIENT_CONNECTIONS`, else one per core
-/// up to 4. A few are enough, since each carries many calls at once; more
-/// than one lets a server spread one client's calls over its cores.
-fn connections_per_address() -> usize {
+/// Connections per address, of the mucp and the grpc client:
+/// `MICRO_CLIENT_CONNECTIONS`, else one per core up to 4. A few are enough,
+/// since each carries many calls at once; more than one lets a server spread
+/// one client's calls over its cores.
+pub(crate) fn connections_per_address() -> usize {
     std::env::var("MICRO_CLIENT_CONNECTIONS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())

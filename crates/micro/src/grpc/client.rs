@@ -29,6 +29,8 @@ pub struct GrpcClient {
     // parse per call otherwise); bounded, since names come from callers.
     paths: std::sync::RwLock<HashMap<String, HashMap<String, http::uri::PathAndQuery>>>,
     tls: Option<Arc<crate::transport::tls::TlsNet>>,
+    /// HTTP/2 connections per node.
+    connections: usize,
 }
 
 /// The most paths [`GrpcClient::path`] keeps (it starts over beyond).
@@ -50,7 +52,17 @@ impl GrpcClient {
             clients: Default::default(),
             paths: Default::default(),
             tls,
+            connections: crate::client::connections_per_address(),
         })
+    }
+
+    /// Sets how many HTTP/2 connections it keeps to each node (at least
+    /// one; default: `MICRO_CLIENT_CONNECTIONS`, else one per core up to 4).
+    /// Fewer give a shorter tail under load, more let one client use more of
+    /// a server's cores (BENCHMARKS.md measures both).
+    pub fn with_connections(mut self, n: usize) -> Self {
+        self.connections = n.max(1);
+        self
     }
 
     /// A new channel to `address` (it connects lazily and reconnects by itself).
@@ -91,9 +103,9 @@ impl GrpcClient {
 
     /// A tonic client to `address` that sends `content_type` instead of
     /// tonic's fixed `application/grpc`, with its connection's in-flight
-    /// count taken. Each node gets one HTTP/2 connection per core (one
-    /// connection is driven by one task, which under many concurrent calls
-    /// becomes the bottleneck); a call takes the one with the fewest calls
+    /// count taken. Each node gets one HTTP/2 connection per core, up to 4,
+    /// or `MICRO_CLIENT_CONNECTIONS` (one connection is driven by one task,
+    /// which under many concurrent calls becomes the bottleneck); a call takes the one with the fewest calls
     /// in flight, the first on a tie, so that a lone caller keeps to one warm
     /// connection and concurrent callers spread.
     fn grpc(&self, address: &str, content_type: &str) -> Result<(tonic::client::Grpc<WithContentType>, InFlight)> {
@@ -108,7 +120,7 @@ impl GrpcClient {
         let list = match channels.get(address) {
             Some(l) => l.clone(),
             None => {
-                let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4);
+                let n = self.connections;
                 let l = (0..n).map(|_| Ok((self.channel(address)?, Load::default()))).collect::<Result<Vec<_>>>()?;
                 channels.insert(address.to_string(), l.clone());
                 l
