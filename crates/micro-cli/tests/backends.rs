@@ -45,9 +45,21 @@ async fn etcd_discovery_ttl_expiry_and_server_restart() -> TestResult {
     let mut etcd = Etcd::start().map_err(|e| e.to_string())?;
     let env = etcd_env(&etcd);
     let reg = micro_etcd::EtcdRegistry::new(RegistryOptions { addresses: vec![etcd.address()], timeout: None });
-    let mut a = Proc(command(bin("greeter-service"), &env).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
-    let _b = Proc(command(bin("greeter-service"), &env).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
-    let mut ids = wait_nodes(&reg, 2, Duration::from_secs(20)).await?;
+    // Their logs, for the failure message if they never register.
+    let logs = tempfile::tempdir()?;
+    let service = |name: &str| -> Result<Proc, Box<dyn std::error::Error>> {
+        let log = std::fs::File::create(logs.path().join(name))?;
+        Ok(Proc(command(bin("greeter-service"), &env).stdout(Stdio::null()).stderr(log).spawn()?))
+    };
+    let mut a = service("a")?;
+    let _b = service("b")?;
+    let mut ids = match wait_nodes(&reg, 2, Duration::from_secs(20)).await {
+        Ok(ids) => ids,
+        Err(e) => {
+            let log = |n: &str| std::fs::read_to_string(logs.path().join(n)).unwrap_or_default();
+            return Err(format!("{e}\nservice a's log:\n{}\nservice b's log:\n{}", log("a"), log("b")).into());
+        }
+    };
 
     // A client process finds both through etcd.
     let o =
