@@ -891,6 +891,15 @@ fn errors_say_what_to_do() -> TestResult {
     assert!(err(&o).contains("cannot reach etcd at 127.0.0.1:1: connection refused"), "{}", err(&o));
     assert!(!err(&o).contains("Status {") && !err(&o).contains("source:"), "no debug chain: {}", err(&o));
 
+    // A service whose first registration fails stops with the registry's
+    // error rather than serving where nobody can find it.
+    let mut svc = Command::new(bin("greeter-service"));
+    w.env(&mut svc);
+    svc.args(["--registry", "etcd", "--registry-address", "127.0.0.1:1"]);
+    let o = run_bounded(&mut svc, Duration::from_secs(30))?;
+    assert!(!o.status.success(), "it stopped with an error");
+    assert!(err(&o).contains("cannot reach etcd at 127.0.0.1:1"), "{}", err(&o));
+
     let file = w.dir.path().join("a-file");
     std::fs::write(&file, "x")?;
     let o = Command::new(MICRO).arg("services").arg("--registry-address").arg(&file).output()?;

@@ -5,6 +5,7 @@ mod mucp;
 mod mux;
 mod typed;
 
+#[cfg(feature = "grpc")]
 pub(crate) use mucp::connections_per_address;
 pub use mucp::MucpClient;
 pub use typed::TypedClient;
