@@ -7,7 +7,7 @@
 //! compile against. The implementations live in the `micro` crate.
 //!
 //! Every trait is object-safe (components are held as `Arc<dyn Trait>`) and
-//! async through [`async_trait`], and argument and return types are simple
+//! async through [`async_trait`](macro@async_trait), and argument and return types are simple
 //! owned data, so that a component can later be adapted across the plugin ABI.
 
 pub mod broker;

@@ -5,8 +5,8 @@
 //! A plugin is a `cdylib` exporting one well-known symbol, `MICRO_PLUGIN`,
 //! that describes it: **Name**, **Type** (`broker`, `client`, `registry`,
 //! `selector`, `server`, `transport`), **Path** and **NewFunc**. The host
-//! [`load`](loader::load)s the library and reads that symbol, then
-//! [`init`](loader::init)s it: checks that the constructor fits the Type
+//! loads the library and reads that symbol (`loader::load`, feature
+//! `host`), then inits it (`loader::init`): checks that the constructor fits the Type
 //! and adds it to that Type's table of named constructors, where flags
 //! such as `--client brpc` find it. Plugin authors write an ordinary
 //! constructor against `micro-core`'s traits and export it with

@@ -51,7 +51,7 @@ pub struct Flags {
     /// Version of the service
     #[arg(long, env = "MICRO_SERVER_VERSION", alias = "server_version", global = true)]
     pub server_version: Option<String>,
-    /// Id of this node [default: <name>-<uuid>]
+    /// Id of this node [default: NAME-UUID]
     #[arg(long, env = "MICRO_SERVER_ID", alias = "server_id", global = true)]
     pub server_id: Option<String>,
     /// Address to listen on, host:port [default: 127.0.0.1:0; 0.0.0.0:0 with the mdns registry]

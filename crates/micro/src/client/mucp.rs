@@ -27,7 +27,7 @@ pub(crate) fn connections_per_address() -> usize {
 
 /// The RPC client in the manner of go-micro's mucp: a request is one
 /// message with `Micro-*` headers. Calls to one address share a few
-/// connections, many calls in flight on each (see [`mux`](super::mux));
+/// connections, many calls in flight on each (see the `mux` module);
 /// over a transport whose sockets cannot be split, each connection carries
 /// one call at a time and idle ones are pooled.
 pub struct MucpClient {
