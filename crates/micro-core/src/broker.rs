@@ -8,14 +8,18 @@ use std::task::{Context, Poll};
 
 /// Handles one delivered message: `(topic, message)`.
 ///
-/// The topic is borrowed (a broker hands over the subject it received, with
-/// no copy) and the result is a [`Handled`], which is either finished
-/// already or a future: a handler that needs no waiting costs the broker no
-/// allocation per message.
+/// The topic is borrowed (a broker can hand over the subject it received
+/// without copying it, as the nats broker does) and the result is a
+/// [`Handled`], which is either finished already or a future: a handler that
+/// needs no waiting costs the broker no allocation per message. A handler's
+/// work may start when it is called (one from across the plugin boundary
+/// crosses then), so a broker calls it when it means to deliver and awaits
+/// the result straight away.
 pub type BrokerHandler = Arc<dyn Fn(&str, Message) -> Handled + Send + Sync>;
 
 /// What a [`BrokerHandler`] returns for one message: a future of the
-/// handler's result, which a broker awaits before the next message.
+/// handler's result, which the broker awaits (the nats broker before it
+/// takes the subscription's next message).
 ///
 /// ```
 /// use micro_core::{BrokerHandler, Handled};
@@ -80,13 +84,20 @@ impl Future for Handled {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         // Both states are Unpin (a boxed future is pinned on the heap).
-        match &mut self.get_mut().0 {
+        let this = self.get_mut();
+        match &mut this.0 {
             HandledState::Done(result) => Poll::Ready(
                 result
                     .take()
                     .unwrap_or_else(|| Err(crate::Error::internal("micro", "Handled polled after completion"))),
             ),
-            HandledState::Later(fut) => fut.as_mut().poll(cx),
+            HandledState::Later(fut) => {
+                let result = std::task::ready!(fut.as_mut().poll(cx));
+                // A finished future must not be polled again (an async
+                // block panics): a later poll gets the error below instead.
+                this.0 = HandledState::Done(None);
+                Poll::Ready(result)
+            }
         }
     }
 }
@@ -192,6 +203,8 @@ mod tests {
         let mut h = Handled::later(async move { rx.await.map_err(|_| crate::Error::internal("t", "dropped")) });
         assert!(poll(&mut h).is_pending(), "it waits for its future");
         let _ = tx.send(());
-        assert!(h.await.is_ok());
+        assert!((&mut h).await.is_ok());
+        // Polled again: an error, not the finished async block's panic.
+        assert!(matches!(poll(&mut h), Poll::Ready(Err(e)) if e.detail.contains("after completion")));
     }
 }

@@ -471,10 +471,12 @@ async fn ipv6_addresses_are_registered_dialled_and_posted_to() -> TestResult {
     Ok(())
 }
 
-/// The grpc client keeps as many HTTP/2 connections to a node as it is
-/// told (`MICRO_CLIENT_CONNECTIONS` or `with_connections`), and spreads
-/// concurrent calls over them: counted by micro-testkit's proxy, which the
-/// service advertises.
+/// The grpc client keeps as many HTTP/2 connections to a node as
+/// `with_connections` says, and spreads concurrent calls over them: counted
+/// by micro-testkit's proxy, which the service advertises. (Its default
+/// comes from `MICRO_CLIENT_CONNECTIONS` through the function the mucp
+/// client uses, tested end to end by the CLI test
+/// `micro_client_connections_sets_the_connections_per_node`.)
 #[cfg(feature = "grpc")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grpc_client_opens_the_connections_it_is_told() -> TestResult {
