@@ -105,7 +105,6 @@ where
     F: Fn(T) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<()>> + Send + 'static,
 {
-    let f = Arc::new(f);
     let handler: BrokerHandler = Arc::new(move |topic: &str, msg| {
         // Decoded before the future starts: a message that does not decode
         // costs no future, and the topic is needed only for its error.
