@@ -776,6 +776,41 @@ fn a_service_survives_its_log_pipe_closing() -> TestResult {
     Ok(())
 }
 
+/// The README's rule for sharing a machine: `TOKIO_WORKER_THREADS` sizes a
+/// service's runtime (`micro::run_main`), and the server's start-up line
+/// says how many workers it has; without it, one per core.
+#[test]
+fn a_service_runs_on_the_worker_threads_it_is_given() -> TestResult {
+    let w = World::new()?;
+    let cores = std::thread::available_parallelism()?.get();
+    for (workers, want) in [(Some("1"), 1), (None, cores)] {
+        let mut c = Command::new(bin("greeter-service"));
+        w.env(&mut c);
+        c.env("MICRO_LOG_LEVEL", "info").env_remove("TOKIO_WORKER_THREADS");
+        if let Some(n) = workers {
+            c.env("TOKIO_WORKER_THREADS", n);
+        }
+        let mut child = c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let svc = Proc(child);
+        // Read on a thread of its own: a service that never logs the line
+        // fails the test after 20 s instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("server listening") {
+                    let _ = tx.send(line);
+                    return;
+                }
+            }
+        });
+        let line = rx.recv_timeout(Duration::from_secs(20)).map_err(|_| "no \"server listening\" line in 20 s")?;
+        assert!(line.contains(&format!("workers={want}")), "TOKIO_WORKER_THREADS={workers:?}: {line}");
+        svc.terminate(Duration::from_secs(20))?;
+    }
+    Ok(())
+}
+
 /// `micro completion bash | head -1` and `micro call … --stream | head -1`:
 /// the reader goes away; the tool exits quietly with status 0, no panic.
 #[test]

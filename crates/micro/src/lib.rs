@@ -156,9 +156,18 @@ fn report(args: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr().lock(), "{args}");
 }
 
+/// The worker threads of the runtime the caller runs on (0 outside one),
+/// for the servers' start-up line: on a machine that client and server
+/// share, the number of workers decides the latency tail (README, "Sharing
+/// a machine").
+pub(crate) fn runtime_workers() -> usize {
+    tokio::runtime::Handle::try_current().map(|h| h.metrics().num_workers()).unwrap_or(0)
+}
+
 /// Runs a program's async `main` on a new multi-threaded runtime and turns
 /// its result into an exit code, printing an error as one line
-/// (`error: …`, with its causes) instead of a debug dump.
+/// (`error: …`, with its causes) instead of a debug dump. The runtime has
+/// one worker thread per core unless `TOKIO_WORKER_THREADS` says otherwise.
 pub fn run_main<F, E>(main: F) -> std::process::ExitCode
 where
     F: std::future::Future<Output = Result<(), E>>,

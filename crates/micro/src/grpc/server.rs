@@ -113,7 +113,13 @@ impl Server for GrpcServer {
                 return Err(e);
             }
         };
-        tracing::info!(service = %self.opts.name, %address, tls = self.opts.tls.enabled(), "grpc server listening");
+        tracing::info!(
+            service = %self.opts.name,
+            %address,
+            tls = self.opts.tls.enabled(),
+            workers = crate::runtime_workers(),
+            "grpc server listening"
+        );
         *lock(&self.address) = Some(address);
         *lock(&self.running) = Some(Running { stop_accepting, hard_stop, accept, subs, health });
         Ok(())

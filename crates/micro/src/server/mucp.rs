@@ -107,7 +107,13 @@ impl Server for MucpServer {
                 }
             }
         });
-        tracing::info!(service = %self.opts.name, %address, transport = self.opts.transport.name(), "server listening");
+        tracing::info!(
+            service = %self.opts.name,
+            %address,
+            transport = self.opts.transport.name(),
+            workers = crate::runtime_workers(),
+            "server listening"
+        );
         *lock(&self.address) = Some(address);
         *lock(&self.running) = Some(Running { cancel, tracker, subs });
         Ok(())
