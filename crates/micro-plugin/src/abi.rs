@@ -16,7 +16,9 @@ pub const MAGIC: [u8; 8] = *b"MICROPLG";
 /// The version of this ABI. Bumped on any change to the types in this
 /// module, the method numbering, or the wire encoding. (A forgotten bump of
 /// a layout change is still caught: see [`LAYOUT`].)
-pub const ABI_VERSION: u32 = 5;
+///
+/// 6: a host stream's read and write may run at the same time (`StreamVTable`).
+pub const ABI_VERSION: u32 = 6;
 
 /// The name of the symbol every plugin exports: its [`PluginDescriptor`],
 /// read from the file before the library is opened.
@@ -287,8 +289,12 @@ pub struct IoPoll {
     pub error: FfiBuf,
 }
 
-/// The functions of a host stream. Calls on one stream never overlap (the
-/// plugin-side wrapper needs `&mut` for each).
+/// The functions of a host stream. Calls in one direction never overlap
+/// (at most one `poll_read` at a time, and one `poll_write` or
+/// `poll_shutdown`), but since ABI 6 a read may run on one thread while a
+/// write runs on another: a connection's reader and writer are two tasks,
+/// and the host serves each direction without a lock. `drop` comes after
+/// every other call has returned.
 #[repr(C)]
 pub struct StreamVTable {
     /// Reads into `buf[..len]` (initialised memory).
@@ -311,9 +317,11 @@ pub struct FfiStream {
     pub vtable: *const StreamVTable,
 }
 
-// SAFETY: the host stream is a tokio TcpStream, which is Send; it is used by one owner at a time.
+// SAFETY: the host stream is a tokio TcpStream, which is Send.
 unsafe impl Send for FfiStream {}
-// SAFETY: shared references to FfiStream allow no access; all access needs `&mut` (see StreamVTable).
+// SAFETY: the host's functions borrow the TcpStream shared (it is Sync) and
+// serve the two directions independently; the plugin side calls each
+// direction from one half at a time (see StreamVTable).
 unsafe impl Sync for FfiStream {}
 
 /// The outcome of a connect or accept.

@@ -19,7 +19,7 @@ use crate::runtime::Contained;
 use std::future::IntoFuture as _;
 use std::io;
 use std::pin::Pin;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use tokio::io::ReadBuf;
 
@@ -86,7 +86,7 @@ fn stream_of(r: FfiStreamReply) -> io::Result<HostStream> {
     Ok(HostStream {
         local: text(&r.local),
         peer: text(&r.peer),
-        inner: r.stream,
+        inner: Arc::new(Owned(r.stream)),
         reading: WakerSlot::new(),
         writing: WakerSlot::new(),
     })
@@ -111,15 +111,70 @@ pub async fn bind(addr: &str) -> io::Result<HostListener> {
     Ok(HostListener { addr: text(&r.addr), inner: r.listener })
 }
 
-fn stream_vtable(s: &FfiStream) -> &StreamVTable {
-    // SAFETY: a stream handed out by the host has a vtable (checked in
-    // `stream_of`) that is a static of the host, alive for the process.
-    unsafe { &*s.vtable }
+/// A host stream, released when its last holder (the stream, or both of its
+/// halves) is dropped.
+struct Owned(FfiStream);
+
+impl Owned {
+    fn vtable(&self) -> &StreamVTable {
+        // SAFETY: a stream handed out by the host has a vtable (checked in
+        // `stream_of`) that is a static of the host, alive for the process.
+        unsafe { &*self.0.vtable }
+    }
+
+    /// One poll in one direction, through that direction's waker bridge.
+    fn poll(
+        &self,
+        slot: &WakerSlot,
+        cx: &mut Context<'_>,
+        f: impl FnOnce(&StreamVTable, *mut std::ffi::c_void, *const FfiContext) -> IoPoll,
+    ) -> Poll<io::Result<usize>> {
+        let r = slot.with(cx, |ctx| f(self.vtable(), self.0.data, ctx));
+        match r.status {
+            0 => Poll::Ready(Ok(r.n)),
+            1 => Poll::Pending,
+            _ => Poll::Ready(Err(io::Error::other(text(&r.error)))),
+        }
+    }
+
+    fn poll_read(&self, slot: &WakerSlot, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let dst = buf.initialize_unfilled();
+        let (ptr, len) = (dst.as_mut_ptr(), dst.len());
+        // SAFETY: `ptr[..len]` is initialised memory we hold `&mut` to for this
+        // call; the caller holds this direction alone (`&mut` of its half).
+        match self.poll(slot, cx, |v, data, ctx| unsafe { (v.poll_read)(data, ctx, ptr, len) }) {
+            Poll::Ready(Ok(n)) => {
+                buf.advance(n.min(len));
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_write(&self, slot: &WakerSlot, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let (ptr, len) = (buf.as_ptr(), buf.len());
+        // SAFETY: `buf` is readable for this call; the caller holds this direction alone.
+        self.poll(slot, cx, |v, data, ctx| unsafe { (v.poll_write)(data, ctx, ptr, len) })
+    }
+
+    fn poll_shutdown(&self, slot: &WakerSlot, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // SAFETY: a host entry point on our stream; the caller holds the sending direction alone.
+        self.poll(slot, cx, |v, data, ctx| unsafe { (v.poll_shutdown)(data, ctx) }).map_ok(|_| ())
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        // SAFETY: the stream is ours, no call on it is running (we are its
+        // last holder), and it is dropped once.
+        unsafe { (self.vtable().drop)(self.0.data) }
+    }
 }
 
 /// A TCP stream owned by the host.
 pub struct HostStream {
-    inner: FfiStream,
+    inner: Arc<Owned>,
     // One waker bridge per direction, so the host's socket sees the same
     // waker on every poll and registers it once.
     reading: WakerSlot,
@@ -137,62 +192,69 @@ impl HostStream {
     pub fn peer_addr(&self) -> &str {
         &self.peer
     }
-
-    fn poll_with(
-        &mut self,
-        write: bool,
-        cx: &mut Context<'_>,
-        f: impl FnOnce(&FfiStream, *const FfiContext) -> IoPoll,
-    ) -> Poll<io::Result<usize>> {
-        let slot = if write { &self.writing } else { &self.reading };
-        let r = slot.with(cx, |ctx| f(&self.inner, ctx));
-        match r.status {
-            0 => Poll::Ready(Ok(r.n)),
-            1 => Poll::Pending,
-            _ => Poll::Ready(Err(io::Error::other(text(&r.error)))),
-        }
-    }
-}
-
-impl Drop for HostStream {
-    fn drop(&mut self) {
-        // SAFETY: the stream is ours and dropped once.
-        unsafe { (stream_vtable(&self.inner).drop)(self.inner.data) }
+    /// Splits the stream into halves that read and write at the same time,
+    /// from two tasks, without a lock between them (the host serves each
+    /// direction on its own); the connection closes when both are dropped.
+    pub fn into_split(self) -> (HostReadHalf, HostWriteHalf) {
+        let HostStream { inner, reading, writing, .. } = self;
+        (HostReadHalf { inner: inner.clone(), slot: reading }, HostWriteHalf { inner, slot: writing })
     }
 }
 
 impl tokio::io::AsyncRead for HostStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let dst = buf.initialize_unfilled();
-        let (ptr, len) = (dst.as_mut_ptr(), dst.len());
-        // SAFETY: `ptr[..len]` is initialised memory we hold `&mut` to for this call.
-        match this.poll_with(false, cx, |s, ctx| unsafe { (stream_vtable(s).poll_read)(s.data, ctx, ptr, len) }) {
-            Poll::Ready(Ok(n)) => {
-                buf.advance(n.min(len));
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
+        this.inner.poll_read(&this.reading, cx, buf)
     }
 }
 
 impl tokio::io::AsyncWrite for HostStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let (ptr, len) = (buf.as_ptr(), buf.len());
-        // SAFETY: `buf` is readable for this call.
-        self.get_mut().poll_with(true, cx, |s, ctx| unsafe { (stream_vtable(s).poll_write)(s.data, ctx, ptr, len) })
+        let this = self.get_mut();
+        this.inner.poll_write(&this.writing, cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         // TCP streams have nothing to flush.
         Poll::Ready(Ok(()))
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // SAFETY: a host entry point on our stream.
-        self.get_mut()
-            .poll_with(true, cx, |s, ctx| unsafe { (stream_vtable(s).poll_shutdown)(s.data, ctx) })
-            .map_ok(|_| ())
+        let this = self.get_mut();
+        this.inner.poll_shutdown(&this.writing, cx)
+    }
+}
+
+/// The reading half of a [`HostStream`].
+pub struct HostReadHalf {
+    inner: Arc<Owned>,
+    slot: WakerSlot,
+}
+
+impl tokio::io::AsyncRead for HostReadHalf {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.inner.poll_read(&this.slot, cx, buf)
+    }
+}
+
+/// The writing half of a [`HostStream`]. Dropping it does not shut the
+/// sending side (as with any stream, the connection closes once both halves
+/// are dropped, or on `shutdown`).
+pub struct HostWriteHalf {
+    inner: Arc<Owned>,
+    slot: WakerSlot,
+}
+
+impl tokio::io::AsyncWrite for HostWriteHalf {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.inner.poll_write(&this.slot, cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.inner.poll_shutdown(&this.slot, cx)
     }
 }
 

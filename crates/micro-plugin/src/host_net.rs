@@ -11,11 +11,9 @@ use std::ffi::c_void;
 use std::future::Future;
 use std::future::IntoFuture as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::task::Poll;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The host runtime that host sockets are created on.
@@ -159,50 +157,78 @@ fn io_poll(p: Poll<std::io::Result<usize>>) -> IoPoll {
 
 /// Polls a host stream with the plugin's context, panics caught.
 ///
+/// The stream is borrowed shared: a plugin's connection reads on one thread
+/// while it writes on another (see [`StreamVTable`]), each direction through
+/// tokio's `&TcpStream` readiness API, as `TcpStream::into_split`'s halves
+/// do, so neither waits for the other.
+///
 /// # Safety
-/// `data` is a live Box<TcpStream> from `stream_ok` used exclusively by this
-/// call; `cx` is a valid FfiContext for this call.
+/// `data` is a live Box<TcpStream> from `stream_ok`; `cx` is a valid
+/// FfiContext for this call.
 // SAFETY: unsafe to call; the contract is the `# Safety` section above.
 unsafe fn with_stream(
     data: *mut c_void,
     cx: *const FfiContext,
-    f: impl FnOnce(Pin<&mut TcpStream>, &mut std::task::Context<'_>) -> Poll<std::io::Result<usize>>,
+    f: impl FnOnce(&TcpStream, &mut std::task::Context<'_>) -> Poll<std::io::Result<usize>>,
 ) -> IoPoll {
     let res = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: guaranteed by the caller: the stream is live and ours for this call.
-        let s = unsafe { &mut *(data as *mut TcpStream) };
+        // SAFETY: guaranteed by the caller: the stream is live until `drop_stream`,
+        // and only shared references to it are ever made.
+        let s = unsafe { &*(data as *const TcpStream) };
         // SAFETY: guaranteed by the caller: a valid context for this call.
         let cx = unsafe { &*cx };
         // SAFETY: the plugin's context, valid during this poll.
-        unsafe { cx.with_context(|cx| f(Pin::new(s), cx)) }
+        unsafe { cx.with_context(|cx| f(s, cx)) }
     }));
     io_poll(res.unwrap_or_else(|p| Poll::Ready(Err(std::io::Error::other(format!("panic: {}", panic_message(&*p)))))))
 }
 
+/// Polls one direction of `s`: waits for readiness, then tries `io`; a
+/// spurious readiness (`WouldBlock`, which clears it) waits again.
+fn poll_io(
+    cx: &mut std::task::Context<'_>,
+    mut ready: impl FnMut(&mut std::task::Context<'_>) -> Poll<std::io::Result<()>>,
+    mut io: impl FnMut() -> std::io::Result<usize>,
+) -> Poll<std::io::Result<usize>> {
+    loop {
+        if let Err(e) = std::task::ready!(ready(cx)) {
+            return Poll::Ready(Err(e));
+        }
+        match io() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            r => return Poll::Ready(r),
+        }
+    }
+}
+
 unsafe extern "C" fn poll_read(data: *mut c_void, cx: *const FfiContext, dst: *mut u8, len: usize) -> IoPoll {
-    let read = |s: Pin<&mut TcpStream>, cx: &mut std::task::Context<'_>| {
+    let read = |s: &TcpStream, cx: &mut std::task::Context<'_>| {
         // SAFETY: the plugin passes `len` initialised bytes at `dst`, ours for this call.
         let slice = unsafe { std::slice::from_raw_parts_mut(dst, len) };
-        let mut rb = ReadBuf::new(slice);
-        s.poll_read(cx, &mut rb).map_ok(|()| rb.filled().len())
+        poll_io(cx, |cx| s.poll_read_ready(cx), || s.try_read(slice))
     };
-    // SAFETY: the plugin passes its exclusive stream and a valid context.
+    // SAFETY: the plugin passes its live stream and a valid context.
     unsafe { with_stream(data, cx, read) }
 }
 
 unsafe extern "C" fn poll_write(data: *mut c_void, cx: *const FfiContext, src: *const u8, len: usize) -> IoPoll {
-    let write = |s: Pin<&mut TcpStream>, cx: &mut std::task::Context<'_>| {
+    let write = |s: &TcpStream, cx: &mut std::task::Context<'_>| {
         // SAFETY: the plugin passes `len` readable bytes at `src` for this call.
         let src = unsafe { std::slice::from_raw_parts(src, len) };
-        s.poll_write(cx, src)
+        poll_io(cx, |cx| s.poll_write_ready(cx), || s.try_write(src))
     };
     // SAFETY: as in poll_read.
     unsafe { with_stream(data, cx, write) }
 }
 
 unsafe extern "C" fn poll_shutdown(data: *mut c_void, cx: *const FfiContext) -> IoPoll {
+    // TCP's shutdown does not wait: shut the sending side through the socket
+    // (a shared borrow, so a read in progress on another thread is unaffected).
+    let shutdown = |s: &TcpStream, _: &mut std::task::Context<'_>| {
+        Poll::Ready(socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write).map(|()| 0))
+    };
     // SAFETY: as in poll_read.
-    unsafe { with_stream(data, cx, |s, cx| s.poll_shutdown(cx).map_ok(|()| 0)) }
+    unsafe { with_stream(data, cx, shutdown) }
 }
 
 unsafe extern "C" fn drop_stream(data: *mut c_void) {

@@ -45,13 +45,14 @@ pub fn load_all(specs: &[String], opts: LoadOptions, catalog: &mut Catalog) -> R
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HostNet;
 
-/// The host's stream has one waker slot per direction, but one object: its
-/// halves share it behind tokio's lock.
+/// A host stream splits without a lock, as a TCP stream does: behind
+/// `tokio::io::split`'s mutex, a connection's reader and writer (two tasks,
+/// often on two threads) would wait for each other's crossing and syscall.
 impl crate::transport::Halves for micro_plugin::host::HostStream {
-    type Read = tokio::io::ReadHalf<Self>;
-    type Write = tokio::io::WriteHalf<Self>;
+    type Read = micro_plugin::host::HostReadHalf;
+    type Write = micro_plugin::host::HostWriteHalf;
     fn halves(self) -> (Self::Read, Self::Write) {
-        tokio::io::split(self)
+        self.into_split()
     }
 }
 

@@ -318,3 +318,49 @@ async fn frames_that_arrived_together_cross_in_one_batch() -> Result<()> {
     }
     Ok(())
 }
+
+/// A host stream's halves (`micro_plugin::host`, what `HostNet` gives a
+/// transport in a plugin) read and write at the same time from two tasks:
+/// 4 MiB sent to an echo peer while the echo comes back (more than the
+/// sockets' buffers hold, so each side must drain while the other fills),
+/// then the sending side shut while the reading side still reads; every
+/// byte returns, in order, and the echo's end arrives as end of stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_stream_halves_read_and_write_at_once() -> Result<(), Box<dyn std::error::Error>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Initialising an in-process plugin gives micro_plugin the host's API, as in a real plugin.
+    catalog()?;
+    let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = peer.local_addr()?.to_string();
+    let echo = tokio::spawn(async move {
+        let (s, _) = peer.accept().await?;
+        let (mut r, mut w) = s.into_split();
+        tokio::io::copy(&mut r, &mut w).await?;
+        w.shutdown().await?;
+        Ok::<_, std::io::Error>(())
+    });
+    let stream = micro_plugin::host::connect(&addr).await?;
+    let (mut rx, mut tx) = stream.into_split();
+    const LEN: usize = 4 << 20;
+    let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        for chunk in sent.chunks(64 * 1024) {
+            tx.write_all(chunk).await?;
+        }
+        tx.shutdown().await?;
+        Ok::<_, std::io::Error>(tx)
+    });
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::with_capacity(LEN);
+        rx.read_to_end(&mut got).await?;
+        Ok::<_, std::io::Error>(got)
+    });
+    let limit = std::time::Duration::from_secs(30);
+    let got = tokio::time::timeout(limit, reader).await.map_err(|_| "the echo never ended")???;
+    let _tx = tokio::time::timeout(limit, writer).await.map_err(|_| "the writer never finished")???;
+    tokio::time::timeout(limit, echo).await.map_err(|_| "the echo peer never finished")???;
+    assert_eq!(got.len(), LEN, "every byte came back");
+    assert!(got == data, "in order");
+    Ok(())
+}
