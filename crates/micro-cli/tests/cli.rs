@@ -805,8 +805,23 @@ fn a_service_runs_on_the_worker_threads_it_is_given() -> TestResult {
             }
         });
         let line = rx.recv_timeout(Duration::from_secs(20)).map_err(|_| "no \"server listening\" line in 20 s")?;
-        assert!(line.contains(&format!("workers={want}")), "TOKIO_WORKER_THREADS={workers:?}: {line}");
+        let field = format!("workers={want}");
+        assert!(line.split_whitespace().any(|t| t == field), "TOKIO_WORKER_THREADS={workers:?}: {line}");
         svc.terminate(Duration::from_secs(20))?;
+    }
+    // A value tokio cannot use is an error that says so, not a panic.
+    for bad in ["0", "two"] {
+        let mut c = Command::new(bin("greeter-service"));
+        w.env(&mut c);
+        c.env("TOKIO_WORKER_THREADS", bad);
+        let o = run_bounded(&mut c, Duration::from_secs(20))?;
+        assert_eq!(o.status.code(), Some(1), "TOKIO_WORKER_THREADS={bad}: {}", err(&o));
+        assert!(
+            err(&o).contains(&format!("error: TOKIO_WORKER_THREADS must be a whole number above 0, not {bad:?}")),
+            "{}",
+            err(&o)
+        );
+        assert!(!err(&o).contains("panicked"), "{}", err(&o));
     }
     Ok(())
 }

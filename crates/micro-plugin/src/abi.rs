@@ -319,9 +319,9 @@ pub struct FfiStream {
 
 // SAFETY: the host stream is a tokio TcpStream, which is Send.
 unsafe impl Send for FfiStream {}
-// SAFETY: the host's functions borrow the TcpStream shared (it is Sync) and
-// serve the two directions independently; the plugin side calls each
-// direction from one half at a time (see StreamVTable).
+// SAFETY: the host keeps the two directions in separate cells (tokio's
+// owned halves) and each function touches its own direction's only; the
+// plugin side calls each direction from one half at a time (see StreamVTable).
 unsafe impl Sync for FfiStream {}
 
 /// The outcome of a connect or accept.

@@ -7,13 +7,17 @@ use crate::abi::{
 };
 use crate::ffi_future::{FfiContext, FfiFuture};
 use crate::runtime::{panic_message, Contained};
+use std::cell::UnsafeCell;
 use std::ffi::c_void;
 use std::future::Future;
 use std::future::IntoFuture as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::task::Poll;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The host runtime that host sockets are created on.
@@ -63,13 +67,26 @@ fn stream_err(e: String) -> FfiStreamReply {
     FfiStreamReply::error(e)
 }
 
+/// A host stream as the plugin holds it: tokio's owned halves, one cell
+/// each, so that a read and a write (or shutdown) may run at the same time
+/// on two threads, each with `&mut` of its own half only (`StreamVTable`'s
+/// contract: one call at a time per direction). tokio's halves keep its
+/// exact semantics: readiness cleared after a short read or write, a
+/// shutdown of a connection the peer already reset is not an error.
+struct HostConn {
+    read: UnsafeCell<OwnedReadHalf>,
+    write: UnsafeCell<OwnedWriteHalf>,
+}
+
 fn stream_ok(s: TcpStream) -> FfiStreamReply {
     let _ = s.set_nodelay(true);
     let local = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let (read, write) = s.into_split();
+    let conn = Box::new(HostConn { read: UnsafeCell::new(read), write: UnsafeCell::new(write) });
     FfiStreamReply {
         status: 0,
-        stream: FfiStream { data: Box::into_raw(Box::new(s)) as *mut c_void, vtable: &STREAM_VTABLE },
+        stream: FfiStream { data: Box::into_raw(conn) as *mut c_void, vtable: &STREAM_VTABLE },
         local: buf(local),
         peer: buf(peer),
         error: FfiBuf::empty(),
@@ -155,83 +172,91 @@ fn io_poll(p: Poll<std::io::Result<usize>>) -> IoPoll {
     }
 }
 
-/// Polls a host stream with the plugin's context, panics caught.
-///
-/// The stream is borrowed shared: a plugin's connection reads on one thread
-/// while it writes on another (see [`StreamVTable`]), each direction through
-/// tokio's `&TcpStream` readiness API, as `TcpStream::into_split`'s halves
-/// do, so neither waits for the other.
+/// Polls one direction of a host stream with the plugin's context, panics caught.
 ///
 /// # Safety
-/// `data` is a live Box<TcpStream> from `stream_ok`; `cx` is a valid
-/// FfiContext for this call.
+/// `data` is a live HostConn from `stream_ok`, not yet dropped; `half` is
+/// one of its cells, which no other call uses during this one (one call at
+/// a time per direction); `cx` is a valid FfiContext for this call.
 // SAFETY: unsafe to call; the contract is the `# Safety` section above.
-unsafe fn with_stream(
-    data: *mut c_void,
+unsafe fn with_half<H: Unpin>(
+    half: *mut H,
     cx: *const FfiContext,
-    f: impl FnOnce(&TcpStream, &mut std::task::Context<'_>) -> Poll<std::io::Result<usize>>,
+    f: impl FnOnce(Pin<&mut H>, &mut std::task::Context<'_>) -> Poll<std::io::Result<usize>>,
 ) -> IoPoll {
     let res = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: guaranteed by the caller: the stream is live until `drop_stream`,
-        // and only shared references to it are ever made.
-        let s = unsafe { &*(data as *const TcpStream) };
+        // SAFETY: guaranteed by the caller: this direction's half, ours alone for this call.
+        let h = unsafe { &mut *half };
         // SAFETY: guaranteed by the caller: a valid context for this call.
         let cx = unsafe { &*cx };
         // SAFETY: the plugin's context, valid during this poll.
-        unsafe { cx.with_context(|cx| f(s, cx)) }
+        unsafe { cx.with_context(|cx| f(Pin::new(h), cx)) }
     }));
     io_poll(res.unwrap_or_else(|p| Poll::Ready(Err(std::io::Error::other(format!("panic: {}", panic_message(&*p)))))))
 }
 
-/// Polls one direction of `s`: waits for readiness, then tries `io`; a
-/// spurious readiness (`WouldBlock`, which clears it) waits again.
-fn poll_io(
-    cx: &mut std::task::Context<'_>,
-    mut ready: impl FnMut(&mut std::task::Context<'_>) -> Poll<std::io::Result<()>>,
-    mut io: impl FnMut() -> std::io::Result<usize>,
-) -> Poll<std::io::Result<usize>> {
-    loop {
-        if let Err(e) = std::task::ready!(ready(cx)) {
-            return Poll::Ready(Err(e));
-        }
-        match io() {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            r => return Poll::Ready(r),
-        }
-    }
+/// The reading half's cell of the HostConn at `data`. Only the field's
+/// address is computed: no reference to the HostConn is made, so a call in
+/// the other direction may hold its own half meanwhile.
+///
+/// # Safety
+/// `data` is a live HostConn from `stream_ok`.
+// SAFETY: unsafe to call; the contract is the `# Safety` section above.
+unsafe fn read_half(data: *mut c_void) -> *mut OwnedReadHalf {
+    // SAFETY: guaranteed by the caller: `data` points at a live HostConn.
+    unsafe { UnsafeCell::raw_get(std::ptr::addr_of!((*(data as *const HostConn)).read)) }
+}
+
+/// The writing half's cell of the HostConn at `data` (see [`read_half`]).
+///
+/// # Safety
+/// `data` is a live HostConn from `stream_ok`.
+// SAFETY: unsafe to call; the contract is the `# Safety` section above.
+unsafe fn write_half(data: *mut c_void) -> *mut OwnedWriteHalf {
+    // SAFETY: guaranteed by the caller: `data` points at a live HostConn.
+    unsafe { UnsafeCell::raw_get(std::ptr::addr_of!((*(data as *const HostConn)).write)) }
 }
 
 unsafe extern "C" fn poll_read(data: *mut c_void, cx: *const FfiContext, dst: *mut u8, len: usize) -> IoPoll {
-    let read = |s: &TcpStream, cx: &mut std::task::Context<'_>| {
+    let read = |r: Pin<&mut OwnedReadHalf>, cx: &mut std::task::Context<'_>| {
         // SAFETY: the plugin passes `len` initialised bytes at `dst`, ours for this call.
         let slice = unsafe { std::slice::from_raw_parts_mut(dst, len) };
-        poll_io(cx, |cx| s.poll_read_ready(cx), || s.try_read(slice))
+        let mut rb = ReadBuf::new(slice);
+        r.poll_read(cx, &mut rb).map_ok(|()| rb.filled().len())
     };
-    // SAFETY: the plugin passes its live stream and a valid context.
-    unsafe { with_stream(data, cx, read) }
+    // SAFETY: the plugin passes its live stream (a HostConn).
+    let half = unsafe { read_half(data) };
+    // SAFETY: the plugin reads one call at a time and passes a valid context.
+    unsafe { with_half(half, cx, read) }
 }
 
 unsafe extern "C" fn poll_write(data: *mut c_void, cx: *const FfiContext, src: *const u8, len: usize) -> IoPoll {
-    let write = |s: &TcpStream, cx: &mut std::task::Context<'_>| {
+    let write = |w: Pin<&mut OwnedWriteHalf>, cx: &mut std::task::Context<'_>| {
         // SAFETY: the plugin passes `len` readable bytes at `src` for this call.
         let src = unsafe { std::slice::from_raw_parts(src, len) };
-        poll_io(cx, |cx| s.poll_write_ready(cx), || s.try_write(src))
+        w.poll_write(cx, src)
     };
-    // SAFETY: as in poll_read.
-    unsafe { with_stream(data, cx, write) }
+    // SAFETY: the plugin passes its live stream (a HostConn).
+    let half = unsafe { write_half(data) };
+    // SAFETY: the plugin writes (or shuts down) one call at a time and passes a valid context.
+    unsafe { with_half(half, cx, write) }
 }
 
 unsafe extern "C" fn poll_shutdown(data: *mut c_void, cx: *const FfiContext) -> IoPoll {
-    // TCP's shutdown does not wait: shut the sending side through the socket
-    // (a shared borrow, so a read in progress on another thread is unaffected).
-    let shutdown = |s: &TcpStream, _: &mut std::task::Context<'_>| {
-        Poll::Ready(socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write).map(|()| 0))
-    };
-    // SAFETY: as in poll_read.
-    unsafe { with_stream(data, cx, shutdown) }
+    // SAFETY: as in poll_write.
+    let half = unsafe { write_half(data) };
+    // SAFETY: as in poll_write.
+    unsafe { with_half(half, cx, |w, cx| w.poll_shutdown(cx).map_ok(|()| 0)) }
 }
 
 unsafe extern "C" fn drop_stream(data: *mut c_void) {
-    // SAFETY: made by `stream_ok`, dropped once by its owner.
-    let _ = catch_unwind(|| drop(unsafe { Box::from_raw(data as *mut TcpStream) }));
+    let _ = catch_unwind(|| {
+        // SAFETY: made by `stream_ok`, dropped once by its owner after every other call returned.
+        let conn = unsafe { Box::from_raw(data as *mut HostConn) };
+        let HostConn { read, write } = *conn;
+        // Closed as a whole stream is (dropping tokio's write half alone would
+        // first shut the sending side, which a plain drop does not).
+        write.into_inner().forget();
+        drop(read);
+    });
 }

@@ -173,6 +173,14 @@ where
     F: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
+    // tokio panics on a value it cannot use; say what is wrong instead.
+    if let Some(v) = std::env::var_os("TOKIO_WORKER_THREADS") {
+        let v = v.to_string_lossy();
+        if !v.trim().parse::<usize>().is_ok_and(|n| n > 0) {
+            report(format_args!("error: TOKIO_WORKER_THREADS must be a whole number above 0, not {v:?}"));
+            return std::process::ExitCode::FAILURE;
+        }
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
