@@ -44,6 +44,16 @@ pub trait Selector: Send + Sync {
     async fn select_shared(&self, service: &str, opts: SelectOptions) -> Result<Arc<Node>> {
         self.select(service, opts).await.map(Arc::new)
     }
+    /// The answer of [`select_shared`](Self::select_shared), if the selector
+    /// has it without waiting (a service it has cached), with the options
+    /// borrowed: `None` when it would have to wait (a registry lookup), and
+    /// the caller then asks `select_shared`. Clients ask this first on every
+    /// call, so a cached answer costs no future and no allocation. The
+    /// default has nothing at once.
+    fn select_now(&self, service: &str, exclude: &[String], protocol: Option<&str>) -> Option<Result<Arc<Node>>> {
+        let _ = (service, exclude, protocol);
+        None
+    }
     /// Feedback on a call to a node: `Ok` or the error it gave.
     fn mark(&self, service: &str, node_id: &str, outcome: Result<(), &Error>);
     /// Forgets what is cached about a service.

@@ -150,6 +150,13 @@ impl<'a> Reader<'a> {
             _ => Ok(Some(self.string()?)),
         }
     }
+    /// An optional string, borrowed from the buffer (no copy).
+    pub fn opt_str(&mut self) -> Result<Option<&'a str>, Error> {
+        match self.take(1)?[0] {
+            0 => Ok(None),
+            _ => Ok(Some(self.str()?)),
+        }
+    }
     /// A list of strings.
     pub fn strings(&mut self) -> Result<Vec<String>, Error> {
         let n = self.u32()? as usize;

@@ -58,10 +58,16 @@ impl Dispatch for SelectorExport {
             selector_m::NAME => string_reply(self.0.name()),
             selector_m::SELECT_NOW => {
                 let service = r.str()?;
-                let opts = SelectOptions { exclude: r.strings()?, protocol: r.opt_string()? };
-                // One poll, with a waker that does nothing: a selector that
-                // answers from its cache is ready at once, and one that is not
-                // (a registry lookup) is dropped here and asked with SELECT.
+                let exclude = r.strings()?;
+                let protocol = r.opt_str()?;
+                if let Some(answer) = self.0.select_now(service, &exclude, protocol) {
+                    return answer.map(|node| encoded(&node));
+                }
+                // A selector without `select_now`: one poll, with a waker that
+                // does nothing. One that answers from its cache is ready at
+                // once, and one that is not (a registry lookup) is dropped
+                // here and asked with SELECT.
+                let opts = SelectOptions { exclude, protocol: protocol.map(str::to_owned) };
                 let mut fut = self.0.select_shared(service, opts);
                 match fut.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
                     std::task::Poll::Ready(Ok(node)) => Ok(encoded(&node)),
@@ -122,21 +128,33 @@ impl Selector for SelectorProxy {
         self.select_shared(service, opts).await.map(|n| (*n).clone())
     }
     async fn select_shared(&self, service: &str, opts: SelectOptions) -> Result<Arc<Node>> {
-        let args = |w: &mut Writer| {
-            w.str(service).strs(&opts.exclude).opt_str(opts.protocol.as_deref());
-        };
-        // Synchronously first: an asynchronous crossing costs two boxes, a
-        // future across the boundary and its waker bridge, for an answer
-        // that a caching selector nearly always has at once. Any error here
-        // (none available, or a peer without SELECT_NOW) is asked again
-        // asynchronously, which gives the real answer.
-        if let Ok(r) = self.remote.call_sync_encoded(selector_m::SELECT_NOW, Vec::new(), args) {
-            if !r.bytes.as_slice().is_empty() {
-                return self.node_of(r.bytes.as_slice());
-            }
+        if let Some(Ok(node)) = self.select_now(service, &opts.exclude, opts.protocol.as_deref()) {
+            return Ok(node);
         }
-        let r = self.remote.call_encoded(selector_m::SELECT, Vec::new(), args).await?;
+        let r = self
+            .remote
+            .call_encoded(selector_m::SELECT, Vec::new(), |w| {
+                w.str(service).strs(&opts.exclude).opt_str(opts.protocol.as_deref());
+            })
+            .await?;
         self.node_of(r.bytes.as_slice())
+    }
+    /// Synchronously: an asynchronous crossing costs two boxes, a future
+    /// across the boundary and its waker bridge, for an answer that a
+    /// caching selector nearly always has at once. Any error here (none
+    /// available, or a peer without SELECT_NOW) reads as "not at once": the
+    /// caller then asks `select_shared`, which gives the real answer.
+    fn select_now(&self, service: &str, exclude: &[String], protocol: Option<&str>) -> Option<Result<Arc<Node>>> {
+        let r = self
+            .remote
+            .call_sync_encoded(selector_m::SELECT_NOW, Vec::new(), |w| {
+                w.str(service).strs(exclude).opt_str(protocol);
+            })
+            .ok()?;
+        if r.bytes.as_slice().is_empty() {
+            return None;
+        }
+        Some(self.node_of(r.bytes.as_slice()))
     }
     fn mark(&self, service: &str, node_id: &str, outcome: Result<(), &Error>) {
         let _ = self.remote.call_sync_encoded(selector_m::MARK, Vec::new(), |w| {
@@ -231,6 +249,48 @@ mod tests {
         let proxy = import_selector(export_selector(Arc::new(Slow { fail: true })))?;
         let e = proxy.select("s", SelectOptions::default()).await.expect_err("the selector failed");
         assert!(e.detail.contains("none available"), "{e:?}");
+        Ok(())
+    }
+
+    /// A selector that answers at once (`select_now`), counting the
+    /// asynchronous selections it is asked for instead.
+    struct AtOnce {
+        asked: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Selector for AtOnce {
+        async fn select(&self, _: &str, _: SelectOptions) -> Result<Node> {
+            self.asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(node("async", "127.0.0.1:8"))
+        }
+        fn select_now(&self, _: &str, exclude: &[String], protocol: Option<&str>) -> Option<Result<Arc<Node>>> {
+            // What crossed: the exclusions and the protocol, intact.
+            let id = format!("now-{}-{}", exclude.join("+"), protocol.unwrap_or("any"));
+            Some(Ok(Arc::new(node(&id, "127.0.0.1:7"))))
+        }
+        fn mark(&self, _: &str, _: &str, _: Result<(), &Error>) {}
+        fn reset(&self, _: &str) {}
+        fn name(&self) -> &str {
+            "at-once"
+        }
+    }
+
+    #[tokio::test]
+    async fn a_selection_at_once_crosses_without_a_future() -> Result<()> {
+        let host = Arc::new(AtOnce { asked: Default::default() });
+        let proxy = import_selector(export_selector(host.clone()))?;
+        let n = proxy
+            .select_now("s", &["a".into(), "b".into()], Some("mucp"))
+            .ok_or_else(|| Error::internal("t", "none"))??;
+        assert_eq!(n.id, "now-a+b-mucp");
+        let n = proxy.select_shared("s", SelectOptions::default()).await?;
+        assert_eq!(n.id, "now--any", "select_shared asks at once first");
+        assert_eq!(host.asked.load(std::sync::atomic::Ordering::Relaxed), 0, "no asynchronous selection");
+        // A selector that has nothing at once: the proxy says so, and select_shared still answers.
+        let proxy = import_selector(export_selector(Arc::new(Slow { fail: false })))?;
+        assert!(proxy.select_now("s", &[], None).is_none());
+        assert_eq!(proxy.select_shared("s", SelectOptions::default()).await?.id, "slow");
         Ok(())
     }
 

@@ -44,6 +44,16 @@ pub(crate) enum Attempt {
     Conn(Error),
 }
 
+/// A node of `service`: the selector's answer at once when it has one
+/// (nothing allocated), else its asynchronous answer.
+async fn select(selector: &dyn Selector, service: &str, exclude: &[String], protocol: &str) -> Result<Arc<Node>> {
+    if let Some(r) = selector.select_now(service, exclude, Some(protocol)) {
+        return r;
+    }
+    let sel = SelectOptions { exclude: exclude.to_vec(), protocol: Some(protocol.into()) };
+    selector.select_shared(service, sel).await
+}
+
 /// The retry policy both protocols share: up to `retries` more attempts
 /// after a connection error or a 503 (a node at its limit or stopping),
 /// each to another node when the selector has one, with a short
@@ -73,14 +83,12 @@ where
         let (node, selected) = match &opts.address {
             Some(a) => (Arc::new(Node { address: a.clone(), ..Node::default() }), false),
             None => {
-                let sel = SelectOptions { exclude: exclude.clone(), protocol: Some(protocol.into()) };
-                let node = match selector.select_shared(&req.service, sel).await {
+                let node = match select(selector, &req.service, &exclude, protocol).await {
                     Ok(n) => n,
                     // Every node failed this call already: try them again.
                     Err(_) if !exclude.is_empty() => {
                         exclude.clear();
-                        let sel = SelectOptions { protocol: Some(protocol.into()), ..Default::default() };
-                        selector.select_shared(&req.service, sel).await?
+                        select(selector, &req.service, &exclude, protocol).await?
                     }
                     Err(e) => return Err(e),
                 };

@@ -112,33 +112,87 @@ impl CacheSelector {
         tokio::spawn(watch_loop(weak));
     }
 
+    /// The cached answer for `name` and its round-robin position, if there
+    /// is one to answer with now; else the round-robin position to keep
+    /// when the registry has been asked.
+    fn cached(&self, name: &str) -> std::result::Result<(Arc<Snapshot>, Arc<AtomicUsize>), Arc<AtomicUsize>> {
+        let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+        match cache.get(name) {
+            Some(e) if e.fetched.is_some_and(|t| t.elapsed() < self.inner.ttl) => {
+                Ok((e.snapshot.clone(), e.turn.clone()))
+            }
+            // Stale (past its TTL, or the watch broke): answer with it now
+            // and ask the registry in the background, as go-micro's cache
+            // serves stale entries. A call must not wait on a registry
+            // that cannot be reached (a partition): that wait would take
+            // the call's whole deadline.
+            Some(e) if !e.snapshot.nodes.is_empty() => {
+                if !e.refreshing.swap(true, Ordering::AcqRel) {
+                    tokio::spawn(refresh(self.inner.clone(), name.to_string()));
+                }
+                Ok((e.snapshot.clone(), e.turn.clone()))
+            }
+            Some(e) => Err(e.turn.clone()),
+            None => Err(Arc::new(AtomicUsize::new(rand::rng().random_range(0..1024)))),
+        }
+    }
+
     /// The cached answer for `name` (fetched when missing or stale), and its
     /// round-robin position.
     async fn snapshot(&self, name: &str) -> Result<(Arc<Snapshot>, Arc<AtomicUsize>)> {
-        let turn = {
-            let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-            match cache.get(name) {
-                Some(e) if e.fetched.is_some_and(|t| t.elapsed() < self.inner.ttl) => {
-                    return Ok((e.snapshot.clone(), e.turn.clone()))
-                }
-                // Stale (past its TTL, or the watch broke): answer with it now
-                // and ask the registry in the background, as go-micro's cache
-                // serves stale entries. A call must not wait on a registry
-                // that cannot be reached (a partition): that wait would take
-                // the call's whole deadline.
-                Some(e) if !e.snapshot.nodes.is_empty() => {
-                    if !e.refreshing.swap(true, Ordering::AcqRel) {
-                        tokio::spawn(refresh(self.inner.clone(), name.to_string()));
-                    }
-                    return Ok((e.snapshot.clone(), e.turn.clone()));
-                }
-                Some(e) => e.turn.clone(),
-                None => Arc::new(AtomicUsize::new(rand::rng().random_range(0..1024))),
-            }
+        let turn = match self.cached(name) {
+            Ok(found) => return Ok(found),
+            Err(turn) => turn,
         };
         self.ensure_watch();
         let services = self.inner.registry.get_service(name).await.map_err(|e| lookup_error(name, &e))?;
         Ok(store(&self.inner, name, services, turn))
+    }
+
+    /// Picks a node of `snap` by the strategy: one that speaks `protocol`,
+    /// is not excluded and is not failing (failing ones only when nothing
+    /// else is left).
+    fn pick(
+        &self,
+        service: &str,
+        snap: &Snapshot,
+        turn: &AtomicUsize,
+        exclude: &[String],
+        protocol: Option<&str>,
+    ) -> Result<Arc<Node>> {
+        let candidate = |n: &Node| {
+            let speaks = match (protocol, n.metadata.get("protocol")) {
+                (Some(want), Some(has)) => want == has,
+                _ => true,
+            };
+            speaks && !exclude.contains(&n.id)
+        };
+        // Skip nodes that keep failing, unless that would leave none.
+        let blacklist = (self.inner.failing.load(Ordering::Relaxed) > 0)
+            .then(|| self.inner.blacklist.lock().unwrap_or_else(|p| p.into_inner()));
+        let now = Instant::now();
+        let skipped = |n: &Node| {
+            blacklist.as_ref().is_some_and(|bl| bl.get(&n.id).is_some_and(|(_, until)| until.is_some_and(|u| u > now)))
+        };
+        let healthy = |n: &&Arc<Node>| candidate(n) && !skipped(n);
+        let mut count = snap.nodes.iter().filter(healthy).count();
+        let skip = count > 0;
+        if !skip {
+            count = snap.nodes.iter().filter(|n| candidate(n)).count();
+        }
+        if count == 0 {
+            return Err(none_available(service, snap, protocol));
+        }
+        let i = match self.strategy {
+            Strategy::Random => rand::rng().random_range(0..count),
+            Strategy::RoundRobin => turn.fetch_add(1, Ordering::Relaxed) % count,
+        };
+        let picked = if skip {
+            snap.nodes.iter().filter(healthy).nth(i)
+        } else {
+            snap.nodes.iter().filter(|n| candidate(n)).nth(i)
+        };
+        picked.cloned().ok_or_else(|| none_available(service, snap, protocol))
     }
 }
 
@@ -249,13 +303,13 @@ async fn watch_loop(weak: Weak<Inner>) {
 
 /// Why no node is available: a clear 404 when the service's nodes all
 /// speak another protocol than the client's.
-fn none_available(service: &str, snap: &Snapshot, opts: &SelectOptions) -> Error {
-    if let Some(want) = &opts.protocol {
+fn none_available(service: &str, snap: &Snapshot, protocol: Option<&str>) -> Error {
+    if let Some(want) = protocol {
         let mut spoken: Vec<&str> =
             snap.nodes.iter().filter_map(|n| n.metadata.get("protocol").map(String::as_str)).collect();
         spoken.sort_unstable();
         spoken.dedup();
-        if !spoken.is_empty() && !spoken.contains(&want.as_str()) {
+        if !spoken.is_empty() && !spoken.contains(&want) {
             return Error::not_found(
                 "go.micro.client",
                 format!(
@@ -277,39 +331,12 @@ impl Selector for CacheSelector {
 
     async fn select_shared(&self, service: &str, opts: SelectOptions) -> Result<Arc<Node>> {
         let (snap, turn) = self.snapshot(service).await?;
-        let candidate = |n: &Node| {
-            let speaks = match (&opts.protocol, n.metadata.get("protocol")) {
-                (Some(want), Some(has)) => want == has,
-                _ => true,
-            };
-            speaks && !opts.exclude.contains(&n.id)
-        };
-        // Skip nodes that keep failing, unless that would leave none.
-        let blacklist = (self.inner.failing.load(Ordering::Relaxed) > 0)
-            .then(|| self.inner.blacklist.lock().unwrap_or_else(|p| p.into_inner()));
-        let now = Instant::now();
-        let skipped = |n: &Node| {
-            blacklist.as_ref().is_some_and(|bl| bl.get(&n.id).is_some_and(|(_, until)| until.is_some_and(|u| u > now)))
-        };
-        let healthy = |n: &&Arc<Node>| candidate(n) && !skipped(n);
-        let mut count = snap.nodes.iter().filter(healthy).count();
-        let skip = count > 0;
-        if !skip {
-            count = snap.nodes.iter().filter(|n| candidate(n)).count();
-        }
-        if count == 0 {
-            return Err(none_available(service, &snap, &opts));
-        }
-        let i = match self.strategy {
-            Strategy::Random => rand::rng().random_range(0..count),
-            Strategy::RoundRobin => turn.fetch_add(1, Ordering::Relaxed) % count,
-        };
-        let picked = if skip {
-            snap.nodes.iter().filter(healthy).nth(i)
-        } else {
-            snap.nodes.iter().filter(|n| candidate(n)).nth(i)
-        };
-        picked.cloned().ok_or_else(|| none_available(service, &snap, &opts))
+        self.pick(service, &snap, &turn, &opts.exclude, opts.protocol.as_deref())
+    }
+
+    fn select_now(&self, service: &str, exclude: &[String], protocol: Option<&str>) -> Option<Result<Arc<Node>>> {
+        let (snap, turn) = self.cached(service).ok()?;
+        Some(self.pick(service, &snap, &turn, exclude, protocol))
     }
 
     fn mark(&self, _service: &str, node_id: &str, outcome: Result<(), &Error>) {
@@ -556,6 +583,32 @@ mod tests {
         assert_eq!(m.len(), 4);
         // Expected 1000 each; 800..1200 is over 6 standard deviations wide.
         assert!(m.values().all(|&c| (800..1200).contains(&c)), "{m:?}");
+        Ok(())
+    }
+
+    /// `select_now` answers from the cache only (nothing before the first
+    /// lookup), and shares the round-robin turn and the exclusions of
+    /// `select_shared`: the two interleaved still visit every node evenly.
+    #[tokio::test]
+    async fn select_now_answers_from_the_cache_as_select_shared_does() -> Result<()> {
+        let (_r, sel) = setup(Strategy::RoundRobin, 3).await?;
+        assert!(sel.select_now("s", &[], None).is_none(), "nothing cached before the first lookup");
+        let now = |exclude: &[String], protocol| {
+            sel.select_now("s", exclude, protocol).unwrap_or_else(|| Err(Error::internal("test", "nothing at once")))
+        };
+        let mut m: HashMap<String, usize> = HashMap::new();
+        for i in 0..300 {
+            let n = if i % 2 == 0 { sel.select_shared("s", SelectOptions::default()).await? } else { now(&[], None)? };
+            *m.entry(n.id.clone()).or_default() += 1;
+        }
+        assert!(m.len() == 3 && m.values().all(|&c| c == 100), "{m:?}");
+        for _ in 0..10 {
+            assert_eq!(now(&["n0".into(), "n1".into()], None)?.id, "n2");
+        }
+        let e = now(&["n0".into(), "n1".into(), "n2".into()], None).err();
+        assert!(e.is_some_and(|e| e.detail == "service s: none available"));
+        // Nodes without protocol metadata speak any protocol.
+        assert!(now(&[], Some("mucp")).is_ok());
         Ok(())
     }
 
