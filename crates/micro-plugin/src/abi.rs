@@ -102,11 +102,26 @@ unsafe extern "C" fn free_vec(ptr: *mut u8, len: usize, cap: usize) {
     drop(unsafe { Vec::from_raw_parts(ptr, len, cap) });
 }
 
+unsafe extern "C" fn free_shared(ptr: *mut u8, len: usize, _: usize) {
+    // SAFETY: ptr/len came from Arc::into_raw of an Arc<[u8]> of this library
+    // in FfiBuf::from_shared; this gives that one reference back.
+    drop(unsafe { std::sync::Arc::from_raw(std::ptr::slice_from_raw_parts(ptr as *const u8, len)) });
+}
+
 impl FfiBuf {
     /// Takes ownership of a vector.
     pub fn from_vec(v: Vec<u8>) -> Self {
         let mut v = std::mem::ManuallyDrop::new(v);
         FfiBuf { ptr: v.as_mut_ptr(), len: v.len(), cap: v.capacity(), free: Some(free_vec) }
+    }
+
+    /// Shares a reference-counted buffer: no copy and no allocation; the
+    /// receiver's drop releases this reference (with this library's own
+    /// function, as for any buffer).
+    pub fn from_shared(b: std::sync::Arc<[u8]>) -> Self {
+        let len = b.len();
+        let ptr = std::sync::Arc::into_raw(b) as *const u8 as *mut u8;
+        FfiBuf { ptr, len, cap: 0, free: Some(free_shared) }
     }
 
     /// An empty buffer.

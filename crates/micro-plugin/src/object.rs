@@ -24,6 +24,9 @@ const ID: &str = "go.micro.plugin";
 pub struct Reply {
     /// Encoded result.
     pub bytes: Vec<u8>,
+    /// An encoded result shared with a cache of the exporter, sent instead
+    /// of `bytes` when set (a reference crosses, not a copy).
+    pub shared: Option<Arc<[u8]>>,
     /// An object to hand over, if any.
     pub object: Option<FfiObject>,
 }
@@ -31,11 +34,15 @@ pub struct Reply {
 impl Reply {
     /// A reply of bytes only.
     pub fn bytes(bytes: Vec<u8>) -> Self {
-        Reply { bytes, object: None }
+        Reply { bytes, shared: None, object: None }
+    }
+    /// A reply of bytes shared with the exporter (see [`Reply::shared`](field@Reply::shared)).
+    pub fn shared(bytes: Arc<[u8]>) -> Self {
+        Reply { bytes: Vec::new(), shared: Some(bytes), object: None }
     }
     /// A reply of an object only.
     pub fn object(object: FfiObject) -> Self {
-        Reply { bytes: Vec::new(), object: Some(object) }
+        Reply { bytes: Vec::new(), shared: None, object: Some(object) }
     }
 }
 
@@ -115,7 +122,11 @@ pub fn export<T: Dispatch>(value: Arc<T>) -> FfiObject {
 fn reply_of(res: Result<Reply, Error>) -> FfiReply {
     match res {
         Ok(r) => {
-            FfiReply { status: 0, bytes: FfiBuf::from_vec(r.bytes), object: r.object.unwrap_or_else(FfiObject::null) }
+            let bytes = match r.shared {
+                Some(b) => FfiBuf::from_shared(b),
+                None => FfiBuf::from_vec(r.bytes),
+            };
+            FfiReply { status: 0, bytes, object: r.object.unwrap_or_else(FfiObject::null) }
         }
         Err(e) => FfiReply { status: 1, bytes: FfiBuf::from_vec(e.to_json().into_bytes()), object: FfiObject::null() },
     }

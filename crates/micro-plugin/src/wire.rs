@@ -247,7 +247,15 @@ pub fn put_response(w: &mut Writer, p: &Response) {
 
 /// Decodes a response.
 pub fn get_response(r: &mut Reader<'_>) -> Result<Response, Error> {
-    Ok(Response { content_type: r.string()?, metadata: r.map()?, body: Bytes::copy_from_slice(r.bytes()?) })
+    get_response_to(r, String::new())
+}
+
+/// Decodes a response to a request of content type `asked`, which is taken
+/// rather than copied when the response has the same (nearly always).
+pub fn get_response_to(r: &mut Reader<'_>, asked: String) -> Result<Response, Error> {
+    let ct = r.str()?;
+    let content_type = if ct == asked { asked } else { ct.to_owned() };
+    Ok(Response { content_type, metadata: r.map()?, body: Bytes::copy_from_slice(r.bytes()?) })
 }
 
 /// Encodes call options.
@@ -271,6 +279,35 @@ pub fn get_call_options(r: &mut Reader<'_>) -> Result<CallOptions, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_response_takes_the_request_content_type_when_they_match() -> Result<(), Error> {
+        let resp =
+            Response { content_type: "application/json".into(), body: Bytes::from_static(b"{}"), ..Default::default() };
+        let mut w = Writer::new();
+        put_response(&mut w, &resp);
+        let bytes = w.finish();
+        let asked = String::from("application/json");
+        let at = asked.as_ptr();
+        let got = get_response_to(&mut Reader::new(&bytes), asked)?;
+        assert_eq!(got.content_type, "application/json");
+        assert_eq!(got.content_type.as_ptr(), at, "taken, not copied");
+        assert_eq!(&got.body[..], b"{}");
+        let other = get_response_to(&mut Reader::new(&bytes), "application/protobuf".into())?;
+        assert_eq!(other.content_type, "application/json", "a different one is the response's own");
+        Ok(())
+    }
+
+    #[test]
+    fn a_shared_buffer_crosses_by_reference_and_is_released() {
+        let shared: std::sync::Arc<[u8]> = vec![1u8, 2, 3].into();
+        let buf = crate::abi::FfiBuf::from_shared(shared.clone());
+        assert_eq!(buf.as_slice(), &[1, 2, 3]);
+        assert_eq!(buf.as_slice().as_ptr(), shared.as_ptr(), "no copy");
+        assert_eq!(std::sync::Arc::strong_count(&shared), 2);
+        drop(buf);
+        assert_eq!(std::sync::Arc::strong_count(&shared), 1, "the receiver's drop gives the reference back");
+    }
 
     #[test]
     fn round_trips() -> Result<(), Error> {

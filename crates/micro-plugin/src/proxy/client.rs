@@ -73,7 +73,8 @@ impl Client for ClientProxy {
                 wire::put_call_options(w, &opts);
             })
             .await?;
-        wire::get_response(&mut Reader::new(r.bytes.as_slice()))
+        // The request is done with: its content type becomes the response's.
+        wire::get_response_to(&mut Reader::new(r.bytes.as_slice()), req.content_type)
     }
     async fn stream(&self, req: Request, opts: CallOptions) -> Result<micro_core::Stream> {
         let r = self

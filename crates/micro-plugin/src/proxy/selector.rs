@@ -14,13 +14,38 @@ mod selector_m {
     pub(super) const SELECT_NOW: u32 = 5;
 }
 
-fn encoded(node: &Node) -> Reply {
+fn encode(node: &Node) -> Vec<u8> {
     let mut w = Writer::with_capacity(12 + node.id.len() + node.address.len() + wire::map_len(&node.metadata));
     wire::put_node(&mut w, node);
-    Reply::bytes(w.finish())
+    w.finish()
 }
 
-struct SelectorExport(Arc<dyn Selector>);
+struct SelectorExport {
+    selector: Arc<dyn Selector>,
+    /// Nodes recently answered, with their encodings, by the node's address
+    /// in memory: a caching selector answers with the same `Arc<Node>` call
+    /// after call, so most answers cross as a shared reference to bytes
+    /// encoded once. Each entry holds its node, so no address is reused
+    /// while it is a key.
+    encodings: std::sync::Mutex<std::collections::HashMap<usize, (Arc<Node>, Arc<[u8]>)>>,
+}
+
+impl SelectorExport {
+    /// A node's encoding, made once per node while the selector keeps it.
+    fn encoded_shared(&self, node: Arc<Node>) -> Reply {
+        let key = Arc::as_ptr(&node) as usize;
+        let mut cache = self.encodings.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, bytes)) = cache.get(&key) {
+            return Reply::shared(bytes.clone());
+        }
+        let bytes: Arc<[u8]> = encode(&node).into();
+        if cache.len() >= NODE_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, (node, bytes.clone()));
+        Reply::shared(bytes)
+    }
+}
 
 impl Dispatch for SelectorExport {
     fn call(self: Arc<Self>, method: u32, args: &[u8], _: Vec<FfiObject>) -> BoxFuture<'static, Result<Reply>> {
@@ -32,8 +57,8 @@ impl Dispatch for SelectorExport {
                 let protocol = dec!(r.opt_string());
                 Box::pin(async move {
                     // Shared: a caching selector answers without copying the node.
-                    let node = self.0.select_shared(&service, SelectOptions { exclude, protocol }).await?;
-                    Ok(encoded(&node))
+                    let node = self.selector.select_shared(&service, SelectOptions { exclude, protocol }).await?;
+                    Ok(self.encoded_shared(node))
                 })
             }
             m => ready_err(unknown_method("selector", m)),
@@ -48,29 +73,29 @@ impl Dispatch for SelectorExport {
                     0 => None,
                     _ => Some(r.json()?),
                 };
-                self.0.mark(service, node, err.as_ref().map_or(Ok(()), Err));
+                self.selector.mark(service, node, err.as_ref().map_or(Ok(()), Err));
                 ok()
             }
             selector_m::RESET => {
-                self.0.reset(r.str()?);
+                self.selector.reset(r.str()?);
                 ok()
             }
-            selector_m::NAME => string_reply(self.0.name()),
+            selector_m::NAME => string_reply(self.selector.name()),
             selector_m::SELECT_NOW => {
                 let service = r.str()?;
                 let exclude = r.strings()?;
                 let protocol = r.opt_str()?;
-                if let Some(answer) = self.0.select_now(service, &exclude, protocol) {
-                    return answer.map(|node| encoded(&node));
+                if let Some(answer) = self.selector.select_now(service, &exclude, protocol) {
+                    return answer.map(|node| self.encoded_shared(node));
                 }
                 // A selector without `select_now`: one poll, with a waker that
                 // does nothing. One that answers from its cache is ready at
                 // once, and one that is not (a registry lookup) is dropped
                 // here and asked with SELECT.
                 let opts = SelectOptions { exclude, protocol: protocol.map(str::to_owned) };
-                let mut fut = self.0.select_shared(service, opts);
+                let mut fut = self.selector.select_shared(service, opts);
                 match fut.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
-                    std::task::Poll::Ready(Ok(node)) => Ok(encoded(&node)),
+                    std::task::Poll::Ready(Ok(node)) => Ok(self.encoded_shared(node)),
                     std::task::Poll::Ready(Err(e)) => Err(e),
                     std::task::Poll::Pending => Ok(Reply::default()),
                 }
@@ -82,7 +107,7 @@ impl Dispatch for SelectorExport {
 
 /// Exports a selector.
 pub fn export_selector(s: Arc<dyn Selector>) -> FfiObject {
-    export(Arc::new(SelectorExport(s)))
+    export(Arc::new(SelectorExport { selector: s, encodings: Default::default() }))
 }
 
 struct SelectorProxy {
@@ -292,6 +317,25 @@ mod tests {
         assert!(proxy.select_now("s", &[], None).is_none());
         assert_eq!(proxy.select_shared("s", SelectOptions::default()).await?.id, "slow");
         Ok(())
+    }
+
+    /// The exporter encodes a node the selector keeps once, and sends that
+    /// encoding by reference; another node, or the same id changed, is
+    /// encoded afresh; the cache stays bounded.
+    #[test]
+    fn a_kept_node_is_encoded_once() {
+        let export = SelectorExport { selector: Arc::new(Slow { fail: false }), encodings: Default::default() };
+        let kept = Arc::new(node("a", "127.0.0.1:1"));
+        let shared = |r: Reply| r.shared.map(|b| (b.as_ptr() as usize, b.to_vec()));
+        let first = shared(export.encoded_shared(kept.clone()));
+        let again = shared(export.encoded_shared(kept.clone()));
+        assert!(first.is_some() && first == again, "the same bytes, shared");
+        let changed = shared(export.encoded_shared(Arc::new(node("a", "127.0.0.1:2"))));
+        assert_ne!(changed.map(|c| c.1), first.map(|f| f.1), "a changed node is encoded afresh");
+        for i in 0..NODE_CACHE * 2 {
+            export.encoded_shared(Arc::new(node(&format!("n{i}"), "127.0.0.1:1")));
+            assert!(export.encodings.lock().unwrap_or_else(|p| p.into_inner()).len() <= NODE_CACHE);
+        }
     }
 
     #[tokio::test]
