@@ -20,6 +20,9 @@ fn encode(node: &Node) -> Vec<u8> {
     w.finish()
 }
 
+/// A node answered, with its encoding, by the node's address in memory.
+type Encodings = std::collections::HashMap<usize, (Arc<Node>, Arc<[u8]>)>;
+
 struct SelectorExport {
     selector: Arc<dyn Selector>,
     /// Nodes recently answered, with their encodings, by the node's address
@@ -27,7 +30,7 @@ struct SelectorExport {
     /// after call, so most answers cross as a shared reference to bytes
     /// encoded once. Each entry holds its node, so no address is reused
     /// while it is a key.
-    encodings: std::sync::Mutex<std::collections::HashMap<usize, (Arc<Node>, Arc<[u8]>)>>,
+    encodings: std::sync::Mutex<Encodings>,
 }
 
 impl SelectorExport {
