@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Counts a perf event per call in the client process of one micro-bench RPC
+# contender: its `rpc-server` and `rpc-client` run directly (64 callers, 64 B
+# bodies, by service name), the client under `perf stat` twice, for 1,000
+# calls and for CALLS + 1,000; the difference divided by CALLS is the cost of
+# one call without start-up. Counts move far less between runs than calls/s
+# do on a noisy machine (BENCHMARKS.md).
+#
+# usage: scripts/count-per-call.sh CONTENDER EVENT [CALLS]
+#   CONTENDER  a micro-bench contender (micro, micro-brpc, micro-brpc-in, …)
+#   EVENT      a perf event: task-clock (ms of CPU), context-switches,
+#              syscalls:sys_enter_sendto, probe_libc:malloc (after
+#              `perf probe -x /lib/x86_64-linux-gnu/libc.so.6 malloc`)
+#   CALLS      calls measured, default 100000
+# env: BENCH (default target/release/micro-bench), PLUGINS (default target/bench)
+set -euo pipefail
+
+if [ $# -lt 2 ]; then
+  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  exit 2
+fi
+contender=$1
+event=$2
+calls=${3:-100000}
+root=$(cd "$(dirname "$0")/.." && pwd)
+bench=${BENCH:-$root/target/release/micro-bench}
+plugins=${PLUGINS:-$root/target/bench}
+command -v perf >/dev/null || { echo "error: perf is not installed (apt-get install linux-perf)" >&2; exit 1; }
+[ -x "$bench" ] || { echo "error: no $bench: cargo build --release -p micro-bench" >&2; exit 1; }
+
+mkdir -p "$plugins"
+registry=$(mktemp -d "$plugins/registry-count.XXXXXX")
+chmod 700 "$registry"
+feed=$(mktemp -u)
+mkfifo "$feed"
+cleanup() {
+  exec 4>&- 2>/dev/null || true
+  [ -n "${server:-}" ] && kill "$server" 2>/dev/null || true
+  rm -rf "$registry" "$feed"
+}
+trap cleanup EXIT
+
+# The server stops when its stdin closes: hold it open on a FIFO until the end.
+MICRO_LOG_LEVEL=error MICRO_BENCH_REGISTRY=$registry \
+  "$bench" rpc-server --contender "$contender" --plugins "$plugins" <"$feed" >"$registry/addr" &
+server=$!
+exec 4>"$feed"
+for _ in $(seq 1 300); do
+  grep -q '^ADDR ' "$registry/addr" 2>/dev/null && break
+  kill -0 "$server" 2>/dev/null || { echo "error: the $contender server did not start" >&2; exit 1; }
+  sleep 0.1
+done
+addr=$(sed -n 's/^ADDR //p' "$registry/addr")
+[ -n "$addr" ] || { echo "error: the $contender server did not say where it listens within 30 s" >&2; exit 1; }
+
+count() {
+  MICRO_LOG_LEVEL=error MICRO_BENCH_REGISTRY=$registry perf stat -x, -e "$event" -- \
+    "$bench" rpc-client --contender "$contender" --addr "$addr" --callers 64 --payload 64 \
+    --warmup 0 --seconds 1 --calls "$1" --plugins "$plugins" 2>&1 >/dev/null |
+    awk -F, -v e="$event" '$3 == e { print $1 }'
+}
+base=$(count 1000)
+full=$(count $((calls + 1000)))
+[ -n "$base" ] && [ -n "$full" ] || { echo "error: perf counted nothing for $event" >&2; exit 1; }
+# task-clock counts milliseconds: print microseconds.
+awk -v b="$base" -v f="$full" -v n="$calls" -v c="$contender" -v e="$event" 'BEGIN {
+  v = (f - b) / n; unit = ""
+  if (e == "task-clock") { v *= 1000; unit = " µs" }
+  printf "%s %s per call: %.3f%s (%d calls)\n", c, e, v, unit, n
+}'
