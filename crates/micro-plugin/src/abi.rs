@@ -18,7 +18,8 @@ pub const MAGIC: [u8; 8] = *b"MICROPLG";
 /// a layout change is still caught: see [`LAYOUT`].)
 ///
 /// 6: a host stream's read and write may run at the same time (`StreamVTable`).
-pub const ABI_VERSION: u32 = 6;
+/// 7: the host yields for a plugin's task (`HostApi::yield_now`).
+pub const ABI_VERSION: u32 = 7;
 
 /// The name of the symbol every plugin exports: its [`PluginDescriptor`],
 /// read from the file before the library is opened.
@@ -277,6 +278,10 @@ pub struct HostApi {
     /// the host has no runtime to run it on: `*fut` is left untouched for the
     /// plugin to run on its own runtime.
     pub spawn: unsafe extern "C" fn(fut: *mut FfiFuture<()>) -> u32,
+    /// A yield on the host's scheduler, for a plugin's task that runs on
+    /// it: awaited, it lets the worker run what else is ready (tokio's
+    /// `yield_now`, which a plugin's own copy of tokio cannot do there).
+    pub yield_now: unsafe extern "C" fn() -> FfiFuture<()>,
 }
 
 // SAFETY: a HostApi is an immutable static of the host: plain data and function pointers.
@@ -659,7 +664,7 @@ pub const LAYOUT: u64 = fingerprint(&layouts! {
     FfiObject { data, vtable }
     FfiArgs { bytes, objects, n_objects }
     FfiReply { status, bytes, object }
-    HostApi { abi_version, max_level, log, net, spawn }
+    HostApi { abi_version, max_level, log, net, spawn, yield_now }
     NetApi { connect, bind }
     IoPoll { status, n, error }
     StreamVTable { poll_read, poll_write, poll_shutdown, drop }
@@ -702,7 +707,7 @@ mod tests {
         layout!(FfiObject, 16, 8, data = 0, vtable = 8);
         layout!(FfiArgs, 32, 8, bytes = 0, objects = 16, n_objects = 24);
         layout!(FfiReply, 56, 8, status = 0, bytes = 8, object = 40);
-        layout!(HostApi, 40, 8, abi_version = 0, max_level = 8, log = 16, net = 24, spawn = 32);
+        layout!(HostApi, 48, 8, abi_version = 0, max_level = 8, log = 16, net = 24, spawn = 32, yield_now = 40);
         layout!(NetApi, 16, 8, connect = 0, bind = 8);
         layout!(IoPoll, 48, 8, status = 0, n = 8, error = 16);
         layout!(StreamVTable, 32, 8, poll_read = 0, poll_write = 8, poll_shutdown = 16, drop = 24);

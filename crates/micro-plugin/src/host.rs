@@ -70,6 +70,18 @@ pub fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(fut: F) {
     }
 }
 
+/// Yields, as `tokio::task::yield_now` does, to the scheduler the calling
+/// task runs on: inside a plugin whose task the host runs (see [`spawn`]),
+/// the host's, which defers the task until the worker has run what else is
+/// ready; elsewhere, tokio's own.
+pub async fn yield_now() {
+    match HOST.get() {
+        // SAFETY: the host's function for this ABI version (checked at init).
+        Some(api) => unsafe { (api.yield_now)() }.await,
+        None => tokio::task::yield_now().await,
+    }
+}
+
 /// Whether host sockets are available (inside a plugin loaded by a micro host).
 pub fn available() -> bool {
     net().is_ok()

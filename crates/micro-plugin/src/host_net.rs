@@ -56,6 +56,16 @@ pub(crate) unsafe extern "C" fn spawn(fut: *mut FfiFuture<()>) -> u32 {
     0
 }
 
+/// A yield on the host's scheduler for a plugin's task. Polled by that task
+/// on a host worker, tokio's `yield_now` defers the wake-up until the worker
+/// has run what else is ready (and looked for I/O), which is what lets a
+/// connection's writer gather the requests of every caller that is ready
+/// into one write; the plugin's own tokio, with no scheduler on the host's
+/// threads, could only wake the task again at once.
+pub(crate) unsafe extern "C" fn yield_now() -> FfiFuture<()> {
+    FfiFuture::new(tokio::task::yield_now())
+}
+
 static STREAM_VTABLE: StreamVTable = StreamVTable { poll_read, poll_write, poll_shutdown, drop: drop_stream };
 static LISTENER_VTABLE: ListenerFfiVTable = ListenerFfiVTable { accept, drop: drop_listener };
 

@@ -736,6 +736,7 @@ fn host_api() -> &'static HostApi {
         log: host_log,
         net: &crate::host_net::NET,
         spawn: crate::host_net::spawn,
+        yield_now: crate::host_net::yield_now,
     };
     crate::host_net::remember_runtime();
     &API

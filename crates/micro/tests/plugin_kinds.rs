@@ -368,3 +368,21 @@ async fn host_stream_halves_read_and_write_at_once() -> Result<(), Box<dyn std::
     assert!(got == data, "in order");
     Ok(())
 }
+
+/// `micro_plugin::host::yield_now` (what a connection's writer in a plugin
+/// awaits to gather the requests of every ready caller) crosses to the
+/// host's scheduler and yields there: a task made ready beside it runs
+/// before it resumes. (Without a yield it would resume at once.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_plugin_task_yields_on_the_host_scheduler() -> Result<(), Box<dyn std::error::Error>> {
+    // Initialising an in-process plugin gives micro_plugin the host's API, as in a real plugin.
+    catalog()?;
+    let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let beside = ran.clone();
+    tokio::spawn(async move { beside.store(true, Ordering::SeqCst) });
+    tokio::time::timeout(std::time::Duration::from_secs(5), micro_plugin::host::yield_now())
+        .await
+        .map_err(|_| "the yield never resumed")?;
+    assert!(ran.load(Ordering::SeqCst), "the task ready beside it ran first");
+    Ok(())
+}

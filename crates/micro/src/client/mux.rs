@@ -147,7 +147,8 @@ impl MuxConn {
                     // lets the callers already runnable queue theirs first.
                     // A lone call is written at once: nobody else is coming.
                     if lock(&w.state).waiting.len() > 1 {
-                        tokio::task::yield_now().await;
+                        // The host's yield inside a plugin (see there).
+                        micro_plugin::host::yield_now().await;
                     }
                     loop {
                         let batch = {
