@@ -95,12 +95,12 @@ fn stream_of(r: FfiStreamReply) -> io::Result<HostStream> {
     if r.status != 0 || r.stream.vtable.is_null() {
         return Err(io::Error::other(text(&r.error)));
     }
+    let inner = Arc::new(Owned(r.stream));
     Ok(HostStream {
         local: text(&r.local),
         peer: text(&r.peer),
-        inner: Arc::new(Owned(r.stream)),
-        reading: WakerSlot::new(),
-        writing: WakerSlot::new(),
+        read: HostReadHalf { inner: inner.clone(), slot: WakerSlot::new() },
+        write: HostWriteHalf { inner, slot: WakerSlot::new() },
     })
 }
 
@@ -184,13 +184,12 @@ impl Drop for Owned {
     }
 }
 
-/// A TCP stream owned by the host.
+/// A TCP stream owned by the host: its two halves, each with its own waker
+/// bridge, so the host's socket sees the same waker on every poll of a
+/// direction and registers it once.
 pub struct HostStream {
-    inner: Arc<Owned>,
-    // One waker bridge per direction, so the host's socket sees the same
-    // waker on every poll and registers it once.
-    reading: WakerSlot,
-    writing: WakerSlot,
+    read: HostReadHalf,
+    write: HostWriteHalf,
     local: String,
     peer: String,
 }
@@ -208,30 +207,25 @@ impl HostStream {
     /// from two tasks, without a lock between them (the host serves each
     /// direction on its own); the connection closes when both are dropped.
     pub fn into_split(self) -> (HostReadHalf, HostWriteHalf) {
-        let HostStream { inner, reading, writing, .. } = self;
-        (HostReadHalf { inner: inner.clone(), slot: reading }, HostWriteHalf { inner, slot: writing })
+        (self.read, self.write)
     }
 }
 
 impl tokio::io::AsyncRead for HostStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        this.inner.poll_read(&this.reading, cx, buf)
+        Pin::new(&mut self.get_mut().read).poll_read(cx, buf)
     }
 }
 
 impl tokio::io::AsyncWrite for HostStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.inner.poll_write(&this.writing, cx, buf)
+        Pin::new(&mut self.get_mut().write).poll_write(cx, buf)
     }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // TCP streams have nothing to flush.
-        Poll::Ready(Ok(()))
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().write).poll_flush(cx)
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        this.inner.poll_shutdown(&this.writing, cx)
+        Pin::new(&mut self.get_mut().write).poll_shutdown(cx)
     }
 }
 
@@ -262,6 +256,7 @@ impl tokio::io::AsyncWrite for HostWriteHalf {
         this.inner.poll_write(&this.slot, cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // TCP streams have nothing to flush.
         Poll::Ready(Ok(()))
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -104,11 +104,12 @@ impl GrpcClient {
     /// A tonic client to `address` that sends `content_type` instead of
     /// tonic's fixed `application/grpc`, with its connection's in-flight
     /// count taken. Each node gets one HTTP/2 connection per core, up to 4,
-    /// or `MICRO_CLIENT_CONNECTIONS`, or what [`with_connections`](Self::with_connections)
-    /// set (one connection is driven by one task,
-    /// which under many concurrent calls becomes the bottleneck); a call takes the one with the fewest calls
-    /// in flight, the first on a tie, so that a lone caller keeps to one warm
-    /// connection and concurrent callers spread.
+    /// or `MICRO_CLIENT_CONNECTIONS`, or what
+    /// [`with_connections`](Self::with_connections) set (one connection is
+    /// driven by one task, which under many concurrent calls becomes the
+    /// bottleneck); a call takes the one with the fewest calls in flight, the
+    /// first on a tie, so that a lone caller keeps to one warm connection and
+    /// concurrent callers spread.
     fn grpc(&self, address: &str, content_type: &str) -> Result<(tonic::client::Grpc<WithContentType>, InFlight)> {
         if let Some(list) =
             self.clients.read().unwrap_or_else(|p| p.into_inner()).get(address).and_then(|m| m.get(content_type))

@@ -114,8 +114,8 @@ impl CacheSelector {
 
     /// The cached answer for `name` and its round-robin position, if there
     /// is one to answer with now; else the round-robin position to keep
-    /// when the registry has been asked.
-    fn cached(&self, name: &str) -> std::result::Result<(Arc<Snapshot>, Arc<AtomicUsize>), Arc<AtomicUsize>> {
+    /// when the registry has been asked (`None`: a service not seen yet).
+    fn cached(&self, name: &str) -> std::result::Result<Answer, Option<Arc<AtomicUsize>>> {
         let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
         match cache.get(name) {
             Some(e) if e.fetched.is_some_and(|t| t.elapsed() < self.inner.ttl) => {
@@ -132,17 +132,17 @@ impl CacheSelector {
                 }
                 Ok((e.snapshot.clone(), e.turn.clone()))
             }
-            Some(e) => Err(e.turn.clone()),
-            None => Err(Arc::new(AtomicUsize::new(rand::rng().random_range(0..1024)))),
+            Some(e) => Err(Some(e.turn.clone())),
+            None => Err(None),
         }
     }
 
     /// The cached answer for `name` (fetched when missing or stale), and its
     /// round-robin position.
-    async fn snapshot(&self, name: &str) -> Result<(Arc<Snapshot>, Arc<AtomicUsize>)> {
+    async fn snapshot(&self, name: &str) -> Result<Answer> {
         let turn = match self.cached(name) {
             Ok(found) => return Ok(found),
-            Err(turn) => turn,
+            Err(turn) => turn.unwrap_or_else(|| Arc::new(AtomicUsize::new(rand::rng().random_range(0..1024)))),
         };
         self.ensure_watch();
         let services = self.inner.registry.get_service(name).await.map_err(|e| lookup_error(name, &e))?;
@@ -195,6 +195,9 @@ impl CacheSelector {
         picked.cloned().ok_or_else(|| none_available(service, snap, protocol))
     }
 }
+
+/// A service's cached answer and its round-robin position.
+type Answer = (Arc<Snapshot>, Arc<AtomicUsize>);
 
 /// The error of a failed registry lookup, as callers see it.
 fn lookup_error(name: &str, e: &Error) -> Error {
