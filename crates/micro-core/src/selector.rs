@@ -56,6 +56,15 @@ pub trait Selector: Send + Sync {
     }
     /// Feedback on a call to a node: `Ok` or the error it gave.
     fn mark(&self, service: &str, node_id: &str, outcome: Result<(), &Error>);
+    /// Whether a `mark` with `Ok` would change anything now (a selector
+    /// that forgives a failing node on its next success, say, while some
+    /// node is failing). A caller for whom marking is costly (a selector
+    /// across the plugin boundary) skips success marks while this is
+    /// false; failures are always marked. The default, `true`, keeps every
+    /// success mark.
+    fn wants_success_marks(&self) -> bool {
+        true
+    }
     /// Forgets what is cached about a service.
     fn reset(&self, service: &str);
     /// The selector's name, e.g. `random`.

@@ -19,7 +19,9 @@ pub const MAGIC: [u8; 8] = *b"MICROPLG";
 ///
 /// 6: a host stream's read and write may run at the same time (`StreamVTable`).
 /// 7: the host yields for a plugin's task (`HostApi::yield_now`).
-pub const ABI_VERSION: u32 = 7;
+/// 8: a successful reply may carry a hint bit (status 2); a selection uses it
+///    to say that success marks are not needed.
+pub const ABI_VERSION: u32 = 8;
 
 /// The name of the symbol every plugin exports: its [`PluginDescriptor`],
 /// read from the file before the library is opened.
@@ -244,7 +246,8 @@ pub struct FfiArgs {
 #[repr(C)]
 pub struct FfiReply {
     /// 0: ok, `bytes` holds the encoded result. 1: error, `bytes` holds
-    /// go-micro's error JSON.
+    /// go-micro's error JSON. 2: ok, as 0, with the method's hint bit set
+    /// (for a selection: the selector needs no success marks now).
     pub status: u32,
     /// The result or the error.
     pub bytes: FfiBuf,

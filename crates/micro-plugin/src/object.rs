@@ -29,20 +29,27 @@ pub struct Reply {
     pub shared: Option<Arc<[u8]>>,
     /// An object to hand over, if any.
     pub object: Option<FfiObject>,
+    /// A bit whose meaning the method defines ([`STATUS_OK_HINT`]); for a
+    /// selection: the selector needs no success marks now.
+    pub hint: bool,
 }
+
+/// An [`FfiReply`]'s status for a successful call whose method-defined
+/// hint bit is set ([`Reply::hint`]): 0 is success without it, 1 an error.
+pub(crate) const STATUS_OK_HINT: u32 = 2;
 
 impl Reply {
     /// A reply of bytes only.
     pub fn bytes(bytes: Vec<u8>) -> Self {
-        Reply { bytes, shared: None, object: None }
+        Reply { bytes, ..Reply::default() }
     }
     /// A reply of bytes shared with the exporter (see [`Reply::shared`](field@Reply::shared)).
     pub fn shared(bytes: Arc<[u8]>) -> Self {
-        Reply { bytes: Vec::new(), shared: Some(bytes), object: None }
+        Reply { shared: Some(bytes), ..Reply::default() }
     }
     /// A reply of an object only.
     pub fn object(object: FfiObject) -> Self {
-        Reply { bytes: Vec::new(), shared: None, object: Some(object) }
+        Reply { object: Some(object), ..Reply::default() }
     }
 }
 
@@ -126,7 +133,8 @@ fn reply_of(res: Result<Reply, Error>) -> FfiReply {
                 Some(b) => FfiBuf::from_shared(b),
                 None => FfiBuf::from_vec(r.bytes),
             };
-            FfiReply { status: 0, bytes, object: r.object.unwrap_or_else(FfiObject::null) }
+            let status = if r.hint { STATUS_OK_HINT } else { 0 };
+            FfiReply { status, bytes, object: r.object.unwrap_or_else(FfiObject::null) }
         }
         Err(e) => FfiReply { status: 1, bytes: FfiBuf::from_vec(e.to_json().into_bytes()), object: FfiObject::null() },
     }
@@ -206,12 +214,14 @@ pub struct RemoteReply {
     pub bytes: FfiBuf,
     /// The returned object, if any.
     pub object: Option<FfiObject>,
+    /// The method-defined bit of the reply (see [`Reply::hint`]).
+    pub hint: bool,
 }
 
 fn into_result(r: FfiReply) -> Result<RemoteReply, Error> {
-    if r.status == 0 {
+    if r.status == 0 || r.status == STATUS_OK_HINT {
         let object = if r.object.is_null() { None } else { Some(r.object) };
-        Ok(RemoteReply { bytes: r.bytes, object })
+        Ok(RemoteReply { bytes: r.bytes, object, hint: r.status == STATUS_OK_HINT })
     } else {
         Err(Error::parse(&String::from_utf8_lossy(r.bytes.as_slice())))
     }

@@ -4,7 +4,7 @@
 //! method numbers below are part of the ABI.
 
 use crate::abi::FfiObject;
-use crate::object::{export, is_unknown_method, unknown_method, Dispatch, Remote, Reply};
+use crate::object::{export, is_unknown_method, unknown_method, Dispatch, Remote, RemoteReply, Reply};
 use crate::wire::{self, Reader, Writer};
 use micro_core::{
     async_trait, BoxFuture, Broker, BrokerHandler, CallOptions, Client, Endpoint, Error, Event, EventKind, Handled,
@@ -43,7 +43,7 @@ fn take_object(objects: &mut Vec<FfiObject>, what: &str) -> Result<FfiObject> {
     Ok(objects.remove(0))
 }
 
-fn reply_object(r: crate::object::RemoteReply, what: &str) -> Result<FfiObject> {
+fn reply_object(r: RemoteReply, what: &str) -> Result<FfiObject> {
     r.object.ok_or_else(|| Error::internal("go.micro.plugin", format!("no {what} object returned")))
 }
 

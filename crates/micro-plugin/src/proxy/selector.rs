@@ -21,7 +21,41 @@ fn encode(node: &Node) -> Vec<u8> {
 }
 
 /// A node answered, with its encoding, by the node's address in memory.
-type Encodings = std::collections::HashMap<usize, (Arc<Node>, Arc<[u8]>)>;
+type Encodings = std::collections::HashMap<usize, (Arc<Node>, Arc<[u8]>), ByAddress>;
+
+/// Hashes a key that is a memory address: one multiply, where the default
+/// SipHash (built against untrusted keys, which addresses are not) costs
+/// more than the rest of the lookup. Both node caches look up on every call.
+#[derive(Default, Clone, Copy)]
+struct ByAddress;
+
+impl std::hash::BuildHasher for ByAddress {
+    type Hasher = AddressHasher;
+    fn build_hasher(&self) -> AddressHasher {
+        AddressHasher(0)
+    }
+}
+
+#[derive(Default)]
+struct AddressHasher(u64);
+
+impl std::hash::Hasher for AddressHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: spreads aligned addresses (low bits all zero) over the table.
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 struct SelectorExport {
     selector: Arc<dyn Selector>,
@@ -34,6 +68,14 @@ struct SelectorExport {
 }
 
 impl SelectorExport {
+    /// A selection's reply: the node, and whether the selector wants to
+    /// hear of successes now (the hint bit set when it does not).
+    fn answer(&self, node: Arc<Node>) -> Reply {
+        let mut reply = self.encoded_shared(node);
+        reply.hint = !self.selector.wants_success_marks();
+        reply
+    }
+
     /// A node's encoding, made once per node while the selector keeps it.
     fn encoded_shared(&self, node: Arc<Node>) -> Reply {
         let key = Arc::as_ptr(&node) as usize;
@@ -61,7 +103,7 @@ impl Dispatch for SelectorExport {
                 Box::pin(async move {
                     // Shared: a caching selector answers without copying the node.
                     let node = self.selector.select_shared(&service, SelectOptions { exclude, protocol }).await?;
-                    Ok(self.encoded_shared(node))
+                    Ok(self.answer(node))
                 })
             }
             m => ready_err(unknown_method("selector", m)),
@@ -89,7 +131,7 @@ impl Dispatch for SelectorExport {
                 let exclude = r.strings()?;
                 let protocol = r.opt_str()?;
                 if let Some(answer) = self.selector.select_now(service, &exclude, protocol) {
-                    return answer.map(|node| self.encoded_shared(node));
+                    return answer.map(|node| self.answer(node));
                 }
                 // A selector without `select_now`: one poll, with a waker that
                 // does nothing. One that answers from its cache is ready at
@@ -98,7 +140,7 @@ impl Dispatch for SelectorExport {
                 let opts = SelectOptions { exclude, protocol: protocol.map(str::to_owned) };
                 let mut fut = self.selector.select_shared(service, opts);
                 match fut.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
-                    std::task::Poll::Ready(Ok(node)) => Ok(self.encoded_shared(node)),
+                    std::task::Poll::Ready(Ok(node)) => Ok(self.answer(node)),
                     std::task::Poll::Ready(Err(e)) => Err(e),
                     std::task::Poll::Pending => Ok(Reply::default()),
                 }
@@ -116,12 +158,34 @@ pub fn export_selector(s: Arc<dyn Selector>) -> FfiObject {
 struct SelectorProxy {
     remote: Remote,
     name: String,
-    /// Nodes already decoded, by their encoding. A client selects once per
-    /// call and a service has few nodes, so most answers are one of these:
-    /// a hit costs a hash of ~100 bytes instead of a dozen allocations
-    /// (id, address and each metadata entry).
-    nodes: std::sync::Mutex<std::collections::HashMap<Box<[u8]>, Arc<Node>>>,
+    /// Nodes already decoded (see [`Decoded`]).
+    nodes: std::sync::Mutex<Decoded>,
+    /// What the latest selection said of success marks: while the other
+    /// side's selector needs none (nothing is failing), `mark(Ok)` does not
+    /// cross. A success is the common outcome of every call, and its
+    /// crossing was 2% of a plugin client's CPU time (BENCHMARKS.md).
+    success_marks: std::sync::atomic::AtomicBool,
 }
+
+/// The nodes a selector proxy has decoded. A client selects once per call
+/// and a service has few nodes, so most answers are one of these: a hit
+/// costs a lookup instead of a dozen allocations (id, address and each
+/// metadata entry).
+#[derive(Default)]
+struct Decoded {
+    /// By their encoding.
+    by_bytes: std::collections::HashMap<Box<[u8]>, Arc<Node>>,
+    /// By where the other side keeps the encoding, with the bytes: a
+    /// caching selector's answers are shared from the exporter's cache at
+    /// the same address every time, and an address costs one multiply to
+    /// hash where ~100 bytes cost a SipHash. The bytes are compared on a
+    /// hit, so an address reused for another encoding is a miss, never a
+    /// stale node.
+    by_address: std::collections::HashMap<(usize, usize), KeptNode, ByAddress>,
+}
+
+/// A decoded node with the encoding it was decoded from.
+type KeptNode = (Arc<[u8]>, Arc<Node>);
 
 /// How many decoded nodes a selector proxy keeps; past this it starts over
 /// (nodes that left the registry must not pile up).
@@ -131,21 +195,45 @@ const NODE_CACHE: usize = 256;
 pub fn import_selector(obj: FfiObject) -> Result<Arc<dyn Selector>> {
     let remote = Remote::new(obj)?;
     let name = remote.call_string(selector_m::NAME);
-    Ok(Arc::new(SelectorProxy { remote, name, nodes: Default::default() }))
+    Ok(Arc::new(SelectorProxy {
+        remote,
+        name,
+        nodes: Default::default(),
+        success_marks: std::sync::atomic::AtomicBool::new(true),
+    }))
 }
 
 impl SelectorProxy {
+    /// The node a selection's reply encodes, noting its hint.
+    fn answered(&self, r: &RemoteReply) -> Result<Arc<Node>> {
+        self.success_marks.store(!r.hint, std::sync::atomic::Ordering::Relaxed);
+        self.node_of(r.bytes.as_slice())
+    }
+
     /// The node a SELECT reply encodes, decoded once per distinct encoding.
     fn node_of(&self, encoded: &[u8]) -> Result<Arc<Node>> {
+        let at = (encoded.as_ptr() as usize, encoded.len());
         let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = nodes.get(encoded) {
-            return Ok(n.clone());
+        if let Some((bytes, n)) = nodes.by_address.get(&at) {
+            if **bytes == *encoded {
+                return Ok(n.clone());
+            }
         }
-        let node = Arc::new(wire::get_node(&mut Reader::new(encoded))?);
-        if nodes.len() >= NODE_CACHE {
-            nodes.clear();
+        let node = match nodes.by_bytes.get(encoded) {
+            Some(n) => n.clone(),
+            None => {
+                let node = Arc::new(wire::get_node(&mut Reader::new(encoded))?);
+                if nodes.by_bytes.len() >= NODE_CACHE {
+                    nodes.by_bytes.clear();
+                }
+                nodes.by_bytes.insert(encoded.into(), node.clone());
+                node
+            }
+        };
+        if nodes.by_address.len() >= NODE_CACHE {
+            nodes.by_address.clear();
         }
-        nodes.insert(encoded.into(), node.clone());
+        nodes.by_address.insert(at, (encoded.into(), node.clone()));
         Ok(node)
     }
 }
@@ -165,7 +253,7 @@ impl Selector for SelectorProxy {
                 w.str(service).strs(&opts.exclude).opt_str(opts.protocol.as_deref());
             })
             .await?;
-        self.node_of(r.bytes.as_slice())
+        self.answered(&r)
     }
     /// Synchronously: an asynchronous crossing costs two boxes, a future
     /// across the boundary and its waker bridge, for an answer that a
@@ -182,9 +270,12 @@ impl Selector for SelectorProxy {
         if r.bytes.as_slice().is_empty() {
             return None;
         }
-        Some(self.node_of(r.bytes.as_slice()))
+        Some(self.answered(&r))
     }
     fn mark(&self, service: &str, node_id: &str, outcome: Result<(), &Error>) {
+        if outcome.is_ok() && !self.wants_success_marks() {
+            return;
+        }
         let _ = self.remote.call_sync_encoded(selector_m::MARK, Vec::new(), |w| {
             w.str(service).str(node_id);
             match outcome {
@@ -192,6 +283,12 @@ impl Selector for SelectorProxy {
                 Err(e) => w.u32(1).json(e),
             };
         });
+    }
+    /// As the other side's selector said with its latest answer. A failure
+    /// marked elsewhere in between is forgiven by the success after the next
+    /// selection instead of this one.
+    fn wants_success_marks(&self) -> bool {
+        self.success_marks.load(std::sync::atomic::Ordering::Relaxed)
     }
     fn reset(&self, service: &str) {
         let mut w = Writer::new();
@@ -348,12 +445,99 @@ mod tests {
             remote: Remote::new(export_selector(host.clone()))?,
             name: "fixed".into(),
             nodes: Default::default(),
+            success_marks: std::sync::atomic::AtomicBool::new(true),
         };
         for i in 0..NODE_CACHE * 3 {
             *host.0.lock().unwrap_or_else(|p| p.into_inner()) = node(&format!("n{i}"), "127.0.0.1:1");
             assert_eq!(proxy.select_shared("s", SelectOptions::default()).await?.id, format!("n{i}"));
-            assert!(proxy.nodes.lock().unwrap_or_else(|p| p.into_inner()).len() <= NODE_CACHE);
+            let nodes = proxy.nodes.lock().unwrap_or_else(|p| p.into_inner());
+            assert!(nodes.by_bytes.len() <= NODE_CACHE && nodes.by_address.len() <= NODE_CACHE);
         }
+        Ok(())
+    }
+
+    /// A selector that forgives failures on success, as the cache selector
+    /// does: it wants success marks only while a node is failing. It counts
+    /// the marks that reach it.
+    struct Forgiving {
+        failing: std::sync::atomic::AtomicBool,
+        marks: Mutex<Vec<(String, bool)>>,
+    }
+
+    #[async_trait]
+    impl Selector for Forgiving {
+        async fn select(&self, _: &str, _: SelectOptions) -> Result<Node> {
+            Ok(node("n", "127.0.0.1:9"))
+        }
+        fn select_now(&self, _: &str, _: &[String], _: Option<&str>) -> Option<Result<Arc<Node>>> {
+            Some(Ok(Arc::new(node("n", "127.0.0.1:9"))))
+        }
+        fn mark(&self, _: &str, node_id: &str, outcome: Result<(), &Error>) {
+            self.marks.lock().unwrap_or_else(|p| p.into_inner()).push((node_id.into(), outcome.is_ok()));
+            self.failing.store(outcome.is_err(), std::sync::atomic::Ordering::Relaxed);
+        }
+        fn wants_success_marks(&self) -> bool {
+            self.failing.load(std::sync::atomic::Ordering::Relaxed)
+        }
+        fn reset(&self, _: &str) {}
+        fn name(&self) -> &str {
+            "forgiving"
+        }
+    }
+
+    #[tokio::test]
+    async fn success_marks_cross_only_while_the_selector_wants_them() -> Result<()> {
+        let host = Arc::new(Forgiving { failing: Default::default(), marks: Mutex::new(Vec::new()) });
+        let proxy = import_selector(export_selector(host.clone()))?;
+        let marks = || host.marks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let err = Error::internal("t", "connection refused");
+
+        // Nothing failing: the selection says so, and the success stays on this side.
+        proxy.select_shared("s", SelectOptions::default()).await?;
+        proxy.mark("s", "n", Ok(()));
+        assert_eq!(marks(), vec![], "a success that changes nothing does not cross");
+
+        // A failure always crosses.
+        proxy.mark("s", "n", Err(&err));
+        assert_eq!(marks(), vec![("n".to_string(), false)]);
+
+        // The next selection says a node is failing: the success after it crosses and forgives it.
+        proxy.select_now("s", &[], None).ok_or_else(|| Error::internal("t", "none"))??;
+        proxy.mark("s", "n", Ok(()));
+        assert_eq!(marks(), vec![("n".to_string(), false), ("n".to_string(), true)]);
+
+        // Forgiven: later successes stay on this side again.
+        proxy.select_shared("s", SelectOptions::default()).await?;
+        proxy.mark("s", "n", Ok(()));
+        assert_eq!(marks().len(), 2);
+
+        // A selector that keeps the default wants every success.
+        let fixed = Arc::new(Fixed(Mutex::new(node("a", "127.0.0.1:1"))));
+        let proxy = import_selector(export_selector(fixed))?;
+        proxy.select_shared("s", SelectOptions::default()).await?;
+        assert!(proxy.wants_success_marks());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_encoding_at_a_reused_address_is_decoded_afresh() -> Result<()> {
+        let proxy = SelectorProxy {
+            remote: Remote::new(export_selector(Arc::new(Slow { fail: false })))?,
+            name: "slow".into(),
+            nodes: Default::default(),
+            success_marks: std::sync::atomic::AtomicBool::new(true),
+        };
+        let mut buf = encode(&node("a", "127.0.0.1:1"));
+        let first = proxy.node_of(&buf)?;
+        assert!(Arc::ptr_eq(&first, &proxy.node_of(&buf)?), "found by its address");
+        // The same address and length, other bytes: as when the other side
+        // frees an encoding and makes another where it was.
+        let other = encode(&node("b", "127.0.0.1:2"));
+        assert_eq!(other.len(), buf.len());
+        buf.copy_from_slice(&other);
+        assert_eq!(proxy.node_of(&buf)?.id, "b", "never the node that was there before");
+        // The first encoding again, elsewhere: found by its bytes.
+        assert!(Arc::ptr_eq(&first, &proxy.node_of(&encode(&node("a", "127.0.0.1:1")))?));
         Ok(())
     }
 }

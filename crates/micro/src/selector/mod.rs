@@ -366,6 +366,11 @@ impl Selector for CacheSelector {
         self.inner.failing.store(bl.len(), Ordering::Relaxed);
     }
 
+    fn wants_success_marks(&self) -> bool {
+        // A success only ever takes a node off the failing list.
+        self.inner.failing.load(Ordering::Relaxed) != 0
+    }
+
     fn reset(&self, service: &str) {
         self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).remove(service);
     }
@@ -654,10 +659,12 @@ mod tests {
     #[tokio::test]
     async fn a_node_that_keeps_failing_is_skipped_until_it_recovers() -> Result<()> {
         let (_r, sel) = setup(Strategy::RoundRobin, 2).await?;
+        assert!(!sel.wants_success_marks(), "nothing failing: a success changes nothing");
         let e = Error::internal("go.micro.client", "connection error");
         for _ in 0..BLACKLIST_AFTER {
             sel.mark("s", "n0", Err(&e));
         }
+        assert!(sel.wants_success_marks(), "a failing node is forgiven by a success");
         let m = counts(&sel, 10).await?;
         assert_eq!(m.keys().collect::<Vec<_>>(), ["n1"], "n0 is skipped");
         // With every node blacklisted, they are all tried again rather than none.
@@ -668,6 +675,7 @@ mod tests {
         sel.mark("s", "n0", Ok(()));
         sel.mark("s", "n1", Ok(()));
         assert_eq!(counts(&sel, 10).await?.len(), 2);
+        assert!(!sel.wants_success_marks(), "all forgiven");
         Ok(())
     }
 
