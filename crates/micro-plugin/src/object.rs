@@ -29,8 +29,8 @@ pub struct Reply {
     pub shared: Option<Arc<[u8]>>,
     /// An object to hand over, if any.
     pub object: Option<FfiObject>,
-    /// A bit whose meaning the method defines ([`STATUS_OK_HINT`]); for a
-    /// selection: the selector needs no success marks now.
+    /// A bit whose meaning the method defines (crossing as status 2 of the
+    /// `FfiReply`); for a selection: the selector needs no success marks now.
     pub hint: bool,
 }
 

@@ -46,14 +46,15 @@ impl std::hash::Hasher for AddressHasher {
         }
     }
     fn write_u64(&mut self, n: u64) {
-        // Fibonacci hashing: spreads aligned addresses (low bits all zero) over the table.
         self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
     fn write_usize(&mut self, n: usize) {
         self.write_u64(n as u64);
     }
     fn finish(&self) -> u64 {
-        self.0
+        // The multiply leaves an aligned address's zero low bits zero, and the
+        // table picks buckets by the low bits: fold the high half in.
+        self.0 ^ (self.0 >> 32)
     }
 }
 
@@ -173,8 +174,8 @@ struct SelectorProxy {
 /// metadata entry).
 #[derive(Default)]
 struct Decoded {
-    /// By their encoding.
-    by_bytes: std::collections::HashMap<Box<[u8]>, Arc<Node>>,
+    /// By their encoding (the same bytes `by_address` keeps).
+    by_bytes: std::collections::HashMap<Arc<[u8]>, Arc<Node>>,
     /// By where the other side keeps the encoding, with the bytes: a
     /// caching selector's answers are shared from the exporter's cache at
     /// the same address every time, and an address costs one multiply to
@@ -219,21 +220,23 @@ impl SelectorProxy {
                 return Ok(n.clone());
             }
         }
-        let node = match nodes.by_bytes.get(encoded) {
-            Some(n) => n.clone(),
+        let kept = match nodes.by_bytes.get_key_value(encoded) {
+            Some((bytes, n)) => (bytes.clone(), n.clone()),
             None => {
                 let node = Arc::new(wire::get_node(&mut Reader::new(encoded))?);
+                let bytes: Arc<[u8]> = encoded.into();
                 if nodes.by_bytes.len() >= NODE_CACHE {
                     nodes.by_bytes.clear();
                 }
-                nodes.by_bytes.insert(encoded.into(), node.clone());
-                node
+                nodes.by_bytes.insert(bytes.clone(), node.clone());
+                (bytes, node)
             }
         };
         if nodes.by_address.len() >= NODE_CACHE {
             nodes.by_address.clear();
         }
-        nodes.by_address.insert(at, (encoded.into(), node.clone()));
+        let node = kept.1.clone();
+        nodes.by_address.insert(at, kept);
         Ok(node)
     }
 }
@@ -276,6 +279,11 @@ impl Selector for SelectorProxy {
         if outcome.is_ok() && !self.wants_success_marks() {
             return;
         }
+        if outcome.is_err() {
+            // The other side now has a failing node: the successes that
+            // follow cross (and forgive it) until a selection says otherwise.
+            self.success_marks.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let _ = self.remote.call_sync_encoded(selector_m::MARK, Vec::new(), |w| {
             w.str(service).str(node_id);
             match outcome {
@@ -284,9 +292,9 @@ impl Selector for SelectorProxy {
             };
         });
     }
-    /// As the other side's selector said with its latest answer. A failure
-    /// marked elsewhere in between is forgiven by the success after the next
-    /// selection instead of this one.
+    /// As the other side's selector said with its latest answer, or `true`
+    /// since this proxy last marked a failure. A failure another client
+    /// marks in between is forgiven by a success after a later selection.
     fn wants_success_marks(&self) -> bool {
         self.success_marks.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -462,15 +470,20 @@ mod tests {
     struct Forgiving {
         failing: std::sync::atomic::AtomicBool,
         marks: Mutex<Vec<(String, bool)>>,
+        /// Whether it answers `select_now` (else only asynchronously, after a pending poll).
+        at_once: bool,
     }
 
     #[async_trait]
     impl Selector for Forgiving {
         async fn select(&self, _: &str, _: SelectOptions) -> Result<Node> {
+            if !self.at_once {
+                tokio::task::yield_now().await;
+            }
             Ok(node("n", "127.0.0.1:9"))
         }
         fn select_now(&self, _: &str, _: &[String], _: Option<&str>) -> Option<Result<Arc<Node>>> {
-            Some(Ok(Arc::new(node("n", "127.0.0.1:9"))))
+            self.at_once.then(|| Ok(Arc::new(node("n", "127.0.0.1:9"))))
         }
         fn mark(&self, _: &str, node_id: &str, outcome: Result<(), &Error>) {
             self.marks.lock().unwrap_or_else(|p| p.into_inner()).push((node_id.into(), outcome.is_ok()));
@@ -487,29 +500,39 @@ mod tests {
 
     #[tokio::test]
     async fn success_marks_cross_only_while_the_selector_wants_them() -> Result<()> {
-        let host = Arc::new(Forgiving { failing: Default::default(), marks: Mutex::new(Vec::new()) });
-        let proxy = import_selector(export_selector(host.clone()))?;
-        let marks = || host.marks.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let err = Error::internal("t", "connection refused");
+        // Answered at once (SELECT_NOW), and only asynchronously (SELECT, and
+        // the exporter's poll of `select_shared` that finds it pending).
+        for at_once in [true, false] {
+            let host = Arc::new(Forgiving { failing: Default::default(), marks: Mutex::new(Vec::new()), at_once });
+            let proxy = import_selector(export_selector(host.clone()))?;
+            let marks = || host.marks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let err = Error::internal("t", "connection refused");
 
-        // Nothing failing: the selection says so, and the success stays on this side.
-        proxy.select_shared("s", SelectOptions::default()).await?;
-        proxy.mark("s", "n", Ok(()));
-        assert_eq!(marks(), vec![], "a success that changes nothing does not cross");
+            // Nothing failing: the selection says so, and the success stays on this side.
+            proxy.select_shared("s", SelectOptions::default()).await?;
+            proxy.mark("s", "n", Ok(()));
+            assert_eq!(marks(), vec![], "a success that changes nothing does not cross ({at_once})");
 
-        // A failure always crosses.
-        proxy.mark("s", "n", Err(&err));
-        assert_eq!(marks(), vec![("n".to_string(), false)]);
+            // A failure always crosses, and the success after it too, even
+            // before a selection has said that a node is failing.
+            proxy.mark("s", "n", Err(&err));
+            assert_eq!(marks(), vec![("n".to_string(), false)]);
+            proxy.mark("s", "n", Ok(()));
+            assert_eq!(marks(), vec![("n".to_string(), false), ("n".to_string(), true)]);
 
-        // The next selection says a node is failing: the success after it crosses and forgives it.
-        proxy.select_now("s", &[], None).ok_or_else(|| Error::internal("t", "none"))??;
-        proxy.mark("s", "n", Ok(()));
-        assert_eq!(marks(), vec![("n".to_string(), false), ("n".to_string(), true)]);
+            // Forgiven: after the next selection, successes stay on this side again.
+            proxy.select_shared("s", SelectOptions::default()).await?;
+            proxy.mark("s", "n", Ok(()));
+            assert_eq!(marks().len(), 2, "({at_once})");
 
-        // Forgiven: later successes stay on this side again.
-        proxy.select_shared("s", SelectOptions::default()).await?;
-        proxy.mark("s", "n", Ok(()));
-        assert_eq!(marks().len(), 2);
+            // A failure marked by another client: the next selection says so,
+            // and the success after it crosses and forgives it.
+            host.mark("s", "n", Err(&err));
+            proxy.select_shared("s", SelectOptions::default()).await?;
+            proxy.mark("s", "n", Ok(()));
+            assert_eq!(marks().last(), Some(&("n".to_string(), true)), "({at_once})");
+            assert!(!host.wants_success_marks());
+        }
 
         // A selector that keeps the default wants every success.
         let fixed = Arc::new(Fixed(Mutex::new(node("a", "127.0.0.1:1"))));
@@ -528,7 +551,11 @@ mod tests {
             success_marks: std::sync::atomic::AtomicBool::new(true),
         };
         let mut buf = encode(&node("a", "127.0.0.1:1"));
+        // (A node's metadata is a HashMap: another encoding of the same node may order it otherwise.)
+        let a = buf.clone();
         let first = proxy.node_of(&buf)?;
+        let at = (buf.as_ptr() as usize, buf.len());
+        assert!(proxy.nodes.lock().unwrap_or_else(|p| p.into_inner()).by_address.contains_key(&at));
         assert!(Arc::ptr_eq(&first, &proxy.node_of(&buf)?), "found by its address");
         // The same address and length, other bytes: as when the other side
         // frees an encoding and makes another where it was.
@@ -537,7 +564,8 @@ mod tests {
         buf.copy_from_slice(&other);
         assert_eq!(proxy.node_of(&buf)?.id, "b", "never the node that was there before");
         // The first encoding again, elsewhere: found by its bytes.
-        assert!(Arc::ptr_eq(&first, &proxy.node_of(&encode(&node("a", "127.0.0.1:1")))?));
+        assert_ne!(a.as_ptr(), buf.as_ptr());
+        assert!(Arc::ptr_eq(&first, &proxy.node_of(&a)?));
         Ok(())
     }
 }
