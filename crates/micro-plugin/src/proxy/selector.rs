@@ -196,15 +196,25 @@ const NODE_CACHE: usize = 256;
 pub fn import_selector(obj: FfiObject) -> Result<Arc<dyn Selector>> {
     let remote = Remote::new(obj)?;
     let name = remote.call_string(selector_m::NAME);
-    Ok(Arc::new(SelectorProxy {
-        remote,
-        name,
-        nodes: Default::default(),
-        success_marks: std::sync::atomic::AtomicBool::new(true),
-    }))
+    Ok(Arc::new(SelectorProxy::new(remote, name)))
+}
+
+/// A selection's arguments, as SELECT and SELECT_NOW take them.
+fn put_selection(w: &mut Writer, service: &str, exclude: &[String], protocol: Option<&str>) {
+    w.str(service).strs(exclude).opt_str(protocol);
 }
 
 impl SelectorProxy {
+    fn new(remote: Remote, name: String) -> Self {
+        // Every success is marked until a selection says otherwise.
+        SelectorProxy {
+            remote,
+            name,
+            nodes: Default::default(),
+            success_marks: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
     /// The node a selection's reply encodes, noting its hint.
     fn answered(&self, r: &RemoteReply) -> Result<Arc<Node>> {
         self.success_marks.store(!r.hint, std::sync::atomic::Ordering::Relaxed);
@@ -253,7 +263,7 @@ impl Selector for SelectorProxy {
         let r = self
             .remote
             .call_encoded(selector_m::SELECT, Vec::new(), |w| {
-                w.str(service).strs(&opts.exclude).opt_str(opts.protocol.as_deref());
+                put_selection(w, service, &opts.exclude, opts.protocol.as_deref())
             })
             .await?;
         self.answered(&r)
@@ -266,9 +276,7 @@ impl Selector for SelectorProxy {
     fn select_now(&self, service: &str, exclude: &[String], protocol: Option<&str>) -> Option<Result<Arc<Node>>> {
         let r = self
             .remote
-            .call_sync_encoded(selector_m::SELECT_NOW, Vec::new(), |w| {
-                w.str(service).strs(exclude).opt_str(protocol);
-            })
+            .call_sync_encoded(selector_m::SELECT_NOW, Vec::new(), |w| put_selection(w, service, exclude, protocol))
             .ok()?;
         if r.bytes.as_slice().is_empty() {
             return None;
@@ -449,12 +457,7 @@ mod tests {
     #[tokio::test]
     async fn the_node_cache_stays_bounded() -> Result<()> {
         let host = Arc::new(Fixed(Mutex::new(node("n0", "127.0.0.1:1"))));
-        let proxy = SelectorProxy {
-            remote: Remote::new(export_selector(host.clone()))?,
-            name: "fixed".into(),
-            nodes: Default::default(),
-            success_marks: std::sync::atomic::AtomicBool::new(true),
-        };
+        let proxy = SelectorProxy::new(Remote::new(export_selector(host.clone()))?, "fixed".into());
         for i in 0..NODE_CACHE * 3 {
             *host.0.lock().unwrap_or_else(|p| p.into_inner()) = node(&format!("n{i}"), "127.0.0.1:1");
             assert_eq!(proxy.select_shared("s", SelectOptions::default()).await?.id, format!("n{i}"));
@@ -544,12 +547,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_encoding_at_a_reused_address_is_decoded_afresh() -> Result<()> {
-        let proxy = SelectorProxy {
-            remote: Remote::new(export_selector(Arc::new(Slow { fail: false })))?,
-            name: "slow".into(),
-            nodes: Default::default(),
-            success_marks: std::sync::atomic::AtomicBool::new(true),
-        };
+        let proxy = SelectorProxy::new(Remote::new(export_selector(Arc::new(Slow { fail: false })))?, "slow".into());
         let mut buf = encode(&node("a", "127.0.0.1:1"));
         // (A node's metadata is a HashMap: another encoding of the same node may order it otherwise.)
         let a = buf.clone();
