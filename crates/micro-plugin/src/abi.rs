@@ -142,6 +142,14 @@ impl FfiBuf {
     }
 }
 
+/// So that a [`bytes::Bytes`] can keep the buffer (`Bytes::from_owner`)
+/// instead of copying it; the owning side frees it when the last slice goes.
+impl AsRef<[u8]> for FfiBuf {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
 impl Drop for FfiBuf {
     fn drop(&mut self) {
         if let Some(free) = self.free.take() {

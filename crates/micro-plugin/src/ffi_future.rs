@@ -212,6 +212,44 @@ impl WakerSlot {
     }
 }
 
+impl Drop for WakerSlot {
+    fn drop(&mut self) {
+        // A bridge nobody else holds (the other side dropped its clones, as
+        // it has by the time a call's reply is back) is kept for the next
+        // slot of this thread: one allocation fewer per crossing future,
+        // and under load, with many calls in flight, fewer frees that
+        // overflow the allocator's per-thread cache.
+        let Some(mut bridge) = self.bridge.take() else { return };
+        let Some(unique) = Arc::get_mut(&mut bridge) else { return };
+        // Release the task's waker now; the next slot registers its own.
+        unique.waker = AtomicWaker::new();
+        let _ = SPARE_BRIDGES.try_with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < SPARE_BRIDGES_KEPT {
+                spare.push(bridge);
+            }
+        });
+    }
+}
+
+thread_local! {
+    /// Bridges that no waker refers to any more, for this thread's next slots.
+    static SPARE_BRIDGES: std::cell::RefCell<Vec<Arc<Bridge>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// How many spare bridges a thread keeps (each is 48 bytes): about as many
+/// as the calls one thread has in flight under load.
+const SPARE_BRIDGES_KEPT: usize = 64;
+
+/// A bridge for a slot's first clone: a spare one of this thread, else a new one.
+fn new_bridge(waker: &Waker) -> Arc<Bridge> {
+    let spare = SPARE_BRIDGES.try_with(|spare| spare.borrow_mut().pop()).ok().flatten();
+    let bridge =
+        spare.unwrap_or_else(|| Arc::new(Bridge { header: FfiWaker { vtable: &BRIDGE }, waker: AtomicWaker::new() }));
+    bridge.waker.register(waker);
+    bridge
+}
+
 /// The shared waker the other side holds clones of.
 #[repr(C)]
 struct Bridge {
@@ -239,11 +277,7 @@ unsafe extern "C" fn first_clone(w: *const FfiWaker) -> *const FfiWaker {
     // lives (on the polling side's stack) for the poll this clone happens in.
     let first = unsafe { &*(w as *const FirstPoll<'_>) };
     let made = catch_unwind(AssertUnwindSafe(|| {
-        let b = first.slot.get_or_init(|| {
-            let waker = AtomicWaker::new();
-            waker.register(first.waker);
-            Arc::new(Bridge { header: FfiWaker { vtable: &BRIDGE }, waker })
-        });
+        let b = first.slot.get_or_init(|| new_bridge(first.waker));
         Arc::into_raw(Arc::clone(b)) as *const FfiWaker
     }));
     // Only an allocation failure panics here, and that aborts anyway;
@@ -431,6 +465,38 @@ mod tests {
         let w = stored.lock().unwrap_or_else(|e| e.into_inner()).take();
         w.into_iter().for_each(Waker::wake);
         assert_eq!((a.0.load(Ordering::SeqCst), b.0.load(Ordering::SeqCst)), (0, 1));
+    }
+
+    /// Polls a fresh `Registers` once with `waker`; returns the awaiter and
+    /// the address of the waker the other side stored (its bridge).
+    fn poll_once(waker: &Waker, stored: &Arc<Mutex<Option<Waker>>>) -> (Pin<Box<Polled<u32>>>, *const ()) {
+        let fut = FfiFuture::new(Registers { stored: stored.clone(), clones: Arc::default(), polls_left: 1 });
+        let mut polled = Box::pin(fut.into_future());
+        assert!(polled.as_mut().poll(&mut Context::from_waker(waker)).is_pending());
+        let at = stored.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(std::ptr::null(), |w| w.data());
+        (polled, at)
+    }
+
+    #[test]
+    fn a_released_bridge_is_reused_and_one_still_held_is_not() {
+        let (a, b) = (Arc::new(Count(AtomicUsize::new(0))), Arc::new(Count(AtomicUsize::new(0))));
+        let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+        let stored = Arc::new(Mutex::new(None));
+
+        // The other side let go of its clone: the next slot of this thread gets the same bridge.
+        let (polled, first) = poll_once(&wa, &stored);
+        drop(stored.lock().unwrap_or_else(|e| e.into_inner()).take());
+        drop(polled);
+        let (polled, second) = poll_once(&wa, &stored);
+        assert_eq!(first, second, "a bridge nobody holds is reused");
+
+        // Still held: never handed to another slot, and it keeps waking its own task only.
+        let held = stored.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(polled);
+        let (_polled, third) = poll_once(&wb, &stored);
+        assert_ne!(second, third, "a bridge the other side still holds is not reused");
+        held.into_iter().for_each(Waker::wake);
+        assert_eq!((a.0.load(Ordering::SeqCst), b.0.load(Ordering::SeqCst)), (1, 0));
     }
 
     #[test]

@@ -52,8 +52,7 @@ pub fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(fut: F) {
         return;
     };
     let own = crate::runtime::plugin_runtime();
-    let task =
-        Contained::new(Box::pin(fut), own.clone(), |()| (), |e| tracing::error!("a plugin task ended with a {e}"));
+    let task = Contained::new(fut, own.as_ref(), |()| (), |e| tracing::error!("a plugin task ended with a {e}"));
     let mut ffi = std::mem::ManuallyDrop::new(FfiFuture::new(task));
     // SAFETY: `spawn` is the host's function for this ABI version (checked
     // at init); it either takes the future out of `ffi` (0) or leaves it.

@@ -65,6 +65,38 @@ pub trait Dispatch: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Reply, Error>>;
     /// A synchronous method.
     fn call_sync(&self, method: u32, args: &[u8], objects: Vec<FfiObject>) -> Result<Reply, Error>;
+    /// An async method of a hot path, started in one allocation: the
+    /// future goes into [`Inline::start`], which boxes it together with
+    /// what the crossing keeps, instead of [`call`](Self::call)'s box plus
+    /// that one. `Err(self)` (the default, and the answer for every method
+    /// it does not handle) sends the call to [`call`](Self::call). It is
+    /// only asked for calls that hand over no objects.
+    fn call_inline(
+        self: Arc<Self>,
+        method: u32,
+        args: &[u8],
+        start: Inline<'_>,
+    ) -> Result<FfiFuture<FfiReply>, Arc<Self>> {
+        let _ = (method, args, start);
+        Err(self)
+    }
+}
+
+/// Starts a future for [`Dispatch::call_inline`].
+pub struct Inline<'a> {
+    rt: Option<&'a tokio::runtime::Handle>,
+}
+
+impl Inline<'_> {
+    /// The crossing's future for `fut`, in one allocation: polled and
+    /// dropped as every exported future is (this side's runtime entered,
+    /// panics caught), its result encoded as a reply.
+    pub fn start<F>(self, fut: F) -> FfiFuture<FfiReply>
+    where
+        F: std::future::Future<Output = Result<Reply, Error>> + Send + 'static,
+    {
+        FfiFuture::new(runtime::Contained::new(fut, self.rt, reply_of, |e| reply_of(Err(Error::internal(ID, e)))))
+    }
 }
 
 /// An unknown method number: the two sides disagree about the ABI.
@@ -94,6 +126,12 @@ trait DispatchDyn: Send + Sync {
         objects: Vec<FfiObject>,
     ) -> BoxFuture<'static, Result<Reply, Error>>;
     fn call_sync_dyn(&self, method: u32, args: &[u8], objects: Vec<FfiObject>) -> Result<Reply, Error>;
+    fn call_inline_dyn(
+        self: Arc<Self>,
+        method: u32,
+        args: &[u8],
+        start: Inline<'_>,
+    ) -> Result<FfiFuture<FfiReply>, Arc<dyn DispatchDyn>>;
 }
 
 impl<T: Dispatch> DispatchDyn for T {
@@ -108,12 +146,20 @@ impl<T: Dispatch> DispatchDyn for T {
     fn call_sync_dyn(&self, method: u32, args: &[u8], objects: Vec<FfiObject>) -> Result<Reply, Error> {
         self.call_sync(method, args, objects)
     }
+    fn call_inline_dyn(
+        self: Arc<Self>,
+        method: u32,
+        args: &[u8],
+        start: Inline<'_>,
+    ) -> Result<FfiFuture<FfiReply>, Arc<dyn DispatchDyn>> {
+        self.call_inline(method, args, start).map_err(|this| this as Arc<dyn DispatchDyn>)
+    }
 }
 
 impl Exported {
     /// Enters this side's runtime unless the calling thread is already in it.
     fn enter(&self) -> Option<tokio::runtime::EnterGuard<'_>> {
-        runtime::enter(&self.rt)
+        runtime::enter(self.rt.as_ref())
     }
 }
 
@@ -165,10 +211,18 @@ unsafe extern "C" fn call_entry(data: *const c_void, method: u32, args: FfiArgs)
     let bytes = unsafe { args.bytes.as_bytes() };
     let started = catch_unwind(AssertUnwindSafe(|| {
         let _g = ex.enter();
-        ex.inner.clone().call_dyn(method, bytes, objects)
+        let mut inner = ex.inner.clone();
+        if objects.is_empty() {
+            match inner.call_inline_dyn(method, bytes, Inline { rt: ex.rt.as_ref() }) {
+                Ok(fut) => return Ok(fut),
+                Err(back) => inner = back,
+            }
+        }
+        Err(inner.call_dyn(method, bytes, objects))
     }));
     match started {
-        Ok(fut) => FfiFuture::new(runtime::Contained::new(fut, ex.rt.clone(), reply_of, |e| {
+        Ok(Ok(inline)) => inline,
+        Ok(Err(fut)) => FfiFuture::new(runtime::Contained::new(fut, ex.rt.as_ref(), reply_of, |e| {
             reply_of(Err(Error::internal(ID, e)))
         })),
         Err(p) => {
@@ -197,7 +251,7 @@ unsafe extern "C" fn drop_entry(data: *const c_void) {
     let ex = unsafe { Box::from_raw(data as *mut Exported) };
     // A value's Drop may use its runtime (e.g. to cancel tasks); a panic in it must not unwind out.
     let rt = ex.rt.clone();
-    let _g = runtime::enter(&rt);
+    let _g = runtime::enter(rt.as_ref());
     if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(ex))) {
         tracing::error!("an object panicked while being released: {}", panic_message(&*p));
     }
@@ -309,6 +363,32 @@ impl Remote {
         async move { into_result(fut.await) }
     }
 
+    /// Calls an async method whose argument is `bytes`, lent rather than
+    /// borrowed: they cross with one object, which owns them, so that the
+    /// callee can keep them after the call returns ([`kept_args`]) instead
+    /// of copying them. For a batch of frames, the copy was the largest
+    /// allocation of a call through a socket of the other side, and the
+    /// one that made the allocator consolidate its caches (BENCHMARKS.md).
+    pub(crate) fn call_lending(
+        &self,
+        method: u32,
+        bytes: bytes::Bytes,
+    ) -> impl std::future::Future<Output = Result<RemoteReply, Error>> + Send + 'static {
+        let owner = Box::new(bytes);
+        // The bytes live on the heap (or are static): moving the `Bytes` into
+        // its box moved none of them, so this view stays valid while it lives.
+        let view = FfiStr::from_slice(&owner[..]);
+        // SAFETY: LENT's functions take exactly this Box<Bytes>; the object owns it.
+        let lent = unsafe { FfiObject::from_raw(Box::into_raw(owner) as *const c_void, &LENT) };
+        let mut out = std::mem::ManuallyDrop::new(lent);
+        let args = FfiArgs { bytes: view, objects: &mut *out, n_objects: 1 };
+        // SAFETY: `obj` is a live object of the other side; the callee takes
+        // the one object (so it is not dropped here) and reads or keeps `view`
+        // through it.
+        let fut = unsafe { (self.obj.vtable_ref().call)(self.obj.data(), method, args) };
+        async move { into_result(fut.await) }
+    }
+
     /// Calls a synchronous method with arguments written by `encode` into
     /// this thread's scratch buffer (see [`call_encoded`](Self::call_encoded)).
     pub fn call_sync_encoded(
@@ -334,6 +414,63 @@ impl Remote {
             .map(|r| String::from_utf8_lossy(r.bytes.as_slice()).into_owned())
             .unwrap_or_default()
     }
+}
+
+/// The vtable of a lent buffer: an object that owns the bytes of a call's
+/// arguments, so that the callee may keep them past the call instead of
+/// copying them (a batch of frames for a socket of the other side). It has
+/// no methods; dropping it releases the bytes on the lending side.
+static LENT: ObjectVTable = ObjectVTable { call: lent_call, call_sync: lent_call_sync, drop: lent_drop };
+
+unsafe extern "C" fn lent_call(_: *const c_void, method: u32, args: FfiArgs) -> FfiFuture<FfiReply> {
+    // SAFETY: the caller passes ownership of the objects (released here).
+    drop(unsafe { take_objects(&args) });
+    FfiFuture::new(std::future::ready(reply_of(Err(unknown_method("lent buffer", method)))))
+}
+
+unsafe extern "C" fn lent_call_sync(_: *const c_void, method: u32, args: FfiArgs) -> FfiReply {
+    // SAFETY: as in lent_call.
+    drop(unsafe { take_objects(&args) });
+    reply_of(Err(unknown_method("lent buffer", method)))
+}
+
+unsafe extern "C" fn lent_drop(data: *const c_void) {
+    // SAFETY: `data` is the Box<Bytes> made by `Remote::call_lending`; the owner drops it once.
+    let owned = unsafe { Box::from_raw(data as *mut bytes::Bytes) };
+    if catch_unwind(AssertUnwindSafe(move || drop(owned))).is_err() {
+        tracing::error!("a lent buffer panicked while being released");
+    }
+}
+
+/// Bytes of the other side, kept alive by the object that lent them.
+struct Lent {
+    ptr: *const u8,
+    len: usize,
+    _owner: FfiObject,
+}
+
+// SAFETY: the bytes are immutable while lent and the owner is Send: the view
+// may move to and be dropped on any thread.
+unsafe impl Send for Lent {}
+
+impl AsRef<[u8]> for Lent {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `kept_args`' caller vouched that `_owner` keeps these bytes
+        // alive and unchanged until it is dropped, which is after this borrow.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// A call's argument bytes, kept past the call by `owner`, the object they
+/// were lent with (see [`Remote::call_lending`]), instead of copied.
+///
+/// # Safety
+/// `owner` must have come with `args` from a call made by
+/// [`Remote::call_lending`] (the method's contract says which calls carry
+/// one): it keeps those bytes alive and unchanged until it is dropped.
+// SAFETY: unsafe to call; the contract is the `# Safety` section above.
+pub(crate) unsafe fn kept_args(args: &[u8], owner: FfiObject) -> bytes::Bytes {
+    bytes::Bytes::from_owner(Lent { ptr: args.as_ptr(), len: args.len(), _owner: owner })
 }
 
 /// Calls a plain entry point (a plugin's `construct`) with encoded

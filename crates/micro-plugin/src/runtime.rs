@@ -51,14 +51,14 @@ thread_local! {
 /// Enters `rt` unless the calling thread is already in a runtime of this
 /// side's tokio (a thread of the other side never is: its tokio is another copy).
 ///
-/// Inside a plugin the runtime is always the plugin's one, and a host thread
-/// that polls plugin code enters it once and stays in it: the plugin's copy
-/// of tokio keeps its context in its own thread-locals, which the host's
-/// tokio never reads, so this changes nothing for the host, and saves each
-/// later poll a handle clone and a thread-local swap (a fifth of the runtime
-/// bookkeeping of a client plugin's call, BENCHMARKS.md).
-pub(crate) fn enter(rt: &Option<Handle>) -> Option<EnterGuard<'_>> {
-    let rt = rt.as_ref()?;
+/// Inside a plugin the runtime is always the plugin's one, whatever `rt`
+/// says, and a host thread that polls plugin code enters it once and stays
+/// in it: the plugin's copy of tokio keeps its context in its own
+/// thread-locals, which the host's tokio never reads, so this changes
+/// nothing for the host, and saves each later poll a handle clone and a
+/// thread-local swap (a fifth of the runtime bookkeeping of a client
+/// plugin's call, BENCHMARKS.md).
+pub(crate) fn enter(rt: Option<&Handle>) -> Option<EnterGuard<'_>> {
     // In a task of this side's tokio: its runtime is current (cheaper to
     // ask than `try_current`, which clones the handle).
     if tokio::task::try_id().is_some() {
@@ -76,70 +76,91 @@ pub(crate) fn enter(rt: &Option<Handle>) -> Option<EnterGuard<'_>> {
         }
         return None;
     }
+    let rt = rt?;
     match Handle::try_current() {
         Err(_) => Some(rt.enter()),
         Ok(_) => None,
     }
 }
 
-/// A future of this side handed to the other: polled and dropped with this
-/// side's runtime entered, panics in either turned into `on_panic`'s value
-/// (poll) or a log line (drop). Its output is mapped by `map` (to the C
-/// reply type, say) so that one allocation, the FFI box, holds it all.
-pub(crate) struct Contained<F: Future + Unpin, O> {
-    fut: Option<F>,
-    rt: Option<Handle>,
-    map: fn(F::Output) -> O,
-    on_panic: fn(String) -> O,
+/// The runtime a future of this side needs entered (see [`enter`]), kept
+/// by the future. Inside a plugin nothing is kept: [`enter`] always takes
+/// the plugin's own runtime, a static. So a crossing inside a plugin clones
+/// no handle, whose reference count the host's threads would otherwise
+/// bounce between their caches on every call.
+pub(crate) fn keep(rt: Option<&Handle>) -> Option<Handle> {
+    if PLUGIN_RUNTIME.get().is_some() {
+        return None;
+    }
+    rt.cloned().or_else(|| Handle::try_current().ok())
 }
 
-impl<F: Future + Unpin, O> Contained<F, O> {
-    /// Wraps `fut`, to run on `rt` (this side's runtime when `None` is given: see [`this_side`]).
-    pub(crate) fn new(fut: F, rt: Option<Handle>, map: fn(F::Output) -> O, on_panic: fn(String) -> O) -> Self {
-        Contained { fut: Some(fut), rt: rt.or_else(this_side), map, on_panic }
+pin_project_lite::pin_project! {
+    /// A future of this side handed to the other: polled and dropped with
+    /// this side's runtime entered, panics in either turned into
+    /// `on_panic`'s value (poll) or a log line (drop). Its output is mapped
+    /// by `map` (to the C reply type, say) so that one allocation, the FFI
+    /// box, holds it all: the future itself is kept inline, pinned where the
+    /// box pins it, not boxed a second time.
+    pub(crate) struct Contained<F: Future, O> {
+        #[pin]
+        fut: Option<F>,
+        rt: Option<Handle>,
+        map: fn(F::Output) -> O,
+        on_panic: fn(String) -> O,
+    }
+
+    impl<F: Future, O> PinnedDrop for Contained<F, O> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if this.fut.is_none() {
+                return;
+            }
+            // A cancelled future's state (a pooled connection, a spawned
+            // clean-up) may need its runtime to drop, and must never unwind here.
+            let _g = enter(this.rt.as_ref());
+            drop_in_slot(this.fut);
+        }
     }
 }
 
-impl<F: Future + Unpin, O> Future for Contained<F, O> {
+impl<F: Future, O> Contained<F, O> {
+    /// Wraps `fut`, to run on `rt` (this side's current runtime when `None`
+    /// is given; inside a plugin always the plugin's: see [`keep`]).
+    pub(crate) fn new(fut: F, rt: Option<&Handle>, map: fn(F::Output) -> O, on_panic: fn(String) -> O) -> Self {
+        Contained { fut: Some(fut), rt: keep(rt), map, on_panic }
+    }
+}
+
+/// Drops a pinned future in its slot, with panics caught; the caller has
+/// entered its runtime. `Pin::set` drops the old value in place.
+fn drop_in_slot<F>(mut slot: Pin<&mut Option<F>>) {
+    if let Err(p) = catch_unwind(AssertUnwindSafe(|| slot.set(None))) {
+        tracing::error!("a future panicked while being dropped: {}", panic_message(&*p));
+    }
+}
+
+impl<F: Future, O> Future for Contained<F, O> {
     type Output = O;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<O> {
-        let this = &mut *self;
-        let Some(fut) = this.fut.as_mut() else {
-            return Poll::Ready((this.on_panic)("polled after it panicked".into()));
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<O> {
+        let mut this = self.project();
+        let _g = enter(this.rt.as_ref());
+        let Some(fut) = this.fut.as_mut().as_pin_mut() else {
+            return Poll::Ready((this.on_panic)("polled after it finished or panicked".into()));
         };
-        let _g = enter(&this.rt);
-        match catch_unwind(AssertUnwindSafe(|| Pin::new(fut).poll(cx))) {
+        match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
             Ok(Poll::Ready(v)) => {
                 // Done: release its state now, on this side, guarded too.
-                drop_contained(this.fut.take());
+                drop_in_slot(this.fut);
                 Poll::Ready((this.map)(v))
             }
             Ok(Poll::Pending) => Poll::Pending,
             Err(p) => {
                 // Its state is unknown after a panic: drop it now.
-                drop_contained(this.fut.take());
+                drop_in_slot(this.fut);
                 Poll::Ready((this.on_panic)(format!("panic: {}", panic_message(&*p))))
             }
         }
-    }
-}
-
-/// Drops a future with panics caught (the caller has entered its runtime).
-fn drop_contained<F>(fut: Option<F>) {
-    if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(fut))) {
-        tracing::error!("a future panicked while being dropped: {}", panic_message(&*p));
-    }
-}
-
-impl<F: Future + Unpin, O> Drop for Contained<F, O> {
-    fn drop(&mut self) {
-        if self.fut.is_none() {
-            return;
-        }
-        // A cancelled future's state (a pooled connection, a spawned
-        // clean-up) may need its runtime to drop, and must never unwind here.
-        let _g = enter(&self.rt);
-        drop_contained(self.fut.take());
     }
 }
 
@@ -151,5 +172,49 @@ pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "unknown panic payload".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi_future::{FfiFuture, FromPanic};
+    use std::future::IntoFuture;
+
+    /// Pending once, then ready.
+    struct YieldOnce(bool);
+    impl Future for YieldOnce {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if std::mem::replace(&mut self.0, true) {
+                return Poll::Ready(());
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    #[derive(Debug, PartialEq)]
+    struct Addresses(usize, usize);
+    impl FromPanic for Addresses {
+        fn from_panic() -> Self {
+            Addresses(0, 1)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pinned_future_is_kept_in_place_inside_its_one_box() {
+        // An async block is not Unpin: a local it borrows across an await
+        // lives in the future itself, so its address shows whether the
+        // future moved between polls.
+        let fut = async {
+            let local = [0u8; 8];
+            let before = std::ptr::addr_of!(local) as usize;
+            YieldOnce(false).await;
+            Addresses(before, std::ptr::addr_of!(local) as usize)
+        };
+        let contained = Contained::new(fut, None, |a| a, |_| Addresses::from_panic());
+        let out = FfiFuture::new(contained).into_future().await;
+        assert_eq!(out.0, out.1, "the future moved while pinned");
     }
 }

@@ -187,7 +187,7 @@ struct HalvesExport {
 }
 
 impl Dispatch for HalvesExport {
-    fn call(self: Arc<Self>, method: u32, args: &[u8], _: Vec<FfiObject>) -> BoxFuture<'static, Result<Reply>> {
+    fn call(self: Arc<Self>, method: u32, args: &[u8], objects: Vec<FfiObject>) -> BoxFuture<'static, Result<Reply>> {
         match method {
             halves_m::SEND => {
                 let msg = dec!(micro_core::frame::decode(bytes::Bytes::copy_from_slice(args))
@@ -196,7 +196,7 @@ impl Dispatch for HalvesExport {
             }
             // A batch crosses as it is and leaves in the socket's one write.
             halves_m::SEND_FRAMES => {
-                let batch = bytes::Bytes::copy_from_slice(args);
+                let batch = sent_batch(args, objects);
                 Box::pin(async move { self.tx.lock().await.send_frames(batch).await.and_then(|_| ok()) })
             }
             halves_m::CLOSE => Box::pin(async move { self.tx.lock().await.close().await.and_then(|_| ok()) }),
@@ -206,7 +206,9 @@ impl Dispatch for HalvesExport {
             }),
             halves_m::RECV_FRAMES => Box::pin(async move {
                 let batch = self.rx.lock().await.recv_frames().await?;
-                Ok(Reply::bytes(batch.to_vec()))
+                // A batch is a buffer of its own (the TCP transport's is):
+                // it crosses as it is, not copied (a copy if it is shared).
+                Ok(Reply::bytes(Vec::from(batch)))
             }),
             m => ready_err(unknown_method("split socket", m)),
         }
@@ -218,6 +220,18 @@ impl Dispatch for HalvesExport {
             }
             m => Err(unknown_method("split socket", m)),
         }
+    }
+}
+
+/// SEND_FRAMES's batch: kept where the sender lent it from (its one
+/// object owns the bytes), else copied (a sender that lends nothing).
+#[allow(unsafe_code)]
+fn sent_batch(args: &[u8], objects: Vec<FfiObject>) -> bytes::Bytes {
+    match objects.into_iter().next() {
+        // SAFETY: SEND_FRAMES's one object is the owner of its arguments:
+        // `SenderProxy::send_frames` lends them with `call_lending`.
+        Some(owner) => unsafe { crate::object::kept_args(args, owner) },
+        None => bytes::Bytes::copy_from_slice(args),
     }
 }
 
@@ -233,7 +247,7 @@ impl SocketSender for SenderProxy {
         self.remote.call(halves_m::SEND, &frame_of(&msg)?, Vec::new()).await.map(|_| ())
     }
     async fn send_frames(&mut self, batch: bytes::Bytes) -> Result<()> {
-        self.remote.call(halves_m::SEND_FRAMES, &batch, Vec::new()).await.map(|_| ())
+        self.remote.call_lending(halves_m::SEND_FRAMES, batch).await.map(|_| ())
     }
     async fn close(&mut self) -> Result<()> {
         self.remote.call(halves_m::CLOSE, &[], Vec::new()).await.map(|_| ())
@@ -272,7 +286,9 @@ impl SocketReceiver for ReceiverProxy {
         }
         if self.batches {
             match self.remote.call(halves_m::RECV_FRAMES, &[], Vec::new()).await {
-                Ok(r) => return Ok(bytes::Bytes::copy_from_slice(r.bytes.as_slice())),
+                // Kept in the other side's buffer, not copied: the frames
+                // are slices of it, freed by that side when the last goes.
+                Ok(r) => return Ok(bytes::Bytes::from_owner(r.bytes)),
                 Err(e) if is_unknown_method(&e) => self.batches = false,
                 Err(e) => return Err(e),
             }
@@ -395,6 +411,91 @@ mod tests {
         assert_eq!(&rx.recv_frames().await?[..], b"\0\0\0\x06second", "a batch of one, in batch format");
         let e = rx.recv_frame().await.expect_err("no more frames");
         assert!(e.detail.contains("connection closed"), "{e:?}");
+        Ok(())
+    }
+
+    /// A sending half that keeps the batches it is given.
+    struct Keeps(Arc<std::sync::Mutex<Vec<bytes::Bytes>>>);
+
+    #[async_trait]
+    impl SocketSender for Keeps {
+        async fn send(&mut self, _: Message) -> Result<()> {
+            Ok(())
+        }
+        async fn send_frames(&mut self, batch: bytes::Bytes) -> Result<()> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).push(batch);
+            Ok(())
+        }
+        async fn close(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A receiving half that hands out one batch.
+    struct Gives(Option<bytes::Bytes>);
+
+    #[async_trait]
+    impl SocketReceiver for Gives {
+        async fn recv(&mut self) -> Result<Message> {
+            Err(Error::internal("test", "frames only"))
+        }
+        async fn recv_frames(&mut self) -> Result<bytes::Bytes> {
+            self.0.take().ok_or_else(|| Error::internal("test", "connection closed"))
+        }
+    }
+
+    /// Drops nothing until told, and says when its bytes are freed.
+    struct Watched(Vec<u8>, Arc<std::sync::atomic::AtomicBool>);
+    impl AsRef<[u8]> for Watched {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+    impl Drop for Watched {
+        fn drop(&mut self) {
+            self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_crosses_without_a_copy_and_is_freed_by_its_side() -> Result<()> {
+        let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut received = bytes::BytesMut::new();
+        micro_core::frame::put_prefixed(&mut received, b"reply");
+        let received = received.freeze();
+        let received_at = received.as_ptr();
+        let halves = Arc::new(HalvesExport {
+            tx: tokio::sync::Mutex::new(Box::new(Keeps(sent.clone()))),
+            rx: tokio::sync::Mutex::new(Box::new(Gives(Some(received)))),
+            max: None,
+        });
+        let remote = Arc::new(Remote::new(export(halves))?);
+
+        // Sent: the other side keeps the sender's own bytes, lent with the call.
+        let freed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let batch = bytes::Bytes::from_owner(Watched(b"\0\0\0\x02hi".to_vec(), freed.clone()));
+        let batch_at = batch.as_ptr();
+        let mut tx = SenderProxy { remote: remote.clone(), max: None };
+        tx.send_frames(batch).await?;
+        let kept = sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .ok_or_else(|| Error::internal("test", "nothing sent"))?;
+        assert_eq!(&kept[..], b"\0\0\0\x02hi");
+        assert_eq!(kept.as_ptr(), batch_at, "the batch was copied");
+        assert!(!freed.load(std::sync::atomic::Ordering::SeqCst), "freed while the other side still holds it");
+        drop(kept);
+        assert!(
+            freed.load(std::sync::atomic::Ordering::SeqCst),
+            "the lender's bytes are freed when the keeper drops them"
+        );
+
+        // Received: the batch the socket read is the one handed out, frames sliced from it.
+        let mut rx = ReceiverProxy { remote, pending: bytes::Bytes::new(), batches: true };
+        let got = rx.recv_frames().await?;
+        assert_eq!(got.as_ptr(), received_at, "the received batch was copied");
+        assert_eq!(&got[4..], b"reply");
         Ok(())
     }
 
