@@ -242,7 +242,9 @@ impl Drop for FfiObject {
 /// passes to the callee.
 #[repr(C)]
 pub struct FfiArgs {
-    /// Encoded arguments, borrowed for the duration of the call.
+    /// Encoded arguments, borrowed for the duration of the call (and, for a
+    /// method whose contract says its object owns them, for as long as the
+    /// callee keeps that object: see `Remote::call_lending`).
     pub bytes: FfiStr,
     /// Objects; the callee takes ownership of each.
     pub objects: *mut FfiObject,

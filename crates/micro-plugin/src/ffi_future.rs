@@ -241,6 +241,12 @@ thread_local! {
 /// as the calls one thread has in flight under load.
 const SPARE_BRIDGES_KEPT: usize = 64;
 
+/// How many spare bridges this thread holds (for tests).
+#[cfg(test)]
+fn spare_bridges() -> usize {
+    SPARE_BRIDGES.with(|spare| spare.borrow().len())
+}
+
 /// A bridge for a slot's first clone: a spare one of this thread, else a new one.
 fn new_bridge(waker: &Waker) -> Arc<Bridge> {
     let spare = SPARE_BRIDGES.try_with(|spare| spare.borrow_mut().pop()).ok().flatten();
@@ -296,8 +302,9 @@ unsafe extern "C" fn first_drop(_: *const FfiWaker) {
 }
 
 unsafe extern "C" fn bridge_clone(w: *const FfiWaker) -> *const FfiWaker {
-    // SAFETY: BRIDGE is only ever the vtable of a Bridge made by `Arc::new`
-    // in first_clone, and the caller holds a reference to it.
+    // SAFETY: BRIDGE is only ever the vtable of a Bridge in an `Arc` (made
+    // or reused by `new_bridge` for first_clone), and the caller holds a
+    // reference to it.
     unsafe { Arc::increment_strong_count(w as *const Bridge) };
     w
 }
@@ -483,16 +490,21 @@ mod tests {
         let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
         let stored = Arc::new(Mutex::new(None));
 
-        // The other side let go of its clone: the next slot of this thread gets the same bridge.
+        // The other side let go of its clone: the bridge becomes this
+        // thread's spare, and the next slot takes it.
+        let spares = spare_bridges();
         let (polled, first) = poll_once(&wa, &stored);
         drop(stored.lock().unwrap_or_else(|e| e.into_inner()).take());
         drop(polled);
+        assert_eq!(spare_bridges(), spares + 1, "a bridge nobody holds is kept");
         let (polled, second) = poll_once(&wa, &stored);
+        assert_eq!(spare_bridges(), spares, "the next slot took the spare");
         assert_eq!(first, second, "a bridge nobody holds is reused");
 
         // Still held: never handed to another slot, and it keeps waking its own task only.
         let held = stored.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(polled);
+        assert_eq!(spare_bridges(), spares, "a bridge the other side holds is not kept");
         let (_polled, third) = poll_once(&wb, &stored);
         assert_ne!(second, third, "a bridge the other side still holds is not reused");
         held.into_iter().for_each(Waker::wake);

@@ -108,7 +108,7 @@ fn on_host<F: Future + Send + 'static>(fut: F, on_panic: fn(String) -> F::Output
 where
     F::Output: Send + 'static,
 {
-    FfiFuture::new(Contained::new(fut, host_runtime().as_ref(), |v| v, on_panic))
+    FfiFuture::new(Contained::with_handle(fut, host_runtime(), |v| v, on_panic))
 }
 
 unsafe extern "C" fn connect(addr: FfiStr) -> FfiFuture<FfiStreamReply> {

@@ -71,12 +71,7 @@ pub trait Dispatch: Send + Sync + 'static {
     /// that one. `Err(self)` (the default, and the answer for every method
     /// it does not handle) sends the call to [`call`](Self::call). It is
     /// only asked for calls that hand over no objects.
-    fn call_inline(
-        self: Arc<Self>,
-        method: u32,
-        args: &[u8],
-        start: Inline<'_>,
-    ) -> Result<FfiFuture<FfiReply>, Arc<Self>> {
+    fn call_inline(self: Arc<Self>, method: u32, args: &[u8], start: Inline<'_>) -> Result<Started, Arc<Self>> {
         let _ = (method, args, start);
         Err(self)
     }
@@ -91,13 +86,18 @@ impl Inline<'_> {
     /// The crossing's future for `fut`, in one allocation: polled and
     /// dropped as every exported future is (this side's runtime entered,
     /// panics caught), its result encoded as a reply.
-    pub fn start<F>(self, fut: F) -> FfiFuture<FfiReply>
+    pub fn start<F>(self, fut: F) -> Started
     where
         F: std::future::Future<Output = Result<Reply, Error>> + Send + 'static,
     {
-        FfiFuture::new(runtime::Contained::new(fut, self.rt, reply_of, |e| reply_of(Err(Error::internal(ID, e)))))
+        let contained = runtime::Contained::new(fut, self.rt, reply_of, |e| reply_of(Err(Error::internal(ID, e))));
+        Started(FfiFuture::new(contained))
     }
 }
+
+/// A call started by [`Inline::start`] (the only way to make one, so that
+/// every such future runs guarded), ready to cross.
+pub struct Started(FfiFuture<FfiReply>);
 
 /// An unknown method number: the two sides disagree about the ABI.
 pub(crate) fn unknown_method(kind: &str, method: u32) -> Error {
@@ -131,7 +131,7 @@ trait DispatchDyn: Send + Sync {
         method: u32,
         args: &[u8],
         start: Inline<'_>,
-    ) -> Result<FfiFuture<FfiReply>, Arc<dyn DispatchDyn>>;
+    ) -> Result<Started, Arc<dyn DispatchDyn>>;
 }
 
 impl<T: Dispatch> DispatchDyn for T {
@@ -151,7 +151,7 @@ impl<T: Dispatch> DispatchDyn for T {
         method: u32,
         args: &[u8],
         start: Inline<'_>,
-    ) -> Result<FfiFuture<FfiReply>, Arc<dyn DispatchDyn>> {
+    ) -> Result<Started, Arc<dyn DispatchDyn>> {
         self.call_inline(method, args, start).map_err(|this| this as Arc<dyn DispatchDyn>)
     }
 }
@@ -221,7 +221,7 @@ unsafe extern "C" fn call_entry(data: *const c_void, method: u32, args: FfiArgs)
         Err(inner.call_dyn(method, bytes, objects))
     }));
     match started {
-        Ok(Ok(inline)) => inline,
+        Ok(Ok(Started(inline))) => inline,
         Ok(Err(fut)) => FfiFuture::new(runtime::Contained::new(fut, ex.rt.as_ref(), reply_of, |e| {
             reply_of(Err(Error::internal(ID, e)))
         })),
@@ -369,11 +369,18 @@ impl Remote {
     /// of copying them. For a batch of frames, the copy was the largest
     /// allocation of a call through a socket of the other side, and the
     /// one that made the allocator consolidate its caches (BENCHMARKS.md).
+    /// The callee keeps the whole allocation behind `bytes` alive for as
+    /// long as it holds any part of them (for a batch split off a
+    /// connection's buffer, that buffer).
     pub(crate) fn call_lending(
         &self,
         method: u32,
         bytes: bytes::Bytes,
     ) -> impl std::future::Future<Output = Result<RemoteReply, Error>> + Send + 'static {
+        // Held across the call as well: the arguments stay valid for the
+        // whole call whatever the callee does with the object (it may drop
+        // it before it reads them). A reference count, not a copy.
+        let during = bytes.clone();
         let owner = Box::new(bytes);
         // The bytes live on the heap (or are static): moving the `Bytes` into
         // its box moved none of them, so this view stays valid while it lives.
@@ -386,6 +393,7 @@ impl Remote {
         // the one object (so it is not dropped here) and reads or keeps `view`
         // through it.
         let fut = unsafe { (self.obj.vtable_ref().call)(self.obj.data(), method, args) };
+        drop(during);
         async move { into_result(fut.await) }
     }
 

@@ -130,6 +130,16 @@ impl<F: Future, O> Contained<F, O> {
     pub(crate) fn new(fut: F, rt: Option<&Handle>, map: fn(F::Output) -> O, on_panic: fn(String) -> O) -> Self {
         Contained { fut: Some(fut), rt: keep(rt), map, on_panic }
     }
+
+    /// As [`new`](Self::new), with a handle the caller owns already (kept
+    /// as it is rather than cloned; dropped inside a plugin).
+    pub(crate) fn with_handle(fut: F, rt: Option<Handle>, map: fn(F::Output) -> O, on_panic: fn(String) -> O) -> Self {
+        let rt = match rt {
+            Some(h) if PLUGIN_RUNTIME.get().is_none() => Some(h),
+            _ => keep(None),
+        };
+        Contained { fut: Some(fut), rt, map, on_panic }
+    }
 }
 
 /// Drops a pinned future in its slot, with panics caught; the caller has
@@ -178,8 +188,7 @@ pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ffi_future::{FfiFuture, FromPanic};
-    use std::future::IntoFuture;
+    use crate::ffi_future::FromPanic;
 
     /// Pending once, then ready.
     struct YieldOnce(bool);
@@ -195,26 +204,69 @@ mod tests {
     }
 
     #[derive(Debug, PartialEq)]
-    struct Addresses(usize, usize);
-    impl FromPanic for Addresses {
+    struct Out(usize, usize);
+    impl FromPanic for Out {
         fn from_panic() -> Self {
-            Addresses(0, 1)
+            Out(0, 1)
         }
     }
 
-    #[tokio::test]
-    async fn a_pinned_future_is_kept_in_place_inside_its_one_box() {
-        // An async block is not Unpin: a local it borrows across an await
-        // lives in the future itself, so its address shows whether the
-        // future moved between polls.
-        let fut = async {
-            let local = [0u8; 8];
-            let before = std::ptr::addr_of!(local) as usize;
+    /// Pending until dropped; its drop panics.
+    struct PanicsOnDrop(std::marker::PhantomPinned);
+    impl Future for PanicsOnDrop {
+        type Output = Out;
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Out> {
+            Poll::Pending
+        }
+    }
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            panic!("dropped");
+        }
+    }
+
+    fn noop_cx<R>(f: impl FnOnce(&mut Context<'_>) -> R) -> R {
+        f(&mut Context::from_waker(std::task::Waker::noop()))
+    }
+
+    #[test]
+    fn a_pinned_future_whose_drop_panics_is_dropped_in_place_and_contained() {
+        // Not Unpin: kept inline and pinned inside `Contained`, which must
+        // drop it where it is and keep its panic from unwinding out.
+        let mut c = Box::pin(Contained::new(PanicsOnDrop(std::marker::PhantomPinned), None, |a| a, |_| Out(7, 7)));
+        assert!(noop_cx(|cx| c.as_mut().poll(cx)).is_pending());
+        let dropped = catch_unwind(AssertUnwindSafe(move || drop(c)));
+        assert!(dropped.is_ok(), "a panic in a cancelled future's drop unwound out of Contained");
+    }
+
+    #[test]
+    fn a_future_is_released_when_done_and_never_polled_again() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        // An async block (not Unpin) holding a sender: done, it must be
+        // dropped at once, not when its box is.
+        let fut = async move {
+            let _tx = tx;
             YieldOnce(false).await;
-            Addresses(before, std::ptr::addr_of!(local) as usize)
+            Out(1, 1)
         };
-        let contained = Contained::new(fut, None, |a| a, |_| Addresses::from_panic());
-        let out = FfiFuture::new(contained).into_future().await;
-        assert_eq!(out.0, out.1, "the future moved while pinned");
+        let mut c = Box::pin(Contained::new(fut, None, |a| a, |_| Out::from_panic()));
+        assert!(noop_cx(|cx| c.as_mut().poll(cx)).is_pending());
+        assert_eq!(noop_cx(|cx| c.as_mut().poll(cx)), Poll::Ready(Out(1, 1)));
+        assert!(
+            rx.try_recv().is_err_and(|e| e == std::sync::mpsc::TryRecvError::Disconnected),
+            "state kept after Ready"
+        );
+        assert_eq!(noop_cx(|cx| c.as_mut().poll(cx)), Poll::Ready(Out::from_panic()), "polled after it finished");
+    }
+
+    #[test]
+    fn a_panicking_poll_is_a_value() {
+        let fut = async {
+            YieldOnce(true).await;
+            panic!("boom");
+        };
+        let mut c = Box::pin(Contained::new(fut, None, |()| String::new(), |e| e));
+        let out = noop_cx(|cx| c.as_mut().poll(cx));
+        assert!(matches!(&out, Poll::Ready(e) if e.contains("boom")), "{out:?}");
     }
 }

@@ -1,9 +1,7 @@
 //! A client across the boundary.
 
 use super::*;
-use crate::abi::FfiReply;
-use crate::ffi_future::FfiFuture;
-use crate::object::Inline;
+use crate::object::{Inline, Started};
 use std::future::Future;
 
 mod client_m {
@@ -33,12 +31,7 @@ impl Dispatch for ClientExport {
             m => ready_err(unknown_method("client", m)),
         }
     }
-    fn call_inline(
-        self: Arc<Self>,
-        method: u32,
-        args: &[u8],
-        start: Inline<'_>,
-    ) -> Result<FfiFuture<FfiReply>, Arc<Self>> {
+    fn call_inline(self: Arc<Self>, method: u32, args: &[u8], start: Inline<'_>) -> Result<Started, Arc<Self>> {
         // A call, the hot path: one box for its future and the crossing's state.
         match method {
             client_m::CALL => Ok(start.start(self.call_future(&mut Reader::new(args)))),

@@ -206,8 +206,10 @@ impl Dispatch for HalvesExport {
             }),
             halves_m::RECV_FRAMES => Box::pin(async move {
                 let batch = self.rx.lock().await.recv_frames().await?;
-                // A batch is a buffer of its own (the TCP transport's is):
-                // it crosses as it is, not copied (a copy if it is shared).
+                // A batch is a buffer of its own (the TCP transport
+                // assembles each in one of exact size): it crosses as it
+                // is, not copied (a copy if it is shared), and the other
+                // side keeps it whole while it holds any of its frames.
                 Ok(Reply::bytes(Vec::from(batch)))
             }),
             m => ready_err(unknown_method("split socket", m)),
@@ -496,6 +498,63 @@ mod tests {
         let got = rx.recv_frames().await?;
         assert_eq!(got.as_ptr(), received_at, "the received batch was copied");
         assert_eq!(&got[4..], b"reply");
+        Ok(())
+    }
+
+    /// A split socket as a peer from before lent buffers serves SEND_FRAMES:
+    /// it copies the arguments and releases any object unread.
+    struct CopiesSends(Arc<std::sync::Mutex<Vec<bytes::Bytes>>>);
+
+    impl Dispatch for CopiesSends {
+        fn call(self: Arc<Self>, method: u32, args: &[u8], _: Vec<FfiObject>) -> BoxFuture<'static, Result<Reply>> {
+            match method {
+                halves_m::SEND_FRAMES => {
+                    self.0.lock().unwrap_or_else(|p| p.into_inner()).push(bytes::Bytes::copy_from_slice(args));
+                    Box::pin(std::future::ready(ok()))
+                }
+                m => ready_err(unknown_method("split socket", m)),
+            }
+        }
+        fn call_sync(&self, method: u32, _: &[u8], _: Vec<FfiObject>) -> Result<Reply> {
+            Err(unknown_method("split socket", method))
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_reach_peers_that_predate_lending_either_way() -> Result<()> {
+        // An older receiver copies the lent batch; the lender's bytes are freed once it is done.
+        let copied = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let remote = Arc::new(Remote::new(export(Arc::new(CopiesSends(copied.clone()))))?);
+        let freed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let batch = bytes::Bytes::from_owner(Watched(b"\0\0\0\x01a".to_vec(), freed.clone()));
+        let batch_at = batch.as_ptr();
+        SenderProxy { remote, max: None }.send_frames(batch).await?;
+        let got = copied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .ok_or_else(|| Error::internal("test", "nothing sent"))?;
+        assert_eq!(&got[..], b"\0\0\0\x01a");
+        assert_ne!(got.as_ptr(), batch_at, "an older peer has its own copy");
+        assert!(freed.load(std::sync::atomic::Ordering::SeqCst), "the lent buffer was never released");
+
+        // An older sender lends nothing: the batch it borrowed for the call is copied.
+        let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let halves = Arc::new(HalvesExport {
+            tx: tokio::sync::Mutex::new(Box::new(Keeps(sent.clone()))),
+            rx: tokio::sync::Mutex::new(Box::new(Gives(None))),
+            max: None,
+        });
+        let remote = Remote::new(export(halves))?;
+        let borrowed = b"\0\0\0\x01b".to_vec();
+        remote.call(halves_m::SEND_FRAMES, &borrowed, Vec::new()).await?;
+        let got = sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .ok_or_else(|| Error::internal("test", "nothing sent"))?;
+        assert_eq!(&got[..], &borrowed[..]);
+        assert_ne!(got.as_ptr(), borrowed.as_ptr(), "borrowed bytes must be copied, not kept");
         Ok(())
     }
 
