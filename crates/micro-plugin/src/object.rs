@@ -209,22 +209,21 @@ unsafe extern "C" fn call_entry(data: *const c_void, method: u32, args: FfiArgs)
     let objects = unsafe { take_objects(&args) };
     // SAFETY: the caller keeps the bytes alive during this call.
     let bytes = unsafe { args.bytes.as_bytes() };
+    let start = || Inline { rt: ex.rt.as_ref() };
     let started = catch_unwind(AssertUnwindSafe(|| {
         let _g = ex.enter();
         let mut inner = ex.inner.clone();
         if objects.is_empty() {
-            match inner.call_inline_dyn(method, bytes, Inline { rt: ex.rt.as_ref() }) {
-                Ok(fut) => return Ok(fut),
+            match inner.call_inline_dyn(method, bytes, start()) {
+                Ok(fut) => return fut,
                 Err(back) => inner = back,
             }
         }
-        Err(inner.call_dyn(method, bytes, objects))
+        // Any other method: its boxed future, guarded the same way.
+        start().start(inner.call_dyn(method, bytes, objects))
     }));
     match started {
-        Ok(Ok(Started(inline))) => inline,
-        Ok(Err(fut)) => FfiFuture::new(runtime::Contained::new(fut, ex.rt.as_ref(), reply_of, |e| {
-            reply_of(Err(Error::internal(ID, e)))
-        })),
+        Ok(Started(fut)) => fut,
         Err(p) => {
             let e = Error::internal(ID, format!("panic: {}", panic_message(&*p)));
             FfiFuture::new(std::future::ready(reply_of(Err(e))))

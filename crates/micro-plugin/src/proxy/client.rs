@@ -119,7 +119,7 @@ impl Client for ClientProxy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
     use tokio::sync::Notify;
 
     /// A client that answers each call once told to, echoing its body.
@@ -143,29 +143,16 @@ mod tests {
         }
     }
 
-    /// Bytes that say when they are freed.
-    struct Watched(&'static [u8], Arc<AtomicBool>);
-    impl AsRef<[u8]> for Watched {
-        fn as_ref(&self) -> &[u8] {
-            self.0
-        }
-    }
-    impl Drop for Watched {
-        fn drop(&mut self) {
-            self.1.store(true, Ordering::SeqCst);
-        }
-    }
-
     #[tokio::test]
     async fn a_request_is_released_once_it_has_crossed_not_when_the_reply_comes() -> Result<()> {
         let held = Arc::new(Held { called: Notify::new(), answer: Notify::new() });
         let client = import_client(export_client(held.clone()))?;
-        let freed = Arc::new(AtomicBool::new(false));
+        let (body, freed) = Watched::bytes(b"{\"name\":\"x\"}");
         let req = Request {
             service: "greeter".into(),
             endpoint: "Greeter.Hello".into(),
             content_type: "application/json".into(),
-            body: bytes::Bytes::from_owner(Watched(b"{\"name\":\"x\"}", freed.clone())),
+            body,
             metadata: Default::default(),
         };
         let call = tokio::spawn(async move { client.call(req, CallOptions::default()).await });

@@ -47,6 +47,33 @@ fn reply_object(r: RemoteReply, what: &str) -> Result<FfiObject> {
     r.object.ok_or_else(|| Error::internal("go.micro.plugin", format!("no {what} object returned")))
 }
 
+/// Bytes that say when they are freed (for tests of who keeps a buffer).
+#[cfg(test)]
+struct Watched(Vec<u8>, Arc<std::sync::atomic::AtomicBool>);
+
+#[cfg(test)]
+impl Watched {
+    /// `bytes` in a `Bytes` that sets the returned flag when its buffer is freed.
+    fn bytes(bytes: &[u8]) -> (bytes::Bytes, Arc<std::sync::atomic::AtomicBool>) {
+        let freed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        (bytes::Bytes::from_owner(Watched(bytes.to_vec(), freed.clone())), freed)
+    }
+}
+
+#[cfg(test)]
+impl AsRef<[u8]> for Watched {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 mod broker;
 mod client;
 mod handler;

@@ -446,17 +446,9 @@ mod tests {
         }
     }
 
-    /// Drops nothing until told, and says when its bytes are freed.
-    struct Watched(Vec<u8>, Arc<std::sync::atomic::AtomicBool>);
-    impl AsRef<[u8]> for Watched {
-        fn as_ref(&self) -> &[u8] {
-            &self.0
-        }
-    }
-    impl Drop for Watched {
-        fn drop(&mut self) {
-            self.1.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
+    /// The last batch a test half was given.
+    fn last(batches: &std::sync::Mutex<Vec<bytes::Bytes>>) -> Result<bytes::Bytes> {
+        batches.lock().unwrap_or_else(|p| p.into_inner()).pop().ok_or_else(|| Error::internal("test", "nothing sent"))
     }
 
     #[tokio::test]
@@ -474,16 +466,11 @@ mod tests {
         let remote = Arc::new(Remote::new(export(halves))?);
 
         // Sent: the other side keeps the sender's own bytes, lent with the call.
-        let freed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let batch = bytes::Bytes::from_owner(Watched(b"\0\0\0\x02hi".to_vec(), freed.clone()));
+        let (batch, freed) = Watched::bytes(b"\0\0\0\x02hi");
         let batch_at = batch.as_ptr();
         let mut tx = SenderProxy { remote: remote.clone(), max: None };
         tx.send_frames(batch).await?;
-        let kept = sent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-            .ok_or_else(|| Error::internal("test", "nothing sent"))?;
+        let kept = last(&sent)?;
         assert_eq!(&kept[..], b"\0\0\0\x02hi");
         assert_eq!(kept.as_ptr(), batch_at, "the batch was copied");
         assert!(!freed.load(std::sync::atomic::Ordering::SeqCst), "freed while the other side still holds it");
@@ -525,15 +512,10 @@ mod tests {
         // An older receiver copies the lent batch; the lender's bytes are freed once it is done.
         let copied = Arc::new(std::sync::Mutex::new(Vec::new()));
         let remote = Arc::new(Remote::new(export(Arc::new(CopiesSends(copied.clone()))))?);
-        let freed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let batch = bytes::Bytes::from_owner(Watched(b"\0\0\0\x01a".to_vec(), freed.clone()));
+        let (batch, freed) = Watched::bytes(b"\0\0\0\x01a");
         let batch_at = batch.as_ptr();
         SenderProxy { remote, max: None }.send_frames(batch).await?;
-        let got = copied
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-            .ok_or_else(|| Error::internal("test", "nothing sent"))?;
+        let got = last(&copied)?;
         assert_eq!(&got[..], b"\0\0\0\x01a");
         assert_ne!(got.as_ptr(), batch_at, "an older peer has its own copy");
         assert!(freed.load(std::sync::atomic::Ordering::SeqCst), "the lent buffer was never released");
@@ -548,11 +530,7 @@ mod tests {
         let remote = Remote::new(export(halves))?;
         let borrowed = b"\0\0\0\x01b".to_vec();
         remote.call(halves_m::SEND_FRAMES, &borrowed, Vec::new()).await?;
-        let got = sent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-            .ok_or_else(|| Error::internal("test", "nothing sent"))?;
+        let got = last(&sent)?;
         assert_eq!(&got[..], &borrowed[..]);
         assert_ne!(got.as_ptr(), borrowed.as_ptr(), "borrowed bytes must be copied, not kept");
         Ok(())
