@@ -34,7 +34,7 @@ pub use message::Message;
 pub use registry::{
     Endpoint, Event, EventKind, Node, RegisterOptions, Registry, RegistryOptions, Service, Value, WatchOptions, Watcher,
 };
-pub use selector::{SelectOptions, Selector, SelectorOptions};
+pub use selector::{Candidates, Choice, SelectOptions, Selector, SelectorOptions, CANDIDATES_FOR};
 pub use server::{Handler, HandlerFn, Server, ServerLimits, ServerOptions, Subscriber};
 pub use stream::{DroppedFlag, Stream, StreamEnds, StreamHandlerFn, StreamReceiver, StreamSender};
 pub use transport::{Listener, Socket, SocketReceiver, SocketSender, TlsOptions, Transport, TransportOptions};

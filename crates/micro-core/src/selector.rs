@@ -15,6 +15,11 @@ pub struct SelectOptions {
     pub protocol: Option<String>,
 }
 
+/// How long a client chooses among a selector's [`Selector::candidates`]
+/// itself before asking again: changes in the registry, and failures that
+/// other clients mark, reach its calls at most this late.
+pub const CANDIDATES_FOR: Duration = Duration::from_millis(10);
+
 /// What a selector constructor is given.
 #[derive(Clone)]
 pub struct SelectorOptions {
@@ -31,6 +36,27 @@ impl std::fmt::Debug for SelectorOptions {
             .field("cache_ttl", &self.cache_ttl)
             .finish()
     }
+}
+
+/// How a selector chooses one of the nodes it would answer with (see
+/// [`Selector::candidates`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Choice {
+    /// Any one, uniformly at random.
+    Random,
+    /// Each in turn.
+    RoundRobin,
+}
+
+/// The nodes a selector chooses among for a service right now, and how
+/// (see [`Selector::candidates`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidates {
+    /// The nodes a call may go to (not empty).
+    pub nodes: Vec<Arc<Node>>,
+    /// How one of them is chosen for a call.
+    pub choice: Choice,
 }
 
 /// Picks a node of a service.
@@ -52,6 +78,19 @@ pub trait Selector: Send + Sync {
     /// default has nothing at once.
     fn select_now(&self, service: &str, exclude: &[String], protocol: Option<&str>) -> Option<Result<Arc<Node>>> {
         let _ = (service, exclude, protocol);
+        None
+    }
+    /// The nodes [`select_now`](Self::select_now) would choose among for
+    /// `service` and `protocol` with nothing excluded, and how it chooses,
+    /// if it knows them at once. A client may then choose among them itself
+    /// for a short while (micro's clients do for [`CANDIDATES_FOR`]) instead
+    /// of asking on every call, which across the plugin boundary costs a
+    /// crossing each time; it still marks every failure, and asks again
+    /// after one. `None`, the default: the selector's choice is not one of
+    /// [`Choice`]'s (it weighs load, say), or it would have to wait, so it
+    /// is asked once per call.
+    fn candidates(&self, service: &str, protocol: Option<&str>) -> Option<Result<Candidates>> {
+        let _ = (service, protocol);
         None
     }
     /// Feedback on a call to a node: `Ok` or the error it gave.

@@ -267,6 +267,15 @@ micro-plugin = {framework}
 {package} = {{ path = {implementation:?} }}
 
 [workspace]
+
+# A plugin is a final artifact: optimised across its crates (the framework,
+# tokio, the implementation) as one unit, it is about half the size and its
+# calls take less CPU (BENCHMARKS.md). Unwinding stays on: the host contains
+# a plugin's panics.
+[profile.release]
+lto = "fat"
+codegen-units = 1
+panic = "unwind"
 "#,
         name = cfg.name,
         kind = cfg.kind,
@@ -432,6 +441,12 @@ mod tests {
         let manifest = std::fs::read_to_string(out.join("Cargo.toml"))?;
         assert!(manifest.contains("crate-type = [\"cdylib\"]"));
         assert!(manifest.contains("micro-plugin = \"=0.1.0\""));
+        // Release builds are optimised as one unit, and keep unwinding (a
+        // plugin built with `panic = "abort"` is refused at load).
+        let release = manifest.split("[profile.release]").nth(1).ok_or("no release profile")?;
+        for setting in ["lto = \"fat\"", "codegen-units = 1", "panic = \"unwind\""] {
+            assert!(release.contains(setting), "{setting} missing: {manifest}");
+        }
         Ok(())
     }
 

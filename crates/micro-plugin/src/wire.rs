@@ -110,6 +110,10 @@ impl<'a> Reader<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
         Reader { buf }
     }
+    /// How many bytes are left to read.
+    pub fn remaining(&self) -> usize {
+        self.buf.len()
+    }
     fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
         if self.buf.len() < n {
             return Err(short());

@@ -12,7 +12,16 @@ mod selector_m {
     /// SELECT. A peer without it answers "unknown method", which the
     /// caller treats the same way.
     pub(super) const SELECT_NOW: u32 = 5;
+    /// The selector's candidates for a service and protocol, and how it
+    /// chooses among them; an empty reply when it has none to give (the
+    /// caller then selects per call). A peer without it answers "unknown
+    /// method", and is not asked again.
+    pub(super) const CANDIDATES: u32 = 6;
 }
+
+/// How a choice crosses in a CANDIDATES reply.
+const RANDOM: u32 = 0;
+const ROUND_ROBIN: u32 = 1;
 
 fn encode(node: &Node) -> Vec<u8> {
     let mut w = Writer::with_capacity(12 + node.id.len() + node.address.len() + wire::map_len(&node.metadata));
@@ -127,6 +136,28 @@ impl Dispatch for SelectorExport {
                 ok()
             }
             selector_m::NAME => string_reply(self.selector.name()),
+            selector_m::CANDIDATES => {
+                let service = r.str()?;
+                let protocol = r.opt_str()?;
+                let Some(c) = self.selector.candidates(service, protocol) else {
+                    return Ok(Reply::default());
+                };
+                let c = c?;
+                let choice = match c.choice {
+                    Choice::Random => RANDOM,
+                    Choice::RoundRobin => ROUND_ROBIN,
+                    // A choice this side cannot name: the caller selects per call.
+                    _ => return Ok(Reply::default()),
+                };
+                let mut w = Writer::new();
+                w.u32(choice).u32(c.nodes.len() as u32);
+                for n in &c.nodes {
+                    wire::put_node(&mut w, n);
+                }
+                let mut reply = Reply::bytes(w.finish());
+                reply.hint = !self.selector.wants_success_marks();
+                Ok(reply)
+            }
             selector_m::SELECT_NOW => {
                 let service = r.str()?;
                 let exclude = r.strings()?;
@@ -166,6 +197,8 @@ struct SelectorProxy {
     /// cross. A success is the common outcome of every call, and its
     /// crossing was 2% of a plugin client's CPU time (BENCHMARKS.md).
     success_marks: std::sync::atomic::AtomicBool,
+    /// Whether the other side answers CANDIDATES (until it says it does not know it).
+    candidates: std::sync::atomic::AtomicBool,
 }
 
 /// The nodes a selector proxy has decoded. A client selects once per call
@@ -212,6 +245,7 @@ impl SelectorProxy {
             name,
             nodes: Default::default(),
             success_marks: std::sync::atomic::AtomicBool::new(true),
+            candidates: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -282,6 +316,44 @@ impl Selector for SelectorProxy {
             return None;
         }
         Some(self.answered(&r))
+    }
+    /// Across the boundary: a client that chooses among these itself for a
+    /// few milliseconds crosses once per thread in that time, not once per call.
+    fn candidates(&self, service: &str, protocol: Option<&str>) -> Option<Result<Candidates>> {
+        if !self.candidates.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let r = match self.remote.call_sync_encoded(selector_m::CANDIDATES, Vec::new(), |w| {
+            w.str(service).opt_str(protocol);
+        }) {
+            Ok(r) => r,
+            Err(e) if is_unknown_method(&e) => {
+                self.candidates.store(false, std::sync::atomic::Ordering::Relaxed);
+                return None;
+            }
+            Err(e) => return Some(Err(e)),
+        };
+        if r.bytes.as_slice().is_empty() {
+            return None;
+        }
+        self.success_marks.store(!r.hint, std::sync::atomic::Ordering::Relaxed);
+        let mut rd = Reader::new(r.bytes.as_slice());
+        let decoded = (|| {
+            let choice = match rd.u32()? {
+                RANDOM => Choice::Random,
+                ROUND_ROBIN => Choice::RoundRobin,
+                // A choice from a newer peer: select per call.
+                _ => return Ok(None),
+            };
+            let n = rd.u32()? as usize;
+            // Bounded by the bytes there are, not by what the count says.
+            let mut nodes = Vec::with_capacity(n.min(rd.remaining() / 12));
+            for _ in 0..n {
+                nodes.push(Arc::new(wire::get_node(&mut rd)?));
+            }
+            Ok::<_, Error>(Some(Candidates { nodes, choice }))
+        })();
+        decoded.transpose()
     }
     fn mark(&self, service: &str, node_id: &str, outcome: Result<(), &Error>) {
         if outcome.is_ok() && !self.wants_success_marks() {
@@ -542,6 +614,88 @@ mod tests {
         let proxy = import_selector(export_selector(fixed))?;
         proxy.select_shared("s", SelectOptions::default()).await?;
         assert!(proxy.wants_success_marks());
+        Ok(())
+    }
+
+    /// A selector that gives candidates, or none, or fails to.
+    struct Giving(Option<Result<Candidates>>);
+
+    #[async_trait]
+    impl Selector for Giving {
+        async fn select(&self, _: &str, _: SelectOptions) -> Result<Node> {
+            Ok(node("g", "127.0.0.1:1"))
+        }
+        fn candidates(&self, service: &str, protocol: Option<&str>) -> Option<Result<Candidates>> {
+            assert_eq!((service, protocol), ("s", Some("mucp")), "the arguments cross intact");
+            self.0.clone()
+        }
+        fn mark(&self, _: &str, _: &str, _: Result<(), &Error>) {}
+        fn reset(&self, _: &str) {}
+        fn name(&self) -> &str {
+            "giving"
+        }
+    }
+
+    #[tokio::test]
+    async fn candidates_cross_with_how_to_choose() -> Result<()> {
+        let nodes = vec![Arc::new(node("a", "127.0.0.1:1")), Arc::new(node("b", "127.0.0.1:2"))];
+        for choice in [Choice::Random, Choice::RoundRobin] {
+            let given = Candidates { nodes: nodes.clone(), choice };
+            let proxy = import_selector(export_selector(Arc::new(Giving(Some(Ok(given.clone()))))))?;
+            assert_eq!(proxy.candidates("s", Some("mucp")).transpose()?, Some(given));
+        }
+        // None to give: none here either (the client selects per call).
+        let proxy = import_selector(export_selector(Arc::new(Giving(None))))?;
+        assert!(proxy.candidates("s", Some("mucp")).is_none());
+        // The selector's error, as it said it.
+        let e = Error::not_found("go.micro.client", "service s: none available");
+        let proxy = import_selector(export_selector(Arc::new(Giving(Some(Err(e.clone()))))))?;
+        let got = proxy.candidates("s", Some("mucp")).ok_or_else(|| Error::internal("t", "no answer"))?;
+        assert_eq!(got.err().map(|e| (e.code, e.detail)), Some((404, e.detail)));
+        Ok(())
+    }
+
+    /// A peer from before CANDIDATES: it answers "unknown method", counted.
+    struct Older {
+        inner: Arc<SelectorExport>,
+        asked: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Dispatch for Older {
+        fn call(
+            self: Arc<Self>,
+            method: u32,
+            args: &[u8],
+            objects: Vec<FfiObject>,
+        ) -> BoxFuture<'static, Result<Reply>> {
+            self.inner.clone().call(method, args, objects)
+        }
+        fn call_sync(&self, method: u32, args: &[u8], objects: Vec<FfiObject>) -> Result<Reply> {
+            if method == selector_m::CANDIDATES {
+                self.asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(unknown_method("selector", method));
+            }
+            self.inner.call_sync(method, args, objects)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_candidates_is_asked_once() -> Result<()> {
+        let given = Candidates { nodes: vec![Arc::new(node("a", "127.0.0.1:1"))], choice: Choice::Random };
+        let older = Arc::new(Older {
+            inner: Arc::new(SelectorExport {
+                selector: Arc::new(Giving(Some(Ok(given)))),
+                encodings: Default::default(),
+            }),
+            asked: Default::default(),
+        });
+        let proxy = import_selector(export(older.clone()))?;
+        for _ in 0..3 {
+            assert!(proxy.candidates("s", Some("mucp")).is_none());
+        }
+        assert_eq!(older.asked.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // Selections still cross as before.
+        assert_eq!(proxy.select_shared("s", SelectOptions::default()).await?.id, "g");
         Ok(())
     }
 

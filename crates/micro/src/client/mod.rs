@@ -1,18 +1,19 @@
 //! The built-in `mucp` client, the typed client wrapper, and the retry
 //! policy clients share.
 
+mod lease;
 mod mucp;
 mod mux;
 mod typed;
+
+pub(crate) use lease::Leases;
 
 #[cfg(feature = "grpc")]
 pub(crate) use mucp::connections_per_address;
 pub use mucp::MucpClient;
 pub use typed::TypedClient;
 
-use micro_core::{
-    headers, Broker, CallOptions, Error, Message, Node, Request, Response, Result, SelectOptions, Selector,
-};
+use micro_core::{headers, Broker, CallOptions, Error, Message, Node, Request, Response, Result, Selector};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,22 +45,13 @@ pub(crate) enum Attempt {
     Conn(Error),
 }
 
-/// A node of `service`: the selector's answer at once when it has one
-/// (nothing allocated), else its asynchronous answer.
-async fn select(selector: &dyn Selector, service: &str, exclude: &[String], protocol: &str) -> Result<Arc<Node>> {
-    if let Some(r) = selector.select_now(service, exclude, Some(protocol)) {
-        return r;
-    }
-    let sel = SelectOptions { exclude: exclude.to_vec(), protocol: Some(protocol.into()) };
-    selector.select_shared(service, sel).await
-}
-
 /// The retry policy both protocols share: up to `retries` more attempts
 /// after a connection error or a 503 (a node at its limit or stopping),
 /// each to another node when the selector has one, with a short
 /// exponential backoff; a node that failed is reported to the selector.
 pub(crate) async fn with_retries<F, Fut>(
     selector: &dyn Selector,
+    leases: &Leases,
     protocol: &str,
     req: &Request,
     opts: &CallOptions,
@@ -83,12 +75,12 @@ where
         let (node, selected) = match &opts.address {
             Some(a) => (Arc::new(Node { address: a.clone(), ..Node::default() }), false),
             None => {
-                let node = match select(selector, &req.service, &exclude, protocol).await {
+                let node = match leases.select(selector, &req.service, &exclude, protocol).await {
                     Ok(n) => n,
                     // Every node failed this call already: try them again.
                     Err(_) if !exclude.is_empty() => {
                         exclude.clear();
-                        select(selector, &req.service, &exclude, protocol).await?
+                        leases.select(selector, &req.service, &exclude, protocol).await?
                     }
                     Err(e) => return Err(e),
                 };
@@ -119,6 +111,8 @@ where
                 tracing::debug!(service = %req.service, %address, error = %e.detail, attempt, "call attempt failed");
                 if selected {
                     selector.mark(&req.service, &node.id, Err(&e));
+                    // Every thread of this client asks the selector again.
+                    leases.void();
                     exclude.push(node.id.clone());
                 }
                 last = Some(e);

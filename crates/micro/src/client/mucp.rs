@@ -37,6 +37,8 @@ pub struct MucpClient {
     plain: AtomicBool,
     pool: Pool,
     seq: AtomicU64,
+    /// Each thread's choice among the selector's candidates.
+    leases: super::Leases,
 }
 
 impl MucpClient {
@@ -55,6 +57,7 @@ impl MucpClient {
             pool: Pool::new(opts.pool_size, opts.pool_ttl),
             opts,
             seq: AtomicU64::new(1),
+            leases: super::Leases::new(),
         }
     }
 
@@ -163,7 +166,7 @@ impl MucpClient {
 
     async fn call_inner(&self, req: &Request, opts: &CallOptions, deadline: Instant) -> Result<Response> {
         let retries = opts.retries.unwrap_or(self.opts.retries);
-        super::with_retries(&*self.opts.selector, "mucp", req, opts, retries, |node, last| async move {
+        super::with_retries(&*self.opts.selector, &self.leases, "mucp", req, opts, retries, |node, last| async move {
             self.attempt(&node.address, req, deadline, last).await
         })
         .await

@@ -2,7 +2,7 @@
 //! per node, the same selector and retry policy as the `mucp` client.
 
 use super::{from_status, put_metadata, wire_content_type, BytesCodec};
-use crate::client::{with_retries, Attempt};
+use crate::client::{with_retries, Attempt, Leases};
 use crate::lock;
 use crate::transport::Net;
 use futures::StreamExt;
@@ -31,6 +31,8 @@ pub struct GrpcClient {
     tls: Option<Arc<crate::transport::tls::TlsNet>>,
     /// HTTP/2 connections per node.
     connections: usize,
+    /// Each thread's choice among the selector's candidates.
+    leases: Leases,
 }
 
 /// The most paths [`GrpcClient::path`] keeps (it starts over beyond).
@@ -53,6 +55,7 @@ impl GrpcClient {
             paths: Default::default(),
             tls,
             connections: crate::client::connections_per_address(),
+            leases: Leases::new(),
         })
     }
 
@@ -317,7 +320,7 @@ impl Client for GrpcClient {
         let retries = opts.retries.unwrap_or(self.opts.retries);
         // Each attempt carries the time left as its gRPC deadline, which
         // tonic enforces (one timer per call, not two).
-        with_retries(&*self.opts.selector, "grpc", &req, &opts, retries, |node, _last| {
+        with_retries(&*self.opts.selector, &self.leases, "grpc", &req, &opts, retries, |node, _last| {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let req = &req;
             // Boxed: inline, the attempt (tonic's ready future, the request, a

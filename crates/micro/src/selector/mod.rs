@@ -9,7 +9,8 @@
 
 use crate::registry::apply_event;
 use micro_core::{
-    async_trait, Error, Node, Registry, Result, SelectOptions, Selector, SelectorOptions, Service, WatchOptions,
+    async_trait, Candidates, Choice, Error, Node, Registry, Result, SelectOptions, Selector, SelectorOptions, Service,
+    WatchOptions,
 };
 use rand::Rng;
 use std::collections::HashMap;
@@ -38,10 +39,13 @@ struct Inner {
     cache: Mutex<HashMap<String, Entry>>,
     watching: AtomicBool,
     /// Nodes that keep failing, by node id: consecutive failures and until when to skip them.
-    blacklist: Mutex<HashMap<String, (u32, Option<Instant>)>>,
+    blacklist: Mutex<Blacklist>,
     /// Entries in `blacklist`: while none, a call never takes its lock.
     failing: AtomicUsize,
 }
+
+/// Failing nodes by id: consecutive failures, and until when to skip them.
+type Blacklist = HashMap<String, (u32, Option<Instant>)>;
 
 /// Consecutive connection failures after which a node is skipped.
 pub const BLACKLIST_AFTER: u32 = 3;
@@ -149,9 +153,18 @@ impl CacheSelector {
         Ok(store(&self.inner, name, services, turn))
     }
 
-    /// Picks a node of `snap` by the strategy: one that speaks `protocol`,
-    /// is not excluded and is not failing (failing ones only when nothing
-    /// else is left).
+    /// Which nodes may be chosen now: those that speak `protocol`, are not
+    /// excluded and are not failing (failing ones only when nothing else is
+    /// left). Shared by [`pick`](Self::pick) and `candidates`, so that a
+    /// client choosing among the candidates itself chooses as the selector would.
+    fn eligible<'a>(&'a self, exclude: &'a [String], protocol: Option<&'a str>) -> Eligible<'a> {
+        // Failing nodes are looked up only while some node is failing.
+        let blacklist = (self.inner.failing.load(Ordering::Relaxed) > 0)
+            .then(|| self.inner.blacklist.lock().unwrap_or_else(|p| p.into_inner()));
+        Eligible { exclude, protocol, now: blacklist.as_ref().map(|_| Instant::now()), blacklist }
+    }
+
+    /// Picks a node of `snap` by the strategy among the eligible ones.
     fn pick(
         &self,
         service: &str,
@@ -160,25 +173,12 @@ impl CacheSelector {
         exclude: &[String],
         protocol: Option<&str>,
     ) -> Result<Arc<Node>> {
-        let candidate = |n: &Node| {
-            let speaks = match (protocol, n.metadata.get("protocol")) {
-                (Some(want), Some(has)) => want == has,
-                _ => true,
-            };
-            speaks && !exclude.contains(&n.id)
-        };
-        // Skip nodes that keep failing, unless that would leave none.
-        let blacklist = (self.inner.failing.load(Ordering::Relaxed) > 0)
-            .then(|| self.inner.blacklist.lock().unwrap_or_else(|p| p.into_inner()));
-        let now = Instant::now();
-        let skipped = |n: &Node| {
-            blacklist.as_ref().is_some_and(|bl| bl.get(&n.id).is_some_and(|(_, until)| until.is_some_and(|u| u > now)))
-        };
-        let healthy = |n: &&Arc<Node>| candidate(n) && !skipped(n);
+        let e = self.eligible(exclude, protocol);
+        let healthy = |n: &&Arc<Node>| e.candidate(n) && !e.skipped(n);
         let mut count = snap.nodes.iter().filter(healthy).count();
         let skip = count > 0;
         if !skip {
-            count = snap.nodes.iter().filter(|n| candidate(n)).count();
+            count = snap.nodes.iter().filter(|n| e.candidate(n)).count();
         }
         if count == 0 {
             return Err(none_available(service, snap, protocol));
@@ -190,7 +190,7 @@ impl CacheSelector {
         let picked = if skip {
             snap.nodes.iter().filter(healthy).nth(i)
         } else {
-            snap.nodes.iter().filter(|n| candidate(n)).nth(i)
+            snap.nodes.iter().filter(|n| e.candidate(n)).nth(i)
         };
         picked.cloned().ok_or_else(|| none_available(service, snap, protocol))
     }
@@ -198,6 +198,34 @@ impl CacheSelector {
 
 /// A service's cached answer and its round-robin position.
 type Answer = (Arc<Snapshot>, Arc<AtomicUsize>);
+
+/// The rule [`CacheSelector::eligible`] gives.
+struct Eligible<'a> {
+    exclude: &'a [String],
+    protocol: Option<&'a str>,
+    /// Held only while some node is failing.
+    blacklist: Option<std::sync::MutexGuard<'a, Blacklist>>,
+    now: Option<Instant>,
+}
+
+impl Eligible<'_> {
+    /// Speaks the protocol (or says nothing of it) and is not excluded.
+    fn candidate(&self, n: &Node) -> bool {
+        let speaks = match (self.protocol, n.metadata.get("protocol")) {
+            (Some(want), Some(has)) => want == has,
+            _ => true,
+        };
+        speaks && !self.exclude.contains(&n.id)
+    }
+
+    /// Is being skipped for failing.
+    fn skipped(&self, n: &Node) -> bool {
+        match (&self.blacklist, self.now) {
+            (Some(bl), Some(now)) => bl.get(&n.id).is_some_and(|(_, until)| until.is_some_and(|u| u > now)),
+            _ => false,
+        }
+    }
+}
 
 /// The error of a failed registry lookup, as callers see it.
 fn lookup_error(name: &str, e: &Error) -> Error {
@@ -340,6 +368,26 @@ impl Selector for CacheSelector {
     fn select_now(&self, service: &str, exclude: &[String], protocol: Option<&str>) -> Option<Result<Arc<Node>>> {
         let (snap, turn) = self.cached(service).ok()?;
         Some(self.pick(service, &snap, &turn, exclude, protocol))
+    }
+
+    /// The nodes [`pick`](Self::pick) would choose among: a client may
+    /// choose itself, by the same strategy, for a short while.
+    fn candidates(&self, service: &str, protocol: Option<&str>) -> Option<Result<Candidates>> {
+        let (snap, _) = self.cached(service).ok()?;
+        let e = self.eligible(&[], protocol);
+        let mut nodes: Vec<Arc<Node>> =
+            snap.nodes.iter().filter(|n| e.candidate(n) && !e.skipped(n)).cloned().collect();
+        if nodes.is_empty() {
+            nodes = snap.nodes.iter().filter(|n| e.candidate(n)).cloned().collect();
+        }
+        if nodes.is_empty() {
+            return Some(Err(none_available(service, &snap, protocol)));
+        }
+        let choice = match self.strategy {
+            Strategy::Random => Choice::Random,
+            Strategy::RoundRobin => Choice::RoundRobin,
+        };
+        Some(Ok(Candidates { nodes, choice }))
     }
 
     fn mark(&self, _service: &str, node_id: &str, outcome: Result<(), &Error>) {
@@ -676,6 +724,52 @@ mod tests {
         sel.mark("s", "n1", Ok(()));
         assert_eq!(counts(&sel, 10).await?.len(), 2);
         assert!(!sel.wants_success_marks(), "all forgiven");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn candidates_are_the_nodes_a_pick_chooses_among() -> Result<()> {
+        let ids = |c: Candidates| {
+            let mut v: Vec<String> = c.nodes.iter().map(|n| n.id.clone()).collect();
+            v.sort();
+            (v, c.choice)
+        };
+        let (_r, sel) = setup(Strategy::RoundRobin, 3).await?;
+        assert!(sel.candidates("s", None).is_none(), "nothing cached before the first lookup");
+        sel.select("s", SelectOptions::default()).await?;
+        let all = || ["n0", "n1", "n2"].map(String::from).to_vec();
+        let c = sel.candidates("s", None).ok_or_else(|| Error::internal("t", "none at once"))??;
+        assert_eq!(ids(c), (all(), Choice::RoundRobin));
+        // A failing node is left out, as a pick skips it; with every node
+        // failing, all are candidates again.
+        let e = Error::internal("go.micro.client", "connection error");
+        for _ in 0..BLACKLIST_AFTER {
+            sel.mark("s", "n1", Err(&e));
+        }
+        let c = sel.candidates("s", None).ok_or_else(|| Error::internal("t", "none at once"))??;
+        assert_eq!(ids(c).0, ["n0", "n2"]);
+        for id in ["n0", "n2"] {
+            for _ in 0..BLACKLIST_AFTER {
+                sel.mark("s", id, Err(&e));
+            }
+        }
+        let c = sel.candidates("s", None).ok_or_else(|| Error::internal("t", "none at once"))??;
+        assert_eq!(ids(c).0, all());
+        // Only nodes of the client's protocol; none: the selector's own error.
+        let (reg, sel) = setup(Strategy::Random, 1).await?;
+        let mut speaks = svc("m0");
+        speaks.nodes[0].metadata.insert("protocol".into(), "mucp".into());
+        reg.register(&speaks, RegisterOptions::default()).await?;
+        sel.select("s", SelectOptions::default()).await?;
+        let c = sel.candidates("s", Some("mucp")).ok_or_else(|| Error::internal("t", "none at once"))??;
+        assert_eq!(ids(c), (["m0", "n0"].map(String::from).to_vec(), Choice::Random), "n0 says nothing of it");
+        let mut grpc = svc("g0");
+        grpc.name = "g".into();
+        grpc.nodes[0].metadata.insert("protocol".into(), "grpc".into());
+        reg.register(&grpc, RegisterOptions::default()).await?;
+        sel.select("g", SelectOptions::default()).await?;
+        let err = sel.candidates("g", Some("mucp")).ok_or_else(|| Error::internal("t", "none at once"))?;
+        assert!(err.is_err_and(|e| e.detail.contains("no node speaking mucp")));
         Ok(())
     }
 

@@ -1,0 +1,328 @@
+//! A client's own choice among its selector's candidates, for a short while.
+//!
+//! A client asks its selector for a node on every call. Where the selector
+//! can say which nodes it chooses among and how ([`Selector::candidates`]),
+//! the client keeps that answer for [`CANDIDATES_FOR`] on each thread and
+//! chooses itself: a selector across the plugin boundary is then crossed
+//! once per thread every few milliseconds instead of once per call, and a
+//! built-in one is spared its lock and shared counters on every call. A
+//! failure the client marks makes every thread ask again; so do calls that
+//! exclude nodes (retries), which always ask the selector.
+
+use micro_core::{Choice, Node, Result, SelectOptions, Selector, CANDIDATES_FOR};
+use rand::Rng;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// How many leases a thread keeps (a client calls few services).
+const PER_THREAD: usize = 32;
+
+/// One client's leases: which are its own on each thread, and whether a
+/// failure since made them void.
+#[derive(Debug)]
+pub(crate) struct Leases {
+    /// Tells this client's leases from another's (which outlive it).
+    id: u64,
+    /// Bumped by each failure this client marks.
+    generation: AtomicU64,
+}
+
+/// What a thread knows of a client's selector for one service and protocol.
+struct Lease {
+    client: u64,
+    generation: u64,
+    service: String,
+    protocol: String,
+    until: Instant,
+    /// The candidates and how to choose, or `None`: the selector said
+    /// nothing at once, so it is asked per call until `until`.
+    nodes: Option<(Vec<Arc<Node>>, Choice)>,
+    /// The round-robin position.
+    turn: usize,
+}
+
+thread_local! {
+    static LEASES: RefCell<Vec<Lease>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What a lookup found.
+enum Found {
+    Node(Arc<Node>),
+    /// The selector is to be asked per call for now.
+    PerCall,
+    /// No lease, or a void one (with its round-robin position): ask for candidates.
+    Nothing(Option<usize>),
+}
+
+impl Leases {
+    /// Leases of a new client.
+    pub(crate) fn new() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Leases { id: NEXT.fetch_add(1, Ordering::Relaxed), generation: AtomicU64::new(0) }
+    }
+
+    /// A failure was marked: every thread asks the selector again.
+    pub(crate) fn void(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A node of `service` for a call: chosen among the leased candidates
+    /// when nothing is excluded, else the selector's answer at once when it
+    /// has one (nothing allocated), else its asynchronous answer.
+    pub(crate) async fn select(
+        &self,
+        selector: &dyn Selector,
+        service: &str,
+        exclude: &[String],
+        protocol: &str,
+    ) -> Result<Arc<Node>> {
+        if exclude.is_empty() {
+            if let Some(node) = self.leased(selector, service, protocol) {
+                return Ok(node);
+            }
+        }
+        if let Some(r) = selector.select_now(service, exclude, Some(protocol)) {
+            return r;
+        }
+        let sel = SelectOptions { exclude: exclude.to_vec(), protocol: Some(protocol.into()) };
+        selector.select_shared(service, sel).await
+    }
+
+    /// A node chosen among this thread's leased candidates, asking the
+    /// selector for them when the lease is missing, void or over.
+    fn leased(&self, selector: &dyn Selector, service: &str, protocol: &str) -> Option<Arc<Node>> {
+        let now = Instant::now();
+        let generation = self.generation.load(Ordering::Relaxed);
+        let found = LEASES.with_borrow_mut(|leases| {
+            let Some(l) =
+                leases.iter_mut().find(|l| l.client == self.id && l.service == service && l.protocol == protocol)
+            else {
+                return Found::Nothing(None);
+            };
+            if l.generation != generation || now >= l.until {
+                return Found::Nothing(Some(l.turn));
+            }
+            match &l.nodes {
+                Some((nodes, choice)) => Found::Node(choose(nodes, *choice, &mut l.turn)),
+                None => Found::PerCall,
+            }
+        });
+        let turn = match found {
+            Found::Node(n) => return Some(n),
+            Found::PerCall => return None,
+            // A renewed lease goes on from where the last one was, so that
+            // turns stay even across renewals; a new one starts anywhere
+            // (threads start at different places).
+            Found::Nothing(turn) => turn.unwrap_or_else(|| rand::rng().random::<u32>() as usize),
+        };
+        // Asked outside the thread's leases: the selector may be anything.
+        let nodes = match selector.candidates(service, Some(protocol)) {
+            Some(Ok(c)) if !c.nodes.is_empty() => Some((c.nodes, c.choice)),
+            // Nothing at once, none available or no candidates to give: the
+            // selector answers per call (with its own error, if any).
+            _ => None,
+        };
+        let mut lease = Lease {
+            client: self.id,
+            generation,
+            service: service.to_string(),
+            protocol: protocol.to_string(),
+            until: now + CANDIDATES_FOR,
+            nodes,
+            turn,
+        };
+        let node = lease.nodes.as_ref().map(|(nodes, choice)| choose(nodes, *choice, &mut lease.turn));
+        LEASES.with_borrow_mut(|leases| {
+            leases.retain(|l| !(l.client == self.id && l.service == service && l.protocol == protocol));
+            if leases.len() >= PER_THREAD {
+                leases.remove(0);
+            }
+            leases.push(lease);
+        });
+        node
+    }
+}
+
+/// One of `nodes` (not empty) by `choice`; an unknown choice is taken in turn.
+fn choose(nodes: &[Arc<Node>], choice: Choice, turn: &mut usize) -> Arc<Node> {
+    let i = match choice {
+        Choice::Random => rand::rng().random_range(0..nodes.len()),
+        _ => {
+            *turn = turn.wrapping_add(1);
+            *turn % nodes.len()
+        }
+    };
+    nodes[i].clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use micro_core::{async_trait, Candidates, Error};
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+
+    fn node(id: &str) -> Arc<Node> {
+        Arc::new(Node { id: id.into(), address: format!("127.0.0.1:{}", id.len()), ..Node::default() })
+    }
+
+    /// A selector that gives candidates (or not), counting how it is asked.
+    struct Counting {
+        nodes: Mutex<Vec<Arc<Node>>>,
+        choice: Option<Choice>,
+        candidates: AtomicUsize,
+        now: AtomicUsize,
+    }
+
+    impl Counting {
+        fn new(ids: &[&str], choice: Option<Choice>) -> Arc<Self> {
+            Arc::new(Counting {
+                nodes: Mutex::new(ids.iter().map(|i| node(i)).collect()),
+                choice,
+                candidates: AtomicUsize::new(0),
+                now: AtomicUsize::new(0),
+            })
+        }
+        fn asked(&self) -> (usize, usize) {
+            (self.candidates.load(Ordering::Relaxed), self.now.load(Ordering::Relaxed))
+        }
+        fn first(&self) -> Arc<Node> {
+            self.nodes.lock().unwrap_or_else(|p| p.into_inner())[0].clone()
+        }
+    }
+
+    #[async_trait]
+    impl Selector for Counting {
+        async fn select(&self, _: &str, _: SelectOptions) -> Result<Node> {
+            Ok(Node::clone(&self.first()))
+        }
+        fn select_now(&self, _: &str, exclude: &[String], _: Option<&str>) -> Option<Result<Arc<Node>>> {
+            self.now.fetch_add(1, Ordering::Relaxed);
+            let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+            nodes.iter().find(|n| !exclude.contains(&n.id)).cloned().map(Ok)
+        }
+        fn candidates(&self, _: &str, protocol: Option<&str>) -> Option<Result<Candidates>> {
+            self.candidates.fetch_add(1, Ordering::Relaxed);
+            assert!(protocol.is_some(), "the client's protocol is asked for");
+            let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            self.choice.map(|choice| Ok(Candidates { nodes, choice }))
+        }
+        fn mark(&self, _: &str, _: &str, _: Result<(), &Error>) {}
+        fn reset(&self, _: &str) {}
+        fn name(&self) -> &str {
+            "counting"
+        }
+    }
+
+    async fn ids(leases: &Leases, sel: &Counting, service: &str, n: usize) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(leases.select(sel, service, &[], "mucp").await?.id.clone());
+        }
+        Ok(out)
+    }
+
+    fn counts(ids: &[String]) -> std::collections::BTreeMap<&str, usize> {
+        let mut c = std::collections::BTreeMap::new();
+        for i in ids {
+            *c.entry(i.as_str()).or_default() += 1;
+        }
+        c
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn candidates_are_asked_once_and_chosen_among_in_turn() -> Result<()> {
+        let sel = Counting::new(&["a", "bb", "ccc"], Some(Choice::RoundRobin));
+        let leases = Leases::new();
+        let got = ids(&leases, &sel, "s", 300).await?;
+        // Within CANDIDATES_FOR (a loop of 300 lookups takes far less): one
+        // question, no per-call selection.
+        assert_eq!(sel.asked(), (1, 0));
+        // Each in turn: every window of three holds all three.
+        for w in got.chunks(3) {
+            let mut w = w.to_vec();
+            w.sort();
+            assert_eq!(w, ["a", "bb", "ccc"]);
+        }
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn turns_go_on_across_renewed_leases() -> Result<()> {
+        // A failure after every call voids every lease: the nodes still take
+        // turns, as they would with the selector asked per call.
+        let sel = Counting::new(&["a", "bb"], Some(Choice::RoundRobin));
+        let leases = Leases::new();
+        let mut got = Vec::new();
+        for _ in 0..10 {
+            got.push(leases.select(&*sel, "s", &[], "mucp").await?.id.clone());
+            leases.void();
+        }
+        assert_eq!(sel.asked().0, 10);
+        assert!(got.windows(2).all(|w| w[0] != w[1]), "{got:?}");
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_random_choice_reaches_every_candidate() -> Result<()> {
+        let sel = Counting::new(&["a", "bb", "ccc"], Some(Choice::Random));
+        let got = ids(&Leases::new(), &sel, "s", 3000).await?;
+        let c = counts(&got);
+        assert_eq!(c.len(), 3, "{c:?}");
+        // Uniform: 1000 each expected; 800 is over six standard deviations off.
+        assert!(c.values().all(|&n| n > 800), "{c:?}");
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failure_voids_the_lease_and_so_does_time() -> Result<()> {
+        let sel = Counting::new(&["a", "bb"], Some(Choice::RoundRobin));
+        let leases = Leases::new();
+        ids(&leases, &sel, "s", 10).await?;
+        assert_eq!(sel.asked().0, 1);
+        // The selector's answer changes (say, a node is failing now); the
+        // client marks a failure: the next call asks again and sees it.
+        *sel.nodes.lock().unwrap_or_else(|p| p.into_inner()) = vec![node("bb")];
+        leases.void();
+        assert_eq!(ids(&leases, &sel, "s", 10).await?, vec!["bb"; 10]);
+        assert_eq!(sel.asked().0, 2);
+        // A change nobody marked reaches calls once the lease is over.
+        *sel.nodes.lock().unwrap_or_else(|p| p.into_inner()) = vec![node("a")];
+        tokio::time::sleep(CANDIDATES_FOR + std::time::Duration::from_millis(5)).await;
+        assert_eq!(ids(&leases, &sel, "s", 10).await?, vec!["a"; 10]);
+        assert_eq!(sel.asked(), (3, 0));
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_selector_without_candidates_is_asked_per_call_and_retries_always_ask() -> Result<()> {
+        let sel = Counting::new(&["a", "bb"], None);
+        let leases = Leases::new();
+        ids(&leases, &sel, "s", 50).await?;
+        // Asked for candidates once per CANDIDATES_FOR, not per call.
+        assert_eq!(sel.asked(), (1, 50));
+
+        // A retry excludes the node that failed: the selector decides.
+        let sel = Counting::new(&["a", "bb"], Some(Choice::RoundRobin));
+        let n = leases.select(&*sel, "s", &["a".into()], "mucp").await?;
+        assert_eq!((n.id.as_str(), sel.asked()), ("bb", (0, 1)));
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn leases_are_per_client_service_and_protocol() -> Result<()> {
+        let sel = Counting::new(&["a"], Some(Choice::Random));
+        let (one, two) = (Leases::new(), Leases::new());
+        one.select(&*sel, "s", &[], "mucp").await?;
+        one.select(&*sel, "t", &[], "mucp").await?;
+        two.select(&*sel, "s", &[], "mucp").await?;
+        assert_eq!(sel.asked().0, 3, "each client, each service");
+        one.select(&*sel, "s", &[], "mucp").await?;
+        assert_eq!(sel.asked().0, 3, "then from the lease");
+        one.select(&*sel, "s", &[], "grpc").await?;
+        assert_eq!(sel.asked().0, 4, "each protocol");
+        Ok(())
+    }
+}
