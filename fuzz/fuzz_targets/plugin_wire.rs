@@ -10,6 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = wire::get_response(&mut Reader::new(data));
     let _ = wire::get_call_options(&mut Reader::new(data));
     let _ = wire::get_node(&mut Reader::new(data));
+    let _ = wire::get_candidates(&mut Reader::new(data));
     let _ = micro_plugin::options::decode_registry(data, Vec::new());
     let _ = micro_plugin::options::decode_transport(data, Vec::new());
 });

@@ -228,6 +228,44 @@ pub fn get_node(r: &mut Reader<'_>) -> Result<micro_core::Node, Error> {
     Ok(micro_core::Node { id: r.string()?, address: r.string()?, metadata: r.map()? })
 }
 
+/// How a selector's choice crosses (see [`put_candidates`]).
+const RANDOM: u32 = 0;
+const ROUND_ROBIN: u32 = 1;
+
+/// Encodes a selector's candidates: the choice, then the nodes. `false`
+/// (nothing written) for a choice this side cannot name, which the other
+/// side would not know either.
+pub fn put_candidates(w: &mut Writer, c: &micro_core::Candidates) -> bool {
+    let choice = match c.choice {
+        micro_core::Choice::Random => RANDOM,
+        micro_core::Choice::RoundRobin => ROUND_ROBIN,
+        _ => return false,
+    };
+    w.u32(choice).u32(c.nodes.len() as u32);
+    for n in &c.nodes {
+        put_node(w, n);
+    }
+    true
+}
+
+/// Decodes a selector's candidates; `None` for a choice of a newer peer
+/// (the caller then selects per call).
+pub fn get_candidates(r: &mut Reader<'_>) -> Result<Option<micro_core::Candidates>, Error> {
+    let choice = match r.u32()? {
+        RANDOM => micro_core::Choice::Random,
+        ROUND_ROBIN => micro_core::Choice::RoundRobin,
+        _ => return Ok(None),
+    };
+    let n = r.u32()? as usize;
+    // Room for what the bytes can hold (a node takes at least 12), not for
+    // what the count says.
+    let mut nodes = Vec::with_capacity(n.min(r.remaining() / 12));
+    for _ in 0..n {
+        nodes.push(std::sync::Arc::new(get_node(r)?));
+    }
+    Ok(Some(micro_core::Candidates { nodes, choice }))
+}
+
 /// Encodes a request.
 pub fn put_request(w: &mut Writer, q: &Request) {
     w.str(&q.service).str(&q.endpoint).str(&q.content_type).map(&q.metadata).bytes(&q.body);
@@ -283,6 +321,28 @@ pub fn get_call_options(r: &mut Reader<'_>) -> Result<CallOptions, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn candidates_round_trip_and_a_count_is_not_trusted() -> Result<(), Error> {
+        let node = |id: &str| micro_core::Node { id: id.into(), address: "127.0.0.1:1".into(), ..Default::default() };
+        let c = micro_core::Candidates {
+            nodes: vec![std::sync::Arc::new(node("a")), std::sync::Arc::new(node("b"))],
+            choice: micro_core::Choice::RoundRobin,
+        };
+        let mut w = Writer::new();
+        assert!(put_candidates(&mut w, &c));
+        assert_eq!(get_candidates(&mut Reader::new(&w.finish()))?, Some(c));
+        // A choice of a newer peer: none taken.
+        let mut w = Writer::new();
+        w.u32(7).u32(0);
+        assert_eq!(get_candidates(&mut Reader::new(&w.finish()))?, None);
+        // Four billion nodes announced, one there: an error, not a huge allocation.
+        let mut w = Writer::new();
+        w.u32(RANDOM).u32(u32::MAX);
+        put_node(&mut w, &node("a"));
+        assert!(get_candidates(&mut Reader::new(&w.finish())).is_err());
+        Ok(())
+    }
 
     #[test]
     fn a_response_takes_the_request_content_type_when_they_match() -> Result<(), Error> {

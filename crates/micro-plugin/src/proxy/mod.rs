@@ -7,10 +7,10 @@ use crate::abi::FfiObject;
 use crate::object::{export, is_unknown_method, unknown_method, Dispatch, Remote, RemoteReply, Reply};
 use crate::wire::{self, Reader, Writer};
 use micro_core::{
-    async_trait, BoxFuture, Broker, BrokerHandler, CallOptions, Candidates, Choice, Client, Endpoint, Error, Event,
-    EventKind, Handled, Handler, HandlerFn, Listener, Message, Node, RegisterOptions, Registry, Request, Response,
-    Result, SelectOptions, Selector, Server, Service, Socket, SocketReceiver, SocketSender, SubscribeOptions,
-    Subscriber, Subscription, Transport, WatchOptions, Watcher,
+    async_trait, BoxFuture, Broker, BrokerHandler, CallOptions, Candidates, Client, Endpoint, Error, Event, EventKind,
+    Handled, Handler, HandlerFn, Listener, Message, Node, RegisterOptions, Registry, Request, Response, Result,
+    SelectOptions, Selector, Server, Service, Socket, SocketReceiver, SocketSender, SubscribeOptions, Subscriber,
+    Subscription, Transport, WatchOptions, Watcher,
 };
 use std::sync::Arc;
 

@@ -19,10 +19,6 @@ mod selector_m {
     pub(super) const CANDIDATES: u32 = 6;
 }
 
-/// How a choice crosses in a CANDIDATES reply.
-const RANDOM: u32 = 0;
-const ROUND_ROBIN: u32 = 1;
-
 fn encode(node: &Node) -> Vec<u8> {
     let mut w = Writer::with_capacity(12 + node.id.len() + node.address.len() + wire::map_len(&node.metadata));
     wire::put_node(&mut w, node);
@@ -142,17 +138,10 @@ impl Dispatch for SelectorExport {
                 let Some(c) = self.selector.candidates(service, protocol) else {
                     return Ok(Reply::default());
                 };
-                let c = c?;
-                let choice = match c.choice {
-                    Choice::Random => RANDOM,
-                    Choice::RoundRobin => ROUND_ROBIN,
-                    // A choice this side cannot name: the caller selects per call.
-                    _ => return Ok(Reply::default()),
-                };
                 let mut w = Writer::new();
-                w.u32(choice).u32(c.nodes.len() as u32);
-                for n in &c.nodes {
-                    wire::put_node(&mut w, n);
+                // A choice this side cannot name: the caller selects per call.
+                if !wire::put_candidates(&mut w, &c?) {
+                    return Ok(Reply::default());
                 }
                 let mut reply = Reply::bytes(w.finish());
                 reply.hint = !self.selector.wants_success_marks();
@@ -337,23 +326,9 @@ impl Selector for SelectorProxy {
             return None;
         }
         self.success_marks.store(!r.hint, std::sync::atomic::Ordering::Relaxed);
-        let mut rd = Reader::new(r.bytes.as_slice());
-        let decoded = (|| {
-            let choice = match rd.u32()? {
-                RANDOM => Choice::Random,
-                ROUND_ROBIN => Choice::RoundRobin,
-                // A choice from a newer peer: select per call.
-                _ => return Ok(None),
-            };
-            let n = rd.u32()? as usize;
-            // Bounded by the bytes there are, not by what the count says.
-            let mut nodes = Vec::with_capacity(n.min(rd.remaining() / 12));
-            for _ in 0..n {
-                nodes.push(Arc::new(wire::get_node(&mut rd)?));
-            }
-            Ok::<_, Error>(Some(Candidates { nodes, choice }))
-        })();
-        decoded.transpose()
+        // Decoded afresh, not through the node cache of selections: this
+        // happens once per client thread every few milliseconds.
+        wire::get_candidates(&mut Reader::new(r.bytes.as_slice())).transpose()
     }
     fn mark(&self, service: &str, node_id: &str, outcome: Result<(), &Error>) {
         if outcome.is_ok() && !self.wants_success_marks() {
@@ -617,6 +592,8 @@ mod tests {
         Ok(())
     }
 
+    use micro_core::Choice;
+
     /// A selector that gives candidates, or none, or fails to.
     struct Giving(Option<Result<Candidates>>);
 
@@ -652,6 +629,47 @@ mod tests {
         let proxy = import_selector(export_selector(Arc::new(Giving(Some(Err(e.clone()))))))?;
         let got = proxy.candidates("s", Some("mucp")).ok_or_else(|| Error::internal("t", "no answer"))?;
         assert_eq!(got.err().map(|e| (e.code, e.detail)), Some((404, e.detail)));
+        Ok(())
+    }
+
+    /// Gives candidates, and wants success marks while `failing`.
+    struct Hinting(std::sync::atomic::AtomicBool);
+
+    #[async_trait]
+    impl Selector for Hinting {
+        async fn select(&self, _: &str, _: SelectOptions) -> Result<Node> {
+            Ok(node("h", "127.0.0.1:1"))
+        }
+        fn candidates(&self, _: &str, _: Option<&str>) -> Option<Result<Candidates>> {
+            Some(Ok(Candidates { nodes: vec![Arc::new(node("h", "127.0.0.1:1"))], choice: Choice::Random }))
+        }
+        fn mark(&self, _: &str, _: &str, outcome: Result<(), &Error>) {
+            self.0.store(outcome.is_err(), std::sync::atomic::Ordering::Relaxed);
+        }
+        fn wants_success_marks(&self) -> bool {
+            self.0.load(std::sync::atomic::Ordering::Relaxed)
+        }
+        fn reset(&self, _: &str) {}
+        fn name(&self) -> &str {
+            "hinting"
+        }
+    }
+
+    #[tokio::test]
+    async fn candidates_say_whether_successes_must_cross() -> Result<()> {
+        // Clients now select from candidates nearly always: they are what
+        // tells the proxy that a failure is forgiven.
+        let host = Arc::new(Hinting(Default::default()));
+        let proxy = import_selector(export_selector(host.clone()))?;
+        proxy.candidates("s", None).transpose()?;
+        assert!(!proxy.wants_success_marks(), "nothing failing");
+        proxy.mark("s", "h", Err(&Error::internal("t", "connection refused")));
+        assert!(proxy.wants_success_marks(), "a failure marked: successes cross");
+        proxy.candidates("s", None).transpose()?;
+        assert!(proxy.wants_success_marks(), "still failing on the other side");
+        host.mark("s", "h", Ok(()));
+        proxy.candidates("s", None).transpose()?;
+        assert!(!proxy.wants_success_marks(), "forgiven, as the candidates said");
         Ok(())
     }
 

@@ -14,7 +14,7 @@ use rand::Rng;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How many leases a thread keeps (a client calls few services).
 const PER_THREAD: usize = 32;
@@ -27,6 +27,8 @@ pub(crate) struct Leases {
     id: u64,
     /// Bumped by each failure this client marks.
     generation: AtomicU64,
+    /// How long a lease lasts ([`CANDIDATES_FOR`]).
+    lasts: Duration,
 }
 
 /// What a thread knows of a client's selector for one service and protocol.
@@ -60,7 +62,14 @@ impl Leases {
     /// Leases of a new client.
     pub(crate) fn new() -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        Leases { id: NEXT.fetch_add(1, Ordering::Relaxed), generation: AtomicU64::new(0) }
+        Leases { id: NEXT.fetch_add(1, Ordering::Relaxed), generation: AtomicU64::new(0), lasts: CANDIDATES_FOR }
+    }
+
+    /// Leases that last `lasts` (tests: long ones, so that a slow machine
+    /// does not end one in the middle of a check).
+    #[cfg(test)]
+    fn lasting(lasts: Duration) -> Self {
+        Leases { lasts, ..Leases::new() }
     }
 
     /// A failure was marked: every thread asks the selector again.
@@ -95,7 +104,10 @@ impl Leases {
     fn leased(&self, selector: &dyn Selector, service: &str, protocol: &str) -> Option<Arc<Node>> {
         let now = Instant::now();
         let generation = self.generation.load(Ordering::Relaxed);
-        let found = LEASES.with_borrow_mut(|leases| {
+        // A thread whose locals are being torn down (a call made from a
+        // thread-local's drop) has no leases: it asks per call.
+        let found = LEASES.try_with(|leases| {
+            let mut leases = leases.borrow_mut();
             let Some(l) =
                 leases.iter_mut().find(|l| l.client == self.id && l.service == service && l.protocol == protocol)
             else {
@@ -109,6 +121,7 @@ impl Leases {
                 None => Found::PerCall,
             }
         });
+        let Ok(found) = found else { return None };
         let turn = match found {
             Found::Node(n) => return Some(n),
             Found::PerCall => return None,
@@ -129,12 +142,13 @@ impl Leases {
             generation,
             service: service.to_string(),
             protocol: protocol.to_string(),
-            until: now + CANDIDATES_FOR,
+            until: now + self.lasts,
             nodes,
             turn,
         };
         let node = lease.nodes.as_ref().map(|(nodes, choice)| choose(nodes, *choice, &mut lease.turn));
-        LEASES.with_borrow_mut(|leases| {
+        let _ = LEASES.try_with(|leases| {
+            let mut leases = leases.borrow_mut();
             leases.retain(|l| !(l.client == self.id && l.service == service && l.protocol == protocol));
             if leases.len() >= PER_THREAD {
                 leases.remove(0);
@@ -163,6 +177,8 @@ mod tests {
     use micro_core::{async_trait, Candidates, Error};
     use std::sync::atomic::AtomicUsize;
     use std::sync::Mutex;
+
+    const HOUR: Duration = Duration::from_secs(3600);
 
     fn node(id: &str) -> Arc<Node> {
         Arc::new(Node { id: id.into(), address: format!("127.0.0.1:{}", id.len()), ..Node::default() })
@@ -235,10 +251,9 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn candidates_are_asked_once_and_chosen_among_in_turn() -> Result<()> {
         let sel = Counting::new(&["a", "bb", "ccc"], Some(Choice::RoundRobin));
-        let leases = Leases::new();
+        let leases = Leases::lasting(HOUR);
         let got = ids(&leases, &sel, "s", 300).await?;
-        // Within CANDIDATES_FOR (a loop of 300 lookups takes far less): one
-        // question, no per-call selection.
+        // One question, no per-call selection.
         assert_eq!(sel.asked(), (1, 0));
         // Each in turn: every window of three holds all three.
         for w in got.chunks(3) {
@@ -254,7 +269,7 @@ mod tests {
         // A failure after every call voids every lease: the nodes still take
         // turns, as they would with the selector asked per call.
         let sel = Counting::new(&["a", "bb"], Some(Choice::RoundRobin));
-        let leases = Leases::new();
+        let leases = Leases::lasting(HOUR);
         let mut got = Vec::new();
         for _ in 0..10 {
             got.push(leases.select(&*sel, "s", &[], "mucp").await?.id.clone());
@@ -268,7 +283,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_random_choice_reaches_every_candidate() -> Result<()> {
         let sel = Counting::new(&["a", "bb", "ccc"], Some(Choice::Random));
-        let got = ids(&Leases::new(), &sel, "s", 3000).await?;
+        let got = ids(&Leases::lasting(HOUR), &sel, "s", 3000).await?;
         let c = counts(&got);
         assert_eq!(c.len(), 3, "{c:?}");
         // Uniform: 1000 each expected; 800 is over six standard deviations off.
@@ -279,7 +294,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_failure_voids_the_lease_and_so_does_time() -> Result<()> {
         let sel = Counting::new(&["a", "bb"], Some(Choice::RoundRobin));
-        let leases = Leases::new();
+        let leases = Leases::lasting(HOUR);
         ids(&leases, &sel, "s", 10).await?;
         assert_eq!(sel.asked().0, 1);
         // The selector's answer changes (say, a node is failing now); the
@@ -289,32 +304,58 @@ mod tests {
         assert_eq!(ids(&leases, &sel, "s", 10).await?, vec!["bb"; 10]);
         assert_eq!(sel.asked().0, 2);
         // A change nobody marked reaches calls once the lease is over.
+        let leases = Leases::lasting(Duration::from_millis(20));
+        ids(&leases, &sel, "s", 1).await?;
         *sel.nodes.lock().unwrap_or_else(|p| p.into_inner()) = vec![node("a")];
-        tokio::time::sleep(CANDIDATES_FOR + std::time::Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(40)).await;
         assert_eq!(ids(&leases, &sel, "s", 10).await?, vec!["a"; 10]);
-        assert_eq!(sel.asked(), (3, 0));
+        assert_eq!(sel.asked(), (4, 0));
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_error_in_a_call_voids_the_lease() -> Result<()> {
+        let sel = Counting::new(&["a", "bb"], Some(Choice::RoundRobin));
+        let leases = Leases::lasting(HOUR);
+        let req = micro_core::Request { service: "s".into(), ..Default::default() };
+        let refused = Error::internal("t", "connection refused");
+        let r = super::super::with_retries(&*sel, &leases, "mucp", &req, &Default::default(), 0, |_, _| {
+            let e = refused.clone();
+            async move { super::super::Attempt::Conn(e) }
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(sel.asked().0, 1);
+        leases.select(&*sel, "s", &[], "mucp").await?;
+        assert_eq!(sel.asked().0, 2, "the failure made the thread ask again");
         Ok(())
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_selector_without_candidates_is_asked_per_call_and_retries_always_ask() -> Result<()> {
         let sel = Counting::new(&["a", "bb"], None);
-        let leases = Leases::new();
+        let leases = Leases::lasting(HOUR);
         ids(&leases, &sel, "s", 50).await?;
-        // Asked for candidates once per CANDIDATES_FOR, not per call.
+        // Asked for candidates once per lease, not per call.
         assert_eq!(sel.asked(), (1, 50));
 
-        // A retry excludes the node that failed: the selector decides.
+        // A retry excludes the node that failed: the selector decides, even
+        // with a lease that would have chosen.
         let sel = Counting::new(&["a", "bb"], Some(Choice::RoundRobin));
-        let n = leases.select(&*sel, "s", &["a".into()], "mucp").await?;
-        assert_eq!((n.id.as_str(), sel.asked()), ("bb", (0, 1)));
+        let leases = Leases::lasting(HOUR);
+        leases.select(&*sel, "s", &[], "mucp").await?;
+        for _ in 0..4 {
+            let n = leases.select(&*sel, "s", &["a".into()], "mucp").await?;
+            assert_eq!(n.id, "bb");
+        }
+        assert_eq!(sel.asked(), (1, 4));
         Ok(())
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn leases_are_per_client_service_and_protocol() -> Result<()> {
         let sel = Counting::new(&["a"], Some(Choice::Random));
-        let (one, two) = (Leases::new(), Leases::new());
+        let (one, two) = (Leases::lasting(HOUR), Leases::lasting(HOUR));
         one.select(&*sel, "s", &[], "mucp").await?;
         one.select(&*sel, "t", &[], "mucp").await?;
         two.select(&*sel, "s", &[], "mucp").await?;

@@ -260,6 +260,7 @@ impl Client for MucpClient {
                 Err(e) if attempt < retries => {
                     if let Some(id) = node_id {
                         self.opts.selector.mark(&req.service, &id, Err(&e));
+                        self.leases.void();
                         exclude.push(id);
                     }
                     attempt += 1;
