@@ -91,22 +91,37 @@ impl Leases {
         exclude: &[String],
         protocol: &str,
     ) -> Result<Arc<Node>> {
-        if exclude.is_empty() {
-            if let Some(node) = self.leased(selector, service, protocol) {
-                return Ok(node);
-            }
+        if let Some(r) = self.select_at_once(selector, service, exclude, protocol) {
+            return r;
         }
-        let node = match selector.select_now(service, exclude, Some(protocol)) {
-            Some(r) => r?,
-            None => {
-                let sel = SelectOptions { exclude: exclude.to_vec(), protocol: Some(protocol.into()) };
-                selector.select_shared(service, sel).await?
-            }
-        };
+        // Only the selector's boxed future is held across this wait: a
+        // call's future stays small (see grpc's thread-cache test).
+        let sel = SelectOptions { exclude: exclude.to_vec(), protocol: Some(protocol.into()) };
+        let node = selector.select_shared(service, sel).await?;
         if exclude.is_empty() {
             self.note_last(service, protocol, &node);
         }
         Ok(node)
+    }
+
+    /// The lease's choice, else the selector's answer at once, if there is one.
+    fn select_at_once(
+        &self,
+        selector: &dyn Selector,
+        service: &str,
+        exclude: &[String],
+        protocol: &str,
+    ) -> Option<Result<Arc<Node>>> {
+        if exclude.is_empty() {
+            if let Some(node) = self.leased(selector, service, protocol) {
+                return Some(Ok(node));
+            }
+        }
+        let r = selector.select_now(service, exclude, Some(protocol))?;
+        if let (true, Ok(node)) = (exclude.is_empty(), &r) {
+            self.note_last(service, protocol, node);
+        }
+        Some(r)
     }
 
     /// Notes the node the selector gave per call in this thread's lease.
