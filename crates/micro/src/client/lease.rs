@@ -48,6 +48,13 @@ struct Lease {
     last: Option<String>,
 }
 
+impl Lease {
+    /// Whether this is `client`'s lease for `service` and `protocol`.
+    fn is(&self, client: u64, service: &str, protocol: &str) -> bool {
+        self.client == client && self.service == service && self.protocol == protocol
+    }
+}
+
 thread_local! {
     static LEASES: RefCell<Vec<Lease>> = const { RefCell::new(Vec::new()) };
 }
@@ -128,9 +135,7 @@ impl Leases {
     fn note_last(&self, service: &str, protocol: &str, node: &Node) {
         let _ = LEASES.try_with(|leases| {
             let mut leases = leases.borrow_mut();
-            if let Some(l) =
-                leases.iter_mut().find(|l| l.client == self.id && l.service == service && l.protocol == protocol)
-            {
+            if let Some(l) = leases.iter_mut().find(|l| l.is(self.id, service, protocol)) {
                 l.last = Some(node.id.clone());
             }
         });
@@ -145,9 +150,7 @@ impl Leases {
         // thread-local's drop) has no leases: it asks per call.
         let found = LEASES.try_with(|leases| {
             let mut leases = leases.borrow_mut();
-            let Some(l) =
-                leases.iter_mut().find(|l| l.client == self.id && l.service == service && l.protocol == protocol)
-            else {
+            let Some(l) = leases.iter_mut().find(|l| l.is(self.id, service, protocol)) else {
                 return Found::Nothing(None);
             };
             if l.generation != generation || now >= l.until {
@@ -175,12 +178,14 @@ impl Leases {
         // node the selector last gave per call, else at the same turn, so
         // that turns stay even across renewals. A new one starts anywhere
         // (threads start at different places).
-        let turn = match (turn, &nodes) {
-            (Some((_, Some(last))), Some((nodes, _))) if nodes.iter().any(|n| n.id == last) => {
-                nodes.iter().position(|n| n.id == last).unwrap_or(0)
-            }
-            (Some((turn, _)), _) => turn,
-            (None, _) => rand::rng().random::<u32>() as usize,
+        let after_last = match (&turn, &nodes) {
+            (Some((_, Some(last))), Some((nodes, _))) => nodes.iter().position(|n| &n.id == last),
+            _ => None,
+        };
+        let turn = match (after_last, turn) {
+            (Some(i), _) => i,
+            (None, Some((turn, _))) => turn,
+            (None, None) => rand::rng().random::<u32>() as usize,
         };
         let mut lease = Lease {
             client: self.id,
@@ -195,7 +200,7 @@ impl Leases {
         let node = lease.nodes.as_ref().map(|(nodes, choice)| choose(nodes, *choice, &mut lease.turn));
         let _ = LEASES.try_with(|leases| {
             let mut leases = leases.borrow_mut();
-            leases.retain(|l| !(l.client == self.id && l.service == service && l.protocol == protocol));
+            leases.retain(|l| !l.is(self.id, service, protocol));
             if leases.len() >= PER_THREAD {
                 leases.remove(0);
             }
@@ -403,7 +408,13 @@ mod tests {
         let leases = Leases::lasting(Duration::from_millis(20));
         ids(&leases, &sel, "s", 1).await?;
         *sel.nodes.lock().unwrap_or_else(|p| p.into_inner()) = vec![node("a")];
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        // Until the lease is over, its own answer; then the new one (at most 5 s).
+        let mut polls = 0;
+        while leases.select(&*sel, "s", &[], "mucp").await?.id != "a" {
+            polls += 1;
+            assert!(polls < 500, "the lease never ended");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(ids(&leases, &sel, "s", 10).await?, vec!["a"; 10]);
         assert_eq!(sel.asked(), (4, 0));
         Ok(())

@@ -150,6 +150,7 @@ impl MuxConn {
                         // The host's yield inside a plugin (see there).
                         micro_plugin::host::yield_now().await;
                     }
+                    let mut wrote = false;
                     loop {
                         let batch = {
                             let mut st = lock(&w.state);
@@ -157,28 +158,35 @@ impl MuxConn {
                                 st.writing = false;
                                 break;
                             }
-                            let batch = st.out.split().freeze();
-                            if st.out.capacity() > 64 * 1024 {
-                                // A large batch's buffer is not kept pinned to the connection.
-                                st.out = bytes::BytesMut::new();
+                            if wrote {
+                                None
+                            } else {
+                                let batch = st.out.split().freeze();
+                                if st.out.capacity() > 64 * 1024 {
+                                    // A large batch's buffer is not kept pinned to the connection.
+                                    st.out = bytes::BytesMut::new();
+                                }
+                                Some(batch)
                             }
-                            batch
+                        };
+                        let Some(batch) = batch else {
+                            // Requests queued while the last write was made
+                            // come from callers running beside it: yield, as
+                            // before the first write, so that those still on
+                            // their way queue theirs too, rather than send
+                            // these few alone. A write of a few frames costs
+                            // more than a pass of the scheduler: 2–9% more
+                            // calls/s at 16–256 callers (BENCHMARKS.md,
+                            // seventh session).
+                            wrote = false;
+                            micro_plugin::host::yield_now().await;
+                            continue;
                         };
                         if let Err(e) = tx.send_frames(batch).await {
                             w.fail(super::connection_error(&e));
                             return;
                         }
-                        // Requests queued while that write was made come from
-                        // callers running beside it: yield, as before the
-                        // first write, so that those still on their way queue
-                        // theirs too, rather than send these few alone. A
-                        // write of a few frames costs more than a pass of the
-                        // scheduler: 2–9% more calls/s at 16–256 callers
-                        // (BENCHMARKS.md, seventh session).
-                        let queued = !lock(&w.state).out.is_empty();
-                        if queued {
-                            micro_plugin::host::yield_now().await;
-                        }
+                        wrote = true;
                     }
                 }
             };

@@ -174,12 +174,9 @@ impl CacheSelector {
         protocol: Option<&str>,
     ) -> Result<Arc<Node>> {
         let e = self.eligible(exclude, protocol);
-        let healthy = |n: &&Arc<Node>| e.candidate(n) && !e.skipped(n);
-        let mut count = snap.nodes.iter().filter(healthy).count();
-        let skip = count > 0;
-        if !skip {
-            count = snap.nodes.iter().filter(|n| e.candidate(n)).count();
-        }
+        let skip = e.skips_failing(&snap.nodes);
+        let admitted = |n: &&Arc<Node>| e.admits(n, skip);
+        let count = snap.nodes.iter().filter(admitted).count();
         if count == 0 {
             return Err(none_available(service, snap, protocol));
         }
@@ -187,12 +184,7 @@ impl CacheSelector {
             Strategy::Random => rand::rng().random_range(0..count),
             Strategy::RoundRobin => turn.fetch_add(1, Ordering::Relaxed) % count,
         };
-        let picked = if skip {
-            snap.nodes.iter().filter(healthy).nth(i)
-        } else {
-            snap.nodes.iter().filter(|n| e.candidate(n)).nth(i)
-        };
-        picked.cloned().ok_or_else(|| none_available(service, snap, protocol))
+        snap.nodes.iter().filter(admitted).nth(i).cloned().ok_or_else(|| none_available(service, snap, protocol))
     }
 }
 
@@ -224,6 +216,16 @@ impl Eligible<'_> {
             (Some(bl), Some(now)) => bl.get(&n.id).is_some_and(|(_, until)| until.is_some_and(|u| u > now)),
             _ => false,
         }
+    }
+
+    /// Whether failing nodes are left out: only while that leaves one.
+    fn skips_failing(&self, nodes: &[Arc<Node>]) -> bool {
+        nodes.iter().any(|n| self.candidate(n) && !self.skipped(n))
+    }
+
+    /// May be chosen, with failing nodes left out or not (`skips_failing`).
+    fn admits(&self, n: &Node, skip_failing: bool) -> bool {
+        self.candidate(n) && !(skip_failing && self.skipped(n))
     }
 }
 
@@ -375,11 +377,8 @@ impl Selector for CacheSelector {
     fn candidates(&self, service: &str, protocol: Option<&str>) -> Option<Result<Candidates>> {
         let (snap, _) = self.cached(service).ok()?;
         let e = self.eligible(&[], protocol);
-        let mut nodes: Vec<Arc<Node>> =
-            snap.nodes.iter().filter(|n| e.candidate(n) && !e.skipped(n)).cloned().collect();
-        if nodes.is_empty() {
-            nodes = snap.nodes.iter().filter(|n| e.candidate(n)).cloned().collect();
-        }
+        let skip = e.skips_failing(&snap.nodes);
+        let nodes: Vec<Arc<Node>> = snap.nodes.iter().filter(|n| e.admits(n, skip)).cloned().collect();
         if nodes.is_empty() {
             return Some(Err(none_available(service, &snap, protocol)));
         }
