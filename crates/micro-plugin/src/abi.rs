@@ -163,6 +163,8 @@ impl Drop for FfiBuf {
 #[repr(C)]
 pub struct ObjectVTable {
     /// Calls an async method; the arguments are read before it returns.
+    /// The caller keeps the object alive until it has dropped the returned
+    /// future (the future may use the object without a reference of its own).
     pub call: unsafe extern "C" fn(data: *const c_void, method: u32, args: FfiArgs) -> FfiFuture<FfiReply>,
     /// Calls a synchronous method.
     pub call_sync: unsafe extern "C" fn(data: *const c_void, method: u32, args: FfiArgs) -> FfiReply,

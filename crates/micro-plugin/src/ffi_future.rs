@@ -17,14 +17,14 @@
 //! - [`FfiContext::with_context`]: the polled side's `Context` from an `FfiContext`.
 #![allow(unsafe_code)]
 
-use futures::task::AtomicWaker;
 use std::ffi::c_void;
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 /// The version of this module's layout and protocol (the descriptor's
@@ -187,42 +187,77 @@ impl<T: FromPanic> Future for Polled<T> {
 /// Until the other side first clones the waker nothing is allocated; the
 /// clone makes one reference-counted bridge whose address, and so the
 /// waker's identity on the other side, stays the same for later polls.
+///
+/// The bridge keeps the task's waker until a poll brings another one (a
+/// wake does not use it up), so a poll with the waker it holds, the usual
+/// case, touches nothing shared: no lock, no clone of the task's waker.
 #[derive(Default)]
 pub struct WakerSlot {
-    bridge: OnceLock<Arc<Bridge>>,
+    /// An `Arc<Bridge>` made into a raw pointer, or null until the first
+    /// clone. Set by one compare-and-swap: the other side may clone a waker
+    /// it was lent on any thread, as long as the poll lasts.
+    bridge: AtomicPtr<Bridge>,
+    /// The identity (data, vtable) of the task waker the bridge holds.
+    /// Only `with` (`&mut self`) registers a waker in the bridge, and the
+    /// bridge keeps it alive, so an equal identity is the same waker.
+    held: Option<(usize, usize)>,
+}
+
+/// A waker's identity, what `Waker::will_wake` compares.
+fn identity(w: &Waker) -> (usize, usize) {
+    (w.data() as usize, w.vtable() as *const RawWakerVTable as usize)
 }
 
 impl WakerSlot {
     /// An empty slot.
     pub const fn new() -> Self {
-        WakerSlot { bridge: OnceLock::new() }
+        WakerSlot { bridge: AtomicPtr::new(std::ptr::null_mut()), held: None }
     }
 
     /// Calls `f` with an [`FfiContext`] that wakes `cx`'s task.
-    pub fn with<R>(&self, cx: &Context<'_>, f: impl FnOnce(*const FfiContext) -> R) -> R {
-        if let Some(b) = self.bridge.get() {
-            // The task may have moved (another waker): the bridge wakes the latest.
-            b.waker.register(cx.waker());
-            let ctx = FfiContext { waker: Arc::as_ptr(b) as *const FfiWaker };
+    pub fn with<R>(&mut self, cx: &Context<'_>, f: impl FnOnce(*const FfiContext) -> R) -> R {
+        let bridge = *self.bridge.get_mut();
+        if !bridge.is_null() {
+            let id = identity(cx.waker());
+            if self.held != Some(id) {
+                // The task moved (another waker): the bridge wakes the latest.
+                // SAFETY: the slot owns a reference to its bridge until it drops.
+                unsafe { &*bridge }.hold(cx.waker());
+                self.held = Some(id);
+            }
+            let ctx = FfiContext { waker: bridge as *const FfiWaker };
             return f(&ctx);
         }
-        let first = FirstPoll { header: FfiWaker { vtable: &FIRST_POLL }, waker: cx.waker(), slot: &self.bridge };
-        let ctx = FfiContext { waker: &first.header };
-        f(&ctx)
+        let r = {
+            let first = FirstPoll { header: FfiWaker { vtable: &FIRST_POLL }, waker: cx.waker(), slot: &self.bridge };
+            let ctx = FfiContext { waker: &first.header };
+            f(&ctx)
+        };
+        if !self.bridge.get_mut().is_null() {
+            // Made during this poll, holding this poll's waker (`new_bridge`).
+            self.held = Some(identity(cx.waker()));
+        }
+        r
     }
 }
 
 impl Drop for WakerSlot {
     fn drop(&mut self) {
+        let raw = *self.bridge.get_mut();
+        if raw.is_null() {
+            return;
+        }
+        // SAFETY: a non-null pointer is the slot's own reference, made by
+        // `Arc::into_raw` in `first_clone` and released only here.
+        let mut bridge = unsafe { Arc::from_raw(raw as *const Bridge) };
         // A bridge nobody else holds (the other side dropped its clones, as
         // it has by the time a call's reply is back) is kept for the next
         // slot of this thread: one allocation fewer per crossing future,
         // and under load, with many calls in flight, fewer frees that
         // overflow the allocator's per-thread cache.
-        let Some(mut bridge) = self.bridge.take() else { return };
         let Some(unique) = Arc::get_mut(&mut bridge) else { return };
         // Release the task's waker now; the next slot registers its own.
-        unique.waker = AtomicWaker::new();
+        *unique.waker.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
         let _ = SPARE_BRIDGES.try_with(|spare| {
             let mut spare = spare.borrow_mut();
             if spare.len() < SPARE_BRIDGES_KEPT {
@@ -251,8 +286,8 @@ fn spare_bridges() -> usize {
 fn new_bridge(waker: &Waker) -> Arc<Bridge> {
     let spare = SPARE_BRIDGES.try_with(|spare| spare.borrow_mut().pop()).ok().flatten();
     let bridge =
-        spare.unwrap_or_else(|| Arc::new(Bridge { header: FfiWaker { vtable: &BRIDGE }, waker: AtomicWaker::new() }));
-    bridge.waker.register(waker);
+        spare.unwrap_or_else(|| Arc::new(Bridge { header: FfiWaker { vtable: &BRIDGE }, waker: Mutex::new(None) }));
+    bridge.hold(waker);
     bridge
 }
 
@@ -260,8 +295,32 @@ fn new_bridge(waker: &Waker) -> Arc<Bridge> {
 #[repr(C)]
 struct Bridge {
     header: FfiWaker,
-    // Lock-free, and `register` clones only when the task's waker changed.
-    waker: AtomicWaker,
+    /// The task's waker. Kept across wakes (futures' `AtomicWaker` gives it
+    /// up on each one, so every poll after a wake had to clone it again);
+    /// the lock is held only to replace it or to clone it for a wake.
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Bridge {
+    /// Makes the bridge wake `waker`'s task from now on.
+    fn hold(&self, waker: &Waker) {
+        let mut held = self.waker.lock().unwrap_or_else(|e| e.into_inner());
+        if !held.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *held = Some(waker.clone());
+        }
+    }
+
+    /// Wakes the task it holds, if any.
+    fn wake(&self) {
+        // Cloned under the lock and woken outside it: a waker that leads
+        // back to this bridge (through another bridge) cannot deadlock.
+        // For a tokio task, a clone and a wake by value cost what a wake by
+        // reference does (it takes a reference of its own to schedule).
+        let w = self.waker.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
 }
 
 /// The borrowed waker of a slot's first poll: a clone makes the bridge.
@@ -269,7 +328,7 @@ struct Bridge {
 struct FirstPoll<'a> {
     header: FfiWaker,
     waker: &'a Waker,
-    slot: &'a OnceLock<Arc<Bridge>>,
+    slot: &'a AtomicPtr<Bridge>,
 }
 
 static FIRST_POLL: FfiWakerVTable =
@@ -283,8 +342,23 @@ unsafe extern "C" fn first_clone(w: *const FfiWaker) -> *const FfiWaker {
     // lives (on the polling side's stack) for the poll this clone happens in.
     let first = unsafe { &*(w as *const FirstPoll<'_>) };
     let made = catch_unwind(AssertUnwindSafe(|| {
-        let b = first.slot.get_or_init(|| new_bridge(first.waker));
-        Arc::into_raw(Arc::clone(b)) as *const FfiWaker
+        let mut at = first.slot.load(Ordering::Acquire);
+        if at.is_null() {
+            let fresh = Arc::into_raw(new_bridge(first.waker)) as *mut Bridge;
+            at = match first.slot.compare_exchange(std::ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => fresh,
+                Err(other) => {
+                    // Another thread's clone, during the same poll, came first.
+                    // SAFETY: `fresh` is the reference `into_raw` just made; nobody else has it.
+                    drop(unsafe { Arc::from_raw(fresh as *const Bridge) });
+                    other
+                }
+            };
+        }
+        // SAFETY: the slot holds a reference to its bridge for as long as
+        // it lives, which is past this poll; this one is the caller's.
+        unsafe { Arc::increment_strong_count(at as *const Bridge) };
+        at as *const FfiWaker
     }));
     // Only an allocation failure panics here, and that aborts anyway;
     // a waker that never wakes is the one safe answer left.
@@ -312,7 +386,7 @@ unsafe extern "C" fn bridge_clone(w: *const FfiWaker) -> *const FfiWaker {
 unsafe extern "C" fn bridge_wake_by_ref(w: *const FfiWaker) {
     // SAFETY: as in bridge_clone.
     let b = unsafe { &*(w as *const Bridge) };
-    let _ = catch_unwind(AssertUnwindSafe(|| b.waker.wake()));
+    let _ = catch_unwind(AssertUnwindSafe(|| b.wake()));
 }
 
 unsafe extern "C" fn bridge_wake(w: *const FfiWaker) {
@@ -456,6 +530,61 @@ mod tests {
         w.into_iter().for_each(Waker::wake);
         assert_eq!(count.0.load(Ordering::SeqCst), 1, "the stored waker wakes the polling task");
         assert_eq!(polled.as_mut().poll(&mut cx), Poll::Ready(7));
+    }
+
+    /// A task waker that counts how often it is cloned and woken.
+    struct Counted {
+        clones: AtomicUsize,
+        wakes: AtomicUsize,
+    }
+    fn counted_at(p: *const ()) -> &'static Counted {
+        // SAFETY: every COUNTED waker's data is a leaked `Counted`, never freed.
+        unsafe { &*(p as *const Counted) }
+    }
+    static COUNTED: RawWakerVTable = RawWakerVTable::new(
+        |p| {
+            counted_at(p).clones.fetch_add(1, Ordering::SeqCst);
+            RawWaker::new(p, &COUNTED)
+        },
+        |p| _ = counted_at(p).wakes.fetch_add(1, Ordering::SeqCst),
+        |p| _ = counted_at(p).wakes.fetch_add(1, Ordering::SeqCst),
+        |_| {},
+    );
+    fn counted() -> (&'static Counted, Waker) {
+        let c: &'static Counted =
+            Box::leak(Box::new(Counted { clones: AtomicUsize::new(0), wakes: AtomicUsize::new(0) }));
+        // SAFETY: COUNTED's functions implement the RawWaker contract on a `Counted` that is never freed.
+        (c, unsafe { Waker::from_raw(RawWaker::new(c as *const Counted as *const (), &COUNTED)) })
+    }
+
+    #[test]
+    fn the_bridge_keeps_the_tasks_waker_across_wakes_and_polls_with_it_clone_nothing() {
+        let stored = Arc::new(Mutex::new(None));
+        let fut = FfiFuture::new(Registers { stored: stored.clone(), clones: Arc::default(), polls_left: 4 });
+        let mut polled = Box::pin(fut.into_future());
+        let (c, w) = counted();
+        let wake_stored = || {
+            let s = stored.lock().unwrap_or_else(|e| e.into_inner());
+            s.iter().for_each(Waker::wake_by_ref);
+        };
+        assert!(polled.as_mut().poll(&mut Context::from_waker(&w)).is_pending());
+        assert_eq!(c.clones.load(Ordering::SeqCst), 1, "the bridge holds one clone of the task's waker");
+        for round in 1..=2 {
+            wake_stored();
+            assert_eq!(c.wakes.load(Ordering::SeqCst), round, "each wake reaches the task, the second too");
+            let before = c.clones.load(Ordering::SeqCst);
+            assert!(polled.as_mut().poll(&mut Context::from_waker(&w)).is_pending());
+            assert_eq!(
+                c.clones.load(Ordering::SeqCst),
+                before,
+                "a poll with the waker the bridge holds clones nothing"
+            );
+        }
+        // Another task: the bridge now holds that one's waker, and wakes it alone.
+        let (d, v) = counted();
+        assert!(polled.as_mut().poll(&mut Context::from_waker(&v)).is_pending());
+        wake_stored();
+        assert_eq!((c.wakes.load(Ordering::SeqCst), d.wakes.load(Ordering::SeqCst)), (2, 1));
     }
 
     #[test]

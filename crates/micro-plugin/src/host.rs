@@ -136,7 +136,7 @@ impl Owned {
     /// One poll in one direction, through that direction's waker bridge.
     fn poll(
         &self,
-        slot: &WakerSlot,
+        slot: &mut WakerSlot,
         cx: &mut Context<'_>,
         f: impl FnOnce(&StreamVTable, *mut std::ffi::c_void, *const FfiContext) -> IoPoll,
     ) -> Poll<io::Result<usize>> {
@@ -148,7 +148,7 @@ impl Owned {
         }
     }
 
-    fn poll_read(&self, slot: &WakerSlot, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(&self, slot: &mut WakerSlot, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let dst = buf.initialize_unfilled();
         let (ptr, len) = (dst.as_mut_ptr(), dst.len());
         // SAFETY: `ptr[..len]` is initialised memory we hold `&mut` to for this
@@ -163,13 +163,13 @@ impl Owned {
         }
     }
 
-    fn poll_write(&self, slot: &WakerSlot, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(&self, slot: &mut WakerSlot, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let (ptr, len) = (buf.as_ptr(), buf.len());
         // SAFETY: `buf` is readable for this call; the caller holds this direction alone.
         self.poll(slot, cx, |v, data, ctx| unsafe { (v.poll_write)(data, ctx, ptr, len) })
     }
 
-    fn poll_shutdown(&self, slot: &WakerSlot, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_shutdown(&self, slot: &mut WakerSlot, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // SAFETY: a host entry point on our stream; the caller holds the sending direction alone.
         self.poll(slot, cx, |v, data, ctx| unsafe { (v.poll_shutdown)(data, ctx) }).map_ok(|_| ())
     }
@@ -237,7 +237,7 @@ pub struct HostReadHalf {
 impl tokio::io::AsyncRead for HostReadHalf {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        this.inner.poll_read(&this.slot, cx, buf)
+        this.inner.poll_read(&mut this.slot, cx, buf)
     }
 }
 
@@ -252,7 +252,7 @@ pub struct HostWriteHalf {
 impl tokio::io::AsyncWrite for HostWriteHalf {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.inner.poll_write(&this.slot, cx, buf)
+        this.inner.poll_write(&mut this.slot, cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         // TCP streams have nothing to flush.
@@ -260,7 +260,7 @@ impl tokio::io::AsyncWrite for HostWriteHalf {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        this.inner.poll_shutdown(&this.slot, cx)
+        this.inner.poll_shutdown(&mut this.slot, cx)
     }
 }
 

@@ -68,12 +68,50 @@ pub trait Dispatch: Send + Sync + 'static {
     /// An async method of a hot path, started in one allocation: the
     /// future goes into [`Inline::start`], which boxes it together with
     /// what the crossing keeps, instead of [`call`](Self::call)'s box plus
-    /// that one. `Err(self)` (the default, and the answer for every method
-    /// it does not handle) sends the call to [`call`](Self::call). It is
-    /// only asked for calls that hand over no objects.
-    fn call_inline(self: Arc<Self>, method: u32, args: &[u8], start: Inline<'_>) -> Result<Started, Arc<Self>> {
-        let _ = (method, args, start);
-        Err(self)
+    /// that one. The future gets the value as a [`CallRef`], not a reference count
+    /// of its own. `None` (the default, and the answer for every method it
+    /// does not handle) sends the call to [`call`](Self::call). It is only
+    /// asked for calls that hand over no objects.
+    fn call_inline(this: CallRef<Self>, method: u32, args: &[u8], start: Inline<'_>) -> Option<Started> {
+        let _ = (this, method, args, start);
+        None
+    }
+}
+
+/// An exported value lent to the future of one of its calls.
+///
+/// The ABI's rule for `call` is that the caller keeps the object alive
+/// until the call's future is dropped ([`Remote`]'s futures borrow it, so
+/// the borrow checker holds the caller to it). So a future may use the
+/// value without holding a reference count of its own: on a hot path the
+/// count's increment and decrement were two atomic writes per call to one
+/// cache line that every thread's calls pull to their core.
+pub struct CallRef<T: ?Sized>(std::ptr::NonNull<T>);
+
+// SAFETY: a `CallRef<T>` only gives out `&T`, so sending it to, or sharing it
+// with, another thread is sending `&T`, which `T: Sync` allows.
+unsafe impl<T: ?Sized + Sync> Send for CallRef<T> {}
+// SAFETY: as for Send.
+unsafe impl<T: ?Sized + Sync> Sync for CallRef<T> {}
+
+impl<T: ?Sized> CallRef<T> {
+    /// Lends `value`.
+    ///
+    /// # Safety
+    /// `value` must stay alive, where it is, for as long as the `CallRef` and
+    /// every copy made of it do (for an exported value: until the future of
+    /// the call it is lent to is dropped).
+    // SAFETY: unsafe to call; the contract is the `# Safety` section above.
+    unsafe fn new(value: &T) -> Self {
+        CallRef(std::ptr::NonNull::from(value))
+    }
+}
+
+impl<T: ?Sized> std::ops::Deref for CallRef<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: alive for as long as this `CallRef` (the contract of `CallRef::new`).
+        unsafe { self.0.as_ref() }
     }
 }
 
@@ -126,12 +164,9 @@ trait DispatchDyn: Send + Sync {
         objects: Vec<FfiObject>,
     ) -> BoxFuture<'static, Result<Reply, Error>>;
     fn call_sync_dyn(&self, method: u32, args: &[u8], objects: Vec<FfiObject>) -> Result<Reply, Error>;
-    fn call_inline_dyn(
-        self: Arc<Self>,
-        method: u32,
-        args: &[u8],
-        start: Inline<'_>,
-    ) -> Result<Started, Arc<dyn DispatchDyn>>;
+    /// # Safety
+    /// As [`CallRef::new`] for `self`: alive until the returned future is dropped.
+    unsafe fn call_inline_dyn(&self, method: u32, args: &[u8], start: Inline<'_>) -> Option<Started>;
 }
 
 impl<T: Dispatch> DispatchDyn for T {
@@ -146,13 +181,9 @@ impl<T: Dispatch> DispatchDyn for T {
     fn call_sync_dyn(&self, method: u32, args: &[u8], objects: Vec<FfiObject>) -> Result<Reply, Error> {
         self.call_sync(method, args, objects)
     }
-    fn call_inline_dyn(
-        self: Arc<Self>,
-        method: u32,
-        args: &[u8],
-        start: Inline<'_>,
-    ) -> Result<Started, Arc<dyn DispatchDyn>> {
-        self.call_inline(method, args, start).map_err(|this| this as Arc<dyn DispatchDyn>)
+    unsafe fn call_inline_dyn(&self, method: u32, args: &[u8], start: Inline<'_>) -> Option<Started> {
+        // SAFETY: the caller keeps `self` alive until the future is dropped.
+        T::call_inline(unsafe { CallRef::new(self) }, method, args, start)
     }
 }
 
@@ -212,15 +243,16 @@ unsafe extern "C" fn call_entry(data: *const c_void, method: u32, args: FfiArgs)
     let start = || Inline { rt: ex.rt.as_ref() };
     let started = catch_unwind(AssertUnwindSafe(|| {
         let _g = ex.enter();
-        let mut inner = ex.inner.clone();
         if objects.is_empty() {
-            match inner.call_inline_dyn(method, bytes, start()) {
-                Ok(fut) => return fut,
-                Err(back) => inner = back,
+            // SAFETY: `ex` (and the value in it) lives until `drop_entry`,
+            // which the ABI's rule for `call` puts after the drop of the
+            // future returned here.
+            if let Some(fut) = unsafe { ex.inner.call_inline_dyn(method, bytes, start()) } {
+                return fut;
             }
         }
         // Any other method: its boxed future, guarded the same way.
-        start().start(inner.call_dyn(method, bytes, objects))
+        start().start(ex.inner.clone().call_dyn(method, bytes, objects))
     }));
     match started {
         Ok(Started(fut)) => fut,
@@ -353,13 +385,39 @@ impl Remote {
         method: u32,
         objects: Vec<FfiObject>,
         encode: impl FnOnce(&mut crate::wire::Writer),
-    ) -> impl std::future::Future<Output = Result<RemoteReply, Error>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<RemoteReply, Error>> + Send + '_ {
         let fut = with_scratch(encode, |args| {
             let mut out = OutObjects(objects);
             // SAFETY: `obj` is a live object of the other side; args live during the call.
             unsafe { (self.obj.vtable_ref().call)(self.obj.data(), method, out.args(args)) }
         });
-        async move { into_result(fut.await) }
+        // The future borrows `self`: the object outlives its call (the ABI's rule, see `CallRef`).
+        let _borrow: &Self = self;
+        async move {
+            let _borrow = _borrow;
+            into_result(fut.await)
+        }
+    }
+
+    /// As [`call_encoded`](Self::call_encoded), for a future that outlives
+    /// the caller's borrow: it holds a reference count of the remote.
+    pub fn call_encoded_kept(
+        self: &Arc<Self>,
+        method: u32,
+        objects: Vec<FfiObject>,
+        encode: impl FnOnce(&mut crate::wire::Writer),
+    ) -> impl std::future::Future<Output = Result<RemoteReply, Error>> + Send + 'static {
+        let fut = with_scratch(encode, |args| {
+            let mut out = OutObjects(objects);
+            // SAFETY: as in `call_encoded`.
+            unsafe { (self.obj.vtable_ref().call)(self.obj.data(), method, out.args(args)) }
+        });
+        let kept = self.clone();
+        async move {
+            let r = into_result(fut.await);
+            drop(kept);
+            r
+        }
     }
 
     /// Calls an async method whose argument is `bytes`, lent rather than
@@ -375,7 +433,7 @@ impl Remote {
         &self,
         method: u32,
         bytes: bytes::Bytes,
-    ) -> impl std::future::Future<Output = Result<RemoteReply, Error>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<RemoteReply, Error>> + Send + '_ {
         // Held across the call as well: the arguments stay valid for the
         // whole call whatever the callee does with the object (it may drop
         // it before it reads them). A reference count, not a copy.
@@ -393,7 +451,12 @@ impl Remote {
         // through it.
         let fut = unsafe { (self.obj.vtable_ref().call)(self.obj.data(), method, args) };
         drop(during);
-        async move { into_result(fut.await) }
+        // The future borrows `self`: the object outlives its call (the ABI's rule, see `CallRef`).
+        let _borrow: &Self = self;
+        async move {
+            let _borrow = _borrow;
+            into_result(fut.await)
+        }
     }
 
     /// Calls a synchronous method with arguments written by `encode` into

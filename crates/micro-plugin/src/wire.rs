@@ -37,22 +37,26 @@ impl Writer {
         self.buf
     }
     /// A u32.
+    #[inline]
     pub fn u32(&mut self, v: u32) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
     /// A u64.
+    #[inline]
     pub fn u64(&mut self, v: u64) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
     /// A byte string.
+    #[inline]
     pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
         self.u32(v.len() as u32);
         self.buf.extend_from_slice(v);
         self
     }
     /// A string.
+    #[inline]
     pub fn str(&mut self, v: &str) -> &mut Self {
         self.bytes(v.as_bytes())
     }
@@ -101,10 +105,27 @@ pub struct Reader<'a> {
     buf: &'a [u8],
 }
 
-fn short() -> Error {
-    Error::internal(ID, "truncated value from the other side of the plugin boundary")
+/// Why a read failed. One byte, so that each field's `Result` stays in
+/// registers: an [`Error`] is 80 bytes, and a `Result` of one was written
+/// and read back through memory for every field of every crossing. The
+/// decoders of the hot path work with this and convert once, at the end.
+#[derive(Clone, Copy, Debug)]
+enum Bad {
+    Short,
+    NotUtf8,
 }
 
+impl From<Bad> for Error {
+    fn from(b: Bad) -> Error {
+        match b {
+            Bad::Short => Error::internal(ID, "truncated value from the other side of the plugin boundary"),
+            Bad::NotUtf8 => Error::internal(ID, "string is not UTF-8"),
+        }
+    }
+}
+
+// The small readers and writers are `#[inline]`: they are called across
+// crates (the host's proxies), where without it each is a call per field.
 impl<'a> Reader<'a> {
     /// Reads `buf`.
     pub fn new(buf: &'a [u8]) -> Self {
@@ -114,45 +135,84 @@ impl<'a> Reader<'a> {
     pub fn remaining(&self) -> usize {
         self.buf.len()
     }
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+    #[inline]
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Bad> {
         if self.buf.len() < n {
-            return Err(short());
+            return Err(Bad::Short);
         }
         let (a, b) = self.buf.split_at(n);
         self.buf = b;
         Ok(a)
     }
-    /// A u32.
-    pub fn u32(&mut self) -> Result<u32, Error> {
+    #[inline]
+    fn get_u32(&mut self) -> Result<u32, Bad> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
-    /// A u64.
-    pub fn u64(&mut self) -> Result<u64, Error> {
+    #[inline]
+    fn get_u64(&mut self) -> Result<u64, Bad> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(u64::from_le_bytes(a))
     }
-    /// A byte string.
-    pub fn bytes(&mut self) -> Result<&'a [u8], Error> {
-        let n = self.u32()? as usize;
+    #[inline]
+    fn get_bytes(&mut self) -> Result<&'a [u8], Bad> {
+        let n = self.get_u32()? as usize;
         self.take(n)
     }
+    #[inline]
+    fn get_str(&mut self) -> Result<&'a str, Bad> {
+        std::str::from_utf8(self.get_bytes()?).map_err(|_| Bad::NotUtf8)
+    }
+    #[inline]
+    fn get_string(&mut self) -> Result<String, Bad> {
+        self.get_str().map(str::to_owned)
+    }
+    fn get_opt_string(&mut self) -> Result<Option<String>, Bad> {
+        match self.take(1)?[0] {
+            0 => Ok(None),
+            _ => Ok(Some(self.get_string()?)),
+        }
+    }
+    fn get_map(&mut self) -> Result<HashMap<String, String>, Bad> {
+        let n = self.get_u32()? as usize;
+        let mut m = HashMap::with_capacity(n.min(1024));
+        for _ in 0..n {
+            let k = self.get_string()?;
+            m.insert(k, self.get_string()?);
+        }
+        Ok(m)
+    }
+
+    /// A u32.
+    #[inline]
+    pub fn u32(&mut self) -> Result<u32, Error> {
+        Ok(self.get_u32()?)
+    }
+    /// A u64.
+    #[inline]
+    pub fn u64(&mut self) -> Result<u64, Error> {
+        Ok(self.get_u64()?)
+    }
+    /// A byte string.
+    #[inline]
+    pub fn bytes(&mut self) -> Result<&'a [u8], Error> {
+        Ok(self.get_bytes()?)
+    }
     /// A string.
+    #[inline]
     pub fn string(&mut self) -> Result<String, Error> {
-        self.str().map(str::to_owned)
+        Ok(self.get_string()?)
     }
     /// A string, borrowed from the buffer (no copy).
+    #[inline]
     pub fn str(&mut self) -> Result<&'a str, Error> {
-        std::str::from_utf8(self.bytes()?).map_err(|_| Error::internal(ID, "string is not UTF-8"))
+        Ok(self.get_str()?)
     }
     /// An optional string.
     pub fn opt_string(&mut self) -> Result<Option<String>, Error> {
-        match self.take(1)?[0] {
-            0 => Ok(None),
-            _ => Ok(Some(self.string()?)),
-        }
+        Ok(self.get_opt_string()?)
     }
     /// An optional string, borrowed from the buffer (no copy).
     pub fn opt_str(&mut self) -> Result<Option<&'a str>, Error> {
@@ -172,13 +232,7 @@ impl<'a> Reader<'a> {
     }
     /// A string map.
     pub fn map(&mut self) -> Result<HashMap<String, String>, Error> {
-        let n = self.u32()? as usize;
-        let mut m = HashMap::with_capacity(n.min(1024));
-        for _ in 0..n {
-            let k = self.string()?;
-            m.insert(k, self.string()?);
-        }
-        Ok(m)
+        Ok(self.get_map()?)
     }
     /// A duration.
     pub fn duration(&mut self) -> Result<Duration, Error> {
@@ -273,13 +327,16 @@ pub fn put_request(w: &mut Writer, q: &Request) {
 
 /// Decodes a request.
 pub fn get_request(r: &mut Reader<'_>) -> Result<Request, Error> {
-    Ok(Request {
-        service: r.string()?,
-        endpoint: r.string()?,
-        content_type: r.string()?,
-        metadata: r.map()?,
-        body: Bytes::copy_from_slice(r.bytes()?),
-    })
+    let mut read = || -> Result<Request, Bad> {
+        Ok(Request {
+            service: r.get_string()?,
+            endpoint: r.get_string()?,
+            content_type: r.get_string()?,
+            metadata: r.get_map()?,
+            body: Bytes::copy_from_slice(r.get_bytes()?),
+        })
+    };
+    Ok(read()?)
 }
 
 /// Encodes a response.
@@ -295,9 +352,12 @@ pub fn get_response(r: &mut Reader<'_>) -> Result<Response, Error> {
 /// Decodes a response to a request of content type `asked`, which is taken
 /// rather than copied when the response has the same (nearly always).
 pub fn get_response_to(r: &mut Reader<'_>, asked: String) -> Result<Response, Error> {
-    let ct = r.str()?;
-    let content_type = if ct == asked { asked } else { ct.to_owned() };
-    Ok(Response { content_type, metadata: r.map()?, body: Bytes::copy_from_slice(r.bytes()?) })
+    let read = || -> Result<Response, Bad> {
+        let ct = r.get_str()?;
+        let content_type = if ct == asked { asked } else { ct.to_owned() };
+        Ok(Response { content_type, metadata: r.get_map()?, body: Bytes::copy_from_slice(r.get_bytes()?) })
+    };
+    Ok(read()?)
 }
 
 /// Encodes call options.
@@ -309,13 +369,16 @@ pub fn put_call_options(w: &mut Writer, o: &CallOptions) {
 
 /// Decodes call options.
 pub fn get_call_options(r: &mut Reader<'_>) -> Result<CallOptions, Error> {
-    let t = r.u64()?;
-    let n = r.u64()?;
-    Ok(CallOptions {
-        timeout: (t > 0).then(|| Duration::from_nanos(t - 1)),
-        retries: (n > 0).then(|| (n - 1) as u32),
-        address: r.opt_string()?,
-    })
+    let mut read = || -> Result<CallOptions, Bad> {
+        let t = r.get_u64()?;
+        let n = r.get_u64()?;
+        Ok(CallOptions {
+            timeout: (t > 0).then(|| Duration::from_nanos(t - 1)),
+            retries: (n > 0).then(|| (n - 1) as u32),
+            address: r.get_opt_string()?,
+        })
+    };
+    Ok(read()?)
 }
 
 #[cfg(test)]

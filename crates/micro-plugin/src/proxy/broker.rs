@@ -172,7 +172,7 @@ pub(super) fn import_broker_handler(obj: FfiObject) -> Result<BrokerHandler> {
     let remote = Arc::new(Remote::new(obj)?);
     Ok(Arc::new(move |topic: &str, msg: Message| {
         // Encoded now, while the topic is borrowed.
-        let call = remote.call_encoded(handler_m::CALL, Vec::new(), |w| {
+        let call = remote.call_encoded_kept(handler_m::CALL, Vec::new(), |w| {
             w.str(topic);
             wire::put_message(w, &msg);
         });

@@ -1,7 +1,7 @@
 //! A client across the boundary.
 
 use super::*;
-use crate::object::{Inline, Started};
+use crate::object::{CallRef, Inline, Started};
 use std::future::Future;
 
 mod client_m {
@@ -17,7 +17,7 @@ impl Dispatch for ClientExport {
     fn call(self: Arc<Self>, method: u32, args: &[u8], _: Vec<FfiObject>) -> BoxFuture<'static, Result<Reply>> {
         let mut r = Reader::new(args);
         match method {
-            client_m::CALL => Box::pin(self.call_future(&mut r)),
+            client_m::CALL => Box::pin(ClientExport::call_future(self, &mut r)),
             client_m::STREAM => {
                 let req = dec!(wire::get_request(&mut r));
                 let opts = dec!(wire::get_call_options(&mut r));
@@ -31,11 +31,11 @@ impl Dispatch for ClientExport {
             m => ready_err(unknown_method("client", m)),
         }
     }
-    fn call_inline(self: Arc<Self>, method: u32, args: &[u8], start: Inline<'_>) -> Result<Started, Arc<Self>> {
+    fn call_inline(this: CallRef<Self>, method: u32, args: &[u8], start: Inline<'_>) -> Option<Started> {
         // A call, the hot path: one box for its future and the crossing's state.
         match method {
-            client_m::CALL => Ok(start.start(self.call_future(&mut Reader::new(args)))),
-            _ => Err(self),
+            client_m::CALL => Some(start.start(ClientExport::call_future(this, &mut Reader::new(args)))),
+            _ => None,
         }
     }
     fn call_sync(&self, method: u32, _: &[u8], _: Vec<FfiObject>) -> Result<Reply> {
@@ -48,11 +48,14 @@ impl Dispatch for ClientExport {
 
 impl ClientExport {
     /// A call's future, its arguments decoded before it starts.
-    fn call_future(self: Arc<Self>, r: &mut Reader<'_>) -> impl Future<Output = Result<Reply>> + Send + 'static {
+    fn call_future<S>(this: S, r: &mut Reader<'_>) -> impl Future<Output = Result<Reply>> + Send + 'static
+    where
+        S: std::ops::Deref<Target = Self> + Send + 'static,
+    {
         let args = wire::get_request(r).and_then(|req| Ok((req, wire::get_call_options(r)?)));
         async move {
             let (req, opts) = args?;
-            let resp = self.0.call(req, opts).await?;
+            let resp = this.0.call(req, opts).await?;
             let mut w = Writer::with_capacity(wire::response_len(&resp));
             wire::put_response(&mut w, &resp);
             Ok(Reply::bytes(w.finish()))
