@@ -17,6 +17,8 @@ echo "==> plugin load + verify + init (fresh process per sample)"
 target/release/micro-bench plugin-load --plugin target/bench/tcpx.so --runs 50
 target/release/micro plugin build --name brpc --type client --path examples/plugins/brpc \
   --new-func new_client -o target/bench/brpc.so --target-dir target/plugin-release
+echo "==> the plugin boundary's own code per call (in-process, one thread)"
+target/release/micro-bench crossing --rounds "$ROUNDS"
 echo "==> built-in tcp transport vs the same transport loaded as a plugin"
 target/release/micro-bench boundary --kind transport --plugin target/bench/tcpx.so --name tcpx \
   --callers 1,64 --seconds "$SECONDS_PER" --rounds "$ROUNDS"

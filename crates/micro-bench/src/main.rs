@@ -9,6 +9,8 @@
 //!   built-in component and through a plugin one (the same transport, or a
 //!   client wrapping the built-in one), in one run, alternating, at several
 //!   caller counts.
+//! * `crossing`: the plugin boundary's own code per call, in-process, on
+//!   one thread: a client exported and imported against the same client.
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -20,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod crossing;
 mod hol;
 mod rpc;
 use rpc::contenders::Contender;
@@ -126,6 +129,19 @@ enum Cmd {
         calls: Option<u64>,
         #[arg(long)]
         plugins: PathBuf,
+    },
+    /// The plugin boundary's own cost per call: a client exported and imported in-process against the same client, one thread
+    #[command(after_help = "Example:\n  micro-bench crossing --calls 400000 --rounds 7")]
+    Crossing {
+        /// Calls per measurement
+        #[arg(long, default_value_t = 400_000)]
+        calls: usize,
+        /// Concurrent callers (tasks on the one thread)
+        #[arg(long, default_value_t = 16)]
+        callers: usize,
+        /// Rounds (direct and crossed alternate); medians are reported
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
     },
     /// Time to load, verify and init a plugin (fresh process per sample)
     #[command(after_help = "Example:\n  micro-bench plugin-load --plugin target/bench/tcpx.so --runs 50")]
@@ -235,6 +251,12 @@ async fn run() -> anyhow::Result<()> {
             };
             // The orchestrator only starts processes: keep it off the async runtime.
             tokio::task::spawn_blocking(move || rpc::run(&plan)).await??;
+        }
+        Cmd::Crossing { calls, callers, rounds } => {
+            tokio::task::spawn_blocking(move || {
+                crossing::run(calls.max(1), callers.clamp(1, calls.max(1)), rounds.max(1))
+            })
+            .await??;
         }
         Cmd::Hol { contenders, seconds, rounds, plugins, out } => {
             tokio::task::spawn_blocking(move || hol::run(&contenders, seconds, rounds.max(1), &plugins, &out))

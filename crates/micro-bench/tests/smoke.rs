@@ -136,5 +136,12 @@ fn every_benchmark_runs_in_quick_mode() -> TestResult {
         assert!(row(pings[0], c).first().is_some_and(|&n| n > 0.0), "{c} answered Pings: {out}");
         assert!(row(pings[1], c).first().is_some_and(|&n| n > 0.0), "{c} answered spins: {out}");
     }
+
+    // The boundary's own cost: the same client directly and exported and
+    // imported in-process; crossing is never free.
+    let out = run(&["crossing", "--calls", "2000", "--rounds", "1"])?;
+    let ns = |name: &str| row(&out, name).first().copied();
+    let (direct, crossed) = (ns("called directly |"), ns("exported and imported in-process |"));
+    assert!(direct.is_some_and(|d| d > 0.0) && crossed > direct, "{out}");
     Ok(())
 }
