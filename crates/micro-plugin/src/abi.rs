@@ -21,7 +21,9 @@ pub const MAGIC: [u8; 8] = *b"MICROPLG";
 /// 7: the host yields for a plugin's task (`HostApi::yield_now`).
 /// 8: a successful reply may carry a hint bit (status 2); a selection uses it
 ///    to say that success marks are not needed.
-pub const ABI_VERSION: u32 = 8;
+/// 9: a caller keeps an object alive until it has dropped the futures of its
+///    calls (`ObjectVTable::call`), so a call's future may borrow the object.
+pub const ABI_VERSION: u32 = 9;
 
 /// The name of the symbol every plugin exports: its [`PluginDescriptor`],
 /// read from the file before the library is opened.

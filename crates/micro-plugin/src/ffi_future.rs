@@ -23,7 +23,7 @@ use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
@@ -99,6 +99,19 @@ impl<T> FfiFuture<T> {
     /// panicking poll reads as [`FfiPoll::Panicked`]); entering a runtime is
     /// the future's own business (see `runtime::Contained`).
     pub fn new<F: Future<Output = T> + Send + 'static>(fut: F) -> Self {
+        // SAFETY: a 'static future borrows nothing.
+        unsafe { Self::new_unchecked(fut) }
+    }
+}
+
+impl<T> FfiFuture<T> {
+    /// As [`new`](Self::new), for a future that may borrow.
+    ///
+    /// # Safety
+    /// Whatever `fut` borrows must outlive the returned `FfiFuture` (it is
+    /// dropped through its own `drop` function, which drops `fut`).
+    // SAFETY: unsafe to call; the contract is the `# Safety` section above.
+    pub(crate) unsafe fn new_unchecked<F: Future<Output = T> + Send>(fut: F) -> Self {
         FfiFuture {
             data: Box::into_raw(Box::new(fut)) as *mut c_void,
             poll: poll_boxed::<F>,
@@ -197,9 +210,12 @@ pub struct WakerSlot {
     /// clone. Set by one compare-and-swap: the other side may clone a waker
     /// it was lent on any thread, as long as the poll lasts.
     bridge: AtomicPtr<Bridge>,
-    /// The identity (data, vtable) of the task waker the bridge holds.
-    /// Only `with` (`&mut self`) registers a waker in the bridge, and the
-    /// bridge keeps it alive, so an equal identity is the same waker.
+    /// The identity (data, vtable) of the waker the bridge holds: of the
+    /// clone it stores, which is not always that of the waker it was given
+    /// (a borrowed waker of the other side's first poll clones into that
+    /// side's bridge). Only `with` (`&mut self`) registers a waker in the
+    /// bridge, and the bridge keeps that clone alive, so no other waker can
+    /// have its identity: an equal identity is the same waker.
     held: Option<(usize, usize)>,
 }
 
@@ -222,8 +238,7 @@ impl WakerSlot {
             if self.held != Some(id) {
                 // The task moved (another waker): the bridge wakes the latest.
                 // SAFETY: the slot owns a reference to its bridge until it drops.
-                unsafe { &*bridge }.hold(cx.waker());
-                self.held = Some(id);
+                self.held = unsafe { &*bridge }.hold(cx.waker());
             }
             let ctx = FfiContext { waker: bridge as *const FfiWaker };
             return f(&ctx);
@@ -233,9 +248,11 @@ impl WakerSlot {
             let ctx = FfiContext { waker: &first.header };
             f(&ctx)
         };
-        if !self.bridge.get_mut().is_null() {
-            // Made during this poll, holding this poll's waker (`new_bridge`).
-            self.held = Some(identity(cx.waker()));
+        let bridge = *self.bridge.get_mut();
+        if !bridge.is_null() {
+            // Made during this poll, holding a clone of this poll's waker (`new_bridge`).
+            // SAFETY: the slot owns a reference to its bridge until it drops.
+            self.held = unsafe { &*bridge }.held();
         }
         r
     }
@@ -258,6 +275,7 @@ impl Drop for WakerSlot {
         let Some(unique) = Arc::get_mut(&mut bridge) else { return };
         // Release the task's waker now; the next slot registers its own.
         *unique.waker.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+        *unique.held_vtable.get_mut() = 0;
         let _ = SPARE_BRIDGES.try_with(|spare| {
             let mut spare = spare.borrow_mut();
             if spare.len() < SPARE_BRIDGES_KEPT {
@@ -285,9 +303,15 @@ fn spare_bridges() -> usize {
 /// A bridge for a slot's first clone: a spare one of this thread, else a new one.
 fn new_bridge(waker: &Waker) -> Arc<Bridge> {
     let spare = SPARE_BRIDGES.try_with(|spare| spare.borrow_mut().pop()).ok().flatten();
-    let bridge =
-        spare.unwrap_or_else(|| Arc::new(Bridge { header: FfiWaker { vtable: &BRIDGE }, waker: Mutex::new(None) }));
-    bridge.hold(waker);
+    let bridge = spare.unwrap_or_else(|| {
+        Arc::new(Bridge {
+            header: FfiWaker { vtable: &BRIDGE },
+            waker: Mutex::new(None),
+            held_data: AtomicUsize::new(0),
+            held_vtable: AtomicUsize::new(0),
+        })
+    });
+    let _ = bridge.hold(waker);
     bridge
 }
 
@@ -299,15 +323,31 @@ struct Bridge {
     /// up on each one, so every poll after a wake had to clone it again);
     /// the lock is held only to replace it or to clone it for a wake.
     waker: Mutex<Option<Waker>>,
+    /// The identity of `waker` (vtable 0: none), for the owning slot.
+    held_data: AtomicUsize,
+    held_vtable: AtomicUsize,
 }
 
 impl Bridge {
-    /// Makes the bridge wake `waker`'s task from now on.
-    fn hold(&self, waker: &Waker) {
+    /// Makes the bridge wake `waker`'s task from now on; returns the
+    /// identity of the waker it now holds (its clone of `waker`).
+    fn hold(&self, waker: &Waker) -> Option<(usize, usize)> {
         let mut held = self.waker.lock().unwrap_or_else(|e| e.into_inner());
         if !held.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            *held = Some(waker.clone());
+            let w = waker.clone();
+            let (data, vtable) = identity(&w);
+            self.held_data.store(data, Ordering::Release);
+            self.held_vtable.store(vtable, Ordering::Release);
+            *held = Some(w);
         }
+        held.as_ref().map(identity)
+    }
+
+    /// The identity of the waker it holds, without taking the lock: the
+    /// owning slot reads it once per bridge, after the first poll.
+    fn held(&self) -> Option<(usize, usize)> {
+        let id = (self.held_data.load(Ordering::Acquire), self.held_vtable.load(Ordering::Acquire));
+        (id.1 != 0).then_some(id)
     }
 
     /// Wakes the task it holds, if any.
@@ -585,6 +625,48 @@ mod tests {
         assert!(polled.as_mut().poll(&mut Context::from_waker(&v)).is_pending());
         wake_stored();
         assert_eq!((c.wakes.load(Ordering::SeqCst), d.wakes.load(Ordering::SeqCst)), (2, 1));
+    }
+
+    /// A borrowed waker like the other side's first poll: its clone is
+    /// another waker (a `Counted` one, `target`), with another identity.
+    struct Borrowed {
+        target: std::sync::atomic::AtomicPtr<Counted>,
+    }
+    fn borrowed_at(p: *const ()) -> &'static Borrowed {
+        // SAFETY: every BORROWED waker's data is a leaked `Borrowed`, never freed.
+        unsafe { &*(p as *const Borrowed) }
+    }
+    static BORROWED: RawWakerVTable = RawWakerVTable::new(
+        |p| RawWaker::new(borrowed_at(p).target.load(Ordering::SeqCst) as *const (), &COUNTED),
+        |_| {},
+        |_| {},
+        |_| {},
+    );
+
+    #[test]
+    fn a_waker_at_the_address_of_an_earlier_one_whose_clone_differs_is_registered() {
+        let stored = Arc::new(Mutex::new(None));
+        let fut = FfiFuture::new(Registers { stored: stored.clone(), clones: Arc::default(), polls_left: 3 });
+        let mut polled = Box::pin(fut.into_future());
+        let ((first, _), (second, _)) = (counted(), counted());
+        let target = |c: &'static Counted| c as *const Counted as *mut Counted;
+        let b: &'static Borrowed =
+            Box::leak(Box::new(Borrowed { target: std::sync::atomic::AtomicPtr::new(target(first)) }));
+        // SAFETY: BORROWED's functions implement the RawWaker contract on a `Borrowed` that is never freed.
+        let w = unsafe { Waker::from_raw(RawWaker::new(b as *const Borrowed as *const (), &BORROWED)) };
+        assert!(polled.as_mut().poll(&mut Context::from_waker(&w)).is_pending());
+        // The same address now stands for another task's borrowed waker (a
+        // stack slot reused by the next first poll): its identity equals the
+        // first one's, but the bridge holds the first one's clone.
+        b.target.store(target(second), Ordering::SeqCst);
+        assert!(polled.as_mut().poll(&mut Context::from_waker(&w)).is_pending());
+        let s = stored.lock().unwrap_or_else(|e| e.into_inner());
+        s.iter().for_each(Waker::wake_by_ref);
+        assert_eq!(
+            (first.wakes.load(Ordering::SeqCst), second.wakes.load(Ordering::SeqCst)),
+            (0, 1),
+            "the wake reaches the task that polled last"
+        );
     }
 
     #[test]

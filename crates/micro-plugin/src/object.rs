@@ -68,74 +68,46 @@ pub trait Dispatch: Send + Sync + 'static {
     /// An async method of a hot path, started in one allocation: the
     /// future goes into [`Inline::start`], which boxes it together with
     /// what the crossing keeps, instead of [`call`](Self::call)'s box plus
-    /// that one. The future gets the value as a [`CallRef`], not a reference count
-    /// of its own. `None` (the default, and the answer for every method it
-    /// does not handle) sends the call to [`call`](Self::call). It is only
-    /// asked for calls that hand over no objects.
-    fn call_inline(this: CallRef<Self>, method: u32, args: &[u8], start: Inline<'_>) -> Option<Started> {
-        let _ = (this, method, args, start);
+    /// that one. The future may borrow the value (`&'a self`) rather than
+    /// hold a reference count of its own: the caller keeps the object alive
+    /// until it has dropped the call's future (the ABI's rule for `call`),
+    /// and a count's increment and decrement were two atomic writes per call
+    /// to one cache line that every thread's calls pulled to their core.
+    /// `None` (the default, and the answer for every method it does not
+    /// handle) sends the call to [`call`](Self::call). It is only asked for
+    /// calls that hand over no objects.
+    fn call_inline<'a>(&'a self, method: u32, args: &[u8], start: Inline<'a>) -> Option<Started<'a>> {
+        let _ = (method, args, start);
         None
     }
 }
 
-/// An exported value lent to the future of one of its calls.
-///
-/// The ABI's rule for `call` is that the caller keeps the object alive
-/// until the call's future is dropped ([`Remote`]'s futures borrow it, so
-/// the borrow checker holds the caller to it). So a future may use the
-/// value without holding a reference count of its own: on a hot path the
-/// count's increment and decrement were two atomic writes per call to one
-/// cache line that every thread's calls pull to their core.
-pub struct CallRef<T: ?Sized>(std::ptr::NonNull<T>);
-
-// SAFETY: a `CallRef<T>` only gives out `&T`, so sending it to, or sharing it
-// with, another thread is sending `&T`, which `T: Sync` allows.
-unsafe impl<T: ?Sized + Sync> Send for CallRef<T> {}
-// SAFETY: as for Send.
-unsafe impl<T: ?Sized + Sync> Sync for CallRef<T> {}
-
-impl<T: ?Sized> CallRef<T> {
-    /// Lends `value`.
-    ///
-    /// # Safety
-    /// `value` must stay alive, where it is, for as long as the `CallRef` and
-    /// every copy made of it do (for an exported value: until the future of
-    /// the call it is lent to is dropped).
-    // SAFETY: unsafe to call; the contract is the `# Safety` section above.
-    unsafe fn new(value: &T) -> Self {
-        CallRef(std::ptr::NonNull::from(value))
-    }
-}
-
-impl<T: ?Sized> std::ops::Deref for CallRef<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        // SAFETY: alive for as long as this `CallRef` (the contract of `CallRef::new`).
-        unsafe { self.0.as_ref() }
-    }
-}
-
-/// Starts a future for [`Dispatch::call_inline`].
+/// Starts a future for [`Dispatch::call_inline`], which may borrow the
+/// exported value for `'a`.
 pub struct Inline<'a> {
     rt: Option<&'a tokio::runtime::Handle>,
 }
 
-impl Inline<'_> {
+impl<'a> Inline<'a> {
     /// The crossing's future for `fut`, in one allocation: polled and
     /// dropped as every exported future is (this side's runtime entered,
     /// panics caught), its result encoded as a reply.
-    pub fn start<F>(self, fut: F) -> Started
+    pub fn start<F>(self, fut: F) -> Started<'a>
     where
-        F: std::future::Future<Output = Result<Reply, Error>> + Send + 'static,
+        F: std::future::Future<Output = Result<Reply, Error>> + Send + 'a,
     {
         let contained = runtime::Contained::new(fut, self.rt, reply_of, |e| reply_of(Err(Error::internal(ID, e))));
-        Started(FfiFuture::new(contained))
+        // SAFETY: the future may borrow for 'a, and the `Started` it goes
+        // into keeps 'a: it loses that only where `call_entry` hands it
+        // across, under the ABI's rule that the object outlives it.
+        Started(unsafe { FfiFuture::new_unchecked(contained) }, std::marker::PhantomData)
     }
 }
 
 /// A call started by [`Inline::start`] (the only way to make one, so that
-/// every such future runs guarded), ready to cross.
-pub struct Started(FfiFuture<FfiReply>);
+/// every such future runs guarded), ready to cross. It may borrow the
+/// exported value for `'a`.
+pub struct Started<'a>(FfiFuture<FfiReply>, std::marker::PhantomData<&'a ()>);
 
 /// An unknown method number: the two sides disagree about the ABI.
 pub(crate) fn unknown_method(kind: &str, method: u32) -> Error {
@@ -164,9 +136,7 @@ trait DispatchDyn: Send + Sync {
         objects: Vec<FfiObject>,
     ) -> BoxFuture<'static, Result<Reply, Error>>;
     fn call_sync_dyn(&self, method: u32, args: &[u8], objects: Vec<FfiObject>) -> Result<Reply, Error>;
-    /// # Safety
-    /// As [`CallRef::new`] for `self`: alive until the returned future is dropped.
-    unsafe fn call_inline_dyn(&self, method: u32, args: &[u8], start: Inline<'_>) -> Option<Started>;
+    fn call_inline_dyn<'a>(&'a self, method: u32, args: &[u8], start: Inline<'a>) -> Option<Started<'a>>;
 }
 
 impl<T: Dispatch> DispatchDyn for T {
@@ -181,9 +151,8 @@ impl<T: Dispatch> DispatchDyn for T {
     fn call_sync_dyn(&self, method: u32, args: &[u8], objects: Vec<FfiObject>) -> Result<Reply, Error> {
         self.call_sync(method, args, objects)
     }
-    unsafe fn call_inline_dyn(&self, method: u32, args: &[u8], start: Inline<'_>) -> Option<Started> {
-        // SAFETY: the caller keeps `self` alive until the future is dropped.
-        T::call_inline(unsafe { CallRef::new(self) }, method, args, start)
+    fn call_inline_dyn<'a>(&'a self, method: u32, args: &[u8], start: Inline<'a>) -> Option<Started<'a>> {
+        self.call_inline(method, args, start)
     }
 }
 
@@ -244,10 +213,7 @@ unsafe extern "C" fn call_entry(data: *const c_void, method: u32, args: FfiArgs)
     let started = catch_unwind(AssertUnwindSafe(|| {
         let _g = ex.enter();
         if objects.is_empty() {
-            // SAFETY: `ex` (and the value in it) lives until `drop_entry`,
-            // which the ABI's rule for `call` puts after the drop of the
-            // future returned here.
-            if let Some(fut) = unsafe { ex.inner.call_inline_dyn(method, bytes, start()) } {
+            if let Some(fut) = ex.inner.call_inline_dyn(method, bytes, start()) {
                 return fut;
             }
         }
@@ -255,7 +221,10 @@ unsafe extern "C" fn call_entry(data: *const c_void, method: u32, args: FfiArgs)
         start().start(ex.inner.clone().call_dyn(method, bytes, objects))
     }));
     match started {
-        Ok(Started(fut)) => fut,
+        // The future may borrow `ex` (and the value in it), which lives until
+        // `drop_entry`: the ABI's rule for `call` puts that after the drop of
+        // the future returned here.
+        Ok(Started(fut, _)) => fut,
         Err(p) => {
             let e = Error::internal(ID, format!("panic: {}", panic_message(&*p)));
             FfiFuture::new(std::future::ready(reply_of(Err(e))))
@@ -391,7 +360,7 @@ impl Remote {
             // SAFETY: `obj` is a live object of the other side; args live during the call.
             unsafe { (self.obj.vtable_ref().call)(self.obj.data(), method, out.args(args)) }
         });
-        // The future borrows `self`: the object outlives its call (the ABI's rule, see `CallRef`).
+        // The future borrows `self`: the object outlives its call (the ABI's rule, see `Dispatch::call_inline`).
         let _borrow: &Self = self;
         async move {
             let _borrow = _borrow;
@@ -414,6 +383,9 @@ impl Remote {
         });
         let kept = self.clone();
         async move {
+            // Locals, so that a cancelled call drops the future before the
+            // remote (in reverse order of declaration).
+            let (kept, fut) = (kept, fut);
             let r = into_result(fut.await);
             drop(kept);
             r
@@ -451,7 +423,7 @@ impl Remote {
         // through it.
         let fut = unsafe { (self.obj.vtable_ref().call)(self.obj.data(), method, args) };
         drop(during);
-        // The future borrows `self`: the object outlives its call (the ABI's rule, see `CallRef`).
+        // The future borrows `self`: the object outlives its call (the ABI's rule, see `Dispatch::call_inline`).
         let _borrow: &Self = self;
         async move {
             let _borrow = _borrow;

@@ -1,7 +1,7 @@
 //! A client across the boundary.
 
 use super::*;
-use crate::object::{CallRef, Inline, Started};
+use crate::object::{Inline, Started};
 use std::future::Future;
 
 mod client_m {
@@ -31,10 +31,10 @@ impl Dispatch for ClientExport {
             m => ready_err(unknown_method("client", m)),
         }
     }
-    fn call_inline(this: CallRef<Self>, method: u32, args: &[u8], start: Inline<'_>) -> Option<Started> {
+    fn call_inline<'a>(&'a self, method: u32, args: &[u8], start: Inline<'a>) -> Option<Started<'a>> {
         // A call, the hot path: one box for its future and the crossing's state.
         match method {
-            client_m::CALL => Some(start.start(ClientExport::call_future(this, &mut Reader::new(args)))),
+            client_m::CALL => Some(start.start(ClientExport::call_future(self, &mut Reader::new(args)))),
             _ => None,
         }
     }
@@ -48,9 +48,9 @@ impl Dispatch for ClientExport {
 
 impl ClientExport {
     /// A call's future, its arguments decoded before it starts.
-    fn call_future<S>(this: S, r: &mut Reader<'_>) -> impl Future<Output = Result<Reply>> + Send + 'static
+    fn call_future<'a, S>(this: S, r: &mut Reader<'_>) -> impl Future<Output = Result<Reply>> + Send + 'a
     where
-        S: std::ops::Deref<Target = Self> + Send + 'static,
+        S: std::ops::Deref<Target = Self> + Send + 'a,
     {
         let args = wire::get_request(r).and_then(|req| Ok((req, wire::get_call_options(r)?)));
         async move {

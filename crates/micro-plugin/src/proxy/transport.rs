@@ -1,7 +1,7 @@
 //! A transport, its listeners and sockets (whole or split into halves) across the boundary.
 
 use super::*;
-use crate::object::{CallRef, Inline, Started};
+use crate::object::{Inline, Started};
 
 mod transport_m {
     pub(super) const DIAL: u32 = 1;
@@ -209,11 +209,11 @@ impl Dispatch for HalvesExport {
             m => ready_err(unknown_method("split socket", m)),
         }
     }
-    fn call_inline(this: CallRef<Self>, method: u32, _: &[u8], start: Inline<'_>) -> Option<Started> {
+    fn call_inline<'a>(&'a self, method: u32, _: &[u8], start: Inline<'a>) -> Option<Started<'a>> {
         // A batch of replies, once per read on a busy connection: its
         // future and the crossing's state in one allocation, not two.
         match method {
-            halves_m::RECV_FRAMES => Some(start.start(async move { recv_batch(&this.rx).await })),
+            halves_m::RECV_FRAMES => Some(start.start(recv_batch(&self.rx))),
             _ => None,
         }
     }
