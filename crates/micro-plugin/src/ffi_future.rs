@@ -290,7 +290,7 @@ thread_local! {
     static SPARE_BRIDGES: std::cell::RefCell<Vec<Arc<Bridge>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// How many spare bridges a thread keeps (each is 48 bytes): about as many
+/// How many spare bridges a thread keeps (each is 64 bytes): about as many
 /// as the calls one thread has in flight under load.
 const SPARE_BRIDGES_KEPT: usize = 64;
 

@@ -14,6 +14,7 @@ use crate::runtime;
 pub(crate) use crate::runtime::panic_message;
 use micro_core::{BoxFuture, Error};
 use std::ffi::c_void;
+use std::future::IntoFuture as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -257,6 +258,12 @@ unsafe extern "C" fn drop_entry(data: *const c_void) {
     }
 }
 
+/// A call's future and the remote it was made on, in the order they drop.
+struct KeptCall {
+    fut: crate::ffi_future::Polled<FfiReply>,
+    _remote: Arc<Remote>,
+}
+
 /// An object exported by the other side, called through its vtable.
 pub struct Remote {
     obj: FfiObject,
@@ -381,14 +388,13 @@ impl Remote {
             // SAFETY: as in `call_encoded`.
             unsafe { (self.obj.vtable_ref().call)(self.obj.data(), method, out.args(args)) }
         });
-        let kept = self.clone();
+        // One value, whose fields drop in the order they are declared (the
+        // future, then the remote): polled or not, a cancelled call drops
+        // the other side's future before it may drop the object.
+        let call = KeptCall { fut: fut.into_future(), _remote: self.clone() };
         async move {
-            // Locals, so that a cancelled call drops the future before the
-            // remote (in reverse order of declaration).
-            let (kept, fut) = (kept, fut);
-            let r = into_result(fut.await);
-            drop(kept);
-            r
+            let mut call = call;
+            into_result((&mut call.fut).await)
         }
     }
 
@@ -536,4 +542,77 @@ pub(crate) unsafe fn call_entry_point(
 /// Turns a reply of the other side into a result.
 pub(crate) fn reply_result(r: FfiReply) -> Result<RemoteReply, Error> {
     into_result(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// An exported value whose call's future records, when dropped,
+    /// whether the value was dropped before it.
+    struct Probe {
+        dropped: Arc<AtomicBool>,
+        late: Arc<AtomicBool>,
+    }
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            self.dropped.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Records, when dropped, whether the value was dropped already. It
+    /// holds the flags, not the value, so that the wrong order is seen
+    /// rather than read from freed memory.
+    struct OnDrop {
+        dropped: Arc<AtomicBool>,
+        late: Arc<AtomicBool>,
+    }
+
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.late.store(self.dropped.load(Ordering::SeqCst), Ordering::SeqCst);
+        }
+    }
+
+    impl Dispatch for Probe {
+        fn call(self: Arc<Self>, _: u32, _: &[u8], _: Vec<FfiObject>) -> BoxFuture<'static, Result<Reply, Error>> {
+            Box::pin(std::future::ready(Err(Error::internal(ID, "not this path"))))
+        }
+        fn call_sync(&self, _: u32, _: &[u8], _: Vec<FfiObject>) -> Result<Reply, Error> {
+            Err(Error::internal(ID, "not this path"))
+        }
+        fn call_inline<'a>(&'a self, _: u32, _: &[u8], start: Inline<'a>) -> Option<Started<'a>> {
+            let guard = OnDrop { dropped: self.dropped.clone(), late: self.late.clone() };
+            // Borrows the value for its life, as a hot call's future may.
+            Some(start.start(async move {
+                let _guard = guard;
+                let _borrowed: &Probe = self;
+                std::future::pending::<Result<Reply, Error>>().await
+            }))
+        }
+    }
+
+    #[test]
+    fn a_kept_call_drops_its_future_before_the_object_polled_or_not() -> Result<(), Error> {
+        for polled in [false, true] {
+            let (dropped, late) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+            let remote =
+                Arc::new(Remote::new(export(Arc::new(Probe { dropped: dropped.clone(), late: late.clone() })))?);
+            let mut fut = Box::pin(remote.call_encoded_kept(1, Vec::new(), |_| {}));
+            if polled {
+                let waker = futures::task::noop_waker();
+                assert!(fut.as_mut().poll(&mut std::task::Context::from_waker(&waker)).is_pending());
+            }
+            // The caller's remote goes first; the call keeps its own.
+            drop(remote);
+            assert!(!dropped.load(Ordering::SeqCst), "the call keeps the object");
+            drop(fut);
+            assert!(dropped.load(Ordering::SeqCst), "the object is released with the call");
+            assert!(!late.load(Ordering::SeqCst), "polled: {polled}: the object was dropped before its call's future");
+        }
+        Ok(())
+    }
 }
