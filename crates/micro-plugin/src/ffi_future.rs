@@ -238,7 +238,9 @@ impl WakerSlot {
             if self.held != Some(id) {
                 // The task moved (another waker): the bridge wakes the latest.
                 // SAFETY: the slot owns a reference to its bridge until it drops.
-                self.held = unsafe { &*bridge }.hold(cx.waker());
+                let bridge = unsafe { &*bridge };
+                bridge.hold(cx.waker());
+                self.held = bridge.held();
             }
             let ctx = FfiContext { waker: bridge as *const FfiWaker };
             return f(&ctx);
@@ -311,7 +313,7 @@ fn new_bridge(waker: &Waker) -> Arc<Bridge> {
             held_vtable: AtomicUsize::new(0),
         })
     });
-    let _ = bridge.hold(waker);
+    bridge.hold(waker);
     bridge
 }
 
@@ -329,9 +331,9 @@ struct Bridge {
 }
 
 impl Bridge {
-    /// Makes the bridge wake `waker`'s task from now on; returns the
-    /// identity of the waker it now holds (its clone of `waker`).
-    fn hold(&self, waker: &Waker) -> Option<(usize, usize)> {
+    /// Makes the bridge wake `waker`'s task from now on (see [`held`](Self::held)
+    /// for the identity of its clone).
+    fn hold(&self, waker: &Waker) {
         let mut held = self.waker.lock().unwrap_or_else(|e| e.into_inner());
         if !held.as_ref().is_some_and(|w| w.will_wake(waker)) {
             let w = waker.clone();
@@ -340,11 +342,10 @@ impl Bridge {
             self.held_vtable.store(vtable, Ordering::Release);
             *held = Some(w);
         }
-        held.as_ref().map(identity)
     }
 
-    /// The identity of the waker it holds, without taking the lock: the
-    /// owning slot reads it once per bridge, after the first poll.
+    /// The identity of the waker it holds, without taking the lock; only
+    /// the owning slot changes it (through `hold`), and reads it after.
     fn held(&self) -> Option<(usize, usize)> {
         let id = (self.held_data.load(Ordering::Acquire), self.held_vtable.load(Ordering::Acquire));
         (id.1 != 0).then_some(id)

@@ -362,17 +362,26 @@ impl Remote {
         objects: Vec<FfiObject>,
         encode: impl FnOnce(&mut crate::wire::Writer),
     ) -> impl std::future::Future<Output = Result<RemoteReply, Error>> + Send + '_ {
-        let fut = with_scratch(encode, |args| {
+        // The future borrows `self` (`'_`): the object outlives its call
+        // (the ABI's rule, see `Dispatch::call_inline`).
+        let fut = self.start_encoded(method, objects, encode);
+        async move { into_result(fut.await) }
+    }
+
+    /// Starts a call with arguments written by `encode` into this thread's
+    /// scratch buffer: the other side's future, which the caller must drop
+    /// before this remote.
+    fn start_encoded(
+        &self,
+        method: u32,
+        objects: Vec<FfiObject>,
+        encode: impl FnOnce(&mut crate::wire::Writer),
+    ) -> FfiFuture<FfiReply> {
+        with_scratch(encode, |args| {
             let mut out = OutObjects(objects);
             // SAFETY: `obj` is a live object of the other side; args live during the call.
             unsafe { (self.obj.vtable_ref().call)(self.obj.data(), method, out.args(args)) }
-        });
-        // The future borrows `self`: the object outlives its call (the ABI's rule, see `Dispatch::call_inline`).
-        let _borrow: &Self = self;
-        async move {
-            let _borrow = _borrow;
-            into_result(fut.await)
-        }
+        })
     }
 
     /// As [`call_encoded`](Self::call_encoded), for a future that outlives
@@ -383,11 +392,7 @@ impl Remote {
         objects: Vec<FfiObject>,
         encode: impl FnOnce(&mut crate::wire::Writer),
     ) -> impl std::future::Future<Output = Result<RemoteReply, Error>> + Send + 'static {
-        let fut = with_scratch(encode, |args| {
-            let mut out = OutObjects(objects);
-            // SAFETY: as in `call_encoded`.
-            unsafe { (self.obj.vtable_ref().call)(self.obj.data(), method, out.args(args)) }
-        });
+        let fut = self.start_encoded(method, objects, encode);
         // One value, whose fields drop in the order they are declared (the
         // future, then the remote): polled or not, a cancelled call drops
         // the other side's future before it may drop the object.
@@ -429,12 +434,9 @@ impl Remote {
         // through it.
         let fut = unsafe { (self.obj.vtable_ref().call)(self.obj.data(), method, args) };
         drop(during);
-        // The future borrows `self`: the object outlives its call (the ABI's rule, see `Dispatch::call_inline`).
-        let _borrow: &Self = self;
-        async move {
-            let _borrow = _borrow;
-            into_result(fut.await)
-        }
+        // The future borrows `self` (`'_`): the object outlives its call
+        // (the ABI's rule, see `Dispatch::call_inline`).
+        async move { into_result(fut.await) }
     }
 
     /// Calls a synchronous method with arguments written by `encode` into
