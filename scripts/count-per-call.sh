@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Counts a perf event per call in the client process of one micro-bench RPC
-# contender: its `rpc-server` and `rpc-client` run directly (64 callers, 64 B
-# bodies, by service name), the client under `perf stat` twice, for 1,000
+# contender: its `rpc-server` and `rpc-client` run directly (64 callers unless
+# CALLERS says otherwise, 64 B bodies, by service name), the client under
+# `perf stat` twice, for 1,000
 # calls and for CALLS + 1,000; the difference divided by CALLS is the cost of
 # one call without start-up. Counts move far less between runs than calls/s
 # do on a noisy machine (BENCHMARKS.md).
@@ -12,7 +13,8 @@
 #              syscalls:sys_enter_sendto, probe_libc:malloc (after
 #              `perf probe -x /lib/x86_64-linux-gnu/libc.so.6 malloc`)
 #   CALLS      calls measured, default 100000
-# env: BENCH (default target/release/micro-bench), PLUGINS (default target/bench)
+# env: BENCH (default target/release/micro-bench), PLUGINS (default target/bench),
+#      CALLERS (concurrent callers, default 64)
 set -euo pipefail
 
 if [ $# -lt 2 ]; then
@@ -55,7 +57,7 @@ addr=$(sed -n 's/^ADDR //p' "$registry/addr")
 
 count() {
   MICRO_LOG_LEVEL=error MICRO_BENCH_REGISTRY=$registry perf stat -x, -e "$event" -- \
-    "$bench" rpc-client --contender "$contender" --addr "$addr" --callers 64 --payload 64 \
+    "$bench" rpc-client --contender "$contender" --addr "$addr" --callers ${CALLERS:-64} --payload 64 \
     --warmup 0 --seconds 1 --calls "$1" --plugins "$plugins" 2>&1 >/dev/null |
     awk -F, -v e="$event" '$3 == e { print $1 }'
 }

@@ -279,7 +279,7 @@ pub struct RemoteReply {
     pub hint: bool,
 }
 
-fn into_result(r: FfiReply) -> Result<RemoteReply, Error> {
+pub(crate) fn into_result(r: FfiReply) -> Result<RemoteReply, Error> {
     if r.status == 0 || r.status == STATUS_OK_HINT {
         let object = if r.object.is_null() { None } else { Some(r.object) };
         Ok(RemoteReply { bytes: r.bytes, object, hint: r.status == STATUS_OK_HINT })
@@ -371,7 +371,7 @@ impl Remote {
     /// Starts a call with arguments written by `encode` into this thread's
     /// scratch buffer: the other side's future, which the caller must drop
     /// before this remote.
-    fn start_encoded(
+    pub(crate) fn start_encoded(
         &self,
         method: u32,
         objects: Vec<FfiObject>,

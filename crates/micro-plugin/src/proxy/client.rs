@@ -1,8 +1,10 @@
 //! A client across the boundary.
 
 use super::*;
-use crate::object::{Inline, Started};
+use crate::object::{into_result, Inline, Started};
 use std::future::Future;
+use std::future::IntoFuture as _;
+use std::pin::Pin;
 
 mod client_m {
     pub(super) const CALL: u32 = 1;
@@ -17,7 +19,15 @@ impl Dispatch for ClientExport {
     fn call(self: Arc<Self>, method: u32, args: &[u8], _: Vec<FfiObject>) -> BoxFuture<'static, Result<Reply>> {
         let mut r = Reader::new(args);
         match method {
-            client_m::CALL => Box::pin(ClientExport::call_future(self, &mut r)),
+            client_m::CALL => {
+                // Reached only when a peer passes objects with a call; the
+                // hot path is `call_inline`.
+                let args = decode_call(&mut r);
+                Box::pin(async move {
+                    let (req, opts) = args?;
+                    response_reply(self.0.call(req, opts).await?)
+                })
+            }
             client_m::STREAM => {
                 let req = dec!(wire::get_request(&mut r));
                 let opts = dec!(wire::get_call_options(&mut r));
@@ -32,11 +42,17 @@ impl Dispatch for ClientExport {
         }
     }
     fn call_inline<'a>(&'a self, method: u32, args: &[u8], start: Inline<'a>) -> Option<Started<'a>> {
-        // A call, the hot path: one box for its future and the crossing's state.
-        match method {
-            client_m::CALL => Some(start.start(ClientExport::call_future(self, &mut Reader::new(args)))),
-            _ => None,
+        // A call, the hot path: one box for the crossing's state, which
+        // holds only the client's own future. `Client::call` is called now
+        // (it borrows the client for 'a), so the request and options move
+        // once, into that future, rather than first into this one to wait
+        // for the first poll: a smaller box, fewer bytes copied and fewer
+        // cache lines touched per call.
+        if method != client_m::CALL {
+            return None;
         }
+        let started = decode_call(&mut Reader::new(args)).map(|(req, opts)| self.0.call(req, opts));
+        Some(start.start(async move { response_reply(started?.await?) }))
     }
     fn call_sync(&self, method: u32, _: &[u8], _: Vec<FfiObject>) -> Result<Reply> {
         match method {
@@ -46,21 +62,17 @@ impl Dispatch for ClientExport {
     }
 }
 
-impl ClientExport {
-    /// A call's future, its arguments decoded before it starts.
-    fn call_future<'a, S>(this: S, r: &mut Reader<'_>) -> impl Future<Output = Result<Reply>> + Send + 'a
-    where
-        S: std::ops::Deref<Target = Self> + Send + 'a,
-    {
-        let args = wire::get_request(r).and_then(|req| Ok((req, wire::get_call_options(r)?)));
-        async move {
-            let (req, opts) = args?;
-            let resp = this.0.call(req, opts).await?;
-            let mut w = Writer::with_capacity(wire::response_len(&resp));
-            wire::put_response(&mut w, &resp);
-            Ok(Reply::bytes(w.finish()))
-        }
-    }
+/// A call's arguments.
+fn decode_call(r: &mut Reader<'_>) -> Result<(Request, CallOptions)> {
+    let req = wire::get_request(r)?;
+    Ok((req, wire::get_call_options(r)?))
+}
+
+/// A call's response as its reply.
+fn response_reply(resp: Response) -> Result<Reply> {
+    let mut w = Writer::with_capacity(wire::response_len(&resp));
+    wire::put_response(&mut w, &resp);
+    Ok(Reply::bytes(w.finish()))
 }
 
 /// Exports a client.
@@ -82,8 +94,21 @@ pub fn import_client(obj: FfiObject) -> Result<Arc<dyn Client>> {
 
 #[async_trait]
 impl Client for ClientProxy {
-    async fn call(&self, req: Request, opts: CallOptions) -> Result<Response> {
-        let call = self.remote.call_encoded(client_m::CALL, Vec::new(), |w| {
+    // Written out rather than `async fn`: the call crosses now, and the
+    // boxed future keeps only the crossing and the content type. As an
+    // `async fn` it held the request and options too (over 500 bytes,
+    // copied in and read back on its first poll), and a profile of the
+    // client plugin showed its first read of that box as a cache miss.
+    fn call<'life0, 'async_trait>(
+        &'life0 self,
+        req: Request,
+        opts: CallOptions,
+    ) -> Pin<Box<dyn Future<Output = Result<Response>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        let call = self.remote.start_encoded(client_m::CALL, Vec::new(), |w| {
             wire::put_request(w, &req);
             wire::put_call_options(w, &opts);
         });
@@ -94,9 +119,15 @@ impl Client for ClientProxy {
         // cache (BENCHMARKS.md). Its content type becomes the response's.
         let Request { content_type, service, endpoint, body, metadata } = req;
         drop((service, endpoint, body, metadata, opts));
-        let r = call.await?;
-        wire::get_response_to(&mut Reader::new(r.bytes.as_slice()), content_type)
+        // The other side's future must go before the object (the ABI's rule
+        // for `call`): the box may not outlive 'async_trait, nor so `self`.
+        let call = call.into_future();
+        Box::pin(async move {
+            let r = into_result(call.await)?;
+            wire::get_response_to(&mut Reader::new(r.bytes.as_slice()), content_type)
+        })
     }
+
     async fn stream(&self, req: Request, opts: CallOptions) -> Result<micro_core::Stream> {
         let r = self
             .remote
@@ -144,6 +175,34 @@ mod tests {
         fn name(&self) -> &str {
             "held"
         }
+    }
+
+    #[tokio::test]
+    async fn a_call_crosses_when_made_and_its_future_keeps_neither_request_nor_options() -> Result<()> {
+        let held = Arc::new(Held { called: Notify::new(), answer: Notify::new() });
+        let client = import_client(export_client(held.clone()))?;
+        let (body, freed) = Watched::bytes(b"{}");
+        let req = Request {
+            service: "greeter".into(),
+            endpoint: "Greeter.Hello".into(),
+            content_type: "application/json".into(),
+            body,
+            metadata: Default::default(),
+        };
+        let call = client.call(req, CallOptions::default());
+        // Not polled yet, and the request has crossed already: what the box
+        // keeps is the crossing, not the arguments (it held both, over 500
+        // bytes, which each call copied in and read back).
+        assert!(freed.load(Ordering::SeqCst), "the request was kept until the first poll");
+        let size = std::mem::size_of_val(&*call);
+        let args = std::mem::size_of::<Request>() + std::mem::size_of::<CallOptions>();
+        assert!(size < args, "a call's future is {size} bytes, its arguments {args}");
+        // Dropped unpolled: the other side's future goes with it, and the
+        // client was never entered.
+        drop(call);
+        let entered = tokio::time::timeout(std::time::Duration::from_millis(50), held.called.notified()).await;
+        assert!(entered.is_err(), "a call dropped before its first poll ran the client");
+        Ok(())
     }
 
     #[tokio::test]
