@@ -57,7 +57,7 @@ addr=$(sed -n 's/^ADDR //p' "$registry/addr")
 
 count() {
   MICRO_LOG_LEVEL=error MICRO_BENCH_REGISTRY=$registry perf stat -x, -e "$event" -- \
-    "$bench" rpc-client --contender "$contender" --addr "$addr" --callers ${CALLERS:-64} --payload 64 \
+    "$bench" rpc-client --contender "$contender" --addr "$addr" --callers "${CALLERS:-64}" --payload 64 \
     --warmup 0 --seconds 1 --calls "$1" --plugins "$plugins" 2>&1 >/dev/null |
     awk -F, -v e="$event" '$3 == e { print $1 }'
 }

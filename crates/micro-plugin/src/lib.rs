@@ -84,7 +84,7 @@ pub mod loader;
 
 pub use micro_core;
 pub use micro_core::async_trait;
-pub use object::{export, Dispatch, Inline, Remote, RemoteReply, Reply, Started};
+pub use object::{export, Dispatch, Inline, Remote, RemoteCall, RemoteReply, Reply, Started};
 pub use runtime::{panic_message, plugin_runtime};
 
 #[cfg(feature = "host")]

@@ -15,7 +15,9 @@ pub(crate) use crate::runtime::panic_message;
 use micro_core::{BoxFuture, Error};
 use std::ffi::c_void;
 use std::future::IntoFuture as _;
+use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::Arc;
 
 const ID: &str = "go.micro.plugin";
@@ -279,7 +281,7 @@ pub struct RemoteReply {
     pub hint: bool,
 }
 
-pub(crate) fn into_result(r: FfiReply) -> Result<RemoteReply, Error> {
+fn into_result(r: FfiReply) -> Result<RemoteReply, Error> {
     if r.status == 0 || r.status == STATUS_OK_HINT {
         let object = if r.object.is_null() { None } else { Some(r.object) };
         Ok(RemoteReply { bytes: r.bytes, object, hint: r.status == STATUS_OK_HINT })
@@ -361,17 +363,16 @@ impl Remote {
         method: u32,
         objects: Vec<FfiObject>,
         encode: impl FnOnce(&mut crate::wire::Writer),
-    ) -> impl std::future::Future<Output = Result<RemoteReply, Error>> + Send + '_ {
-        // The future borrows `self` (`'_`): the object outlives its call
-        // (the ABI's rule, see `Dispatch::call_inline`).
-        let fut = self.start_encoded(method, objects, encode);
-        async move { into_result(fut.await) }
+    ) -> RemoteCall<'_> {
+        // The call starts now; its future borrows `self` (`'_`): the object
+        // outlives its call (the ABI's rule, see `Dispatch::call_inline`).
+        RemoteCall { fut: self.start_encoded(method, objects, encode).into_future(), _remote: PhantomData }
     }
 
     /// Starts a call with arguments written by `encode` into this thread's
     /// scratch buffer: the other side's future, which the caller must drop
     /// before this remote.
-    pub(crate) fn start_encoded(
+    fn start_encoded(
         &self,
         method: u32,
         objects: Vec<FfiObject>,
@@ -539,6 +540,22 @@ pub(crate) unsafe fn call_entry_point(
     let r = unsafe { f(out.args(bytes)) };
     drop(out);
     into_result(r)
+}
+
+/// A call started by [`Remote::call_encoded`]: the other side's future,
+/// which borrows the remote so that it is dropped first (the ABI's rule
+/// for `call`). A named type rather than an `async` block, so that a
+/// caller's future holding it holds the crossing once (56 bytes).
+pub struct RemoteCall<'a> {
+    fut: crate::ffi_future::Polled<FfiReply>,
+    _remote: PhantomData<&'a Remote>,
+}
+
+impl std::future::Future for RemoteCall<'_> {
+    type Output = Result<RemoteReply, Error>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        Pin::new(&mut self.fut).poll(cx).map(into_result)
+    }
 }
 
 /// Turns a reply of the other side into a result.
