@@ -266,6 +266,13 @@ struct KeptCall {
     _remote: Arc<Remote>,
 }
 
+impl std::future::Future for KeptCall {
+    type Output = Result<RemoteReply, Error>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        Pin::new(&mut self.fut).poll(cx).map(into_result)
+    }
+}
+
 /// An object exported by the other side, called through its vtable.
 pub struct Remote {
     obj: FfiObject,
@@ -397,11 +404,7 @@ impl Remote {
         // One value, whose fields drop in the order they are declared (the
         // future, then the remote): polled or not, a cancelled call drops
         // the other side's future before it may drop the object.
-        let call = KeptCall { fut: fut.into_future(), _remote: self.clone() };
-        async move {
-            let mut call = call;
-            into_result((&mut call.fut).await)
-        }
+        KeptCall { fut: fut.into_future(), _remote: self.clone() }
     }
 
     /// Calls an async method whose argument is `bytes`, lent rather than

@@ -190,11 +190,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_call_crosses_when_made_and_its_future_keeps_neither_request_nor_options() -> Result<()> {
-        let held = Arc::new(Held { called: Notify::new(), answer: Notify::new() });
-        let client = import_client(export_client(held.clone()))?;
-        let (body, freed) = Watched::bytes(b"{}");
+    /// A request whose body says when it is freed.
+    fn watched_request(body: &[u8]) -> (Request, Arc<std::sync::atomic::AtomicBool>) {
+        let (body, freed) = Watched::bytes(body);
         let req = Request {
             service: "greeter".into(),
             endpoint: "Greeter.Hello".into(),
@@ -202,6 +200,14 @@ mod tests {
             body,
             metadata: Default::default(),
         };
+        (req, freed)
+    }
+
+    #[tokio::test]
+    async fn a_call_crosses_when_made_and_its_future_keeps_neither_request_nor_options() -> Result<()> {
+        let held = Arc::new(Held { called: Notify::new(), answer: Notify::new() });
+        let client = import_client(export_client(held.clone()))?;
+        let (req, freed) = watched_request(b"{}");
         let call = client.call(req, CallOptions::default());
         // Not polled yet, and the request has crossed already: what the box
         // keeps is the crossing, not the arguments (it held both, over 500
@@ -224,14 +230,7 @@ mod tests {
     async fn a_request_is_released_once_it_has_crossed_not_when_the_reply_comes() -> Result<()> {
         let held = Arc::new(Held { called: Notify::new(), answer: Notify::new() });
         let client = import_client(export_client(held.clone()))?;
-        let (body, freed) = Watched::bytes(b"{\"name\":\"x\"}");
-        let req = Request {
-            service: "greeter".into(),
-            endpoint: "Greeter.Hello".into(),
-            content_type: "application/json".into(),
-            body,
-            metadata: Default::default(),
-        };
+        let (req, freed) = watched_request(b"{\"name\":\"x\"}");
         let call = tokio::spawn(async move { client.call(req, CallOptions::default()).await });
         tokio::time::timeout(std::time::Duration::from_secs(10), held.called.notified())
             .await
