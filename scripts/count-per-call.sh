@@ -2,10 +2,10 @@
 # Counts a perf event per call in the client process of one micro-bench RPC
 # contender: its `rpc-server` and `rpc-client` run directly (64 callers unless
 # CALLERS says otherwise, 64 B bodies, by service name), the client under
-# `perf stat` twice, for 1,000
-# calls and for CALLS + 1,000; the difference divided by CALLS is the cost of
-# one call without start-up. Counts move far less between runs than calls/s
-# do on a noisy machine (BENCHMARKS.md).
+# `perf stat` twice, for 1,000 calls and for CALLS + 1,000; the difference
+# divided by CALLS is the cost of one call without start-up. Counts move far
+# less between runs than calls/s do on a noisy machine (BENCHMARKS.md). For task-clock it also prints the
+# server's CPU per call, from its clock ticks around the same two runs.
 #
 # usage: scripts/count-per-call.sh CONTENDER EVENT [CALLS]
 #   CONTENDER  a micro-bench contender (micro, micro-brpc, micro-brpc-in, …)
@@ -61,8 +61,14 @@ count() {
     --warmup 0 --seconds 1 --calls "$1" --plugins "$plugins" 2>&1 >/dev/null |
     awk -F, -v e="$event" '$3 == e { print $1 }'
 }
+# The server's CPU time in clock ticks (utime + stime, /proc/PID/stat), around
+# each count: the same subtraction gives its CPU per call.
+server_ticks() { awk '{ print $14 + $15 }' "/proc/$server/stat"; }
+s0=$(server_ticks)
 base=$(count 1000)
+s1=$(server_ticks)
 full=$(count $((calls + 1000)))
+s2=$(server_ticks)
 [ -n "$base" ] && [ -n "$full" ] || { echo "error: perf counted nothing for $event" >&2; exit 1; }
 # task-clock counts milliseconds: print microseconds.
 awk -v b="$base" -v f="$full" -v n="$calls" -v c="$contender" -v e="$event" 'BEGIN {
@@ -70,3 +76,8 @@ awk -v b="$base" -v f="$full" -v n="$calls" -v c="$contender" -v e="$event" 'BEG
   if (e == "task-clock") { v *= 1000; unit = " µs" }
   printf "%s %s per call: %.3f%s (%d calls)\n", c, e, v, unit, n
 }'
+if [ "$event" = task-clock ]; then
+  awk -v a="$s0" -v b="$s1" -v c="$s2" -v n="$calls" -v hz="$(getconf CLK_TCK)" -v k="$contender" 'BEGIN {
+    printf "%s server CPU per call: %.2f µs (clock ticks of 1/%d s)\n", k, ((c - b) - (b - a)) / hz / n * 1e6, hz
+  }'
+fi

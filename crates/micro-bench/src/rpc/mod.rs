@@ -1,7 +1,11 @@
 //! The RPC benchmark: unary echo calls, closed loop, each contender's server
 //! and client in separate processes (this binary, re-run as `rpc-server` and
 //! `rpc-client`), at several caller counts and payload sizes, in rounds that
-//! rotate the contenders' order so that drift hits all of them alike.
+//! rotate the contenders' order so that drift hits all of them alike. A
+//! plugin contender and the same component built in run side by side (both
+//! servers up, the two clients back to back at each caller count), and
+//! their ratio is the median of the rounds' ratios: on a shared machine the
+//! throughput drifts by more between minutes than between seconds.
 
 mod chart;
 pub(crate) mod contenders;
@@ -237,67 +241,137 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<()> {
         .collect();
     let mut results: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
     let key_name = |k: &Key| format!("{}/{}/{}", k.0.name(), k.1, k.2);
+    let units = units(&contenders);
     let total = plan.rounds * contenders.len() * plan.payloads.len() * plan.callers.len();
     let mut done = 0;
     let t_start = Instant::now();
     for round in 0..plan.rounds {
-        let mut order = contenders.clone();
+        let mut order = units.clone();
         let n = order.len().max(1);
         order.rotate_left(round % n);
-        for c in order {
-            let registry = fresh_registry(&plan.out, &format!("{}-{round}", c.name()))?;
-            let server = ServerProc::start(&me, c, &plan.plugins, &registry)?;
-            for &payload in &plan.payloads {
-                for &callers in &plan.callers {
-                    let mut cmd = Command::new(&me);
-                    cmd.args(["rpc-client", "--contender", c.name(), "--addr", &server.addr])
-                        .args(["--callers", &callers.to_string(), "--payload", &payload.to_string()])
-                        .args(["--warmup", &plan.warmup.as_secs_f64().to_string()])
-                        .args(["--seconds", &plan.window.as_secs_f64().to_string()])
-                        .arg("--plugins")
-                        .arg(&plan.plugins)
-                        .env("MICRO_LOG_LEVEL", "error")
-                        .env(contenders::REGISTRY_ENV, &registry);
-                    if let Some(n) = plan.calls {
-                        cmd.args(["--calls", &n.to_string()]);
+        for mut unit in order {
+            // The two sides of a pair run back to back, the first of them
+            // alternating by round, so that both see the machine alike.
+            if round % 2 == 1 {
+                unit.reverse();
+            }
+            let mut servers = Vec::with_capacity(unit.len());
+            for &c in &unit {
+                let registry = fresh_registry(&plan.out, &format!("{}-{round}", c.name()))?;
+                match ServerProc::start(&me, c, &plan.plugins, &registry) {
+                    Ok(s) => servers.push((c, s, registry)),
+                    Err(e) => {
+                        stop_all(servers);
+                        return Err(e);
                     }
-                    let o = cmd.output()?;
-                    if !o.status.success() {
-                        server.stop();
-                        bail!(
-                            "{} client ({callers} callers, {payload} B) failed: {}",
-                            c.name(),
-                            String::from_utf8_lossy(&o.stderr)
-                        );
-                    }
-                    let text = String::from_utf8_lossy(&o.stdout);
-                    let mut s: Sample = serde_json::from_str(text.trim()).context("client output")?;
-                    s.server_peak_kib = server.peak_kib();
-                    done += 1;
-                    eprintln!(
-                        "[{done}/{total} {:>4.0}s] round {} {:<12} {payload:>5} B {callers:>4} callers: {:>9.0} calls/s  p99 {:>8.0} µs",
-                        t_start.elapsed().as_secs_f64(),
-                        round + 1,
-                        c.name(),
-                        s.rate(),
-                        s.p99_us
-                    );
-                    results.entry(key_name(&(c, payload, callers))).or_default().push(s);
                 }
             }
-            server.stop();
+            for &payload in &plan.payloads {
+                for &callers in &plan.callers {
+                    for (c, server, registry) in &servers {
+                        let measured = measure(&me, plan, *c, server, registry, callers, payload);
+                        let s = match measured {
+                            Ok(s) => s,
+                            Err(e) => {
+                                stop_all(servers);
+                                return Err(e);
+                            }
+                        };
+                        done += 1;
+                        eprintln!(
+                            "[{done}/{total} {:>4.0}s] round {} {:<12} {payload:>5} B {callers:>4} callers: {:>9.0} calls/s  p99 {:>8.0} µs",
+                            t_start.elapsed().as_secs_f64(),
+                            round + 1,
+                            c.name(),
+                            s.rate(),
+                            s.p99_us
+                        );
+                        results.entry(key_name(&(*c, payload, callers))).or_default().push(s);
+                    }
+                }
+            }
+            stop_all(servers);
         }
     }
     std::fs::create_dir_all(&plan.out)?;
     std::fs::write(plan.out.join("rpc.json"), serde_json::to_string_pretty(&results)?)?;
     let summary = summarize(&contenders, plan, &results);
-    print_report(&contenders, plan, &summary);
+    print_report(&contenders, plan, &summary, &results);
     for &payload in &plan.payloads {
         let path = plan.out.join(format!("rpc-{payload}.svg"));
         chart::draw(&path, payload, &contenders, &plan.callers, &summary)?;
         println!("\nchart: {}", path.display());
     }
     Ok(())
+}
+
+/// Each plugin contender and the same component built in: the pairs that
+/// issue 16's targets compare. When both run, they run side by side.
+const PAIRS: [(Contender, Contender); 2] =
+    [(Contender::MicroTcpx, Contender::Micro), (Contender::MicroBrpc, Contender::MicroBrpcIn)];
+
+/// The contenders in units that run together: a pair of [`PAIRS`] whose
+/// sides both run, or one contender alone.
+fn units(contenders: &[Contender]) -> Vec<Vec<Contender>> {
+    let mut units: Vec<Vec<Contender>> = Vec::new();
+    for &c in contenders {
+        if units.iter().any(|u| u.contains(&c)) {
+            continue;
+        }
+        let partner = PAIRS
+            .iter()
+            .find_map(|&(a, b)| {
+                if c == a {
+                    Some(b)
+                } else if c == b {
+                    Some(a)
+                } else {
+                    None
+                }
+            })
+            .filter(|p| contenders.contains(p));
+        units.push(std::iter::once(c).chain(partner).collect());
+    }
+    units
+}
+
+/// Stops a unit's servers.
+fn stop_all(servers: Vec<(Contender, ServerProc, PathBuf)>) {
+    for (_, server, _) in servers {
+        server.stop();
+    }
+}
+
+/// One measurement: a client process of `c` against its running server.
+fn measure(
+    me: &Path,
+    plan: &Plan,
+    c: Contender,
+    server: &ServerProc,
+    registry: &Path,
+    callers: usize,
+    payload: usize,
+) -> anyhow::Result<Sample> {
+    let mut cmd = Command::new(me);
+    cmd.args(["rpc-client", "--contender", c.name(), "--addr", &server.addr])
+        .args(["--callers", &callers.to_string(), "--payload", &payload.to_string()])
+        .args(["--warmup", &plan.warmup.as_secs_f64().to_string()])
+        .args(["--seconds", &plan.window.as_secs_f64().to_string()])
+        .arg("--plugins")
+        .arg(&plan.plugins)
+        .env("MICRO_LOG_LEVEL", "error")
+        .env(contenders::REGISTRY_ENV, registry);
+    if let Some(n) = plan.calls {
+        cmd.args(["--calls", &n.to_string()]);
+    }
+    let o = cmd.output()?;
+    if !o.status.success() {
+        bail!("{} client ({callers} callers, {payload} B) failed: {}", c.name(), String::from_utf8_lossy(&o.stderr));
+    }
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut s: Sample = serde_json::from_str(text.trim()).context("client output")?;
+    s.server_peak_kib = server.peak_kib();
+    Ok(s)
 }
 
 /// An empty `local` registry directory under `out`, private to this user
@@ -355,7 +429,52 @@ fn summarize(contenders: &[Contender], plan: &Plan, results: &BTreeMap<String, V
     out
 }
 
-fn print_report(contenders: &[Contender], plan: &Plan, summary: &BTreeMap<Key, Summary>) {
+/// A pair's ratio round by round: `a`'s calls/s and p99 over `b`'s, from
+/// the two measurements each round made back to back; `None` unless both
+/// ran side by side.
+fn paired(
+    results: &BTreeMap<String, Vec<Sample>>,
+    a: Contender,
+    b: Contender,
+    payload: usize,
+    callers: usize,
+) -> Option<Paired> {
+    let side_by_side = PAIRS.contains(&(a, b));
+    let (x, y) = (
+        results.get(&format!("{}/{payload}/{callers}", a.name()))?,
+        results.get(&format!("{}/{payload}/{callers}", b.name()))?,
+    );
+    if !side_by_side || x.is_empty() || x.len() != y.len() {
+        return None;
+    }
+    let rates: Vec<f64> = x.iter().zip(y).map(|(x, y)| x.rate() / y.rate()).collect();
+    let p99s: Vec<f64> = x.iter().zip(y).map(|(x, y)| x.p99_us / y.p99_us).collect();
+    Some(Paired { rate: median(&rates), p99: median(&p99s), rates })
+}
+
+/// See [`paired`].
+struct Paired {
+    /// The median of the rounds' ratios of calls/s.
+    rate: f64,
+    /// The median of the rounds' ratios of p99 latency.
+    p99: f64,
+    /// Each round's ratio of calls/s, in round order.
+    rates: Vec<f64>,
+}
+
+/// The median (the upper one of an even count).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn print_report(
+    contenders: &[Contender],
+    plan: &Plan,
+    summary: &BTreeMap<Key, Summary>,
+    results: &BTreeMap<String, Vec<Sample>>,
+) {
     let how = match plan.calls {
         Some(n) => format!("{n} calls per measurement (quick mode)"),
         None => format!(
@@ -410,6 +529,11 @@ fn print_report(contenders: &[Contender], plan: &Plan, summary: &BTreeMap<Key, S
             let mut row = format!("| {} / {} |", a.name(), b.name());
             let mut any = false;
             for &callers in &plan.callers {
+                if let Some(p) = paired(results, a, b, payload, callers) {
+                    any = true;
+                    row.push_str(&format!(" {:.2} (p99 {:.2}) |", p.rate, p.p99));
+                    continue;
+                }
                 match (summary.get(&(a, payload, callers)), summary.get(&(b, payload, callers))) {
                     (Some(x), Some(y)) => {
                         any = true;
@@ -427,6 +551,39 @@ fn print_report(contenders: &[Contender], plan: &Plan, summary: &BTreeMap<Key, S
                 println!("{row}");
             }
         }
+        print_pairs(plan, payload, summary, results);
+    }
+}
+
+/// The side-by-side pairs round by round, under the ratio table.
+fn print_pairs(plan: &Plan, payload: usize, summary: &BTreeMap<Key, Summary>, results: &BTreeMap<String, Vec<Sample>>) {
+    let mut header = false;
+    for (a, b) in PAIRS {
+        for &callers in &plan.callers {
+            let Some(p) = paired(results, a, b, payload, callers) else { continue };
+            if !header {
+                header = true;
+                println!(
+                    "\nSide by side: each round measured a plugin contender and its built-in twin back to back \
+                     (the first of them alternating), and the ratios above for these pairs are the medians \
+                     of the rounds' ratios, so that drift between measurements cancels:\n"
+                );
+                println!("| pair | callers | each round's ratio | median | ratio of the medians |");
+                println!("|---|---:|---|---:|---:|");
+            }
+            let rounds: Vec<String> = p.rates.iter().map(|r| format!("{r:.2}")).collect();
+            let of_medians = match (summary.get(&(a, payload, callers)), summary.get(&(b, payload, callers))) {
+                (Some(x), Some(y)) => format!("{:.2}", x.rate / y.rate),
+                _ => String::new(),
+            };
+            println!(
+                "| {} / {} | {callers} | {} | {:.2} | {of_medians} |",
+                a.name(),
+                b.name(),
+                rounds.join(", "),
+                p.rate
+            );
+        }
     }
 }
 
@@ -440,4 +597,43 @@ fn thousands(x: f64) -> String {
         out.push(ch);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(calls: u64, p99_us: f64) -> Sample {
+        Sample { calls, seconds: 1.0, p50_us: 1.0, p99_us, p999_us: 1.0, client_peak_kib: 0, server_peak_kib: 0 }
+    }
+
+    #[test]
+    fn a_pair_runs_together_only_when_both_sides_run() {
+        use Contender::*;
+        assert_eq!(
+            units(&[Micro, Tarpc, MicroTcpx, MicroBrpc]),
+            vec![vec![Micro, MicroTcpx], vec![Tarpc], vec![MicroBrpc]],
+        );
+        assert_eq!(units(&[MicroBrpcIn, MicroBrpc]), vec![vec![MicroBrpcIn, MicroBrpc]]);
+    }
+
+    #[test]
+    fn a_pairs_ratio_is_the_median_of_its_rounds_ratios() {
+        // Drift: the machine was fast in round 2 and slow in round 3. The
+        // rounds' ratios are 0.8, 0.9 and 1.0 (median 0.9), while the ratio
+        // of the two medians would be 80/100 = 0.8.
+        let a = vec![sample(80, 110.0), sample(180, 100.0), sample(50, 120.0)];
+        let b = vec![sample(100, 100.0), sample(200, 100.0), sample(50, 100.0)];
+        let results = BTreeMap::from([
+            ("micro-brpc/64/16".to_string(), a),
+            ("micro-brpc-in/64/16".to_string(), b),
+            ("micro/64/16".to_string(), vec![sample(1, 1.0)]),
+        ]);
+        let p = paired(&results, Contender::MicroBrpc, Contender::MicroBrpcIn, 64, 16).expect("a pair");
+        assert_eq!(p.rates, vec![0.8, 0.9, 1.0]);
+        assert_eq!((p.rate, p.p99), (0.9, 1.1));
+        // Not a pair of PAIRS, or one side missing: no paired ratio.
+        assert!(paired(&results, Contender::MicroBrpc, Contender::Micro, 64, 16).is_none());
+        assert!(paired(&results, Contender::MicroBrpc, Contender::MicroBrpcIn, 64, 64).is_none());
+    }
 }
