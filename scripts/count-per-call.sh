@@ -63,7 +63,9 @@ count() {
 }
 # The server's CPU time in clock ticks (utime + stime, /proc/PID/stat), around
 # each count: the same subtraction gives its CPU per call.
-server_ticks() { awk '{ print $14 + $15 }' "/proc/$server/stat"; }
+# Fields after the command name, which may hold spaces: utime and stime are
+# the 12th and 13th after its closing parenthesis.
+server_ticks() { sed 's/^.*) //' "/proc/$server/stat" | awk '{ print $12 + $13 }'; }
 s0=$(server_ticks)
 base=$(count 1000)
 s1=$(server_ticks)
@@ -78,6 +80,6 @@ awk -v b="$base" -v f="$full" -v n="$calls" -v c="$contender" -v e="$event" 'BEG
 }'
 if [ "$event" = task-clock ]; then
   awk -v a="$s0" -v b="$s1" -v c="$s2" -v n="$calls" -v hz="$(getconf CLK_TCK)" -v k="$contender" 'BEGIN {
-    printf "%s server CPU per call: %.2f µs (clock ticks of 1/%d s)\n", k, ((c - b) - (b - a)) / hz / n * 1e6, hz
+    printf "%s server CPU per call: %.1f µs (clock ticks of 1/%d s)\n", k, ((c - b) - (b - a)) / hz / n * 1e6, hz
   }'
 fi

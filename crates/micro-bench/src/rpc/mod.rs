@@ -5,7 +5,7 @@
 //! plugin contender and the same component built in run side by side (both
 //! servers up, the two clients back to back at each caller count), and
 //! their ratio is the median of the rounds' ratios: on a shared machine the
-//! throughput drifts by more between minutes than between seconds.
+//! throughput drifts more between minutes than between seconds.
 
 mod chart;
 pub(crate) mod contenders;
@@ -255,9 +255,13 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<()> {
             if round % 2 == 1 {
                 unit.reverse();
             }
+            // Registries first, so that a failure to make one leaves no server running.
+            let registries = unit
+                .iter()
+                .map(|c| fresh_registry(&plan.out, &format!("{}-{round}", c.name())))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let mut servers = Vec::with_capacity(unit.len());
-            for &c in &unit {
-                let registry = fresh_registry(&plan.out, &format!("{}-{round}", c.name()))?;
+            for (&c, registry) in unit.iter().zip(registries) {
                 match ServerProc::start(&me, c, &plan.plugins, &registry) {
                     Ok(s) => servers.push((c, s, registry)),
                     Err(e) => {
@@ -431,15 +435,17 @@ fn summarize(contenders: &[Contender], plan: &Plan, results: &BTreeMap<String, V
 
 /// A pair's ratio round by round: `a`'s calls/s and p99 over `b`'s, from
 /// the two measurements each round made back to back; `None` unless both
-/// ran side by side.
+/// ran side by side (in one unit of [`units`]), so that sample `i` of each
+/// side is round `i`'s.
 fn paired(
+    contenders: &[Contender],
     results: &BTreeMap<String, Vec<Sample>>,
     a: Contender,
     b: Contender,
     payload: usize,
     callers: usize,
 ) -> Option<Paired> {
-    let side_by_side = PAIRS.contains(&(a, b));
+    let side_by_side = units(contenders).iter().any(|u| u.contains(&a) && u.contains(&b));
     let (x, y) = (
         results.get(&format!("{}/{payload}/{callers}", a.name()))?,
         results.get(&format!("{}/{payload}/{callers}", b.name()))?,
@@ -452,7 +458,8 @@ fn paired(
     Some(Paired { rate: median(&rates), p99: median(&p99s), rates })
 }
 
-/// See [`paired`].
+/// A pair measured side by side: its ratios round by round and their
+/// medians (see [`paired`]).
 struct Paired {
     /// The median of the rounds' ratios of calls/s.
     rate: f64,
@@ -462,13 +469,20 @@ struct Paired {
     rates: Vec<f64>,
 }
 
-/// The median (the upper one of an even count).
+/// The median (the mean of the middle two of an even count); `v` is not empty.
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let n = v.len();
+    if n.is_multiple_of(2) {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    } else {
+        v[n / 2]
+    }
 }
 
+/// The report: a table of every measurement (medians of the rounds), then
+/// the ratios between contenders, for each payload size.
 fn print_report(
     contenders: &[Contender],
     plan: &Plan,
@@ -529,7 +543,7 @@ fn print_report(
             let mut row = format!("| {} / {} |", a.name(), b.name());
             let mut any = false;
             for &callers in &plan.callers {
-                if let Some(p) = paired(results, a, b, payload, callers) {
+                if let Some(p) = paired(contenders, results, a, b, payload, callers) {
                     any = true;
                     row.push_str(&format!(" {:.2} (p99 {:.2}) |", p.rate, p.p99));
                     continue;
@@ -551,22 +565,28 @@ fn print_report(
                 println!("{row}");
             }
         }
-        print_pairs(plan, payload, summary, results);
+        print_pairs(contenders, plan, payload, summary, results);
     }
 }
 
 /// The side-by-side pairs round by round, under the ratio table.
-fn print_pairs(plan: &Plan, payload: usize, summary: &BTreeMap<Key, Summary>, results: &BTreeMap<String, Vec<Sample>>) {
+fn print_pairs(
+    contenders: &[Contender],
+    plan: &Plan,
+    payload: usize,
+    summary: &BTreeMap<Key, Summary>,
+    results: &BTreeMap<String, Vec<Sample>>,
+) {
     let mut header = false;
     for (a, b) in PAIRS {
         for &callers in &plan.callers {
-            let Some(p) = paired(results, a, b, payload, callers) else { continue };
+            let Some(p) = paired(contenders, results, a, b, payload, callers) else { continue };
             if !header {
                 header = true;
                 println!(
                     "\nSide by side: each round measured a plugin contender and its built-in twin back to back \
                      (the first of them alternating), and the ratios above for these pairs are the medians \
-                     of the rounds' ratios, so that drift between measurements cancels:\n"
+                     of the rounds' ratios, which drift between measurements moves far less than a ratio of medians:\n"
                 );
                 println!("| pair | callers | each round's ratio | median | ratio of the medians |");
                 println!("|---|---:|---|---:|---:|");
@@ -629,11 +649,25 @@ mod tests {
             ("micro-brpc-in/64/16".to_string(), b),
             ("micro/64/16".to_string(), vec![sample(1, 1.0)]),
         ]);
-        let p = paired(&results, Contender::MicroBrpc, Contender::MicroBrpcIn, 64, 16).expect("a pair");
+        let all = [Contender::Micro, Contender::MicroBrpc, Contender::MicroBrpcIn];
+        let p = paired(&all, &results, Contender::MicroBrpc, Contender::MicroBrpcIn, 64, 16).expect("a pair");
         assert_eq!(p.rates, vec![0.8, 0.9, 1.0]);
         assert_eq!((p.rate, p.p99), (0.9, 1.1));
-        // Not a pair of PAIRS, or one side missing: no paired ratio.
-        assert!(paired(&results, Contender::MicroBrpc, Contender::Micro, 64, 16).is_none());
-        assert!(paired(&results, Contender::MicroBrpc, Contender::MicroBrpcIn, 64, 64).is_none());
+        // Not run together, or one side missing: no paired ratio.
+        assert!(paired(&all, &results, Contender::MicroBrpc, Contender::Micro, 64, 16).is_none());
+        assert!(paired(&all, &results, Contender::MicroBrpc, Contender::MicroBrpcIn, 64, 64).is_none());
+        assert!(paired(&all[..2], &results, Contender::MicroBrpc, Contender::MicroBrpcIn, 64, 16).is_none());
+    }
+
+    #[test]
+    fn no_contender_is_in_two_pairs_and_an_even_median_is_a_mean() {
+        // `units` gives each contender one partner at most.
+        for (i, &(a, b)) in PAIRS.iter().enumerate() {
+            for &(c, d) in &PAIRS[i + 1..] {
+                assert!(![c, d].contains(&a) && ![c, d].contains(&b), "{} or {} in two pairs", a.name(), b.name());
+            }
+        }
+        assert_eq!(median(&[0.5, 1.0, 0.75, 0.25]), 0.625);
+        assert_eq!(median(&[0.8]), 0.8);
     }
 }
