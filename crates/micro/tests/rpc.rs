@@ -166,6 +166,72 @@ async fn a_dead_node_is_retried_on_another() -> TestResult {
     Ok(())
 }
 
+/// A loopback address whose dials hang: a listener that never accepts, its
+/// accept queue filled, so that the kernel drops further SYNs (as a host
+/// that went away does). Hold the returned value for as long as it is needed.
+async fn black_hole() -> Result<(String, impl Sized), Box<dyn std::error::Error>> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind("127.0.0.1:0".parse()?)?;
+    let listener = socket.listen(0)?;
+    let addr = listener.local_addr()?;
+    let mut held = Vec::new();
+    // A backlog of 0 queues one connection or two; bounded, in case a kernel queues more.
+    for _ in 0..16 {
+        match tokio::time::timeout(Duration::from_millis(300), tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => held.push(s),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Ok((addr.to_string(), (listener, held))),
+        }
+    }
+    Err("the listener's accept queue never filled".into())
+}
+
+/// A node whose dial hangs (a host that went away without a word) costs a
+/// call at most half of its time, then the call goes on to another node,
+/// over mucp and grpc alike; with one attempt left, that attempt may wait
+/// for the whole of the time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_dial_hangs_gets_half_of_a_calls_time_then_another_node() -> TestResult {
+    let protocols: &[&str] = if cfg!(feature = "grpc") { &["mucp", "grpc"] } else { &["mucp"] };
+    for protocol in protocols {
+        let world = format!("rpc-black-hole-{protocol}");
+        let f = Flags { server: Some(protocol.to_string()), client: Some(protocol.to_string()), ..flags(&world) };
+        let svc = Service::builder("greeter").version("1.0.0").flags(f.clone()).build()?;
+        svc.handle("Greeter.Hello", |r: Hello| async move { Ok::<_, Error>(Greeting { greeting: r.name }) })?;
+        svc.start().await?;
+        let (hole, _hole) = black_hole().await?;
+        let gone = Record {
+            name: "greeter".into(),
+            version: "1.0.0".into(),
+            nodes: vec![Node { id: "gone".into(), address: hole, ..Default::default() }],
+            ..Default::default()
+        };
+        svc.registry().register(&gone, RegisterOptions::default()).await?;
+        let timeout = Duration::from_secs(2);
+        let c = Service::builder("caller")
+            .flags(Flags {
+                selector: Some("roundrobin".into()),
+                client_request_timeout: Some(timeout),
+                client_retries: Some(1),
+                ..f.clone()
+            })
+            .build()?;
+        // Roundrobin: two of every four calls try the hole first.
+        for i in 0..4 {
+            let t0 = Instant::now();
+            let g: Greeting = c
+                .client()
+                .call("greeter", "Greeter.Hello", &Hello { name: format!("{i}") })
+                .await
+                .map_err(|e| format!("{protocol}, call {i}: {e}"))?;
+            assert_eq!(g.greeting, format!("{i}"));
+            assert!(t0.elapsed() < timeout, "{protocol}, call {i} took {:?}", t0.elapsed());
+        }
+        svc.stop().await?;
+    }
+    Ok(())
+}
+
 /// Only the server's own 503 (at its in-flight limit, or stopping) is
 /// retried, on another node; a 503 a handler returns is the answer. Node A
 /// is held at its limit of one call in flight, node B is free; roundrobin

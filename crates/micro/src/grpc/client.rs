@@ -21,7 +21,9 @@ const ID: &str = "go.micro.client";
 /// `/<service>.<Handler>/<Method>` (see [`crate::grpc`]).
 pub struct GrpcClient {
     opts: ClientOptions,
-    channels: Mutex<HashMap<String, Vec<(Channel, Load)>>>,
+    /// Each node's connections, made once: calls that find a dial under
+    /// way wait for it rather than dialling too.
+    channels: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Channels>>>>,
     // address → content type → a ready-made client, cloned per call; looked
     // up without allocating, under a read lock.
     clients: std::sync::RwLock<HashMap<String, HashMap<String, Clients>>>,
@@ -68,13 +70,20 @@ impl GrpcClient {
         self
     }
 
-    /// A new channel to `address` (it connects lazily and reconnects by itself).
-    fn channel(&self, address: &str) -> Result<Channel> {
+    /// A new channel to `address`, which reconnects by itself. An eager one
+    /// is connected when returned; a lazy one connects at its first call.
+    async fn channel(&self, address: &str, eager: bool) -> Result<Channel> {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| Error::bad_request(ID, format!("grpc address {address:?}: {e}")))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
-        Ok(match &self.tls {
+        let connected = |r: std::result::Result<Channel, tonic::transport::Error>| {
+            r.map_err(|e| {
+                let cause = std::error::Error::source(&e).map(|c| c.to_string()).unwrap_or_else(|| e.to_string());
+                Error::internal(ID, format!("connection error: dial {address}: {cause}"))
+            })
+        };
+        match &self.tls {
             // Our own connect, for the socket options of micro's tcp
             // transport: above all the 3 s TCP_USER_TIMEOUT, so that calls on
             // a connection to a host that went away fail over instead of
@@ -82,26 +91,43 @@ impl GrpcClient {
             // grpc-go servers answer frequent pings with GOAWAY).
             None => {
                 let address = address.to_string();
-                endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+                let connector = tower::service_fn(move |_: http::Uri| {
                     let address = address.clone();
                     async move {
                         let s = tokio::net::TcpStream::connect(&address).await?;
                         crate::transport::tune(&s)?;
                         Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
                     }
-                }))
+                });
+                match eager {
+                    true => connected(endpoint.connect_with_connector(connector).await),
+                    false => Ok(endpoint.connect_with_connector_lazy(connector)),
+                }
             }
             Some(tls) => {
                 let (tls, address) = (tls.clone(), address.to_string());
-                endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+                let connector = tower::service_fn(move |_: http::Uri| {
                     let (tls, address) = (tls.clone(), address.clone());
                     async move {
                         let c = tls.connect(&address).await?;
                         Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(c.stream))
                     }
-                }))
+                });
+                match eager {
+                    true => connected(endpoint.connect_with_connector(connector).await),
+                    false => Ok(endpoint.connect_with_connector_lazy(connector)),
+                }
             }
-        })
+        }
+    }
+
+    /// A node's channels: the first connected now, the others lazily.
+    async fn dial(&self, address: &str) -> Result<Channels> {
+        let mut list = vec![(self.channel(address, true).await?, Load::default())];
+        for _ in 1..self.connections {
+            list.push((self.channel(address, false).await?, Load::default()));
+        }
+        Ok(list)
     }
 
     /// A tonic client to `address` that sends `content_type` instead of
@@ -113,7 +139,18 @@ impl GrpcClient {
     /// bottleneck); a call takes the one with the fewest calls in flight, the
     /// first on a tie, so that a lone caller keeps to one warm connection and
     /// concurrent callers spread.
-    fn grpc(&self, address: &str, content_type: &str) -> Result<(tonic::client::Grpc<WithContentType>, InFlight)> {
+    ///
+    /// The first connection to a node is made here, within `dial_limit`
+    /// (the others connect at their first call): dialling a host that went
+    /// away without a word waits until the dial gives up, and an attempt
+    /// that is not the last must leave time for another node, as mucp's do.
+    /// Its errors are a bad request (400) or a connection error.
+    async fn grpc(
+        &self,
+        address: &str,
+        content_type: &str,
+        dial_limit: Duration,
+    ) -> Result<(tonic::client::Grpc<WithContentType>, InFlight)> {
         if let Some(list) =
             self.clients.read().unwrap_or_else(|p| p.into_inner()).get(address).and_then(|m| m.get(content_type))
         {
@@ -121,17 +158,14 @@ impl GrpcClient {
         }
         let ct = http::HeaderValue::from_str(wire_content_type(content_type))
             .map_err(|_| Error::bad_request(ID, format!("content type {content_type:?} is not a valid header")))?;
-        let mut channels = lock(&self.channels);
-        let list = match channels.get(address) {
-            Some(l) => l.clone(),
-            None => {
-                let n = self.connections;
-                let l = (0..n).map(|_| Ok((self.channel(address)?, Load::default()))).collect::<Result<Vec<_>>>()?;
-                channels.insert(address.to_string(), l.clone());
-                l
-            }
-        };
-        drop(channels);
+        let cell = lock(&self.channels).entry(address.to_string()).or_default().clone();
+        let list = tokio::time::timeout(dial_limit, cell.get_or_try_init(|| self.dial(address)))
+            .await
+            .map_err(|_| {
+                let e = Error::timeout(ID, format!("dial {address}: no connection within {dial_limit:?}"));
+                crate::client::connection_error(&e)
+            })??
+            .clone();
         let grpcs: Clients = list
             .into_iter()
             .map(|(c, load)| (tonic::client::Grpc::new(WithContentType { inner: c, content_type: ct.clone() }), load))
@@ -169,11 +203,14 @@ impl GrpcClient {
         lock(&self.channels).remove(address);
     }
 
-    async fn attempt(&self, address: &str, req: &Request, timeout: Duration) -> Attempt {
+    /// One attempt at `address`, with `timeout` for all of it and at most
+    /// `dial_limit` of that for a first connection (see [`Self::grpc`]).
+    async fn attempt(&self, address: &str, req: &Request, timeout: Duration, dial_limit: Duration) -> Attempt {
         let started = tokio::time::Instant::now();
-        let (mut grpc, _in_flight) = match self.grpc(address, &req.content_type) {
+        let (mut grpc, _in_flight) = match self.grpc(address, &req.content_type, dial_limit).await {
             Ok(g) => g,
-            Err(e) => return Attempt::Done(Err(e)),
+            Err(e) if e.code == 400 => return Attempt::Done(Err(e)),
+            Err(e) => return Attempt::Conn(e),
         };
         let mut request = tonic::Request::new(req.body.clone());
         if let Err(e) = put_metadata(request.metadata_mut(), &req.metadata) {
@@ -236,6 +273,9 @@ fn is_connection_error(s: &tonic::Status) -> bool {
     let local = std::error::Error::source(s).is_some() && Error::parse(s.message()).code == 0;
     local && matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown)
 }
+
+/// A node's HTTP/2 connections, each with its count of calls in flight.
+type Channels = Vec<(Channel, Load)>;
 
 /// One client per connection to a node, for one content type, with the
 /// connection's count of calls in flight.
@@ -320,8 +360,10 @@ impl Client for GrpcClient {
         let retries = opts.retries.unwrap_or(self.opts.retries);
         // Each attempt carries the time left as its gRPC deadline, which
         // tonic enforces (one timer per call, not two).
-        with_retries(&*self.opts.selector, &self.leases, "grpc", &req, &opts, retries, |node, _last| {
+        with_retries(&*self.opts.selector, &self.leases, "grpc", &req, &opts, retries, |node, last| {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // Unless this is the last attempt, a dial leaves half of the time for another node.
+            let dial_limit = if last { left } else { left / 2 };
             let req = &req;
             // Boxed: inline, the attempt (tonic's ready future, the request, a
             // timer) would make the call's own box 1,600 bytes, past glibc's
@@ -334,7 +376,7 @@ impl Client for GrpcClient {
                 }
                 // tonic's own deadline covers the wait for the response's
                 // headers; this one covers a body that stalls after them.
-                match tokio::time::timeout_at(deadline, self.attempt(&node.address, req, left)).await {
+                match tokio::time::timeout_at(deadline, self.attempt(&node.address, req, left, dial_limit)).await {
                     Ok(a) => a,
                     Err(_) => Attempt::Done(Err(expired())),
                 }
@@ -358,7 +400,8 @@ impl Client for GrpcClient {
                 self.opts.selector.select(&req.service, sel).await?.address
             }
         };
-        let (mut grpc, _in_flight) = self.grpc(&address, &req.content_type)?;
+        let dial_limit = opts.timeout.unwrap_or(self.opts.request_timeout);
+        let (mut grpc, _in_flight) = self.grpc(&address, &req.content_type, dial_limit).await?;
         let path = path_of(&req.service, &req.endpoint)?;
         let (stream, ends) = Stream::pair();
         let dropped = ends.dropped_flag();
