@@ -121,13 +121,12 @@ impl GrpcClient {
         }
     }
 
-    /// A node's channels: the first connected now, the others lazily.
+    /// A node's channels, all connected now and at once (a channel
+    /// connecting lazily would dial inside a call, with only the call's
+    /// deadline over it).
     async fn dial(&self, address: &str) -> Result<Channels> {
-        let mut list = vec![(self.channel(address, true).await?, Load::default())];
-        for _ in 1..self.connections {
-            list.push((self.channel(address, false).await?, Load::default()));
-        }
-        Ok(list)
+        let dials = (0..self.connections).map(|_| self.channel(address, true));
+        Ok(futures::future::try_join_all(dials).await?.into_iter().map(|c| (c, Load::default())).collect())
     }
 
     /// A tonic client to `address` that sends `content_type` instead of
@@ -140,10 +139,11 @@ impl GrpcClient {
     /// first on a tie, so that a lone caller keeps to one warm connection and
     /// concurrent callers spread.
     ///
-    /// The first connection to a node is made here, within `dial_limit`
-    /// (the others connect at their first call): dialling a host that went
-    /// away without a word waits until the dial gives up, and an attempt
-    /// that is not the last must leave time for another node, as mucp's do.
+    /// A node's connections are made here, within `dial_limit`: dialling a
+    /// host that went away without a word waits until the dial gives up,
+    /// and an attempt that is not the last must leave time for another
+    /// node, as mucp's do. After a connection error the node's connections
+    /// are dropped ([`Self::forget`]), so the next call dials here again.
     /// Its errors are a bad request (400) or a connection error.
     async fn grpc(
         &self,
@@ -159,13 +159,26 @@ impl GrpcClient {
         let ct = http::HeaderValue::from_str(wire_content_type(content_type))
             .map_err(|_| Error::bad_request(ID, format!("content type {content_type:?} is not a valid header")))?;
         let cell = lock(&self.channels).entry(address.to_string()).or_default().clone();
-        let list = tokio::time::timeout(dial_limit, cell.get_or_try_init(|| self.dial(address)))
-            .await
-            .map_err(|_| {
+        let dialled = match tokio::time::timeout(dial_limit, cell.get_or_try_init(|| self.dial(address))).await {
+            Ok(Ok(list)) => Ok(list.clone()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
                 let e = Error::timeout(ID, format!("dial {address}: no connection within {dial_limit:?}"));
-                crate::client::connection_error(&e)
-            })??
-            .clone();
+                Err(crate::client::connection_error(&e))
+            }
+        };
+        let list = match dialled {
+            Ok(list) => list,
+            Err(e) => {
+                // No connection: leave no empty cell behind (unless another
+                // call's dial has filled it, or replaced it, meanwhile).
+                let mut channels = lock(&self.channels);
+                if channels.get(address).is_some_and(|c| Arc::ptr_eq(c, &cell) && !c.initialized()) {
+                    channels.remove(address);
+                }
+                return Err(e);
+            }
+        };
         let grpcs: Clients = list
             .into_iter()
             .map(|(c, load)| (tonic::client::Grpc::new(WithContentType { inner: c, content_type: ct.clone() }), load))
@@ -216,7 +229,8 @@ impl GrpcClient {
         if let Err(e) = put_metadata(request.metadata_mut(), &req.metadata) {
             return Attempt::Done(Err(e));
         }
-        request.set_timeout(timeout);
+        // What is left after the dial, as the server's deadline.
+        request.set_timeout(timeout.saturating_sub(started.elapsed()));
         let path = match self.path(&req.service, &req.endpoint) {
             Ok(p) => p,
             Err(e) => return Attempt::Done(Err(e)),
