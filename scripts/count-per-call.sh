@@ -4,8 +4,9 @@
 # CALLERS says otherwise, 64 B bodies, by service name), the client under
 # `perf stat` twice, for 1,000 calls and for CALLS + 1,000; the difference
 # divided by CALLS is the cost of one call without start-up. Counts move far
-# less between runs than calls/s do on a noisy machine (BENCHMARKS.md). For task-clock it also prints the
-# server's CPU per call, from its clock ticks around the same two runs.
+# less between runs than calls/s do on a noisy machine (BENCHMARKS.md). For
+# task-clock it also prints the server's CPU per call, from its clock ticks
+# around the same two runs.
 #
 # usage: scripts/count-per-call.sh CONTENDER EVENT [CALLS]
 #   CONTENDER  a micro-bench contender (micro, micro-brpc, micro-brpc-in, …)
@@ -18,7 +19,7 @@
 set -euo pipefail
 
 if [ $# -lt 2 ]; then
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 contender=$1
@@ -61,10 +62,9 @@ count() {
     --warmup 0 --seconds 1 --calls "$1" --plugins "$plugins" 2>&1 >/dev/null |
     awk -F, -v e="$event" '$3 == e { print $1 }'
 }
-# The server's CPU time in clock ticks (utime + stime, /proc/PID/stat), around
-# each count: the same subtraction gives its CPU per call.
-# Fields after the command name, which may hold spaces: utime and stime are
-# the 12th and 13th after its closing parenthesis.
+# The server's CPU time in clock ticks (utime + stime, /proc/PID/stat) around
+# each count, for the same subtraction: the 12th and 13th fields after the
+# command name's closing parenthesis (the name may hold spaces).
 server_ticks() { sed 's/^.*) //' "/proc/$server/stat" | awk '{ print $12 + $13 }'; }
 s0=$(server_ticks)
 base=$(count 1000)

@@ -63,11 +63,6 @@ async fn measure(client: &Arc<dyn Client>, calls: usize, callers: usize) -> anyh
     Ok(start.elapsed().as_nanos() as f64 / ((calls / callers) * callers) as f64)
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// Runs `rounds` rounds, direct and crossed alternating, and prints the medians.
 pub(crate) fn run(calls: usize, callers: usize, rounds: usize) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -84,7 +79,7 @@ pub(crate) fn run(calls: usize, callers: usize, rounds: usize) -> anyhow::Result
             c.push(measure(&crossed, calls, callers).await?);
             eprintln!("round {round}: direct {:.0} ns/call, crossed {:.0} ns/call", d[round - 1], c[round - 1]);
         }
-        let (d, c) = (median(&mut d), median(&mut c));
+        let (d, c) = (crate::rpc::median(&d), crate::rpc::median(&c));
         println!("\n### The boundary's own cost per call ({calls} calls, {callers} callers, one thread, median of {rounds} rounds)\n");
         println!("| client | ns per call |\n|---|---:|");
         println!("| called directly | {d:.0} |\n| exported and imported in-process | {c:.0} |\n| the crossing | {:.0} |", c - d);

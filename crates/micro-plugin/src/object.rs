@@ -416,11 +416,7 @@ impl Remote {
     /// The callee keeps the whole allocation behind `bytes` alive for as
     /// long as it holds any part of them (for a batch split off a
     /// connection's buffer, that buffer).
-    pub(crate) fn call_lending(
-        &self,
-        method: u32,
-        bytes: bytes::Bytes,
-    ) -> impl std::future::Future<Output = Result<RemoteReply, Error>> + Send + '_ {
+    pub(crate) fn call_lending(&self, method: u32, bytes: bytes::Bytes) -> RemoteCall<'_> {
         // Held across the call as well: the arguments stay valid for the
         // whole call whatever the callee does with the object (it may drop
         // it before it reads them). A reference count, not a copy.
@@ -440,7 +436,7 @@ impl Remote {
         drop(during);
         // The future borrows `self` (`'_`): the object outlives its call
         // (the ABI's rule, see `Dispatch::call_inline`).
-        async move { into_result(fut.await) }
+        RemoteCall { fut: fut.into_future(), _remote: PhantomData }
     }
 
     /// Calls a synchronous method with arguments written by `encode` into
@@ -545,7 +541,7 @@ pub(crate) unsafe fn call_entry_point(
     into_result(r)
 }
 
-/// A call started by [`Remote::call_encoded`]: the other side's future,
+/// A call started by [`Remote::call_encoded`] (or `call_lending`): the other side's future,
 /// which borrows the remote so that it is dropped first (the ABI's rule
 /// for `call`). A named type rather than an `async` block, so that a
 /// caller's future holding it holds the crossing once (56 bytes).

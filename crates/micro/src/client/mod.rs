@@ -33,6 +33,22 @@ pub(crate) async fn publish(broker: &dyn Broker, topic: &str, mut msg: Message) 
     broker.publish(topic, msg).await
 }
 
+/// How long an attempt may wait for a new connection, of the `left` of its
+/// call: dialling a host that is down waits out the dial timeout, so unless
+/// this is the `last` attempt, half is left for another node.
+pub(crate) fn dial_limit(left: Duration, last: bool) -> Duration {
+    if last {
+        left
+    } else {
+        left / 2
+    }
+}
+
+/// A dial that got no connection within `limit`.
+pub(crate) fn dial_timed_out(address: &str, limit: Duration) -> Error {
+    Error::timeout("go.micro.client", format!("dial {address}: no connection within {limit:?}"))
+}
+
 /// A transport failure as a client reports it (retried under the usual rules).
 pub(crate) fn connection_error(e: &Error) -> Error {
     Error::internal("go.micro.client", format!("connection error: {}", e.detail))

@@ -104,13 +104,10 @@ impl MucpClient {
         deadline: Instant,
         last: bool,
     ) -> std::result::Result<Arc<MuxConn>, Attempt> {
-        // Dialling a host that is down waits out the dial timeout: unless this
-        // is the last attempt, leave half of the time left for another node.
-        let left = deadline.saturating_duration_since(Instant::now());
-        let dial_limit = if last { left } else { left / 2 };
+        let dial_limit = super::dial_limit(deadline.saturating_duration_since(Instant::now()), last);
         let got = match tokio::time::timeout(dial_limit, self.conns.get(&*self.opts.transport, address)).await {
             Ok(got) => got,
-            Err(_) => Err(Error::timeout(ID, format!("dial {address}: no connection within {dial_limit:?}"))),
+            Err(_) => Err(super::dial_timed_out(address, dial_limit)),
         };
         match got {
             Ok(Got::Mux(c)) => Ok(c),

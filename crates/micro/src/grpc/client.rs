@@ -70,9 +70,10 @@ impl GrpcClient {
         self
     }
 
-    /// A new channel to `address`, which reconnects by itself. An eager one
-    /// is connected when returned; a lazy one connects at its first call.
-    async fn channel(&self, address: &str, eager: bool) -> Result<Channel> {
+    /// A new channel to `address`, connected when returned (one connecting
+    /// lazily would dial inside a call, with only the call's deadline over
+    /// it); it reconnects by itself.
+    async fn channel(&self, address: &str) -> Result<Channel> {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| Error::bad_request(ID, format!("grpc address {address:?}: {e}")))?
             .connect_timeout(Duration::from_secs(5))
@@ -99,10 +100,7 @@ impl GrpcClient {
                         Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
                     }
                 });
-                match eager {
-                    true => connected(endpoint.connect_with_connector(connector).await),
-                    false => Ok(endpoint.connect_with_connector_lazy(connector)),
-                }
+                connected(endpoint.connect_with_connector(connector).await)
             }
             Some(tls) => {
                 let (tls, address) = (tls.clone(), address.to_string());
@@ -113,19 +111,14 @@ impl GrpcClient {
                         Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(c.stream))
                     }
                 });
-                match eager {
-                    true => connected(endpoint.connect_with_connector(connector).await),
-                    false => Ok(endpoint.connect_with_connector_lazy(connector)),
-                }
+                connected(endpoint.connect_with_connector(connector).await)
             }
         }
     }
 
-    /// A node's channels, all connected now and at once (a channel
-    /// connecting lazily would dial inside a call, with only the call's
-    /// deadline over it).
+    /// A node's channels, all connected now and at once.
     async fn dial(&self, address: &str) -> Result<Channels> {
-        let dials = (0..self.connections).map(|_| self.channel(address, true));
+        let dials = (0..self.connections).map(|_| self.channel(address));
         Ok(futures::future::try_join_all(dials).await?.into_iter().map(|c| (c, Load::default())).collect())
     }
 
@@ -162,10 +155,7 @@ impl GrpcClient {
         let dialled = match tokio::time::timeout(dial_limit, cell.get_or_try_init(|| self.dial(address))).await {
             Ok(Ok(list)) => Ok(list.clone()),
             Ok(Err(e)) => Err(e),
-            Err(_) => {
-                let e = Error::timeout(ID, format!("dial {address}: no connection within {dial_limit:?}"));
-                Err(crate::client::connection_error(&e))
-            }
+            Err(_) => Err(crate::client::connection_error(&crate::client::dial_timed_out(address, dial_limit))),
         };
         let list = match dialled {
             Ok(list) => list,
@@ -376,8 +366,7 @@ impl Client for GrpcClient {
         // tonic enforces (one timer per call, not two).
         with_retries(&*self.opts.selector, &self.leases, "grpc", &req, &opts, retries, |node, last| {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            // Unless this is the last attempt, a dial leaves half of the time for another node.
-            let dial_limit = if last { left } else { left / 2 };
+            let dial_limit = crate::client::dial_limit(left, last);
             let req = &req;
             // Boxed: inline, the attempt (tonic's ready future, the request, a
             // timer) would make the call's own box 1,600 bytes, past glibc's
