@@ -80,20 +80,14 @@ pub fn check_len(len: u32, max: usize) -> Result<usize, FrameError> {
 
 /// Decodes the part of a frame after its length prefix.
 pub fn decode(mut frame: Bytes) -> Result<Message, FrameError> {
-    if frame.remaining() < 2 {
-        return Err(FrameError::Truncated);
-    }
-    let count = frame.get_u16() as usize;
+    let count = header_count(&frame)?;
     // Each header takes at least 6 bytes (its two length fields): the count
     // in the frame says nothing about what a hostile peer actually sent.
-    let mut header = HashMap::with_capacity(count.min(frame.remaining() / 6));
-    for _ in 0..count {
-        let key = take(&mut frame, 2)?;
-        let value = take(&mut frame, 4)?;
-        let key = String::from_utf8(key.to_vec()).map_err(|_| FrameError::BadUtf8)?;
-        let value = String::from_utf8(value.to_vec()).map_err(|_| FrameError::BadUtf8)?;
-        header.insert(key, value);
-    }
+    let mut header = HashMap::with_capacity(count.min(frame.len() / 6));
+    let body_at = scan_headers(&frame, |k, v| {
+        header.insert(k.to_owned(), v.to_owned());
+    })?;
+    frame.advance(body_at);
     Ok(Message { header, body: frame })
 }
 
@@ -133,19 +127,60 @@ where
 
 /// Decodes the part of a frame after its length prefix, handing each header
 /// to `visit` as borrowed strings instead of building a map; returns the body.
-pub fn decode_with(mut frame: Bytes, mut visit: impl FnMut(&str, &str)) -> Result<Bytes, FrameError> {
-    if frame.remaining() < 2 {
-        return Err(FrameError::Truncated);
+pub fn decode_with(mut frame: Bytes, visit: impl FnMut(&str, &str)) -> Result<Bytes, FrameError> {
+    let body_at = scan_headers(&frame, visit)?;
+    frame.advance(body_at);
+    Ok(frame)
+}
+
+/// Hands each header of a frame (the part after its length prefix) to
+/// `visit`, borrowed from the frame, which stays as it is: for a reader that
+/// only needs a header (a reply's id) before passing the frame on.
+pub fn visit_headers(frame: &[u8], visit: impl FnMut(&str, &str)) -> Result<(), FrameError> {
+    scan_headers(frame, visit).map(|_| ())
+}
+
+/// The number of headers a frame announces.
+fn header_count(frame: &[u8]) -> Result<usize, FrameError> {
+    match frame {
+        [hi, lo, ..] => Ok(u16::from_be_bytes([*hi, *lo]) as usize),
+        _ => Err(FrameError::Truncated),
     }
-    let count = frame.get_u16() as usize;
+}
+
+/// Reads a frame's header block from borrowed bytes and returns where its
+/// body starts. Headers are read in place rather than split off as `Bytes`:
+/// every split of a shared buffer is an atomic increment and, when dropped,
+/// a decrement of one reference count, and the frames of one read batch
+/// share theirs while their callers run on every worker thread, so a dozen
+/// such updates per frame made that count's cache line move between cores
+/// on every reply (BENCHMARKS.md, eleventh session).
+fn scan_headers(frame: &[u8], mut visit: impl FnMut(&str, &str)) -> Result<usize, FrameError> {
+    let count = header_count(frame)?;
+    let mut at = 2;
     for _ in 0..count {
-        let key = take(&mut frame, 2)?;
-        let value = take(&mut frame, 4)?;
-        let key = std::str::from_utf8(&key).map_err(|_| FrameError::BadUtf8)?;
-        let value = std::str::from_utf8(&value).map_err(|_| FrameError::BadUtf8)?;
+        let key = field(frame, &mut at, 2)?;
+        let value = field(frame, &mut at, 4)?;
+        let key = std::str::from_utf8(key).map_err(|_| FrameError::BadUtf8)?;
+        let value = std::str::from_utf8(value).map_err(|_| FrameError::BadUtf8)?;
         visit(key, value);
     }
-    Ok(frame)
+    Ok(at)
+}
+
+/// The field at `at` with a `width`-byte (2 or 4) big-endian length prefix;
+/// moves `at` past it.
+fn field<'a>(frame: &'a [u8], at: &mut usize, width: usize) -> Result<&'a [u8], FrameError> {
+    let rest = frame.get(*at..).unwrap_or_default();
+    let len = match (width, rest) {
+        (2, [a, b, ..]) => u16::from_be_bytes([*a, *b]) as usize,
+        (4, [a, b, c, d, ..]) => u32::from_be_bytes([*a, *b, *c, *d]) as usize,
+        _ => return Err(FrameError::Truncated),
+    };
+    let end = width.checked_add(len).ok_or(FrameError::Truncated)?;
+    let value = rest.get(width..end).ok_or(FrameError::Truncated)?;
+    *at += end;
+    Ok(value)
 }
 
 /// Like [`encode_parts`], with the frame's length prefix in front: what
@@ -185,15 +220,16 @@ pub fn split_batch(mut batch: Bytes) -> impl Iterator<Item = Result<Bytes, Frame
 /// Takes the first frame of a batch (see [`split_batch`]), without copying,
 /// leaving the rest in `batch`; a malformed batch is emptied whole.
 pub fn next_in_batch(batch: &mut Bytes) -> Result<Bytes, FrameError> {
-    take(batch, 4).inspect_err(|_| batch.clear())
+    take_prefixed(batch).inspect_err(|_| batch.clear())
 }
 
-/// Takes a field with a `width`-byte length prefix.
-fn take(buf: &mut Bytes, width: usize) -> Result<Bytes, FrameError> {
-    if buf.remaining() < width {
+/// Splits off a frame with its 4-byte length prefix: the frames of a batch
+/// stay views of the batch's buffer.
+fn take_prefixed(buf: &mut Bytes) -> Result<Bytes, FrameError> {
+    if buf.remaining() < 4 {
         return Err(FrameError::Truncated);
     }
-    let len = if width == 2 { buf.get_u16() as usize } else { buf.get_u32() as usize };
+    let len = buf.get_u32() as usize;
     if buf.remaining() < len {
         return Err(FrameError::Truncated);
     }
@@ -279,6 +315,74 @@ mod tests {
         // A batch cut inside a frame ends in an error, once.
         let cut = split_batch(Bytes::from_static(&[0, 0, 0, 9, 1])).collect::<Vec<_>>();
         assert_eq!(cut, [Err(FrameError::Truncated)]);
+        Ok(())
+    }
+
+    /// A frame as read: its headers, sorted, and its body.
+    type Read = Result<(Vec<(String, String)>, Bytes), FrameError>;
+
+    /// What each of the three readers makes of a frame.
+    fn read_three_ways(frame: &Bytes) -> [Read; 3] {
+        let by_map = decode(frame.clone()).map(|m| {
+            let mut h: Vec<_> = m.header.into_iter().collect();
+            h.sort();
+            (h, m.body)
+        });
+        let mut seen = Vec::new();
+        let by_visit = decode_with(frame.clone(), |k, v| seen.push((k.to_string(), v.to_string()))).map(|body| {
+            seen.sort();
+            (seen, body)
+        });
+        let mut only = Vec::new();
+        let by_borrow = visit_headers(frame, |k, v| only.push((k.to_string(), v.to_string()))).map(|()| {
+            only.sort();
+            (only, by_visit.as_ref().map(|(_, b)| b.clone()).unwrap_or_default())
+        });
+        [by_map, by_visit, by_borrow]
+    }
+
+    #[test]
+    fn the_three_readers_agree_on_every_cut_and_every_bad_length() -> Result<(), FrameError> {
+        let mut buf = BytesMut::new();
+        encode_parts([("Micro-Id", "7"), ("Content-Type", "application/json"), ("k", "")], b"the body", &mut buf)?;
+        let full = buf.freeze();
+        let header_end = full.len() - b"the body".len();
+        for cut in 0..=full.len() {
+            let frame = full.slice(..cut);
+            let [a, b, c] = read_three_ways(&frame);
+            assert_eq!(a, b, "decode and decode_with differ at cut {cut}");
+            assert_eq!(b, c, "decode_with and visit_headers differ at cut {cut}");
+            assert_eq!(a.is_err(), cut < header_end, "cut {cut}");
+        }
+        let [a, ..] = read_three_ways(&full);
+        assert_eq!(a?.1, Bytes::from_static(b"the body"));
+        // Lengths that point past the end, or as far as a u32 reaches.
+        for bad in [
+            &[0, 1, 0xff, 0xff, b'k'][..],
+            &[0, 1, 0, 1, b'k', 0xff, 0xff, 0xff, 0xff, b'v'][..],
+            &[0, 1, 0, 1, b'k', 0, 0, 0][..],
+            &[0, 2, 0, 1, b'k', 0, 0, 0, 0][..],
+            &[0xff][..],
+        ] {
+            for r in read_three_ways(&Bytes::copy_from_slice(bad)) {
+                assert_eq!(r.err(), Some(FrameError::Truncated), "{bad:?}");
+            }
+        }
+        for r in read_three_ways(&Bytes::from_static(&[0, 1, 0, 1, b'k', 0, 0, 0, 1, 0xc3, b'x'])) {
+            assert_eq!(r.err(), Some(FrameError::BadUtf8));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_decoded_body_is_the_frames_own_bytes_not_a_copy() -> Result<(), FrameError> {
+        let mut buf = BytesMut::new();
+        encode_parts([("Micro-Id", "7")], b"the body", &mut buf)?;
+        let frame = buf.freeze();
+        let body_at = frame.len() - b"the body".len();
+        let expected = frame[body_at..].as_ptr();
+        assert_eq!(decode_with(frame.clone(), |_, _| {})?.as_ptr(), expected);
+        assert_eq!(decode(frame)?.body.as_ptr(), expected);
         Ok(())
     }
 

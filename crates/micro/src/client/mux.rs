@@ -214,7 +214,7 @@ impl MuxConn {
                             Err(e) => return Error::internal(ID, format!("bad reply batch: {e}")),
                         };
                         let mut id = None;
-                        if let Err(e) = frame::decode_with(frame.clone(), |k, v| {
+                        if let Err(e) = frame::visit_headers(&frame, |k, v| {
                             if k == headers::ID {
                                 id = v.parse::<u64>().ok();
                             }
