@@ -240,7 +240,6 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<()> {
         })
         .collect();
     let mut results: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
-    let key_name = |k: &Key| format!("{}/{}/{}", k.0.name(), k.1, k.2);
     let units = units(&contenders);
     let total = plan.rounds * contenders.len() * plan.payloads.len() * plan.callers.len();
     let mut done = 0;
@@ -290,7 +289,7 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<()> {
                             s.rate(),
                             s.p99_us
                         );
-                        results.entry(key_name(&(*c, payload, callers))).or_default().push(s);
+                        results.entry(result_key(*c, payload, callers)).or_default().push(s);
                     }
                 }
             }
@@ -337,6 +336,11 @@ fn units(contenders: &[Contender]) -> Vec<Vec<Contender>> {
         units.push(std::iter::once(c).chain(partner).collect());
     }
     units
+}
+
+/// The key of a measurement's samples in the results (and in `rpc.json`).
+fn result_key(c: Contender, payload: usize, callers: usize) -> String {
+    format!("{}/{payload}/{callers}", c.name())
 }
 
 /// Stops a unit's servers.
@@ -410,7 +414,7 @@ fn summarize(contenders: &[Contender], plan: &Plan, results: &BTreeMap<String, V
     for &c in contenders {
         for &payload in &plan.payloads {
             for &callers in &plan.callers {
-                let Some(samples) = results.get(&format!("{}/{payload}/{callers}", c.name())) else { continue };
+                let Some(samples) = results.get(&result_key(c, payload, callers)) else { continue };
                 let mut s = samples.clone();
                 s.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
                 let med = &s[s.len() / 2];
@@ -446,10 +450,7 @@ fn paired(
     callers: usize,
 ) -> Option<Paired> {
     let side_by_side = units(contenders).iter().any(|u| u.contains(&a) && u.contains(&b));
-    let (x, y) = (
-        results.get(&format!("{}/{payload}/{callers}", a.name()))?,
-        results.get(&format!("{}/{payload}/{callers}", b.name()))?,
-    );
+    let (x, y) = (results.get(&result_key(a, payload, callers))?, results.get(&result_key(b, payload, callers))?);
     if !side_by_side || x.is_empty() || x.len() != y.len() {
         return None;
     }
