@@ -96,6 +96,16 @@ fn streams_of_every_kind_go_through_a_client_plugin_library() -> TestResult {
     )?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "{\"greeting\":\"Hello a\"}\n{\"greeting\":\"Hello b\"}\n");
+    // Client-streaming: names in until stdin ends (the caller's side closes),
+    // one greeting out, after the last name.
+    let o = micro(
+        &["call", "greeter", "Greeter.Join", "-", "--stream", "--output", "json"],
+        b"{\"name\": \"a\"}\n{\"name\": \"b\"}\n{\"name\": \"c\"}\n",
+    )?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "{\"greeting\":\"Hello a and b and c\"}\n");
+    assert!(err.contains("brpc stream"), "the stream went through the plugin:\n{err}");
     // A handler's error ends the stream with that error, through the plugin.
     let o = micro(&["call", "greeter", "Greeter.Count", r#"{"n": 100000}"#, "--stream"], b"")?;
     assert_eq!(o.status.code(), Some(1));

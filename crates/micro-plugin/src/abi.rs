@@ -23,7 +23,9 @@ pub const MAGIC: [u8; 8] = *b"MICROPLG";
 ///    to say that success marks are not needed.
 /// 9: a caller keeps an object alive until it has dropped the futures of its
 ///    calls (`ObjectVTable::call`), so a call's future may borrow the object.
-pub const ABI_VERSION: u32 = 9;
+/// 10: the layout fingerprint covers the tags of `FfiPoll` and the futures
+///    and polls of stream and listener replies too.
+pub const ABI_VERSION: u32 = 10;
 
 /// The name of the symbol every plugin exports: its [`PluginDescriptor`],
 /// read from the file before the library is opened.
@@ -184,7 +186,8 @@ pub struct FfiObject {
     vtable: *const ObjectVTable,
 }
 
-// SAFETY: every exported object wraps a `Send + Sync` value (see object.rs).
+// SAFETY: every object wraps a `Send + Sync` value: `export` takes one
+// (`Dispatch: Send + Sync`), and `from_raw`'s caller vouches for it.
 unsafe impl Send for FfiObject {}
 // SAFETY: as above.
 unsafe impl Sync for FfiObject {}
@@ -205,7 +208,10 @@ impl FfiObject {
     /// # Safety
     /// `vtable` is null, or points at a vtable that lives as long as the
     /// object and whose functions accept `data` (owned by the new value:
-    /// `drop` is called once, when it is dropped).
+    /// `drop` is called once, when it is dropped). An object is `Send` and
+    /// `Sync`: its functions may be called, and it may be dropped, from any
+    /// thread, also at the same time, so what `data` stands for must be
+    /// safe to share and to send across threads (a `Send + Sync` value).
     // SAFETY: unsafe to call; the contract is the `# Safety` section above.
     pub const unsafe fn from_raw(data: *const c_void, vtable: *const ObjectVTable) -> Self {
         FfiObject { data, vtable }
@@ -642,6 +648,22 @@ pub struct PluginEntry {
 // SAFETY: an entry is an immutable static of function pointers.
 unsafe impl Sync for PluginEntry {}
 
+/// [`fingerprint`] over two lists of words, one after the other.
+const fn fingerprint2<const A: usize, const B: usize>(a: &[u64; A], b: &[u64; B]) -> u64 {
+    let mut all = [0u64; 256];
+    assert!(A + B <= 256, "the layout list outgrew its buffer");
+    let mut i = 0;
+    while i < A {
+        all[i] = a[i];
+        i += 1;
+    }
+    while i < A + B {
+        all[i] = b[i - A];
+        i += 1;
+    }
+    fingerprint(all.split_at(A + B).0)
+}
+
 /// FNV-1a over the words, at compile time.
 const fn fingerprint(words: &[u64]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -674,34 +696,52 @@ macro_rules! layouts {
 /// included). Both ends compute it from their own copy of this crate and the
 /// loader compares them, so a layout change without an [`ABI_VERSION`]
 /// bump is a load error, never a misread.
-pub const LAYOUT: u64 = fingerprint(&layouts! {
-    FfiStr { ptr, len }
-    FfiBuf { ptr, len, cap, free }
-    ObjectVTable { call, call_sync, drop }
-    FfiObject { data, vtable }
-    FfiArgs { bytes, objects, n_objects }
-    FfiReply { status, bytes, object }
-    HostApi { abi_version, max_level, log, net, spawn, yield_now }
-    NetApi { connect, bind }
-    IoPoll { status, n, error }
-    StreamVTable { poll_read, poll_write, poll_shutdown, drop }
-    FfiStream { data, vtable }
-    FfiStreamReply { status, stream, local, peer, error }
-    ListenerFfiVTable { accept, drop }
-    FfiListener { data, vtable }
-    FfiListenerReply { status, listener, addr, error }
-    LogEvent { level, plugin, target, message, fields }
-    PluginDescriptor { magic, size, abi_version, future_abi_version, panic_strategy, produces, layout, name, kind, path, new_func, rustc, target, framework }
-    PluginEntry { layout, init, construct }
-    FfiWakerVTable { clone, wake, wake_by_ref, drop }
-    FfiWaker { vtable }
-    FfiContext { waker }
-    FfiFuture<FfiReply> { data, poll, drop }
-    FfiFuture<()> { data, poll, drop }
-    FfiPoll<FfiReply> {}
-    FfiPoll<FfiStreamReply> {}
-    FfiPoll<()> {}
-});
+pub const LAYOUT: u64 = fingerprint2(
+    &layouts! {
+        FfiStr { ptr, len }
+        FfiBuf { ptr, len, cap, free }
+        ObjectVTable { call, call_sync, drop }
+        FfiObject { data, vtable }
+        FfiArgs { bytes, objects, n_objects }
+        FfiReply { status, bytes, object }
+        HostApi { abi_version, max_level, log, net, spawn, yield_now }
+        NetApi { connect, bind }
+        IoPoll { status, n, error }
+        StreamVTable { poll_read, poll_write, poll_shutdown, drop }
+        FfiStream { data, vtable }
+        FfiStreamReply { status, stream, local, peer, error }
+        ListenerFfiVTable { accept, drop }
+        FfiListener { data, vtable }
+        FfiListenerReply { status, listener, addr, error }
+        LogEvent { level, plugin, target, message, fields }
+        PluginDescriptor { magic, size, abi_version, future_abi_version, panic_strategy, produces, layout, name, kind, path, new_func, rustc, target, framework }
+        PluginEntry { layout, init, construct }
+        FfiWakerVTable { clone, wake, wake_by_ref, drop }
+        FfiWaker { vtable }
+        FfiContext { waker }
+        FfiFuture<FfiReply> { data, poll, drop }
+        FfiFuture<()> { data, poll, drop }
+        FfiFuture<FfiStreamReply> { data, poll, drop }
+        FfiFuture<FfiListenerReply> { data, poll, drop }
+        FfiPoll<FfiReply> {}
+        FfiPoll<FfiStreamReply> {}
+        FfiPoll<FfiListenerReply> {}
+        FfiPoll<()> {}
+    },
+    &poll_tags(),
+);
+
+/// The tags of `FfiPoll`'s variants, in declaration order: a reordered
+/// enum reads `Ready` as `Pending` on the other side with the same sizes.
+const fn poll_tags() -> [u64; 3] {
+    use crate::ffi_future::FfiPoll;
+    const fn tag(p: FfiPoll<()>) -> u64 {
+        // SAFETY: `FfiPoll<()>` is `repr(C, u8)` with a payload of no bytes:
+        // it is one byte, its tag, and every variant is a valid value to read.
+        (unsafe { std::mem::transmute::<FfiPoll<()>, u8>(p) }) as u64
+    }
+    [tag(FfiPoll::Ready(())), tag(FfiPoll::Pending), tag(FfiPoll::Panicked)]
+}
 
 #[cfg(all(test, target_pointer_width = "64"))]
 mod tests {
@@ -758,9 +798,34 @@ mod tests {
         layout!(FfiWaker, 8, 8, vtable = 0);
         layout!(FfiContext, 8, 8, waker = 0);
         layout!(FfiFuture<FfiReply>, 24, 8, data = 0, poll = 8, drop = 16);
+        layout!(FfiFuture<()>, 24, 8, data = 0, poll = 8, drop = 16);
+        layout!(FfiFuture<FfiStreamReply>, 24, 8, data = 0, poll = 8, drop = 16);
+        layout!(FfiFuture<FfiListenerReply>, 24, 8, data = 0, poll = 8, drop = 16);
         layout!(FfiPoll<FfiReply>, 64, 8);
         layout!(FfiPoll<FfiStreamReply>, 128, 8);
+        layout!(FfiPoll<FfiListenerReply>, 96, 8);
         layout!(FfiPoll<()>, 1, 1);
+        assert_eq!(poll_tags(), [0, 1, 2], "FfiPoll's tags: Ready, Pending, Panicked");
+    }
+
+    #[test]
+    fn a_poll_crosses_with_its_tag_first_and_its_value_after_it() {
+        use crate::ffi_future::FfiPoll;
+        // The tag is the first byte, the value at its own alignment after it,
+        // for every output that crosses (`repr(C, u8)`).
+        fn tag_and_value<T>(p: &FfiPoll<T>) -> (u8, usize) {
+            let at = p as *const FfiPoll<T> as *const u8;
+            // SAFETY: a `repr(C, u8)` enum starts with its one-byte tag.
+            (unsafe { at.read() }, std::mem::align_of::<T>().max(1))
+        }
+        let ready = FfiPoll::Ready(FfiReply { status: 7, bytes: FfiBuf::empty(), object: FfiObject::null() });
+        assert_eq!(tag_and_value(&ready), (0, 8));
+        if let FfiPoll::Ready(r) = &ready {
+            let offset = (r as *const FfiReply as usize) - (&ready as *const FfiPoll<FfiReply> as usize);
+            assert_eq!((offset, r.status), (8, 7), "the value follows the tag at its alignment");
+        }
+        assert_eq!(tag_and_value(&FfiPoll::<FfiReply>::Pending).0, 1);
+        assert_eq!(tag_and_value(&FfiPoll::<FfiReply>::Panicked).0, 2);
     }
 
     #[test]

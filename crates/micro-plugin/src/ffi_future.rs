@@ -553,6 +553,14 @@ mod tests {
     }
 
     #[test]
+    fn every_waker_object_starts_with_its_header() {
+        // The other side reads a waker object through its header alone: the
+        // address of the object is the address of the header.
+        assert_eq!(std::mem::offset_of!(Bridge, header), 0);
+        assert_eq!(std::mem::offset_of!(FirstPoll<'_>, header), 0);
+    }
+
+    #[test]
     fn the_waker_keeps_its_identity_across_polls_and_wakes_the_task() {
         let stored = Arc::new(Mutex::new(None));
         let clones = Arc::new(AtomicUsize::new(0));

@@ -54,6 +54,16 @@
 //! * A plugin's `tracing` events are forwarded to the host's subscriber
 //!   with their level, target, message and fields.
 //! * Libraries stay loaded for the life of the process, as in Go.
+//! * Objects of the other side are called only by this crate's proxies,
+//!   each with its own methods: a method may trust what comes with its
+//!   call (a socket's batch is kept past the call, owned by the object it
+//!   was lent with), so there is no public raw call:
+//!
+//! ```compile_fail
+//! fn raw(obj: micro_plugin::abi::FfiObject) {
+//!     let _ = micro_plugin::Remote::new(obj);
+//! }
+//! ```
 
 // One unsafe operation per block, so that each SAFETY note covers exactly one.
 #![warn(clippy::multiple_unsafe_ops_per_block)]
@@ -84,7 +94,7 @@ pub mod loader;
 
 pub use micro_core;
 pub use micro_core::async_trait;
-pub use object::{export, Dispatch, Inline, Remote, RemoteCall, RemoteReply, Reply, Started};
+pub use object::{export, Dispatch, Inline, Reply, Started};
 pub use runtime::{panic_message, plugin_runtime};
 
 #[cfg(feature = "host")]

@@ -274,12 +274,20 @@ impl std::future::Future for KeptCall {
 }
 
 /// An object exported by the other side, called through its vtable.
-pub struct Remote {
+///
+/// Crate-private, with every way of calling it: a method's contract may
+/// give the objects that come with a call a meaning the callee trusts. A
+/// socket's `SEND_FRAMES` keeps its arguments past the call, owned by its
+/// one object, which only [`Remote::call_lending`] makes; a public call
+/// with any method and any objects let safe code hand it an object that
+/// owns nothing, and a freed buffer would have been read. Only the proxies
+/// of this crate call objects, each with its own methods.
+pub(crate) struct Remote {
     obj: FfiObject,
 }
 
 /// A decoded reply from the other side.
-pub struct RemoteReply {
+pub(crate) struct RemoteReply {
     /// Encoded result.
     pub bytes: FfiBuf,
     /// The returned object, if any.
@@ -342,7 +350,7 @@ impl Remote {
     /// Wraps an object received from the other side. Safe because an
     /// [`FfiObject`] is valid by construction: it is made by [`export`] or by
     /// the unsafe [`FfiObject::from_raw`], whose caller vouches for it.
-    pub fn new(obj: FfiObject) -> Result<Self, Error> {
+    pub(crate) fn new(obj: FfiObject) -> Result<Self, Error> {
         if obj.is_null() {
             return Err(Error::internal(ID, "the other side returned no object"));
         }
@@ -350,7 +358,7 @@ impl Remote {
     }
 
     /// Calls an async method.
-    pub async fn call(&self, method: u32, bytes: &[u8], objects: Vec<FfiObject>) -> Result<RemoteReply, Error> {
+    pub(crate) async fn call(&self, method: u32, bytes: &[u8], objects: Vec<FfiObject>) -> Result<RemoteReply, Error> {
         let mut out = OutObjects(objects);
         // SAFETY: `obj` is a live object of the other side; args live during the call.
         let fut = unsafe { (self.obj.vtable_ref().call)(self.obj.data(), method, out.args(bytes)) };
@@ -365,7 +373,7 @@ impl Remote {
     /// (on a hot path, one `malloc`/`free` pair per crossing, and under load
     /// a `free` on another thread's arena, was a tenth of a plugin client's
     /// CPU time).
-    pub fn call_encoded(
+    pub(crate) fn call_encoded(
         &self,
         method: u32,
         objects: Vec<FfiObject>,
@@ -394,7 +402,7 @@ impl Remote {
 
     /// As [`call_encoded`](Self::call_encoded), for a future that outlives
     /// the caller's borrow: it holds a reference count of the remote.
-    pub fn call_encoded_kept(
+    pub(crate) fn call_encoded_kept(
         self: &Arc<Self>,
         method: u32,
         objects: Vec<FfiObject>,
@@ -441,7 +449,7 @@ impl Remote {
 
     /// Calls a synchronous method with arguments written by `encode` into
     /// this thread's scratch buffer (see [`call_encoded`](Self::call_encoded)).
-    pub fn call_sync_encoded(
+    pub(crate) fn call_sync_encoded(
         &self,
         method: u32,
         objects: Vec<FfiObject>,
@@ -451,7 +459,7 @@ impl Remote {
     }
 
     /// Calls a synchronous method.
-    pub fn call_sync(&self, method: u32, bytes: &[u8], objects: Vec<FfiObject>) -> Result<RemoteReply, Error> {
+    pub(crate) fn call_sync(&self, method: u32, bytes: &[u8], objects: Vec<FfiObject>) -> Result<RemoteReply, Error> {
         let mut out = OutObjects(objects);
         // SAFETY: as in `call`.
         let r = unsafe { (self.obj.vtable_ref().call_sync)(self.obj.data(), method, out.args(bytes)) };
@@ -459,7 +467,7 @@ impl Remote {
     }
 
     /// A synchronous method returning a string; empty on error.
-    pub fn call_string(&self, method: u32) -> String {
+    pub(crate) fn call_string(&self, method: u32) -> String {
         self.call_sync(method, &[], Vec::new())
             .map(|r| String::from_utf8_lossy(r.bytes.as_slice()).into_owned())
             .unwrap_or_default()
@@ -545,7 +553,7 @@ pub(crate) unsafe fn call_entry_point(
 /// which borrows the remote so that it is dropped first (the ABI's rule
 /// for `call`). A named type rather than an `async` block, so that a
 /// caller's future holding it holds the crossing once (56 bytes).
-pub struct RemoteCall<'a> {
+pub(crate) struct RemoteCall<'a> {
     fut: crate::ffi_future::Polled<FfiReply>,
     _remote: PhantomData<&'a Remote>,
 }

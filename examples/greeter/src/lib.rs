@@ -84,6 +84,15 @@ pub fn service(flags: Flags) -> Result<Service, micro::Error> {
         }
         Ok(())
     })?;
+    // Client-streaming: names in until the caller ends its side, one greeting out.
+    svc.handle_stream("Greeter.Join", |_ctx, mut s: micro::TypedStream<HelloResponse, HelloRequest>| async move {
+        let mut names = Vec::new();
+        while let Some(req) = s.recv().await? {
+            names.push(req.name);
+        }
+        s.send(&HelloResponse { greeting: format!("Hello {}", names.join(" and ")) }).await?;
+        Ok(())
+    })?;
     // Pub/sub: count the events published to `greeter.events`; Greeter.Events reports them.
     let events = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let seen = events.clone();
