@@ -346,6 +346,30 @@ fn damaged_and_foreign_libraries_are_clean_errors() -> TestResult {
         patched(&good, d, "hash-bucket.so", |b| put(b, bucket, &0x7fff_fff0_u32.to_le_bytes()))?,
         "symbol 2147483632 lies outside the symbol table's memory".into(),
     ));
+    // Values the dynamic loader asserts: an unchecked `dlopen` ends the
+    // process ("Inconsistency detected by ld.so", exit status 127).
+    let entry_of = |tag: u64| dynamic_entries(&bytes).into_iter().find(|e| e.1 == tag).map(|e| e.0);
+    let relaent = entry_of(9).ok_or("no DT_RELAENT in the probe")?;
+    cases.push((
+        "a relocation entry size the loader asserts".into(),
+        patched(&good, d, "relaent.so", |b| put(b, relaent + 8, &16u64.to_le_bytes()))?,
+        "the relocation entry size is 16, not 24".into(),
+    ));
+    let pltrel = entry_of(20).ok_or("no DT_PLTREL in the probe")?;
+    cases.push((
+        "procedure linkage relocations of another kind".into(),
+        patched(&good, d, "pltrel.so", |b| put(b, pltrel + 8, &17u64.to_le_bytes()))?,
+        "the procedure linkage relocations are of kind 17, not RELA".into(),
+    ));
+    // A version index the loader uses unchecked, past its table of versions.
+    let versym =
+        dynamic_value(&bytes, 0x6fff_fff0).and_then(|a| file_offset(&bytes, a)).ok_or("no DT_VERSYM in the probe")?;
+    let symbol = (u64_at(&bytes, with_symbol) >> 32) as usize;
+    cases.push((
+        "a symbol version past the defined ones".into(),
+        patched(&good, d, "versym.so", |b| put(b, versym + 2 * symbol, &0x7ff0u16.to_le_bytes()))?,
+        format!("symbol {symbol} has version 32752, past the highest defined"),
+    ));
     let verneed =
         dynamic_value(&bytes, 0x6fff_fffe).and_then(|a| file_offset(&bytes, a)).ok_or("no DT_VERNEED in the probe")?;
     cases.push((
@@ -538,7 +562,7 @@ fn swap_between_checks_and_load_child() -> TestResult {
     };
     let spec = spec.to_string_lossy().into_owned();
     let mut swapped = Ok(());
-    let loaded = micro_plugin::loader::load_with_hook(&spec, Default::default(), |file| {
+    let loaded = micro_plugin::loader::load_between(&spec, Default::default(), |file| {
         swapped = std::fs::rename(&swap_in, file);
     });
     swapped?;

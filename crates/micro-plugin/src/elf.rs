@@ -8,13 +8,13 @@
 //! identification (class, byte order, version), the type (a shared object),
 //! the machine, that every program header and every segment's file range is
 //! inside the file, that the segments the loader reads (dynamic, notes, TLS,
-//! properties, unwind table, RELRO) lie where a loadable segment maps their
-//! own bytes, that the dynamic section's addresses lie in loaded segments,
-//! and every table the loader walks while loading: each relocation writes
-//! inside writable memory and names a symbol that exists, each string a
-//! name points at ends inside the string table, the hash tables' buckets
-//! and chains stay inside them (and have a bucket: a lookup takes a hash
-//! modulo their count), and the symbol version lists do too. Then it finds `MICRO_PLUGIN` through the dynamic symbol table
+//! properties, unwind table) lie where a loadable segment maps their own
+//! bytes (RELRO, only protected, in mapped memory), that the dynamic
+//! section's addresses lie in loaded segments, the dynamic section as glibc
+//! reads it (to its end marker, the last entry of a tag counting, the sizes
+//! it asserts), and every table it walks while loading: relocations,
+//! strings, symbols, hash tables and symbol versions (see [`Tables`]). Then
+//! it finds `MICRO_PLUGIN` through the dynamic symbol table
 //! and reads the descriptor from the file (it has no relocations, so those
 //! bytes are its value). The `object` crate does the bounds-checked parsing.
 
@@ -185,7 +185,9 @@ fn check64(data: &[u8], symbol: &str, entry: &str) -> Result<Found, ElfError> {
         let Some(name) = read_by_loader(kind) else { continue };
         let (vaddr, memsz, off, filesz) =
             (p.p_vaddr(endian), p.p_memsz(endian), p.p_offset(endian), p.p_filesz(endian));
-        if filesz > 0 && image.file_offset(vaddr, filesz) != Some(off) {
+        // RELRO is only protected, never read: a post-link optimiser (BOLT)
+        // counts zero-filled padding in its file size.
+        if filesz > 0 && kind != elf::PT_GNU_RELRO && image.file_offset(vaddr, filesz) != Some(off) {
             return Err(damaged(format!(
                 "segment {i} ({name}) is not loaded from its own bytes: its address {vaddr:#x} does not map file offset {off:#x}"
             )));
@@ -196,13 +198,23 @@ fn check64(data: &[u8], symbol: &str, entry: &str) -> Result<Found, ElfError> {
                 "segment {i} ({name}) at {vaddr:#x}..+{memsz} lies outside the loaded segments"
             )));
         }
+        // The loader walks the property notes by the sizes they state.
+        if kind == elf::PT_GNU_PROPERTY && p.p_align(endian) == 8 {
+            image.notes(vaddr, filesz).map_err(|e| damaged(format!("segment {i} ({name}): {e}")))?;
+        }
     }
     let mut dynamic_seen = false;
     for p in phdrs {
         let Some(entries) = p.dynamic(endian, data).map_err(|e| bad("dynamic section", e))? else { continue };
         dynamic_seen = true;
-        let val =
-            |tag: i64| -> Option<u64> { entries.iter().find(|d| d.d_tag(endian) == tag).map(|d| d.d_val(endian)) };
+        // As the loader reads them: up to the end marker, which must be
+        // there (else it reads on past the segment), the last entry of a
+        // tag counting.
+        let end = entries
+            .iter()
+            .position(|d| d.d_tag(endian) == elf::DT_NULL)
+            .ok_or_else(|| damaged("the dynamic section has no end marker (DT_NULL)"))?;
+        let dynamic = Dynamic(entries[..end].iter().map(|d| (d.d_tag(endian), d.d_val(endian))).collect());
         // Every address the dynamic section gives the loader must lie in memory it maps.
         for (addr_tag, size_tag) in [
             (elf::DT_STRTAB, Some(elf::DT_STRSZ)),
@@ -221,8 +233,8 @@ fn check64(data: &[u8], symbol: &str, entry: &str) -> Result<Found, ElfError> {
             (elf::DT_VERNEED, None),
             (elf::DT_VERDEF, None),
         ] {
-            if let Some(addr) = val(addr_tag) {
-                let size = size_tag.and_then(val).unwrap_or(1);
+            if let Some(addr) = dynamic.get(addr_tag) {
+                let size = size_tag.and_then(|t| dynamic.get(t)).unwrap_or(1);
                 if !image.mapped(addr, size) {
                     return Err(damaged(format!(
                         "dynamic entry {addr_tag:#x} points at {addr:#x}..+{size}, outside the loaded segments"
@@ -230,7 +242,6 @@ fn check64(data: &[u8], symbol: &str, entry: &str) -> Result<Found, ElfError> {
                 }
             }
         }
-        let dynamic: Vec<(i64, u64)> = entries.iter().map(|d| (d.d_tag(endian), d.d_val(endian))).collect();
         Tables::new(&image, &dynamic)?.check(&dynamic)?;
     }
     if !dynamic_seen {
@@ -317,107 +328,204 @@ impl Image<'_> {
         self.data.get(at..at.checked_add(usize::try_from(size).ok()?)?)
     }
 
+    /// Notes that fill `addr..addr + size`, walked as the loader walks
+    /// property notes: a 12-byte header, the name, the description at the
+    /// next multiple of 8, the next note at the one after it. Each
+    /// description must end inside the segment (the loader reads a property
+    /// note's description by its stated size).
+    fn notes(&self, addr: u64, size: u64) -> Result<(), String> {
+        let up = |n: u64| n.checked_add(7).map(|n| n & !7);
+        let mut at = 0u64;
+        while at + 12 < size {
+            let header = addr.checked_add(at).and_then(|a| Some((self.u32_at(a)?, self.u32_at(a + 4)?)));
+            let (name, desc) = header.ok_or("a note lies outside the file")?;
+            let end =
+                up(12 + u64::from(name)).and_then(|d| d.checked_add(u64::from(desc))).and_then(|e| e.checked_add(at));
+            match end {
+                Some(end) if end <= size => at = up(end).unwrap_or(u64::MAX),
+                _ => return Err(format!("the note at offset {at} runs past the segment ({size} bytes)")),
+            }
+        }
+        Ok(())
+    }
+
     fn u32_at(&self, addr: u64) -> Option<u32> {
         self.bytes(addr, 4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
     }
 }
 
-/// Size of an ELF64 symbol, relocation with addend, and relocation.
+/// Size of an ELF64 symbol, relocation with addend, relocation, and relative relocation.
 const SYM_SIZE: u64 = 24;
 const RELA_SIZE: u64 = 24;
 const REL_SIZE: u64 = 16;
+const RELR_SIZE: u64 = 8;
+
+/// The dynamic entries up to the end marker.
+struct Dynamic(Vec<(i64, u64)>);
+
+impl Dynamic {
+    /// The value of `tag`: its last entry, as the loader keeps it.
+    fn get(&self, tag: i64) -> Option<u64> {
+        self.0.iter().rev().find(|d| d.0 == tag).map(|d| d.1)
+    }
+
+    /// The value of `tag`, which must be there because `by` is.
+    fn needed(&self, tag: i64, name: &str, by: &str) -> Result<u64, ElfError> {
+        self.get(tag).ok_or_else(|| damaged(format!("the dynamic section has {by} but no {name}")))
+    }
+
+    /// A table's address and size in bytes, a whole number of `entry`-byte entries.
+    fn table(&self, at: i64, size: i64, what: &str, entry: u64) -> Result<Option<(u64, u64)>, ElfError> {
+        let Some(addr) = self.get(at) else { return Ok(None) };
+        let bytes = self.needed(size, &format!("size for its {what}"), &format!("a {what}"))?;
+        if bytes % entry != 0 {
+            return Err(damaged(format!("the {what} is {bytes} bytes, not a whole number of {entry}-byte entries")));
+        }
+        Ok(Some((addr, bytes)))
+    }
+}
 
 /// The tables that the loader walks while it loads a library: strings,
 /// symbols, relocations, hash tables and symbol versions. A damaged one
-/// makes it read or write outside the library's memory (a signal), or
-/// divide by zero: each is checked entry by entry, with its bounds.
+/// makes it read or write outside the library's memory (a signal), fail
+/// one of its own assertions (the process exits), or loop for ever: each
+/// is checked with its bounds, entry by entry, in time linear in its size.
 struct Tables<'a> {
     image: &'a Image<'a>,
+    /// The string table, which ends with a NUL: every offset inside it
+    /// starts a string that ends inside it.
     strings: &'a [u8],
     symtab: u64,
     text_relocations: bool,
+    /// The symbol version table and the highest version index the version
+    /// lists give, when the loader uses them (it indexes its versions with
+    /// the table's entries unchecked).
+    versions: Option<(u64, u64)>,
 }
 
 impl<'a> Tables<'a> {
-    fn new(image: &'a Image<'a>, dynamic: &[(i64, u64)]) -> Result<Self, ElfError> {
-        let val = |tag: i64| dynamic.iter().find(|d| d.0 == tag).map(|d| d.1);
-        let (strtab, strsz) = (val(elf::DT_STRTAB).unwrap_or(0), val(elf::DT_STRSZ).unwrap_or(0));
-        let strings = if strsz == 0 {
-            &[][..]
-        } else {
-            image.bytes(strtab, strsz).ok_or_else(|| damaged("the dynamic string table is not stored in the file"))?
-        };
-        let text_relocations =
-            val(elf::DT_TEXTREL).is_some() || val(elf::DT_FLAGS).is_some_and(|f| f & u64::from(elf::DF_TEXTREL) != 0);
-        Ok(Tables { image, strings, symtab: val(elf::DT_SYMTAB).unwrap_or(0), text_relocations })
+    fn new(image: &'a Image<'a>, dynamic: &Dynamic) -> Result<Self, ElfError> {
+        let strtab = dynamic.needed(elf::DT_STRTAB, "string table", "a dynamic section")?;
+        let strsz = dynamic.needed(elf::DT_STRSZ, "string table size", "a string table")?;
+        let symtab = dynamic.needed(elf::DT_SYMTAB, "symbol table", "a dynamic section")?;
+        let strings =
+            image.bytes(strtab, strsz).ok_or_else(|| damaged("the dynamic string table is not stored in the file"))?;
+        if strings.last() != Some(&0) {
+            return Err(damaged("the dynamic string table does not end with a NUL"));
+        }
+        let text_relocations = dynamic.get(elf::DT_TEXTREL).is_some()
+            || dynamic.get(elf::DT_FLAGS).is_some_and(|f| f & u64::from(elf::DF_TEXTREL) != 0);
+        Ok(Tables { image, strings, symtab, text_relocations, versions: None })
     }
 
-    fn check(&self, dynamic: &[(i64, u64)]) -> Result<(), ElfError> {
-        let val = |tag: i64| dynamic.iter().find(|d| d.0 == tag).map(|d| d.1);
-        for &(tag, v) in dynamic {
+    fn check(mut self, dynamic: &Dynamic) -> Result<(), ElfError> {
+        for &(tag, v) in &dynamic.0 {
             if matches!(tag, elf::DT_NEEDED | elf::DT_SONAME | elf::DT_RPATH | elf::DT_RUNPATH) {
                 self.string(v).map_err(|e| damaged(format!("dynamic entry {tag:#x}: {e}")))?;
             }
         }
-        let table = |addr: i64, size: i64| val(addr).map(|a| (a, val(size).unwrap_or(0)));
-        if let Some((at, size)) = table(elf::DT_RELA, elf::DT_RELASZ) {
-            self.relocations("relocation table", at, size, RELA_SIZE)?;
+        // Entry sizes the loader asserts (a failed assertion ends the process).
+        let entry_size = |tag: i64, name: &str, by: &str, want: u64| -> Result<(), ElfError> {
+            match dynamic.needed(tag, name, by)? {
+                n if n == want => Ok(()),
+                n => Err(damaged(format!("the {name} is {n}, not {want}"))),
+            }
+        };
+        if dynamic.get(elf::DT_RELA).is_some() {
+            entry_size(elf::DT_RELAENT, "relocation entry size", "a relocation table", RELA_SIZE)?;
         }
-        if let Some((at, size)) = table(elf::DT_REL, elf::DT_RELSZ) {
-            self.relocations("relocation table", at, size, REL_SIZE)?;
+        if dynamic.get(elf::DT_RELR).is_some() {
+            entry_size(elf::DT_RELRENT, "relative relocation entry size", "a relative relocation table", RELR_SIZE)?;
         }
-        if let Some((at, size)) = table(elf::DT_JMPREL, elf::DT_PLTRELSZ) {
-            let entry = if val(elf::DT_PLTREL) == Some(elf::DT_REL as u64) { REL_SIZE } else { RELA_SIZE };
-            self.relocations("procedure linkage relocation table", at, size, entry)?;
+        // 64-bit machines relocate with addends only.
+        if let Some(kind) = dynamic.get(elf::DT_PLTREL).filter(|&k| k != elf::DT_RELA as u64) {
+            return Err(damaged(format!("the procedure linkage relocations are of kind {kind}, not RELA")));
         }
-        if let Some((at, size)) = table(elf::DT_RELR, elf::DT_RELRSZ) {
-            self.relative_relocations(at, size)?;
-        }
-        let symbols = match (val(elf::DT_GNU_HASH), val(elf::DT_HASH)) {
+
+        let symbols = match (dynamic.get(elf::DT_GNU_HASH), dynamic.get(elf::DT_HASH)) {
             (Some(at), _) => self.gnu_hash(at)?,
             (None, Some(at)) => self.sysv_hash(at)?,
             (None, None) => 0,
         };
-        if let Some(at) = val(elf::DT_VERSYM) {
-            if self.image.bytes(at, symbols.saturating_mul(2)).is_none() {
-                return Err(damaged("the symbol version table is cut short"));
+        let mut highest = 0;
+        let mut budget = Budget(self.image.data.len() as u64 / 8);
+        if let Some(at) = dynamic.get(elf::DT_VERNEED) {
+            highest = highest.max(self.version_needs(at, &mut budget)?);
+        }
+        if let Some(at) = dynamic.get(elf::DT_VERDEF) {
+            highest = highest.max(self.version_definitions(at, &mut budget)?);
+        }
+        if let Some(at) = dynamic.get(elf::DT_VERSYM) {
+            let table = self.image.bytes(at, symbols.saturating_mul(2));
+            let table = table.ok_or_else(|| damaged("the symbol version table is cut short"))?;
+            if highest > 0 {
+                self.versions = Some((at, highest));
+                for (i, v) in table.chunks_exact(2).enumerate() {
+                    self.version_index(i as u64, u16::from_ne_bytes([v[0], v[1]]))?;
+                }
             }
         }
-        if let Some(at) = val(elf::DT_VERNEED) {
-            self.version_needs(at)?;
+
+        let relatives = |tag: i64| dynamic.get(tag).unwrap_or(0);
+        if let Some((at, size)) = dynamic.table(elf::DT_RELA, elf::DT_RELASZ, "relocation table", RELA_SIZE)? {
+            self.relocations("relocation table", at, size, RELA_SIZE, relatives(elf::DT_RELACOUNT))?;
         }
-        if let Some(at) = val(elf::DT_VERDEF) {
-            self.version_definitions(at)?;
+        if let Some((at, size)) = dynamic.table(elf::DT_REL, elf::DT_RELSZ, "relocation table", REL_SIZE)? {
+            self.relocations("relocation table", at, size, REL_SIZE, relatives(elf::DT_RELCOUNT))?;
+        }
+        let plt = "procedure linkage relocation table";
+        if let Some((at, size)) = dynamic.table(elf::DT_JMPREL, elf::DT_PLTRELSZ, plt, RELA_SIZE)? {
+            self.relocations(plt, at, size, RELA_SIZE, 0)?;
+        }
+        let relr = "relative relocation table";
+        if let Some((at, size)) = dynamic.table(elf::DT_RELR, elf::DT_RELRSZ, relr, RELR_SIZE)? {
+            self.relative_relocations(at, size)?;
         }
         Ok(())
     }
 
-    /// A string of the dynamic string table: inside it, and ended.
+    /// A string of the dynamic string table (which ends with a NUL).
     fn string(&self, offset: u64) -> Result<(), String> {
-        let rest = usize::try_from(offset).ok().and_then(|o| self.strings.get(o..));
-        match rest {
-            Some(rest) if rest.contains(&0) => Ok(()),
-            Some(_) => Err(format!("the string at {offset} runs past the end of the string table")),
-            None => Err(format!(
-                "string offset {offset} is past the end of the string table ({} bytes)",
-                self.strings.len()
-            )),
+        if offset < self.strings.len() as u64 {
+            return Ok(());
         }
+        Err(format!("string offset {offset} is past the end of the string table ({} bytes)", self.strings.len()))
     }
 
-    /// Symbol `index`: stored in the file, its name a string of the table.
+    /// Symbol `index`: stored in the file, its name a string of the table,
+    /// its version (if the loader reads one) one that the lists give.
     fn symbol(&self, index: u64) -> Result<(), ElfError> {
         let at = index.checked_mul(SYM_SIZE).and_then(|o| self.symtab.checked_add(o));
-        let name = at.and_then(|at| self.image.u32_at(at));
-        let Some(name) = name.filter(|_| at.is_some_and(|at| self.image.bytes(at, SYM_SIZE).is_some())) else {
+        let Some(name) = at.filter(|&at| self.image.bytes(at, SYM_SIZE).is_some()).and_then(|at| self.image.u32_at(at))
+        else {
             return Err(damaged(format!("symbol {index} lies outside the symbol table's memory")));
         };
-        self.string(u64::from(name)).map_err(|e| damaged(format!("symbol {index}'s name: {e}")))
+        self.string(u64::from(name)).map_err(|e| damaged(format!("symbol {index}'s name: {e}")))?;
+        if let Some((table, _)) = self.versions {
+            let version = index.checked_mul(2).and_then(|o| table.checked_add(o)).and_then(|a| self.image.bytes(a, 2));
+            let Some(v) = version else {
+                return Err(damaged(format!("symbol {index} has no entry in the symbol version table")));
+            };
+            self.version_index(index, u16::from_ne_bytes([v[0], v[1]]))?;
+        }
+        Ok(())
     }
 
-    /// A table of REL or RELA entries: each writes inside memory the
-    /// loader may write, and names a symbol that exists.
-    fn relocations(&self, what: &str, at: u64, size: u64, entry: u64) -> Result<(), ElfError> {
+    /// A symbol's version index: one of the versions the lists give.
+    fn version_index(&self, symbol: u64, v: u16) -> Result<(), ElfError> {
+        let highest = self.versions.map_or(0, |(_, h)| h);
+        let index = u64::from(v & 0x7fff);
+        if index > highest.max(1) {
+            return Err(damaged(format!("symbol {symbol} has version {index}, past the highest defined ({highest})")));
+        }
+        Ok(())
+    }
+
+    /// A table of REL or RELA entries: each writes inside memory the loader
+    /// may write, and names a symbol that exists. The first `relatives` are
+    /// applied as relative relocations whatever their type; after them an
+    /// entry of type 0 (none: a linker's placeholder) is skipped unread.
+    fn relocations(&self, what: &str, at: u64, size: u64, entry: u64, relatives: u64) -> Result<(), ElfError> {
         let bytes =
             self.image.bytes(at, size).ok_or_else(|| damaged(format!("the {what} is not stored in the file")))?;
         for (i, e) in bytes.chunks_exact(entry as usize).enumerate() {
@@ -425,6 +533,9 @@ impl<'a> Tables<'a> {
                 u64::from_ne_bytes([e[k], e[k + 1], e[k + 2], e[k + 3], e[k + 4], e[k + 5], e[k + 6], e[k + 7]])
             };
             let (offset, info) = (word(0), word(8));
+            if i as u64 >= relatives && info & 0xffff_ffff == 0 {
+                continue;
+            }
             if !self.image.writable(offset, 8, self.text_relocations) {
                 return Err(damaged(format!(
                     "entry {i} of the {what} writes at {offset:#x}, outside the library's writable memory"
@@ -444,7 +555,7 @@ impl<'a> Tables<'a> {
         let bytes =
             self.image.bytes(at, size).ok_or_else(|| damaged(format!("the {what} is not stored in the file")))?;
         let mut next = None;
-        for (i, e) in bytes.chunks_exact(8).enumerate() {
+        for (i, e) in bytes.chunks_exact(RELR_SIZE as usize).enumerate() {
             let e = u64::from_ne_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]);
             let outside = |addr: u64| {
                 damaged(format!("entry {i} of the {what} writes at {addr:#x}, outside the library's writable memory"))
@@ -472,34 +583,44 @@ impl<'a> Tables<'a> {
         Ok(())
     }
 
-    /// A GNU hash table; returns how many symbols it covers.
+    /// A GNU hash table; returns how many symbols it covers. Each chain is
+    /// a run of entries up to one with the low bit set, and chains may
+    /// share their tails: walked from the buckets in order, no entry twice.
     fn gnu_hash(&self, at: u64) -> Result<u64, ElfError> {
         let cut = || damaged("the GNU hash table is cut short or points outside the library");
         let word = |k: u64| at.checked_add(k * 4).and_then(|a| self.image.u32_at(a)).map(u64::from).ok_or_else(cut);
         let (buckets, first, bloom) = (word(0)?, word(1)?, word(2)?);
-        // The loader takes a hash modulo the bucket count, and masks with
-        // the filter's size less one, which must be a power of two.
+        // A lookup takes a hash modulo the bucket count and masks with the
+        // filter's word count less one (zero of either reads out of bounds).
         if buckets == 0 {
             return Err(damaged("the GNU hash table has no buckets"));
         }
-        if !bloom.is_power_of_two() {
-            return Err(damaged(format!("the GNU hash table's filter has {bloom} words, not a power of two")));
+        if bloom == 0 {
+            return Err(damaged("the GNU hash table has no filter words"));
         }
         let bucket_at = at.checked_add(16).and_then(|a| a.checked_add(bloom.checked_mul(8)?)).ok_or_else(cut)?;
         let chain_at = bucket_at.checked_add(buckets.checked_mul(4).ok_or_else(cut)?).ok_or_else(cut)?;
-        if self.image.bytes(at, chain_at - at).is_none() {
+        let heads = self.image.bytes(bucket_at, chain_at - bucket_at).ok_or_else(cut)?;
+        if self.image.bytes(at, bucket_at - at).is_none() {
             return Err(cut());
         }
+        let mut starts: Vec<(u64, u64)> = heads
+            .chunks_exact(4)
+            .enumerate()
+            .map(|(b, h)| (u64::from(u32::from_ne_bytes([h[0], h[1], h[2], h[3]])), b as u64))
+            .filter(|&(index, _)| index != 0)
+            .collect();
+        starts.sort_unstable();
         let mut symbols = first;
-        for b in 0..buckets {
-            let mut index = u64::from(self.image.u32_at(bucket_at + b * 4).ok_or_else(cut)?);
-            if index == 0 {
-                continue;
-            }
+        for (mut index, b) in starts {
             if index < first {
                 return Err(damaged(format!(
                     "GNU hash bucket {b} names symbol {index}, below the first hashed one ({first})"
                 )));
+            }
+            // Already walked: a start inside the last chain ends where it did.
+            if index < symbols {
+                continue;
             }
             loop {
                 self.symbol(index)?;
@@ -515,7 +636,9 @@ impl<'a> Tables<'a> {
         Ok(symbols)
     }
 
-    /// A System V hash table; returns how many symbols it covers.
+    /// A System V hash table; returns how many symbols it covers. Its
+    /// chains are disjoint lists ended by symbol 0: one that comes back to
+    /// an entry would make every lookup through it loop for ever.
     fn sysv_hash(&self, at: u64) -> Result<u64, ElfError> {
         let cut = || damaged("the hash table is cut short or points outside the library");
         let (buckets, chains) = (self.image.u32_at(at).ok_or_else(cut)?, self.image.u32_at(at + 4).ok_or_else(cut)?);
@@ -524,10 +647,18 @@ impl<'a> Tables<'a> {
         }
         let entries = u64::from(buckets) + u64::from(chains);
         let bytes = self.image.bytes(at + 8, entries * 4).ok_or_else(cut)?;
-        for e in bytes.chunks_exact(4) {
-            let index = u32::from_ne_bytes([e[0], e[1], e[2], e[3]]);
-            if index >= chains {
-                return Err(damaged(format!("the hash table names symbol {index} of {chains}")));
+        let value = |k: usize| u32::from_ne_bytes([bytes[k * 4], bytes[k * 4 + 1], bytes[k * 4 + 2], bytes[k * 4 + 3]]);
+        if let Some(index) = (0..entries as usize).map(value).find(|&i| i >= chains) {
+            return Err(damaged(format!("the hash table names symbol {index} of {chains}")));
+        }
+        let mut seen = vec![false; chains as usize];
+        for b in 0..buckets as usize {
+            let mut index = value(b);
+            while index != 0 {
+                if std::mem::replace(&mut seen[index as usize], true) {
+                    return Err(damaged(format!("the hash table's chains come back to symbol {index}")));
+                }
+                index = value(buckets as usize + index as usize);
             }
         }
         for index in 0..u64::from(chains) {
@@ -538,18 +669,21 @@ impl<'a> Tables<'a> {
 
     /// Walks a list linked by forward offsets, as the loader does: `visit`
     /// each entry from `at`, then follow the 32-bit link `link` bytes into
-    /// it, until a link is zero. Every link moves forward, so a walk ends,
-    /// at the latest where the library's bytes do.
+    /// it, until a link is zero. Every link moves forward, so a walk ends
+    /// where the library's bytes do at the latest; lists that share entries
+    /// (which no linker makes) spend the budget and are refused.
     fn walk(
         &self,
         at: u64,
         link: u64,
+        budget: &mut Budget,
         cut: &dyn Fn() -> ElfError,
-        visit: &mut dyn FnMut(u64) -> Result<(), ElfError>,
+        visit: &mut dyn FnMut(u64, &mut Budget) -> Result<(), ElfError>,
     ) -> Result<(), ElfError> {
         let mut entry = at;
         loop {
-            visit(entry)?;
+            budget.spend()?;
+            visit(entry, budget)?;
             let next = entry.checked_add(link).and_then(|a| self.image.u32_at(a)).ok_or_else(cut)?;
             if next == 0 {
                 return Ok(());
@@ -559,33 +693,53 @@ impl<'a> Tables<'a> {
     }
 
     /// The version needs (16 bytes each, linked at 12), each with its list
-    /// of needed versions (the same shape), from its offset at 8.
-    fn version_needs(&self, at: u64) -> Result<(), ElfError> {
+    /// of needed versions (the same shape), from its offset at 8; returns
+    /// the highest version index they give.
+    fn version_needs(&self, at: u64, budget: &mut Budget) -> Result<u64, ElfError> {
         let cut = || damaged("the version needs table is cut short or points outside the library");
         let word = |a: u64| self.image.u32_at(a).ok_or_else(cut);
-        self.walk(at, 12, &cut, &mut |need| {
+        let mut highest = 0;
+        self.walk(at, 12, budget, &cut, &mut |need, budget| {
             self.image.bytes(need, 16).ok_or_else(cut)?;
             self.string(u64::from(word(need + 4)?)).map_err(|e| damaged(format!("a version need's file: {e}")))?;
             let versions = need.checked_add(u64::from(word(need + 8)?)).ok_or_else(cut)?;
-            self.walk(versions, 12, &cut, &mut |aux| {
-                self.image.bytes(aux, 16).ok_or_else(cut)?;
+            self.walk(versions, 12, budget, &cut, &mut |aux, _| {
+                let entry = self.image.bytes(aux, 16).ok_or_else(cut)?;
+                highest = highest.max(u64::from(u16::from_ne_bytes([entry[6], entry[7]]) & 0x7fff));
                 self.string(u64::from(word(aux + 8)?)).map_err(|e| damaged(format!("a needed version's name: {e}")))
             })
-        })
+        })?;
+        Ok(highest)
     }
 
     /// The version definitions (20 bytes each, linked at 16), each with its
-    /// names (8 bytes each, linked at 4), from its offset at 12.
-    fn version_definitions(&self, at: u64) -> Result<(), ElfError> {
+    /// names (8 bytes each, linked at 4), from its offset at 12; returns
+    /// the highest version index they give.
+    fn version_definitions(&self, at: u64, budget: &mut Budget) -> Result<u64, ElfError> {
         let cut = || damaged("the version definitions table is cut short or points outside the library");
         let word = |a: u64| self.image.u32_at(a).ok_or_else(cut);
-        self.walk(at, 16, &cut, &mut |def| {
-            self.image.bytes(def, 20).ok_or_else(cut)?;
+        let mut highest = 0;
+        self.walk(at, 16, budget, &cut, &mut |def, budget| {
+            let entry = self.image.bytes(def, 20).ok_or_else(cut)?;
+            highest = highest.max(u64::from(u16::from_ne_bytes([entry[4], entry[5]]) & 0x7fff));
             let names = def.checked_add(u64::from(word(def + 12)?)).ok_or_else(cut)?;
-            self.walk(names, 4, &cut, &mut |aux| {
+            self.walk(names, 4, budget, &cut, &mut |aux, _| {
                 self.string(u64::from(word(aux)?)).map_err(|e| damaged(format!("a version's name: {e}")))
             })
-        })
+        })?;
+        Ok(highest)
+    }
+}
+
+/// How many more list entries a file's version lists may have: no more
+/// than its bytes could hold without sharing entries (8 bytes each at
+/// least), so that lists made to overlap cannot make the check quadratic.
+struct Budget(u64);
+
+impl Budget {
+    fn spend(&mut self) -> Result<(), ElfError> {
+        self.0 = self.0.checked_sub(1).ok_or_else(|| damaged("the symbol version lists share entries"))?;
+        Ok(())
     }
 }
 
@@ -625,14 +779,40 @@ mod tests {
         libs
     }
 
+    /// The shared libraries of the Rust toolchain that builds this test
+    /// (linked by lld, then rearranged by a post-link optimiser).
+    fn toolchain_libraries() -> Vec<std::path::PathBuf> {
+        let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+        let out = std::process::Command::new(&rustc).args(["--print", "sysroot"]).output();
+        let sysroot = out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+        let entries = std::fs::read_dir(std::path::Path::new(&sysroot).join("lib"));
+        let libs: Vec<_> = entries
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file() && p.to_string_lossy().contains(".so"))
+            .collect();
+        assert!(
+            !libs.is_empty(),
+            "no shared libraries in the toolchain's sysroot {sysroot:?} ({rustc} --print sysroot)"
+        );
+        libs
+    }
+
     #[test]
-    fn the_libraries_this_process_runs_with_pass_every_check() {
-        // No false alarm: every table check accepts libraries that the
-        // system's own linker made and its loader loaded.
+    fn valid_libraries_pass_every_check() {
+        // No false alarm: every check accepts the libraries that the
+        // system's own linker made and its loader loaded into this process,
+        // and the toolchain's, which other tools made.
         let libs = loaded_libraries();
         assert!(libs.iter().any(|l| l.to_string_lossy().contains("libc.so")), "no libc among {libs:?}");
-        for lib in libs {
+        for lib in libs.into_iter().chain(toolchain_libraries()) {
+            // A `.so` may be a linker script (text): only ELF files count.
             let Ok(data) = std::fs::read(&lib) else { continue };
+            if !data.starts_with(&elf::ELFMAG) {
+                continue;
+            }
             match check(&data, "MICRO_PLUGIN", "MICRO_PLUGIN_ENTRY") {
                 Err(ElfError::NoDescriptor(_)) => {}
                 other => panic!("{}: {other:?}", lib.display()),

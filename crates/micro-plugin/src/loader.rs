@@ -520,9 +520,14 @@ pub fn load(spec: &str, opts: LoadOptions) -> Result<Config, PluginError> {
 /// [`load`], running `between` with the resolved path after every check and
 /// before the checked bytes are copied and opened: for tests that replace
 /// the file at that moment, which must change nothing (what loads is the
-/// bytes that were checked).
-#[doc(hidden)]
-pub fn load_with_hook(spec: &str, opts: LoadOptions, between: impl FnOnce(&Path)) -> Result<Config, PluginError> {
+/// bytes that were checked). Only with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
+pub fn load_between(spec: &str, opts: LoadOptions, between: impl FnOnce(&Path)) -> Result<Config, PluginError> {
+    load_with_hook(spec, opts, between)
+}
+
+/// [`load`], with `between` run after the checks (see `load_between`).
+fn load_with_hook(spec: &str, opts: LoadOptions, between: impl FnOnce(&Path)) -> Result<Config, PluginError> {
     let checked = check_file(spec, opts)?;
     between(&checked.file);
     let file = checked.file.clone();

@@ -1,5 +1,5 @@
 //! Each component trait across the boundary: an exporter (a [`Dispatch`]
-//! over `Arc<dyn Trait>`) and a proxy (`impl Trait` over a [`Remote`]).
+//! over `Arc<dyn Trait>`) and a proxy (`impl Trait` over the crate-private `Remote`, a remote object).
 //! Host and plugin link the same code, so the two ends always agree; the
 //! method numbers below are part of the ABI.
 
