@@ -72,17 +72,8 @@ fn streams_of_every_kind_go_through_a_client_plugin_library() -> TestResult {
     let env = registry_env(dir.path());
     let svc = service(&env, &[], &[])?;
     wait_registered(&env, "greeter", Duration::from_secs(20))?;
-    let micro = |args: &[&str], stdin: &[u8]| -> Result<std::process::Output, Box<dyn std::error::Error>> {
-        let mut c = cmd("micro", &env);
-        c.env("MICRO_PLUGIN", &plugin).args(["--client", "brpc"]).args(args);
-        let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-        {
-            use std::io::Write;
-            let mut i = child.stdin.take().ok_or("no stdin")?;
-            i.write_all(stdin)?;
-        }
-        Ok(child.wait_with_output()?)
-    };
+    let with_plugin = [env.clone(), vec![("MICRO_PLUGIN", plugin.display().to_string())]].concat();
+    let micro = |args: &[&str], stdin: &[u8]| run_micro(&with_plugin, &[&["--client", "brpc"], args].concat(), stdin);
     // Server-streaming: one request, three answers, through the plugin's client.
     let o = micro(&["call", "greeter", "Greeter.Count", r#"{"n": 3}"#, "--stream", "--output", "json"], b"")?;
     let err = String::from_utf8_lossy(&o.stderr);
@@ -111,6 +102,103 @@ fn streams_of_every_kind_go_through_a_client_plugin_library() -> TestResult {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("n must be at most 10000"));
     drop(svc);
+    Ok(())
+}
+
+/// Runs `micro` with `env` and `args`, `stdin` on its standard input.
+fn run_micro(
+    env: &[(&str, String)],
+    args: &[&str],
+    stdin: &[u8],
+) -> Result<std::process::Output, Box<dyn std::error::Error>> {
+    let mut c = cmd("micro", env);
+    let mut child = c.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    {
+        use std::io::Write;
+        let mut i = child.stdin.take().ok_or("no stdin")?;
+        i.write_all(stdin)?;
+    }
+    Ok(child.wait_with_output()?)
+}
+
+/// A call, and streams of every kind, to the greeter through `micro` with
+/// `env` and `client` (extra arguments), as built in; returns micro's logs.
+fn calls_and_streams_of_every_kind(
+    env: &[(&str, String)],
+    client: &[&str],
+) -> Result<String, Box<dyn std::error::Error>> {
+    let mut logs = String::new();
+    let mut run = |args: &[&str], stdin: &[u8]| -> Result<std::process::Output, Box<dyn std::error::Error>> {
+        let o = run_micro(env, &[args, client].concat(), stdin)?;
+        logs.push_str(&String::from_utf8_lossy(&o.stderr));
+        Ok(o)
+    };
+    let out = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let o = run(&["call", "greeter", "Greeter.Hello", r#"{"name": "John"}"#, "--output", "json"], b"")?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(out(&o), "{\"greeting\":\"Hello John\"}\n");
+    // Server-streaming, bidirectional and client-streaming.
+    let o = run(&["call", "greeter", "Greeter.Count", r#"{"n": 3}"#, "--stream", "--output", "json"], b"")?;
+    assert_eq!(out(&o), "{\"i\":1}\n{\"i\":2}\n{\"i\":3}\n", "{}", String::from_utf8_lossy(&o.stderr));
+    let names = b"{\"name\": \"a\"}\n{\"name\": \"b\"}\n";
+    let o = run(&["call", "greeter", "Greeter.Chat", "-", "--stream", "--output", "json"], names)?;
+    assert_eq!(out(&o), "{\"greeting\":\"Hello a\"}\n{\"greeting\":\"Hello b\"}\n");
+    let o = run(&["call", "greeter", "Greeter.Join", "-", "--stream", "--output", "json"], names)?;
+    assert_eq!(out(&o), "{\"greeting\":\"Hello a and b\"}\n");
+    // A handler's error ends the stream with that error.
+    let o = run(&["call", "greeter", "Greeter.Count", r#"{"n": 100000}"#, "--stream"], b"")?;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("n must be at most 10000"));
+    // The plugin's server it was: it registered the node as its own.
+    let o = run(&["describe", "greeter", "--output", "json"], b"")?;
+    assert!(out(&o).contains("\"server\": \"srvx\""), "the node's metadata names the plugin's server:\n{}", out(&o));
+    Ok(logs)
+}
+
+/// The service's logs so far, once it is stopped.
+fn stopped_logs(mut svc: Proc) -> std::io::Result<String> {
+    svc.0.kill()?;
+    let mut err = String::new();
+    if let Some(mut e) = svc.0.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut err)?;
+    }
+    Ok(err)
+}
+
+#[test]
+fn an_unrebuilt_service_serves_calls_and_streams_of_every_kind_through_a_server_plugin_library() -> TestResult {
+    // Two copies of micro and tokio: the service binary's, and the plugin's,
+    // whose mucp server serves the binary's handlers across the boundary.
+    let plugin = example_plugin("srvx", "server", "new_server");
+    let dir = tempfile::tempdir()?;
+    let env = registry_env(dir.path());
+    let svc = service(&env, &[("MICRO_PLUGIN", plugin.display().to_string())], &["--server", "srvx"])?;
+    wait_registered(&env, "greeter", Duration::from_secs(20))?;
+    calls_and_streams_of_every_kind(&env, &[])?;
+    let err = stopped_logs(svc)?;
+    assert!(
+        err.contains("srvx server created") && err.contains("protocol=\"mucp\"") && err.contains("srvx serving"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn grpc_calls_and_streams_of_every_kind_go_from_a_client_plugin_to_a_server_plugin() -> TestResult {
+    // gRPC on both sides of the wire, each from a plugin library with its
+    // own copy of micro, tokio and tonic: the service's server and micro's client.
+    let (server, client) =
+        (example_plugin("srvx", "server", "new_server"), example_plugin("grpcx", "client", "new_client"));
+    let dir = tempfile::tempdir()?;
+    let env = registry_env(dir.path());
+    let server_env = [("MICRO_PLUGIN", server.display().to_string()), ("SRVX_PROTOCOL", "grpc".into())];
+    let svc = service(&env, &server_env, &["--server", "srvx"])?;
+    wait_registered(&env, "greeter", Duration::from_secs(20))?;
+    let client_env = [env.clone(), vec![("MICRO_PLUGIN", client.display().to_string())]].concat();
+    let logs = calls_and_streams_of_every_kind(&client_env, &["--client", "grpcx"])?;
+    assert_eq!(logs.matches("grpcx stream").count(), 4, "each stream went through the client plugin:\n{logs}");
+    let err = stopped_logs(svc)?;
+    assert!(err.contains("srvx server created") && err.contains("protocol=\"grpc\""), "{err}");
     Ok(())
 }
 
