@@ -93,15 +93,19 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// The ELF64 dynamic entries of a library: (file offset, tag, value).
-fn dynamic_entries(b: &[u8]) -> Vec<(usize, u64, u64)> {
+/// The ELF64 dynamic entry `tag` of a library (the first, up to the end
+/// marker): its file offset and its value.
+fn dynamic_entry(b: &[u8], tag: u64) -> Result<(usize, u64), String> {
     let at = u64_at(b, program_headers(b, 2)[0] + 8) as usize;
-    (0..).map(|i| at + i * 16).map(|e| (e, u64_at(b, e), u64_at(b, e + 8))).take_while(|e| e.1 != 0).collect()
+    let entries = (0..).map(|i| at + i * 16).map(|e| (e, u64_at(b, e), u64_at(b, e + 8)));
+    let entry = entries.take_while(|e| e.1 != 0).find(|e| e.1 == tag);
+    entry.map(|(e, _, value)| (e, value)).ok_or_else(|| format!("no dynamic entry {tag:#x} in the probe"))
 }
 
-/// The value of dynamic entry `tag`.
-fn dynamic_value(b: &[u8], tag: u64) -> Option<u64> {
-    dynamic_entries(b).into_iter().find(|e| e.1 == tag).map(|e| e.2)
+/// The file offset of the table that dynamic entry `tag` gives the address of.
+fn table_at(b: &[u8], tag: u64) -> Result<usize, String> {
+    let (_, addr) = dynamic_entry(b, tag)?;
+    file_offset(b, addr).ok_or_else(|| format!("the table of dynamic entry {tag:#x} is not in the probe's file"))
 }
 
 /// The file offset of the bytes loaded at address `addr`.
@@ -276,10 +280,7 @@ fn damaged_and_foreign_libraries_are_clean_errors() -> TestResult {
         "cut short or damaged: segment".into(),
     ));
     let dynamic = program_headers(&bytes, 2)[0];
-    let dyn_off = u64_at(&bytes, dynamic + 8) as usize;
-    let strtab =
-        (0..).map(|i| dyn_off + i * 16).take_while(|&at| u64_at(&bytes, at) != 0).find(|&at| u64_at(&bytes, at) == 5);
-    let strtab = strtab.ok_or("no DT_STRTAB in the probe")?;
+    let (strtab, _) = dynamic_entry(&bytes, 5)?;
     cases.push((
         "a dynamic entry pointing outside the file".into(),
         patched(&good, d, "dynamic.so", |b| put(b, strtab + 8, &0x7fff_0000_0000_u64.to_le_bytes()))?,
@@ -298,19 +299,19 @@ fn damaged_and_foreign_libraries_are_clean_errors() -> TestResult {
         })?,
         "(dynamic) is not loaded from its own bytes".into(),
     ));
-    let needed = dynamic_entries(&bytes).into_iter().find(|e| e.1 == 1).ok_or("no DT_NEEDED in the probe")?;
+    let (needed, _) = dynamic_entry(&bytes, 1)?;
     cases.push((
         "a needed library's name past the string table".into(),
-        patched(&good, d, "needed.so", |b| put(b, needed.0 + 8, &0x7fff_ffff_u64.to_le_bytes()))?,
+        patched(&good, d, "needed.so", |b| put(b, needed + 8, &0x7fff_ffff_u64.to_le_bytes()))?,
         "string offset 2147483647 is past the end of the string table".into(),
     ));
-    let rela = dynamic_value(&bytes, 7).and_then(|a| file_offset(&bytes, a)).ok_or("no DT_RELA in the probe")?;
+    let rela = table_at(&bytes, 7)?;
     cases.push((
         "a relocation writing outside the library".into(),
         patched(&good, d, "rela.so", |b| put(b, rela, &0x7fff_0000_0000_u64.to_le_bytes()))?,
         "entry 0 of the relocation table writes at 0x7fff00000000, outside the library's writable memory".into(),
     ));
-    let relas = dynamic_value(&bytes, 8).ok_or("no DT_RELASZ in the probe")? as usize / 24;
+    let relas = dynamic_entry(&bytes, 8)?.1 as usize / 24;
     let with_symbol = (0..relas).map(|i| rela + i * 24 + 8).find(|&at| u64_at(&bytes, at) >> 32 != 0);
     let with_symbol = with_symbol.ok_or("no relocation with a symbol in the probe")?;
     cases.push((
@@ -321,7 +322,7 @@ fn damaged_and_foreign_libraries_are_clean_errors() -> TestResult {
         })?,
         "symbol 1048575 lies outside the symbol table's memory".into(),
     ));
-    let symtab = dynamic_value(&bytes, 6).and_then(|a| file_offset(&bytes, a)).ok_or("no DT_SYMTAB in the probe")?;
+    let symtab = table_at(&bytes, 6)?;
     cases.push((
         "symbol names past the string table".into(),
         patched(&good, d, "symbol-name.so", |b| {
@@ -331,8 +332,7 @@ fn damaged_and_foreign_libraries_are_clean_errors() -> TestResult {
         })?,
         "name: string offset 2147483632 is past the end of the string table".into(),
     ));
-    let gnu_hash =
-        dynamic_value(&bytes, 0x6fff_fef5).and_then(|a| file_offset(&bytes, a)).ok_or("no DT_GNU_HASH in the probe")?;
+    let gnu_hash = table_at(&bytes, 0x6fff_fef5)?;
     cases.push((
         "a GNU hash table without buckets".into(),
         patched(&good, d, "hash-buckets.so", |b| put(b, gnu_hash, &0u32.to_le_bytes()))?,
@@ -348,30 +348,27 @@ fn damaged_and_foreign_libraries_are_clean_errors() -> TestResult {
     ));
     // Values the dynamic loader asserts: an unchecked `dlopen` ends the
     // process ("Inconsistency detected by ld.so", exit status 127).
-    let entry_of = |tag: u64| dynamic_entries(&bytes).into_iter().find(|e| e.1 == tag).map(|e| e.0);
-    let relaent = entry_of(9).ok_or("no DT_RELAENT in the probe")?;
+    let (relaent, _) = dynamic_entry(&bytes, 9)?;
     cases.push((
         "a relocation entry size the loader asserts".into(),
         patched(&good, d, "relaent.so", |b| put(b, relaent + 8, &16u64.to_le_bytes()))?,
         "the relocation entry size is 16, not 24".into(),
     ));
-    let pltrel = entry_of(20).ok_or("no DT_PLTREL in the probe")?;
+    let (pltrel, _) = dynamic_entry(&bytes, 20)?;
     cases.push((
         "procedure linkage relocations of another kind".into(),
         patched(&good, d, "pltrel.so", |b| put(b, pltrel + 8, &17u64.to_le_bytes()))?,
         "the procedure linkage relocations are of kind 17, not RELA".into(),
     ));
     // A version index the loader uses unchecked, past its table of versions.
-    let versym =
-        dynamic_value(&bytes, 0x6fff_fff0).and_then(|a| file_offset(&bytes, a)).ok_or("no DT_VERSYM in the probe")?;
+    let versym = table_at(&bytes, 0x6fff_fff0)?;
     let symbol = (u64_at(&bytes, with_symbol) >> 32) as usize;
     cases.push((
         "a symbol version past the defined ones".into(),
         patched(&good, d, "versym.so", |b| put(b, versym + 2 * symbol, &0x7ff0u16.to_le_bytes()))?,
         format!("symbol {symbol} has version 32752, past the highest defined"),
     ));
-    let verneed =
-        dynamic_value(&bytes, 0x6fff_fffe).and_then(|a| file_offset(&bytes, a)).ok_or("no DT_VERNEED in the probe")?;
+    let verneed = table_at(&bytes, 0x6fff_fffe)?;
     cases.push((
         "a version need linking outside the library".into(),
         patched(&good, d, "verneed.so", |b| put(b, verneed + 8, &0x7fff_fff0_u32.to_le_bytes()))?,

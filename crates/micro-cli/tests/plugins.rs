@@ -73,34 +73,8 @@ fn streams_of_every_kind_go_through_a_client_plugin_library() -> TestResult {
     let svc = service(&env, &[], &[])?;
     wait_registered(&env, "greeter", Duration::from_secs(20))?;
     let with_plugin = [env.clone(), vec![("MICRO_PLUGIN", plugin.display().to_string())]].concat();
-    let micro = |args: &[&str], stdin: &[u8]| run_micro(&with_plugin, &[&["--client", "brpc"], args].concat(), stdin);
-    // Server-streaming: one request, three answers, through the plugin's client.
-    let o = micro(&["call", "greeter", "Greeter.Count", r#"{"n": 3}"#, "--stream", "--output", "json"], b"")?;
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "{\"i\":1}\n{\"i\":2}\n{\"i\":3}\n");
-    assert!(err.contains("brpc stream"), "the stream went through the plugin:\n{err}");
-    // Bidirectional: names in from stdin, greetings out as they come.
-    let o = micro(
-        &["call", "greeter", "Greeter.Chat", "-", "--stream", "--output", "json"],
-        b"{\"name\": \"a\"}\n{\"name\": \"b\"}\n",
-    )?;
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "{\"greeting\":\"Hello a\"}\n{\"greeting\":\"Hello b\"}\n");
-    // Client-streaming: names in until stdin ends (the caller's side closes),
-    // one greeting out, after the last name.
-    let o = micro(
-        &["call", "greeter", "Greeter.Join", "-", "--stream", "--output", "json"],
-        b"{\"name\": \"a\"}\n{\"name\": \"b\"}\n{\"name\": \"c\"}\n",
-    )?;
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "{\"greeting\":\"Hello a and b and c\"}\n");
-    assert!(err.contains("brpc stream"), "the stream went through the plugin:\n{err}");
-    // A handler's error ends the stream with that error, through the plugin.
-    let o = micro(&["call", "greeter", "Greeter.Count", r#"{"n": 100000}"#, "--stream"], b"")?;
-    assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("n must be at most 10000"));
+    let logs = calls_and_streams_of_every_kind(&with_plugin, &["--client", "brpc"], "mucp")?;
+    assert_eq!(logs.matches("brpc stream").count(), 4, "each stream went through the plugin:\n{logs}");
     drop(svc);
     Ok(())
 }
@@ -122,10 +96,12 @@ fn run_micro(
 }
 
 /// A call, and streams of every kind, to the greeter through `micro` with
-/// `env` and `client` (extra arguments), as built in; returns micro's logs.
+/// `env` and `client` (extra arguments), answered as built in by a node
+/// whose metadata names `server`; returns micro's logs.
 fn calls_and_streams_of_every_kind(
     env: &[(&str, String)],
     client: &[&str],
+    server: &str,
 ) -> Result<String, Box<dyn std::error::Error>> {
     let mut logs = String::new();
     let mut run = |args: &[&str], stdin: &[u8]| -> Result<std::process::Output, Box<dyn std::error::Error>> {
@@ -137,21 +113,29 @@ fn calls_and_streams_of_every_kind(
     let o = run(&["call", "greeter", "Greeter.Hello", r#"{"name": "John"}"#, "--output", "json"], b"")?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(out(&o), "{\"greeting\":\"Hello John\"}\n");
-    // Server-streaming, bidirectional and client-streaming.
+    // Server-streaming: one request, three answers.
     let o = run(&["call", "greeter", "Greeter.Count", r#"{"n": 3}"#, "--stream", "--output", "json"], b"")?;
-    assert_eq!(out(&o), "{\"i\":1}\n{\"i\":2}\n{\"i\":3}\n", "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(out(&o), "{\"i\":1}\n{\"i\":2}\n{\"i\":3}\n");
+    // Bidirectional: names in from stdin, greetings out as they come.
     let names = b"{\"name\": \"a\"}\n{\"name\": \"b\"}\n";
     let o = run(&["call", "greeter", "Greeter.Chat", "-", "--stream", "--output", "json"], names)?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(out(&o), "{\"greeting\":\"Hello a\"}\n{\"greeting\":\"Hello b\"}\n");
+    // Client-streaming: names in until stdin ends (the caller's side closes),
+    // one greeting out, after the last name.
+    let names = b"{\"name\": \"a\"}\n{\"name\": \"b\"}\n{\"name\": \"c\"}\n";
     let o = run(&["call", "greeter", "Greeter.Join", "-", "--stream", "--output", "json"], names)?;
-    assert_eq!(out(&o), "{\"greeting\":\"Hello a and b\"}\n");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(out(&o), "{\"greeting\":\"Hello a and b and c\"}\n");
     // A handler's error ends the stream with that error.
     let o = run(&["call", "greeter", "Greeter.Count", r#"{"n": 100000}"#, "--stream"], b"")?;
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("n must be at most 10000"));
-    // The plugin's server it was: it registered the node as its own.
+    // The server it was: the node's metadata names it.
     let o = run(&["describe", "greeter", "--output", "json"], b"")?;
-    assert!(out(&o).contains("\"server\": \"srvx\""), "the node's metadata names the plugin's server:\n{}", out(&o));
+    let named = format!("\"server\": \"{server}\"");
+    assert!(out(&o).contains(&named), "the node's metadata names the server ({named}):\n{}", out(&o));
     Ok(logs)
 }
 
@@ -174,7 +158,7 @@ fn an_unrebuilt_service_serves_calls_and_streams_of_every_kind_through_a_server_
     let env = registry_env(dir.path());
     let svc = service(&env, &[("MICRO_PLUGIN", plugin.display().to_string())], &["--server", "srvx"])?;
     wait_registered(&env, "greeter", Duration::from_secs(20))?;
-    calls_and_streams_of_every_kind(&env, &[])?;
+    calls_and_streams_of_every_kind(&env, &[], "srvx")?;
     let err = stopped_logs(svc)?;
     assert!(
         err.contains("srvx server created") && err.contains("protocol=\"mucp\"") && err.contains("srvx serving"),
@@ -195,7 +179,7 @@ fn grpc_calls_and_streams_of_every_kind_go_from_a_client_plugin_to_a_server_plug
     let svc = service(&env, &server_env, &["--server", "srvx"])?;
     wait_registered(&env, "greeter", Duration::from_secs(20))?;
     let client_env = [env.clone(), vec![("MICRO_PLUGIN", client.display().to_string())]].concat();
-    let logs = calls_and_streams_of_every_kind(&client_env, &["--client", "grpcx"])?;
+    let logs = calls_and_streams_of_every_kind(&client_env, &["--client", "grpcx"], "srvx")?;
     assert_eq!(logs.matches("grpcx stream").count(), 4, "each stream went through the client plugin:\n{logs}");
     let err = stopped_logs(svc)?;
     assert!(err.contains("srvx server created") && err.contains("protocol=\"grpc\""), "{err}");

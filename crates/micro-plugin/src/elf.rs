@@ -350,8 +350,22 @@ impl Image<'_> {
     }
 
     fn u32_at(&self, addr: u64) -> Option<u32> {
-        self.bytes(addr, 4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        self.bytes(addr, 4).map(|b| ne_u32(b, 0))
     }
+}
+
+/// The 16-, 32- and 64-bit words at `at` in `b`, in the host's byte order
+/// (the only one that gets past `check`); the caller has the bytes.
+fn ne_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes([b[at], b[at + 1]])
+}
+
+fn ne_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn ne_u64(b: &[u8], at: usize) -> u64 {
+    u64::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3], b[at + 4], b[at + 5], b[at + 6], b[at + 7]])
 }
 
 /// Size of an ELF64 symbol, relocation with addend, relocation, and relative relocation.
@@ -461,7 +475,7 @@ impl<'a> Tables<'a> {
             if highest > 0 {
                 self.versions = Some((at, highest));
                 for (i, v) in table.chunks_exact(2).enumerate() {
-                    self.version_index(i as u64, u16::from_ne_bytes([v[0], v[1]]))?;
+                    self.version_index(i as u64, ne_u16(v, 0))?;
                 }
             }
         }
@@ -496,8 +510,7 @@ impl<'a> Tables<'a> {
     /// its version (if the loader reads one) one that the lists give.
     fn symbol(&self, index: u64) -> Result<(), ElfError> {
         let at = index.checked_mul(SYM_SIZE).and_then(|o| self.symtab.checked_add(o));
-        let Some(name) = at.filter(|&at| self.image.bytes(at, SYM_SIZE).is_some()).and_then(|at| self.image.u32_at(at))
-        else {
+        let Some(name) = at.and_then(|at| self.image.bytes(at, SYM_SIZE)).map(|sym| ne_u32(sym, 0)) else {
             return Err(damaged(format!("symbol {index} lies outside the symbol table's memory")));
         };
         self.string(u64::from(name)).map_err(|e| damaged(format!("symbol {index}'s name: {e}")))?;
@@ -506,7 +519,7 @@ impl<'a> Tables<'a> {
             let Some(v) = version else {
                 return Err(damaged(format!("symbol {index} has no entry in the symbol version table")));
             };
-            self.version_index(index, u16::from_ne_bytes([v[0], v[1]]))?;
+            self.version_index(index, ne_u16(v, 0))?;
         }
         Ok(())
     }
@@ -529,24 +542,26 @@ impl<'a> Tables<'a> {
         let bytes =
             self.image.bytes(at, size).ok_or_else(|| damaged(format!("the {what} is not stored in the file")))?;
         for (i, e) in bytes.chunks_exact(entry as usize).enumerate() {
-            let word = |k: usize| {
-                u64::from_ne_bytes([e[k], e[k + 1], e[k + 2], e[k + 3], e[k + 4], e[k + 5], e[k + 6], e[k + 7]])
-            };
-            let (offset, info) = (word(0), word(8));
+            let (offset, info) = (ne_u64(e, 0), ne_u64(e, 8));
             if i as u64 >= relatives && info & 0xffff_ffff == 0 {
                 continue;
             }
-            if !self.image.writable(offset, 8, self.text_relocations) {
-                return Err(damaged(format!(
-                    "entry {i} of the {what} writes at {offset:#x}, outside the library's writable memory"
-                )));
-            }
+            self.write_target(what, i, offset)?;
             let sym = info >> 32;
             if sym != 0 {
                 self.symbol(sym).map_err(|e| damaged(format!("entry {i} of the {what}: {}", message(e))))?;
             }
         }
         Ok(())
+    }
+
+    /// Entry `i` of a relocation table writes a word at `addr`: memory the
+    /// loader may write while relocating.
+    fn write_target(&self, what: &str, i: usize, addr: u64) -> Result<(), ElfError> {
+        if self.image.writable(addr, 8, self.text_relocations) {
+            return Ok(());
+        }
+        Err(damaged(format!("entry {i} of the {what} writes at {addr:#x}, outside the library's writable memory")))
     }
 
     /// A RELR table: addresses, each followed by bitmaps of the 63 words after it.
@@ -556,14 +571,9 @@ impl<'a> Tables<'a> {
             self.image.bytes(at, size).ok_or_else(|| damaged(format!("the {what} is not stored in the file")))?;
         let mut next = None;
         for (i, e) in bytes.chunks_exact(RELR_SIZE as usize).enumerate() {
-            let e = u64::from_ne_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]);
-            let outside = |addr: u64| {
-                damaged(format!("entry {i} of the {what} writes at {addr:#x}, outside the library's writable memory"))
-            };
+            let e = ne_u64(e, 0);
             if e & 1 == 0 {
-                if !self.image.writable(e, 8, self.text_relocations) {
-                    return Err(outside(e));
-                }
+                self.write_target(what, i, e)?;
                 next = e.checked_add(8);
                 continue;
             }
@@ -572,10 +582,7 @@ impl<'a> Tables<'a> {
             };
             for bit in 1..64u64 {
                 if (e >> bit) & 1 == 1 {
-                    let addr = base.checked_add((bit - 1) * 8).ok_or_else(|| outside(u64::MAX))?;
-                    if !self.image.writable(addr, 8, self.text_relocations) {
-                        return Err(outside(addr));
-                    }
+                    self.write_target(what, i, base.saturating_add((bit - 1) * 8))?;
                 }
             }
             next = base.checked_add(63 * 8);
@@ -607,7 +614,7 @@ impl<'a> Tables<'a> {
         let mut starts: Vec<(u64, u64)> = heads
             .chunks_exact(4)
             .enumerate()
-            .map(|(b, h)| (u64::from(u32::from_ne_bytes([h[0], h[1], h[2], h[3]])), b as u64))
+            .map(|(b, h)| (u64::from(ne_u32(h, 0)), b as u64))
             .filter(|&(index, _)| index != 0)
             .collect();
         starts.sort_unstable();
@@ -647,7 +654,7 @@ impl<'a> Tables<'a> {
         }
         let entries = u64::from(buckets) + u64::from(chains);
         let bytes = self.image.bytes(at + 8, entries * 4).ok_or_else(cut)?;
-        let value = |k: usize| u32::from_ne_bytes([bytes[k * 4], bytes[k * 4 + 1], bytes[k * 4 + 2], bytes[k * 4 + 3]]);
+        let value = |k: usize| ne_u32(bytes, k * 4);
         if let Some(index) = (0..entries as usize).map(value).find(|&i| i >= chains) {
             return Err(damaged(format!("the hash table names symbol {index} of {chains}")));
         }
@@ -705,7 +712,7 @@ impl<'a> Tables<'a> {
             let versions = need.checked_add(u64::from(word(need + 8)?)).ok_or_else(cut)?;
             self.walk(versions, 12, budget, &cut, &mut |aux, _| {
                 let entry = self.image.bytes(aux, 16).ok_or_else(cut)?;
-                highest = highest.max(u64::from(u16::from_ne_bytes([entry[6], entry[7]]) & 0x7fff));
+                highest = highest.max(u64::from(ne_u16(entry, 6) & 0x7fff));
                 self.string(u64::from(word(aux + 8)?)).map_err(|e| damaged(format!("a needed version's name: {e}")))
             })
         })?;
@@ -721,7 +728,7 @@ impl<'a> Tables<'a> {
         let mut highest = 0;
         self.walk(at, 16, budget, &cut, &mut |def, budget| {
             let entry = self.image.bytes(def, 20).ok_or_else(cut)?;
-            highest = highest.max(u64::from(u16::from_ne_bytes([entry[4], entry[5]]) & 0x7fff));
+            highest = highest.max(u64::from(ne_u16(entry, 4) & 0x7fff));
             let names = def.checked_add(u64::from(word(def + 12)?)).ok_or_else(cut)?;
             self.walk(names, 4, budget, &cut, &mut |aux, _| {
                 self.string(u64::from(word(aux)?)).map_err(|e| damaged(format!("a version's name: {e}")))
