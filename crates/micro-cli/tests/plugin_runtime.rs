@@ -204,3 +204,63 @@ async fn a_plugin_from_another_compiler_with_the_same_abi_loads_and_works() -> T
     assert_eq!(call(svc.client().inner(), "Probe.Spawn", b"").await?, "42");
     Ok(())
 }
+
+/// Calls `Probe.Where` with a service and a header whose strings have a
+/// capacity of 1000: a string handed over keeps its capacity, a copy is
+/// exactly as long as its text. Returns the probe's answer (the service and
+/// the capacity it saw), and the capacity of its `Probe-Big` header's value
+/// as it arrived here (1000 on its side), after checking the rest of the
+/// response.
+async fn where_call(c: &Arc<dyn Client>) -> Result<(String, usize), Box<dyn std::error::Error>> {
+    let mut service = String::with_capacity(1000);
+    service.push_str("where");
+    let mut asked = String::with_capacity(1000);
+    asked.push_str("yes");
+    let req = Request {
+        service,
+        endpoint: "Probe.Where".into(),
+        content_type: "application/x-probe".into(),
+        body: b"{}".to_vec().into(),
+        metadata: [("Probe-Asked".to_string(), asked)].into(),
+    };
+    let r = c.call(req, CallOptions::default()).await?;
+    assert_eq!(r.content_type, "application/x-probe");
+    assert_eq!(r.metadata.get("Probe-Asked").map(String::as_str), Some("yes"), "{:?}", r.metadata);
+    let big = r.metadata.get("Probe-Big").ok_or("no Probe-Big header")?;
+    assert_eq!(big, "probe");
+    Ok((String::from_utf8_lossy(&r.body).into_owned(), big.capacity()))
+}
+
+/// A plugin allocates from the host's heap, so a client call's strings
+/// change sides as they are, both ways, instead of being copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_call_hands_its_allocations_over_when_the_plugin_shares_the_heap() -> TestResult {
+    let plugin = tokio::task::spawn_blocking(|| probe(None)).await?;
+    let svc = probe_service(&plugin)?;
+    let c = svc.client().inner().clone();
+    for _ in 0..3 {
+        let (answer, big) = where_call(&c).await?;
+        assert_eq!(answer, "where 1000", "the request's service was copied, not handed over");
+        assert_eq!(big, 1000, "the response's header was copied, not handed over");
+    }
+    assert_eq!(call(&c, "Probe.Spawn", b"").await?, "42");
+    Ok(())
+}
+
+/// A plugin that allocated before micro's `init` (here a library
+/// constructor) keeps its own allocator, whose memory must never reach the
+/// host's: its calls are copied both ways, and work the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_allocated_before_init_keeps_its_own_heap_and_its_calls_are_copied() -> TestResult {
+    let plugin = tokio::task::spawn_blocking(|| probe(Some("alloc-before-init"))).await?;
+    let svc = probe_service(&plugin)?;
+    let c = svc.client().inner().clone();
+    for _ in 0..3 {
+        let (answer, big) = where_call(&c).await?;
+        assert_eq!(answer, "where 5", "a string crossed between two heaps without a copy");
+        assert_eq!(big, "probe".len(), "a string crossed between two heaps without a copy");
+    }
+    assert_eq!(call(&c, "Probe.Spawn", b"").await?, "42");
+    assert_eq!(call(&c, "Probe.Sleep", b"").await?, "slept");
+    Ok(())
+}

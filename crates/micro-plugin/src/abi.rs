@@ -25,7 +25,10 @@ pub const MAGIC: [u8; 8] = *b"MICROPLG";
 ///    calls (`ObjectVTable::call`), so a call's future may borrow the object.
 /// 10: the layout fingerprint covers the tags of `FfiPoll` and the futures
 ///    and polls of stream and listener replies too.
-pub const ABI_VERSION: u32 = 10;
+/// 11: a plugin allocates with the host's allocator (`HostApi::alloc` …),
+///    and a client call between sides of one heap moves its strings and
+///    buffers instead of copying them (see `heap`).
+pub const ABI_VERSION: u32 = 11;
 
 /// The name of the symbol every plugin exports: its [`PluginDescriptor`],
 /// read from the file before the library is opened.
@@ -129,6 +132,23 @@ impl FfiBuf {
         let len = b.len();
         let ptr = std::sync::Arc::into_raw(b) as *const u8 as *mut u8;
         FfiBuf { ptr, len, cap: 0, free: Some(free_shared) }
+    }
+
+    /// The vector a buffer of [`from_vec`](Self::from_vec) was made of, taken
+    /// over rather than freed by its side (an empty vector for an empty buffer).
+    ///
+    /// # Safety
+    /// The buffer must come from `from_vec` on a side whose heap is this
+    /// side's (`heap::identity`, equal on both).
+    // SAFETY: unsafe to call; the contract is the `# Safety` section above.
+    pub(crate) unsafe fn into_vec(self) -> Vec<u8> {
+        let this = std::mem::ManuallyDrop::new(self);
+        if this.free.is_none() || this.ptr.is_null() {
+            return Vec::new();
+        }
+        // SAFETY: a Vec<u8>'s parts from this heap (the caller's contract),
+        // whose ownership this value held and gives up here (not dropped).
+        unsafe { Vec::from_raw_parts(this.ptr, this.len, this.cap) }
     }
 
     /// An empty buffer.
@@ -305,6 +325,15 @@ pub struct HostApi {
     /// it: awaited, it lets the worker run what else is ready (tokio's
     /// `yield_now`, which a plugin's own copy of tokio cannot do there).
     pub yield_now: unsafe extern "C" fn() -> FfiFuture<()>,
+    /// The host's global allocator: allocates `size` bytes aligned to
+    /// `align` (a plugin's global allocator, see `micro_plugin::heap`).
+    pub alloc: unsafe extern "C" fn(size: usize, align: usize) -> *mut u8,
+    /// As `alloc`, zeroed.
+    pub alloc_zeroed: unsafe extern "C" fn(size: usize, align: usize) -> *mut u8,
+    /// Frees what `alloc` returned, with the same size and alignment.
+    pub dealloc: unsafe extern "C" fn(ptr: *mut u8, size: usize, align: usize),
+    /// Resizes what `alloc` returned to `new_size` bytes.
+    pub realloc: unsafe extern "C" fn(ptr: *mut u8, size: usize, align: usize, new_size: usize) -> *mut u8,
 }
 
 // SAFETY: a HostApi is an immutable static of the host: plain data and function pointers.
@@ -704,7 +733,7 @@ pub const LAYOUT: u64 = fingerprint2(
         FfiObject { data, vtable }
         FfiArgs { bytes, objects, n_objects }
         FfiReply { status, bytes, object }
-        HostApi { abi_version, max_level, log, net, spawn, yield_now }
+        HostApi { abi_version, max_level, log, net, spawn, yield_now, alloc, alloc_zeroed, dealloc, realloc }
         NetApi { connect, bind }
         IoPoll { status, n, error }
         StreamVTable { poll_read, poll_write, poll_shutdown, drop }
@@ -764,7 +793,21 @@ mod tests {
         layout!(FfiObject, 16, 8, data = 0, vtable = 8);
         layout!(FfiArgs, 32, 8, bytes = 0, objects = 16, n_objects = 24);
         layout!(FfiReply, 56, 8, status = 0, bytes = 8, object = 40);
-        layout!(HostApi, 48, 8, abi_version = 0, max_level = 8, log = 16, net = 24, spawn = 32, yield_now = 40);
+        layout!(
+            HostApi,
+            80,
+            8,
+            abi_version = 0,
+            max_level = 8,
+            log = 16,
+            net = 24,
+            spawn = 32,
+            yield_now = 40,
+            alloc = 48,
+            alloc_zeroed = 56,
+            dealloc = 64,
+            realloc = 72
+        );
         layout!(NetApi, 16, 8, connect = 0, bind = 8);
         layout!(IoPoll, 48, 8, status = 0, n = 8, error = 16);
         layout!(StreamVTable, 32, 8, poll_read = 0, poll_write = 8, poll_shutdown = 16, drop = 24);

@@ -74,13 +74,24 @@ fn ok_reply(object: FfiObject) -> FfiReply {
     FfiReply { status: 0, bytes: FfiBuf::empty(), object }
 }
 
-/// The plugin's `init` entry point: starts its runtime, forwards its
-/// logging to the host, then runs the author's init hook.
+/// The plugin's `init` entry point: takes the host's heap (when
+/// `host_heap`, see below), starts its runtime, forwards its logging to the
+/// host, then runs the author's init hook.
 ///
 /// # Safety
 /// `host` must point at a valid [`HostApi`] that outlives the process.
+/// `host_heap` must be true only if [`HostAllocator`](crate::heap::HostAllocator)
+/// is this library's global allocator.
 // SAFETY: unsafe to call; the contract is the `# Safety` section above.
-pub unsafe fn init(host: *const HostApi, name: &'static str, hook: impl FnOnce()) -> FfiReply {
+pub unsafe fn init(host: *const HostApi, name: &'static str, host_heap: bool, hook: impl FnOnce()) -> FfiReply {
+    // First of all, before anything allocates: a pointer of the plugin's
+    // own allocator must never reach the host's (see `heap`). Reading the
+    // version allocates nothing; an API of another version has other fields.
+    // SAFETY: a valid HostApi or null, by this function's contract.
+    if host_heap && !host.is_null() && unsafe { (*host).abi_version } == abi::ABI_VERSION {
+        // SAFETY: as above; the host's API is a static of the host.
+        crate::heap::adopt(unsafe { &*host });
+    }
     let res = catch_unwind(AssertUnwindSafe(|| -> Result<()> {
         if host.is_null() {
             return Err(Error::internal("go.micro.plugin", "init: no host API"));
@@ -257,16 +268,22 @@ impl Forwarder {
 /// `kind` is the plugin's Type. The constructor's signature decides what it
 /// makes; the loader refuses a plugin whose Type and constructor disagree
 /// (`invalid plugin <name>`). The crate must be built as a `cdylib`.
+///
+/// It also makes [`HostAllocator`](crate::heap::HostAllocator) the
+/// library's global allocator: the plugin then allocates from the host's
+/// heap, and client calls change sides without copies (see
+/// [`heap`](crate::heap)). So the library cannot set a global allocator
+/// of its own; it has the host's.
 #[macro_export]
 macro_rules! export_plugin {
-    (@descriptor $(#[$attr:meta])* $module:ident, name: $name:expr, kind: $kind:expr, new: $new:path $(, path: $path:expr)? $(, init: $init:expr)? $(,)?) => {
+    (@export $heap:literal, $(#[$attr:meta])* $module:ident, name: $name:expr, kind: $kind:expr, new: $new:path $(, path: $path:expr)? $(, init: $init:expr)? $(,)?) => {
         #[doc(hidden)]
         #[allow(unused_imports)]
         pub mod $module {
             use super::*;
             unsafe extern "C" fn init(host: *const $crate::abi::HostApi) -> $crate::abi::FfiReply {
                 // SAFETY: called by the micro loader with its host API.
-                unsafe { $crate::export::init(host, $name, || { $( ($init)(); )? }) }
+                unsafe { $crate::export::init(host, $name, $heap, || { $( ($init)(); )? }) }
             }
             unsafe extern "C" fn construct(args: $crate::abi::FfiArgs) -> $crate::abi::FfiReply {
                 // SAFETY: called by the micro loader with valid arguments.
@@ -288,8 +305,16 @@ macro_rules! export_plugin {
                 $crate::abi::PluginEntry { layout: $crate::abi::LAYOUT, init, construct };
         }
     };
+    // A plugin's descriptor and entry points in a module of their own, for
+    // tests that export several from one binary (which keeps its allocator).
+    (@descriptor $($rest:tt)*) => {
+        $crate::export_plugin!(@export false, $($rest)*);
+    };
     ($($rest:tt)*) => {
-        $crate::export_plugin!(@descriptor #[unsafe(no_mangle)] __micro_plugin, $($rest)*);
+        /// The plugin's global allocator: the host's heap (see `micro_plugin::heap`).
+        #[global_allocator]
+        static __MICRO_PLUGIN_HEAP: $crate::heap::HostAllocator = $crate::heap::HostAllocator;
+        $crate::export_plugin!(@export true, #[unsafe(no_mangle)] __micro_plugin, $($rest)*);
     };
 }
 

@@ -51,6 +51,10 @@
 //!   for host objects called by a plugin, and for futures of either side
 //!   dropped by the other (a cancelled call): they are dropped with their
 //!   own runtime entered.
+//! * A plugin allocates from the host's heap ([`heap`]): the export macro
+//!   makes the host's allocator the plugin's global allocator, so a client
+//!   call's strings and buffers change sides by their allocations instead
+//!   of being encoded and copied, between sides that say they share a heap.
 //! * A plugin's `tracing` events are forwarded to the host's subscriber
 //!   with their level, target, message and fields.
 //! * Libraries stay loaded for the life of the process, as in Go.
@@ -72,6 +76,7 @@
 // side's runtime, the object/vtable machinery, one proxy per component.
 pub mod abi;
 pub mod ffi_future;
+pub mod heap;
 mod object;
 pub mod options;
 pub mod proxy;

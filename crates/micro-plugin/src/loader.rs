@@ -759,6 +759,10 @@ fn host_api() -> &'static HostApi {
         net: &crate::host_net::NET,
         spawn: crate::host_net::spawn,
         yield_now: crate::host_net::yield_now,
+        alloc: crate::heap::heap_alloc,
+        alloc_zeroed: crate::heap::heap_alloc_zeroed,
+        dealloc: crate::heap::heap_dealloc,
+        realloc: crate::heap::heap_realloc,
     };
     crate::host_net::remember_runtime();
     &API

@@ -32,6 +32,21 @@ extern "C" fn mark_loaded() {
 #[unsafe(link_section = ".init_array")]
 static MARK_LOADED: extern "C" fn() = mark_loaded;
 
+/// With `alloc-before-init`: allocates when the library is opened, before
+/// micro's `init`, as a library constructor of some crate might. The plugin
+/// must then keep its own allocator (see `micro_plugin::heap`).
+#[cfg(feature = "alloc-before-init")]
+extern "C" fn alloc_before_init() {
+    drop(std::hint::black_box(Box::new(7u64)));
+}
+
+#[cfg(feature = "alloc-before-init")]
+#[allow(unsafe_code)]
+#[used]
+// SAFETY: as for MARK_LOADED.
+#[unsafe(link_section = ".init_array")]
+static ALLOC_BEFORE_INIT: extern "C" fn() = alloc_before_init;
+
 /// Set once a cancelled call's clean-up ran (see `Probe.DropNeedsRuntime`).
 static CLEANED_UP: AtomicBool = AtomicBool::new(false);
 
@@ -134,6 +149,19 @@ impl Client for Probe {
                         panic!("probe panics in a task it spawned through the host");
                     });
                     reply("spawned".to_string())
+                }
+                "Probe.Where" => {
+                    // How the call arrived and how its response leaves: the
+                    // request's service's capacity (a string handed over keeps
+                    // the caller's, a copy is exactly as long as it), and a
+                    // header whose value has a capacity of 1000 for the caller
+                    // to see the same way; the request's headers echoed.
+                    let mut metadata = req.metadata.clone();
+                    let mut big = String::with_capacity(1000);
+                    big.push_str("probe");
+                    metadata.insert("Probe-Big".into(), big);
+                    let body = format!("{} {}", req.service, req.service.capacity());
+                    Ok(Response { content_type: req.content_type.clone(), body: body.into(), metadata })
                 }
                 "Probe.CleanedUp" => reply(CLEANED_UP.load(Ordering::SeqCst).to_string()),
                 "Probe.PanicInPoll" => {

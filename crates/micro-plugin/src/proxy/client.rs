@@ -1,6 +1,12 @@
 //! A client across the boundary.
+//!
+//! A call between sides of one heap (see [`heap`](crate::heap)) moves its
+//! request's strings and body and its response's to the other side
+//! (`CALL_MOVED`); otherwise both are encoded and copied (`CALL`).
+#![allow(unsafe_code)]
 
 use super::*;
+use crate::heap;
 use crate::object::{Inline, RemoteCall, Started};
 use std::future::Future;
 use std::pin::Pin;
@@ -10,6 +16,13 @@ mod client_m {
     pub(super) const PUBLISH: u32 = 2;
     pub(super) const NAME: u32 = 3;
     pub(super) const STREAM: u32 = 4;
+    /// The exporter's heap (`heap::identity`, 8 bytes little-endian). A peer
+    /// without it answers "unknown method": its calls are copied.
+    pub(super) const HEAP: u32 = 5;
+    /// CALL with the request's allocations handed over ([`put_moved_call`](super::put_moved_call))
+    /// and the response's handed back ([`moved_response_reply`](super::moved_response_reply)):
+    /// only between sides of one heap, which the caller asked with HEAP.
+    pub(super) const CALL_MOVED: u32 = 6;
 }
 
 struct ClientExport(Arc<dyn Client>);
@@ -26,6 +39,15 @@ impl Dispatch for ClientExport {
                 Box::pin(async move {
                     let (req, opts) = args?;
                     response_reply(self.0.call(req, opts).await?)
+                })
+            }
+            client_m::CALL_MOVED => {
+                // SAFETY: CALL_MOVED's arguments are a call handed over by a
+                // caller of this heap (the method's contract), read once here.
+                let args = unsafe { take_moved_call(&mut r) };
+                Box::pin(async move {
+                    let (req, opts) = args?;
+                    moved_response_reply(self.0.call(req, opts).await?)
                 })
             }
             client_m::STREAM => {
@@ -48,15 +70,24 @@ impl Dispatch for ClientExport {
         // once, into that future, rather than first into this one to wait
         // for the first poll: a smaller box, fewer bytes copied and fewer
         // cache lines touched per call.
-        if method != client_m::CALL {
-            return None;
+        match method {
+            client_m::CALL_MOVED => {
+                // SAFETY: as in `call`.
+                let started =
+                    unsafe { take_moved_call(&mut Reader::new(args)) }.map(|(req, opts)| self.0.call(req, opts));
+                Some(start.start(async move { moved_response_reply(started?.await?) }))
+            }
+            client_m::CALL => {
+                let started = decode_call(&mut Reader::new(args)).map(|(req, opts)| self.0.call(req, opts));
+                Some(start.start(async move { response_reply(started?.await?) }))
+            }
+            _ => None,
         }
-        let started = decode_call(&mut Reader::new(args)).map(|(req, opts)| self.0.call(req, opts));
-        Some(start.start(async move { response_reply(started?.await?) }))
     }
     fn call_sync(&self, method: u32, _: &[u8], _: Vec<FfiObject>) -> Result<Reply> {
         match method {
             client_m::NAME => string_reply(self.0.name()),
+            client_m::HEAP => Ok(Reply::bytes((heap::identity() as u64).to_le_bytes().to_vec())),
             m => Err(unknown_method("client", m)),
         }
     }
@@ -75,6 +106,96 @@ fn response_reply(resp: Response) -> Result<Reply> {
     Ok(Reply::bytes(w.finish()))
 }
 
+/// Writes a call's request and options with the request's allocations
+/// handed over: its strings and body are the other side's from now on.
+fn put_moved_call(w: &mut Writer, req: Request, opts: &CallOptions) {
+    let Request { service, endpoint, content_type, body, metadata } = req;
+    heap::put_string(w, service);
+    heap::put_string(w, endpoint);
+    heap::put_string(w, content_type);
+    // The body's own buffer when nothing else shares it, else a copy.
+    heap::put_vec(w, Vec::from(body));
+    w.u32(metadata.len() as u32);
+    for (k, v) in metadata {
+        heap::put_string(w, k);
+        heap::put_string(w, v);
+    }
+    wire::put_call_options(w, opts);
+}
+
+/// Takes a call written by [`put_moved_call`].
+///
+/// # Safety
+/// `r` must hold a call that [`put_moved_call`] wrote on a side of this
+/// side's heap, handed over to this call alone.
+// SAFETY: unsafe to call; the contract is the `# Safety` section above.
+unsafe fn take_moved_call(r: &mut Reader<'_>) -> Result<(Request, CallOptions)> {
+    // SAFETY: the next parts of that call, in the order they were
+    // written, each taken once (as in each `take_*` below).
+    let service = unsafe { heap::take_string(r) }?;
+    // SAFETY: as above.
+    let endpoint = unsafe { heap::take_string(r) }?;
+    // SAFETY: as above.
+    let content_type = unsafe { heap::take_string(r) }?;
+    // SAFETY: as above.
+    let body = bytes::Bytes::from(unsafe { heap::take_vec(r) }?);
+    let n = r.u32()? as usize;
+    let mut metadata = std::collections::HashMap::with_capacity(n.min(1024));
+    for _ in 0..n {
+        // SAFETY: as above.
+        let k = unsafe { heap::take_string(r) }?;
+        // SAFETY: as above.
+        metadata.insert(k, unsafe { heap::take_string(r) }?);
+    }
+    let opts = wire::get_call_options(r)?;
+    Ok((Request { service, endpoint, content_type, body, metadata }, opts))
+}
+
+/// A call's response as a reply whose allocations go to the caller: its
+/// strings handed over, then its body's bytes, last and filling the buffer
+/// exactly, so that the caller's `Bytes` takes the whole buffer over with
+/// no copy and no allocation of its own.
+fn moved_response_reply(resp: Response) -> Result<Reply> {
+    let Response { content_type, body, metadata } = resp;
+    let head = 3 * 8 + 4 + metadata.len() * 6 * 8;
+    let mut w = Writer::with_capacity(head + body.len());
+    heap::put_string(&mut w, content_type);
+    w.u32(metadata.len() as u32);
+    for (k, v) in metadata {
+        heap::put_string(&mut w, k);
+        heap::put_string(&mut w, v);
+    }
+    let mut buf = w.finish();
+    buf.extend_from_slice(&body);
+    Ok(Reply::bytes(buf))
+}
+
+/// Takes a response written by [`moved_response_reply`].
+///
+/// # Safety
+/// `buf` must be such a reply, made on a side of this side's heap and
+/// handed over.
+// SAFETY: unsafe to call; the contract is the `# Safety` section above.
+unsafe fn take_moved_response(buf: Vec<u8>) -> Result<Response> {
+    let mut r = Reader::new(&buf);
+    // SAFETY: the reply's parts, in the order they were written, each taken once.
+    let content_type = unsafe { heap::take_string(&mut r) }?;
+    let n = r.u32()? as usize;
+    let mut metadata = std::collections::HashMap::with_capacity(n.min(1024));
+    for _ in 0..n {
+        // SAFETY: as above.
+        let k = unsafe { heap::take_string(&mut r) }?;
+        // SAFETY: as above.
+        metadata.insert(k, unsafe { heap::take_string(&mut r) }?);
+    }
+    let head = buf.len() - r.remaining();
+    // The body is the rest: the buffer becomes its `Bytes` (no copy, and
+    // none of `Bytes`' own allocations when the buffer is exactly full).
+    let mut body = bytes::Bytes::from(buf);
+    bytes::Buf::advance(&mut body, head);
+    Ok(Response { content_type, body, metadata })
+}
+
 /// Exports a client.
 pub fn export_client(c: Arc<dyn Client>) -> FfiObject {
     export(Arc::new(ClientExport(c)))
@@ -83,13 +204,18 @@ pub fn export_client(c: Arc<dyn Client>) -> FfiObject {
 struct ClientProxy {
     remote: Remote,
     name: String,
+    /// Whether the other side allocates from this side's heap: its calls
+    /// then hand their allocations over (CALL_MOVED) instead of copying.
+    moves: bool,
 }
 
-/// A call's reply, decoded with the request's content type as default. A
-/// named future rather than an `async` block, which would hold the call a
-/// second time once awaited.
+/// A call's reply. A named future rather than an `async` block, which
+/// would hold the call a second time once awaited.
 struct CallReply<'a> {
     call: RemoteCall<'a>,
+    /// For a copied call, the request's content type: the response's,
+    /// taken rather than copied when they are the same (nearly always).
+    /// `None` for a moved call.
     content_type: Option<String>,
 }
 
@@ -97,7 +223,13 @@ impl Future for CallReply<'_> {
     type Output = Result<Response>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<Response>> {
         let r = std::task::ready!(Pin::new(&mut self.call).poll(cx))?;
-        let content_type = self.content_type.take().unwrap_or_default();
+        let Some(content_type) = self.content_type.take() else {
+            // SAFETY: the successful reply of a CALL_MOVED, which the other
+            // side (of this heap: `moves`) made in a buffer of `FfiBuf::from_vec`.
+            let buf = unsafe { r.bytes.into_vec() };
+            // SAFETY: that buffer is `moved_response_reply`'s, handed over with the reply.
+            return std::task::Poll::Ready(unsafe { take_moved_response(buf) });
+        };
         std::task::Poll::Ready(wire::get_response_to(&mut Reader::new(r.bytes.as_slice()), content_type))
     }
 }
@@ -106,7 +238,13 @@ impl Future for CallReply<'_> {
 pub fn import_client(obj: FfiObject) -> Result<Arc<dyn Client>> {
     let remote = Remote::new(obj)?;
     let name = remote.call_string(client_m::NAME);
-    Ok(Arc::new(ClientProxy { remote, name }))
+    // Asked, never assumed: equal identities mean one heap (see `heap`).
+    let theirs = remote
+        .call_sync(client_m::HEAP, &[], Vec::new())
+        .ok()
+        .and_then(|r| <[u8; 8]>::try_from(r.bytes.as_slice()).ok().map(u64::from_le_bytes));
+    let moves = theirs == Some(heap::identity() as u64);
+    Ok(Arc::new(ClientProxy { remote, name, moves }))
 }
 
 #[async_trait]
@@ -126,6 +264,12 @@ impl Client for ClientProxy {
         'life0: 'async_trait,
         Self: 'async_trait,
     {
+        if self.moves {
+            // The request's allocations go over with it: nothing to copy,
+            // and nothing of it left here to free.
+            let call = self.remote.call_encoded(client_m::CALL_MOVED, Vec::new(), |w| put_moved_call(w, req, &opts));
+            return Box::pin(CallReply { call, content_type: None });
+        }
         let call = self.remote.call_encoded(client_m::CALL, Vec::new(), |w| {
             wire::put_request(w, &req);
             wire::put_call_options(w, &opts);
@@ -201,6 +345,73 @@ mod tests {
             metadata: Default::default(),
         };
         (req, freed)
+    }
+
+    /// Echoes a call: its body, content type and headers, plus a header
+    /// with the service and the capacity it arrived with.
+    struct Echo;
+
+    #[async_trait]
+    impl Client for Echo {
+        async fn call(&self, req: Request, opts: CallOptions) -> Result<Response> {
+            let mut metadata = req.metadata;
+            metadata.insert("Echo-Service".into(), format!("{} {}", req.service, req.service.capacity()));
+            metadata.insert("Echo-Options".into(), format!("{:?} {:?} {:?}", opts.timeout, opts.retries, opts.address));
+            Ok(Response { content_type: req.content_type, body: req.body, metadata })
+        }
+        async fn publish(&self, _: &str, _: Message) -> Result<()> {
+            Ok(())
+        }
+        fn name(&self) -> &str {
+            "echo"
+        }
+    }
+
+    #[tokio::test]
+    async fn a_moved_call_and_a_copied_call_give_the_same_response() -> Result<()> {
+        let imported = import_client(export_client(Arc::new(Echo)))?;
+        assert_eq!(imported.name(), "echo");
+        let mut seen = Vec::new();
+        for moves in [true, false] {
+            // One process is one heap: the import chose to move; the copy is forced.
+            let client =
+                ClientProxy { remote: Remote::new(export_client(Arc::new(Echo)))?, name: "echo".into(), moves };
+            let mut service = String::with_capacity(100);
+            service.push_str("greeter");
+            let mut body = Vec::with_capacity(100);
+            body.extend_from_slice(b"{\"name\":\"x\"}");
+            let req = Request {
+                service,
+                endpoint: "Greeter.Hello".into(),
+                content_type: "application/json".into(),
+                body: body.into(),
+                metadata: [("A".to_string(), "1".to_string()), ("Bb".to_string(), String::new())].into(),
+            };
+            let opts = CallOptions {
+                timeout: Some(std::time::Duration::from_millis(1500)),
+                retries: Some(2),
+                address: Some("127.0.0.1:1".into()),
+            };
+            let resp = client.call(req, opts).await?;
+            assert_eq!(&resp.body[..], b"{\"name\":\"x\"}");
+            assert_eq!(resp.content_type, "application/json");
+            let capacity = if moves { "greeter 100" } else { "greeter 7" };
+            assert_eq!(resp.metadata.get("Echo-Service").map(String::as_str), Some(capacity), "moves: {moves}");
+            let mut metadata = resp.metadata;
+            metadata.remove("Echo-Service");
+            seen.push((resp.content_type, resp.body, metadata));
+        }
+        assert_eq!(seen[0], seen[1], "a moved call and a copied call differ");
+        assert_eq!(seen[0].2.get("Echo-Options").map(String::as_str), Some("Some(1.5s) Some(2) Some(\"127.0.0.1:1\")"));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_client_of_one_heap_is_imported_to_move_its_calls() -> Result<()> {
+        let remote = Remote::new(export_client(Arc::new(Echo)))?;
+        let r = remote.call_sync(client_m::HEAP, &[], Vec::new())?;
+        assert_eq!(r.bytes.as_slice(), (heap::identity() as u64).to_le_bytes());
+        Ok(())
     }
 
     #[tokio::test]
