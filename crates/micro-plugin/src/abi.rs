@@ -27,7 +27,8 @@ pub const MAGIC: [u8; 8] = *b"MICROPLG";
 ///    and polls of stream and listener replies too.
 /// 11: a plugin allocates with the host's allocator (`HostApi::alloc` …),
 ///    and a client call between sides of one heap moves its strings and
-///    buffers instead of copying them (see `heap`).
+///    buffers instead of copying them (see `heap`); an async call may build
+///    its future in room its caller offers (`FfiArgs::place`).
 pub const ABI_VERSION: u32 = 11;
 
 /// The name of the symbol every plugin exports: its [`PluginDescriptor`],
@@ -280,7 +281,19 @@ pub struct FfiArgs {
     pub objects: *mut FfiObject,
     /// How many objects.
     pub n_objects: usize,
+    /// Room the caller of an async method offers for the future it returns,
+    /// or null: the callee may build that future here (its data pointer is
+    /// then this address, and its drop frees nothing) instead of in a box of
+    /// its own. The caller keeps the room where it is and alive until it
+    /// has dropped the future. Aligned to [`PLACE_ALIGN`]; ignored by
+    /// synchronous calls.
+    pub place: *mut c_void,
+    /// The size of `place` in bytes (0 when it is null).
+    pub place_len: usize,
 }
+
+/// The alignment of [`FfiArgs::place`]: a future that needs more is boxed.
+pub const PLACE_ALIGN: usize = 16;
 
 /// The outcome of a call.
 #[repr(C)]
@@ -731,7 +744,7 @@ pub const LAYOUT: u64 = fingerprint2(
         FfiBuf { ptr, len, cap, free }
         ObjectVTable { call, call_sync, drop }
         FfiObject { data, vtable }
-        FfiArgs { bytes, objects, n_objects }
+        FfiArgs { bytes, objects, n_objects, place, place_len }
         FfiReply { status, bytes, object }
         HostApi { abi_version, max_level, log, net, spawn, yield_now, alloc, alloc_zeroed, dealloc, realloc }
         NetApi { connect, bind }
@@ -791,7 +804,7 @@ mod tests {
         layout!(FfiBuf, 32, 8, ptr = 0, len = 8, cap = 16, free = 24);
         layout!(ObjectVTable, 24, 8, call = 0, call_sync = 8, drop = 16);
         layout!(FfiObject, 16, 8, data = 0, vtable = 8);
-        layout!(FfiArgs, 32, 8, bytes = 0, objects = 16, n_objects = 24);
+        layout!(FfiArgs, 48, 8, bytes = 0, objects = 16, n_objects = 24, place = 32, place_len = 40);
         layout!(FfiReply, 56, 8, status = 0, bytes = 8, object = 40);
         layout!(
             HostApi,

@@ -121,6 +121,32 @@ impl<T> FfiFuture<T> {
     }
 }
 
+impl<T> FfiFuture<T> {
+    /// As [`new_unchecked`](Self::new_unchecked), built in `place` (room the
+    /// other side offered, see [`FfiArgs::place`](crate::abi::FfiArgs::place))
+    /// instead of a box: its drop drops `fut` there and frees nothing.
+    ///
+    /// # Safety
+    /// As for `new_unchecked`; and `place` must be valid for writes of an
+    /// `F`, aligned for one, and stay where it is and alive, untouched by
+    /// anything else, until the returned future is dropped.
+    // SAFETY: unsafe to call; the contract is the `# Safety` section above.
+    pub(crate) unsafe fn new_in<F: Future<Output = T> + Send>(fut: F, place: *mut c_void) -> Self {
+        // SAFETY: room for an aligned `F`, by this function's contract.
+        unsafe { std::ptr::write(place as *mut F, fut) };
+        FfiFuture { data: place, poll: poll_boxed::<F>, drop: drop_placed::<F>, _out: PhantomData }
+    }
+}
+
+unsafe extern "C" fn drop_placed<F>(data: *mut c_void) {
+    // SAFETY: `data` holds the F that `FfiFuture::new_in` wrote, dropped
+    // once by its owner; the memory is the other side's, and stays so.
+    let dropped = catch_unwind(AssertUnwindSafe(|| unsafe { std::ptr::drop_in_place(data as *mut F) }));
+    if dropped.is_err() {
+        tracing::error!("a future panicked while being dropped");
+    }
+}
+
 unsafe extern "C" fn poll_boxed<F: Future>(data: *mut c_void, cx: *const FfiContext) -> FfiPoll<F::Output> {
     let polled = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: `data` is the Box<F> of `FfiFuture::new`, not yet dropped,

@@ -7,7 +7,7 @@
 
 use super::*;
 use crate::heap;
-use crate::object::{Inline, RemoteCall, Started};
+use crate::object::{Inline, Place, RemoteCall, Started};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -209,21 +209,62 @@ struct ClientProxy {
     moves: bool,
 }
 
-/// A call's reply. A named future rather than an `async` block, which
-/// would hold the call a second time once awaited.
+/// A call's reply: the crossing, and the room in which the other side
+/// builds its future, in the one box the caller awaits (one allocation per
+/// call where there were two). A named future rather than an `async`
+/// block, which would hold the call a second time once awaited.
 struct CallReply<'a> {
-    call: RemoteCall<'a>,
+    /// The crossing, set once the reply is pinned. Declared first, so that
+    /// it drops (and with it the other side's future, which may live in
+    /// `place`) before the room does.
+    call: Option<RemoteCall<'a>>,
     /// For a copied call, the request's content type: the response's,
     /// taken rather than copied when they are the same (nearly always).
     /// `None` for a moved call.
     content_type: Option<String>,
+    /// Where the other side's future may live (see `FfiArgs::place`): it
+    /// must not move, so neither may this.
+    place: Place,
+    _pinned: std::marker::PhantomPinned,
+}
+
+impl<'a> CallReply<'a> {
+    /// Starts a call whose future the other side may build in the reply's
+    /// room, and returns the pinned reply.
+    fn start(
+        remote: &'a Remote,
+        method: u32,
+        content_type: Option<String>,
+        encode: impl FnOnce(&mut Writer),
+    ) -> Pin<Box<Self>> {
+        let mut reply =
+            Box::pin(CallReply { call: None, content_type, place: Place::new(), _pinned: Default::default() });
+        // SAFETY: nothing is moved out of the pinned reply; only its `call` is set.
+        let this = unsafe { reply.as_mut().get_unchecked_mut() };
+        // SAFETY: the room stays where the box pinned it, alive and
+        // untouched, until `call` is dropped: first of the fields.
+        this.call = Some(unsafe { remote.call_encoded_in(method, &mut this.place, encode) });
+        reply
+    }
+
+    /// Makes a copied call's response default to `content_type` (see the field).
+    fn expect_content_type(self: Pin<&mut Self>, content_type: String) {
+        // SAFETY: the content type is not pinned; nothing pinned moves.
+        unsafe { self.get_unchecked_mut() }.content_type = Some(content_type);
+    }
 }
 
 impl Future for CallReply<'_> {
     type Output = Result<Response>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<Response>> {
-        let r = std::task::ready!(Pin::new(&mut self.call).poll(cx))?;
-        let Some(content_type) = self.content_type.take() else {
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<Response>> {
+        // SAFETY: nothing is moved out: `call` is polled where it is, and
+        // the content type is a plain value.
+        let this = unsafe { self.get_unchecked_mut() };
+        let Some(call) = this.call.as_mut() else {
+            return std::task::Poll::Ready(Err(Error::internal("go.micro.plugin", "a call was polled unstarted")));
+        };
+        let r = std::task::ready!(Pin::new(call).poll(cx))?;
+        let Some(content_type) = this.content_type.take() else {
             // SAFETY: the successful reply of a CALL_MOVED, which the other
             // side (of this heap: `moves`) made in a buffer of `FfiBuf::from_vec`.
             let buf = unsafe { r.bytes.into_vec() };
@@ -267,10 +308,9 @@ impl Client for ClientProxy {
         if self.moves {
             // The request's allocations go over with it: nothing to copy,
             // and nothing of it left here to free.
-            let call = self.remote.call_encoded(client_m::CALL_MOVED, Vec::new(), |w| put_moved_call(w, req, &opts));
-            return Box::pin(CallReply { call, content_type: None });
+            return CallReply::start(&self.remote, client_m::CALL_MOVED, None, |w| put_moved_call(w, req, &opts));
         }
-        let call = self.remote.call_encoded(client_m::CALL, Vec::new(), |w| {
+        let mut reply = CallReply::start(&self.remote, client_m::CALL, None, |w| {
             wire::put_request(w, &req);
             wire::put_call_options(w, &opts);
         });
@@ -281,8 +321,9 @@ impl Client for ClientProxy {
         // cache (BENCHMARKS.md). Its content type becomes the response's.
         let Request { content_type, service, endpoint, body, metadata } = req;
         drop((service, endpoint, body, metadata, opts));
+        reply.as_mut().expect_content_type(content_type);
         // `call` borrows the remote for 'life0, which outlives the box.
-        Box::pin(CallReply { call, content_type: Some(content_type) })
+        reply
     }
 
     async fn stream(&self, req: Request, opts: CallOptions) -> Result<micro_core::Stream> {
@@ -424,9 +465,11 @@ mod tests {
         // keeps is the crossing, not the arguments (it held both, over 500
         // bytes, which each call copied in and read back).
         assert!(freed.load(Ordering::SeqCst), "the request was kept until the first poll");
-        let size = std::mem::size_of_val(&*call);
+        // The box holds the crossing and the room the other side's future
+        // lives in; nothing else.
+        let size = std::mem::size_of_val(&*call) - std::mem::size_of::<Place>();
         let args = std::mem::size_of::<Request>() + std::mem::size_of::<CallOptions>();
-        assert!(size < args, "a call's future is {size} bytes, its arguments {args}");
+        assert!(size < args, "a call's future is {size} bytes besides its room, its arguments {args}");
         // Dropped unpolled, the client's body never ran (its `notify_one`
         // would have left a permit).
         drop(call);
