@@ -143,6 +143,11 @@ impl FfiBuf {
     /// side's (`heap::identity`, equal on both).
     // SAFETY: unsafe to call; the contract is the `# Safety` section above.
     pub(crate) unsafe fn into_vec(self) -> Vec<u8> {
+        if self.cap < self.len {
+            // Not a vector's parts (a shared buffer's, say): a copy, and the
+            // buffer freed by its side as usual.
+            return self.as_slice().to_vec();
+        }
         let this = std::mem::ManuallyDrop::new(self);
         if this.free.is_none() || this.ptr.is_null() {
             return Vec::new();

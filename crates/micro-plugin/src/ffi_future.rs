@@ -152,7 +152,8 @@ unsafe extern "C" fn poll_boxed<F: Future>(data: *mut c_void, cx: *const FfiCont
         // SAFETY: `data` is the Box<F> of `FfiFuture::new`, not yet dropped,
         // polled by its one owner, so this is the only reference.
         let fut = unsafe { &mut *(data as *mut F) };
-        // SAFETY: boxed, so it never moves until `drop_boxed`.
+        // SAFETY: boxed (or built in room its owner keeps pinned, see
+        // `new_in`), so it never moves until it is dropped.
         let fut = unsafe { Pin::new_unchecked(fut) };
         // SAFETY: the caller passes a context valid for this call.
         let cx = unsafe { &*cx };
@@ -176,7 +177,7 @@ unsafe extern "C" fn drop_boxed<F>(data: *mut c_void) {
 
 impl<T> Drop for FfiFuture<T> {
     fn drop(&mut self) {
-        // SAFETY: the box of the side that made this future, dropped once, here.
+        // SAFETY: the future of the side that made it (boxed or placed), dropped once, here.
         unsafe { (self.drop)(self.data) }
     }
 }
@@ -195,8 +196,17 @@ pub struct Polled<T> {
     slot: WakerSlot,
 }
 
-// Nothing of a Polled is pinned: the other side's future lives in its box.
+// Nothing of a Polled is pinned: the other side's future lives in its box,
+// or in room its owner keeps pinned (`FfiFuture::new_in`), never in the Polled.
 impl<T> Unpin for Polled<T> {}
+
+impl<T> Polled<T> {
+    /// Where the other side's future lives, while it does (for tests).
+    #[cfg(test)]
+    pub(crate) fn data(&self) -> Option<*mut c_void> {
+        self.fut.as_ref().map(|f| f.data)
+    }
+}
 
 impl<T: FromPanic> Future for Polled<T> {
     type Output = T;

@@ -11,7 +11,7 @@
 //! sides by their allocations (`String`s and `Vec<u8>`s moved as raw parts)
 //! instead of being encoded and copied: on a hot call, four allocations
 //! fewer (its service, endpoint and content type on the plugin's side, the
-//! reply's buffer on the host's; BENCHMARKS.md).
+//! body's copy out of an encoded reply on the host's; BENCHMARKS.md).
 //!
 //! The switch is safe only if the plugin allocated nothing before it:
 //! a pointer from the plugin's own allocator must never reach the host's.
@@ -19,14 +19,18 @@
 //! system allocator for good (a library constructor that allocates, say),
 //! and such a plugin's calls are copied as before. Whether two sides share
 //! a heap is asked, never assumed: each side's [`identity`] is the address of
-//! the allocation function its global allocator ends in, and moves happen
-//! only between sides whose identities are equal.
+//! the host API its allocations go through (a static of its own when they go
+//! to its own allocator), and moves happen only between sides whose
+//! identities are equal. Only objects made by the crate's own `export_client`
+//! answer the question (see `object::HEAP`), so no safe code can claim a heap
+//! it does not share.
 #![allow(unsafe_code)]
 
 use crate::abi::HostApi;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicPtr, Ordering};
 
+#[cfg(feature = "host")]
 /// The host's allocation entry points, exported through the [`HostApi`]:
 /// the host's global allocator.
 ///
@@ -41,6 +45,7 @@ pub(crate) unsafe extern "C" fn heap_alloc(size: usize, align: usize) -> *mut u8
     unsafe { std::alloc::alloc(layout) }
 }
 
+#[cfg(feature = "host")]
 /// As [`heap_alloc`], zeroed.
 ///
 /// # Safety
@@ -53,6 +58,7 @@ pub(crate) unsafe extern "C" fn heap_alloc_zeroed(size: usize, align: usize) -> 
     unsafe { std::alloc::alloc_zeroed(layout) }
 }
 
+#[cfg(feature = "host")]
 /// Frees what [`heap_alloc`] (or [`heap_realloc`]) returned.
 ///
 /// # Safety
@@ -65,6 +71,7 @@ pub(crate) unsafe extern "C" fn heap_dealloc(ptr: *mut u8, size: usize, align: u
     unsafe { std::alloc::dealloc(ptr, layout) }
 }
 
+#[cfg(feature = "host")]
 /// Resizes what [`heap_alloc`] returned.
 ///
 /// # Safety
@@ -118,19 +125,35 @@ pub(crate) fn adopt(host: &'static HostApi) -> bool {
     }
 }
 
-/// Which heap this side's allocations come from: the address of the host
-/// function they end in. Equal on both sides of a boundary exactly when an
-/// allocation of one side may be freed by the other.
+/// Which heap this side's allocations come from, as an address: that of
+/// the host's [`HostApi`] for a plugin that allocates through it, and for
+/// the host itself (the API it hands to plugins); for a side that keeps its
+/// own allocator, that of a static of its own copy of this crate. Addresses
+/// of statics are unique in a process, so two sides report the same only
+/// if their allocations end in the same global allocator: then one side's
+/// allocation may be freed by the other. (Not "if and only if": a plugin
+/// pinned to the system allocator in a host that uses it too reports
+/// another heap, and its calls are copied.)
 pub(crate) fn identity() -> usize {
     let at = HOST.load(Ordering::Acquire);
     if !at.is_null() && at != OWN {
-        // SAFETY: the `&'static HostApi` that `adopt` stored.
-        let host = unsafe { &*at };
-        return host.alloc as usize;
+        return at as usize;
     }
-    // This side's own global allocator, which its own copy of `heap_alloc`
-    // reaches (the host's, in the host).
-    heap_alloc as *const () as usize
+    own_heap()
+}
+
+/// The host's heap, named by the API it hands to plugins.
+#[cfg(feature = "host")]
+fn own_heap() -> usize {
+    &crate::loader::HOST_API as *const HostApi as usize
+}
+
+/// A heap that no plugin can have adopted: this copy of the crate cannot
+/// load plugins (no `host` feature), so it has no API to hand them.
+#[cfg(not(feature = "host"))]
+fn own_heap() -> usize {
+    static OWN_HEAP: u8 = 0;
+    &OWN_HEAP as *const u8 as usize
 }
 
 /// A plugin's global allocator (set by [`export_plugin!`](crate::export_plugin)):
@@ -240,10 +263,11 @@ mod tests {
         Ok(())
     }
 
+    #[cfg(feature = "host")]
     #[test]
     fn the_host_is_its_own_heap() {
-        // Nothing here adopted a host: this side's identity is its own entry
-        // point, which is what the host's API hands to plugins.
-        assert_eq!(identity(), heap_alloc as *const () as usize);
+        // Nothing here adopted a host: this side names its heap by the API
+        // it hands to plugins, which a plugin that adopts it reports.
+        assert_eq!(identity(), &crate::loader::HOST_API as *const HostApi as usize);
     }
 }

@@ -751,21 +751,24 @@ unsafe extern "C" fn host_max_level() -> u32 {
     }
 }
 
+/// The host's services to plugins. Its address also names the host's heap
+/// (`heap::identity`): a plugin that allocates through it reports it.
+pub(crate) static HOST_API: HostApi = HostApi {
+    abi_version: abi::ABI_VERSION,
+    max_level: host_max_level,
+    log: host_log,
+    net: &crate::host_net::NET,
+    spawn: crate::host_net::spawn,
+    yield_now: crate::host_net::yield_now,
+    alloc: crate::heap::heap_alloc,
+    alloc_zeroed: crate::heap::heap_alloc_zeroed,
+    dealloc: crate::heap::heap_dealloc,
+    realloc: crate::heap::heap_realloc,
+};
+
 fn host_api() -> &'static HostApi {
-    static API: HostApi = HostApi {
-        abi_version: abi::ABI_VERSION,
-        max_level: host_max_level,
-        log: host_log,
-        net: &crate::host_net::NET,
-        spawn: crate::host_net::spawn,
-        yield_now: crate::host_net::yield_now,
-        alloc: crate::heap::heap_alloc,
-        alloc_zeroed: crate::heap::heap_alloc_zeroed,
-        dealloc: crate::heap::heap_dealloc,
-        realloc: crate::heap::heap_realloc,
-    };
     crate::host_net::remember_runtime();
-    &API
+    &HOST_API
 }
 
 /// Which libraries have run their init, by file.

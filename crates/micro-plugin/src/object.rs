@@ -163,7 +163,19 @@ pub(crate) fn is_unknown_method(e: &Error) -> bool {
 struct Exported {
     inner: Arc<dyn DispatchDyn>,
     rt: Option<tokio::runtime::Handle>,
+    /// Whether this object answers [`HEAP`]: only for the crate's own exports
+    /// whose methods may move allocations (a client's `CALL_MOVED`).
+    answers_heap: bool,
 }
+
+/// A synchronous method every exported object has, answered by this module
+/// rather than by its [`Dispatch`]: this side's heap (`heap::identity`, 8
+/// bytes little-endian) for an object that may receive moved allocations
+/// ([`export_answering_heap`]), "unknown method" for any other. So code
+/// outside the crate, which exports with [`export`], cannot claim to share
+/// a heap: its answer would make the caller hand over (and take back) raw
+/// allocations.
+pub(crate) const HEAP: u32 = u32::MAX;
 
 /// Object-safe form of [`Dispatch`].
 trait DispatchDyn: Send + Sync {
@@ -205,7 +217,17 @@ static VTABLE: ObjectVTable = ObjectVTable { call: call_entry, call_sync: call_s
 
 /// Exports a value as an [`FfiObject`] owned by the receiver.
 pub fn export<T: Dispatch>(value: Arc<T>) -> FfiObject {
-    let ex = Box::new(Exported { inner: value, rt: runtime::this_side() });
+    export_with(value, false)
+}
+
+/// As [`export`], for a value whose methods may take and give moved
+/// allocations between sides of one heap: the object answers [`HEAP`].
+pub(crate) fn export_answering_heap<T: Dispatch>(value: Arc<T>) -> FfiObject {
+    export_with(value, true)
+}
+
+fn export_with<T: Dispatch>(value: Arc<T>, answers_heap: bool) -> FfiObject {
+    let ex = Box::new(Exported { inner: value, rt: runtime::this_side(), answers_heap });
     // SAFETY: VTABLE's functions take exactly this Box<Exported>; the object owns it.
     unsafe { FfiObject::from_raw(Box::into_raw(ex) as *const c_void, &VTABLE) }
 }
@@ -277,6 +299,13 @@ unsafe extern "C" fn call_sync_entry(data: *const c_void, method: u32, args: Ffi
     let objects = unsafe { take_objects(&args) };
     // SAFETY: as in call_entry.
     let bytes = unsafe { args.bytes.as_bytes() };
+    if method == HEAP {
+        drop(objects);
+        if !ex.answers_heap {
+            return reply_of(Err(unknown_method("object", method)));
+        }
+        return reply_of(Ok(Reply::bytes((crate::heap::identity() as u64).to_le_bytes().to_vec())));
+    }
     let res = catch_unwind(AssertUnwindSafe(|| {
         let _g = ex.enter();
         ex.inner.call_sync_dyn(method, bytes, objects)
@@ -624,6 +653,14 @@ pub(crate) unsafe fn call_entry_point(
 pub(crate) struct RemoteCall<'a> {
     fut: crate::ffi_future::Polled<FfiReply>,
     _remote: PhantomData<&'a Remote>,
+}
+
+impl RemoteCall<'_> {
+    /// Where the other side's future lives, while it does (for tests).
+    #[cfg(test)]
+    pub(crate) fn data(&self) -> Option<*mut c_void> {
+        self.fut.data()
+    }
 }
 
 impl std::future::Future for RemoteCall<'_> {

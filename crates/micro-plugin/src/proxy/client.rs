@@ -16,13 +16,12 @@ mod client_m {
     pub(super) const PUBLISH: u32 = 2;
     pub(super) const NAME: u32 = 3;
     pub(super) const STREAM: u32 = 4;
-    /// The exporter's heap (`heap::identity`, 8 bytes little-endian). A peer
-    /// without it answers "unknown method": its calls are copied.
-    pub(super) const HEAP: u32 = 5;
     /// CALL with the request's allocations handed over ([`put_moved_call`](super::put_moved_call))
     /// and the response's handed back ([`moved_response_reply`](super::moved_response_reply)):
-    /// only between sides of one heap, which the caller asked with HEAP.
-    pub(super) const CALL_MOVED: u32 = 6;
+    /// only between sides of one heap, which the caller asked with the
+    /// object's `HEAP` (see `object::HEAP`, which only `export_client`'s
+    /// objects answer).
+    pub(super) const CALL_MOVED: u32 = 5;
 }
 
 struct ClientExport(Arc<dyn Client>);
@@ -87,7 +86,6 @@ impl Dispatch for ClientExport {
     fn call_sync(&self, method: u32, _: &[u8], _: Vec<FfiObject>) -> Result<Reply> {
         match method {
             client_m::NAME => string_reply(self.0.name()),
-            client_m::HEAP => Ok(Reply::bytes((heap::identity() as u64).to_le_bytes().to_vec())),
             m => Err(unknown_method("client", m)),
         }
     }
@@ -198,7 +196,7 @@ unsafe fn take_moved_response(buf: Vec<u8>) -> Result<Response> {
 
 /// Exports a client.
 pub fn export_client(c: Arc<dyn Client>) -> FfiObject {
-    export(Arc::new(ClientExport(c)))
+    crate::object::export_answering_heap(Arc::new(ClientExport(c)))
 }
 
 struct ClientProxy {
@@ -279,13 +277,18 @@ impl Future for CallReply<'_> {
 pub fn import_client(obj: FfiObject) -> Result<Arc<dyn Client>> {
     let remote = Remote::new(obj)?;
     let name = remote.call_string(client_m::NAME);
-    // Asked, never assumed: equal identities mean one heap (see `heap`).
+    let moves = import_moves(&remote);
+    Ok(Arc::new(ClientProxy { remote, name, moves }))
+}
+
+/// Whether a client of the other side allocates from this side's heap, so
+/// that its calls may move: asked, never assumed (see `heap`).
+fn import_moves(remote: &Remote) -> bool {
     let theirs = remote
-        .call_sync(client_m::HEAP, &[], Vec::new())
+        .call_sync(crate::object::HEAP, &[], Vec::new())
         .ok()
         .and_then(|r| <[u8; 8]>::try_from(r.bytes.as_slice()).ok().map(u64::from_le_bytes));
-    let moves = theirs == Some(heap::identity() as u64);
-    Ok(Arc::new(ClientProxy { remote, name, moves }))
+    theirs == Some(heap::identity() as u64)
 }
 
 #[async_trait]
@@ -447,11 +450,67 @@ mod tests {
         Ok(())
     }
 
+    /// A request to `Echo` whose service has a capacity of 100.
+    fn roomy_request() -> Request {
+        let mut service = String::with_capacity(100);
+        service.push_str("greeter");
+        Request { service, endpoint: "Greeter.Hello".into(), ..Default::default() }
+    }
+
     #[tokio::test]
     async fn a_client_of_one_heap_is_imported_to_move_its_calls() -> Result<()> {
         let remote = Remote::new(export_client(Arc::new(Echo)))?;
-        let r = remote.call_sync(client_m::HEAP, &[], Vec::new())?;
+        let r = remote.call_sync(crate::object::HEAP, &[], Vec::new())?;
         assert_eq!(r.bytes.as_slice(), (heap::identity() as u64).to_le_bytes());
+        // Imported, its calls move: the service arrives with its capacity.
+        let client = import_client(export_client(Arc::new(Echo)))?;
+        let resp = client.call(roomy_request(), CallOptions::default()).await?;
+        assert_eq!(resp.metadata.get("Echo-Service").map(String::as_str), Some("greeter 100"));
+        Ok(())
+    }
+
+    /// A client's calls, as any code outside the crate could export it:
+    /// answers every synchronous method with this side's heap.
+    struct Forged;
+
+    impl Dispatch for Forged {
+        fn call(self: Arc<Self>, _: u32, _: &[u8], _: Vec<FfiObject>) -> BoxFuture<'static, Result<Reply>> {
+            Box::pin(std::future::ready(Err(Error::internal("test", "a forged client was called"))))
+        }
+        fn call_sync(&self, _: u32, _: &[u8], _: Vec<FfiObject>) -> Result<Reply> {
+            Ok(Reply::bytes((heap::identity() as u64).to_le_bytes().to_vec()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_calls_future_is_built_in_the_room_of_the_hosts_box() -> Result<()> {
+        let held = Arc::new(Held { called: Notify::new(), answer: Notify::new() });
+        let remote = Remote::new(export_client(held))?;
+        for moves in [true, false] {
+            let reply = if moves {
+                CallReply::start(&remote, client_m::CALL_MOVED, None, |w| {
+                    put_moved_call(w, roomy_request(), &CallOptions::default())
+                })
+            } else {
+                CallReply::start(&remote, client_m::CALL, None, |w| {
+                    wire::put_request(w, &roomy_request());
+                    wire::put_call_options(w, &CallOptions::default());
+                })
+            };
+            let room = &reply.place as *const Place as *mut std::ffi::c_void;
+            let at = reply.call.as_ref().and_then(|c| c.data());
+            assert_eq!(at, Some(room), "moves: {moves}: the other side boxed its future (too big for the room?)");
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_object_exported_outside_the_crate_cannot_claim_a_heap() -> Result<()> {
+        // Its own answer is never asked: the boundary answers for it.
+        let remote = Remote::new(export(Arc::new(Forged)))?;
+        let asked = remote.call_sync(crate::object::HEAP, &[], Vec::new());
+        assert!(asked.as_ref().is_err_and(is_unknown_method), "{:?}", asked.map(|r| r.bytes.as_slice().to_vec()));
+        assert!(!import_moves(&remote), "a forged answer would make calls hand over raw allocations");
         Ok(())
     }
 
@@ -489,7 +548,7 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(10), held.called.notified())
             .await
             .map_err(|_| Error::internal("test", "the call never reached the client"))?;
-        // The other side has its own copy: the caller's request is already gone.
+        // The request went to the other side (moved, in one process): none of it is left here.
         assert!(freed.load(Ordering::SeqCst), "the request was held across the wait for its reply");
         held.answer.notify_one();
         let resp = tokio::time::timeout(std::time::Duration::from_secs(10), call)
