@@ -26,35 +26,10 @@ contender=$1
 event=$2
 calls=${3:-100000}
 root=$(cd "$(dirname "$0")/.." && pwd)
-bench=${BENCH:-$root/target/release/micro-bench}
-plugins=${PLUGINS:-$root/target/bench}
 command -v perf >/dev/null || { echo "error: perf is not installed (apt-get install linux-perf)" >&2; exit 1; }
-[ -x "$bench" ] || { echo "error: no $bench: cargo build --release -p micro-bench" >&2; exit 1; }
-
-mkdir -p "$plugins"
-registry=$(mktemp -d "$plugins/registry-count.XXXXXX")
-chmod 700 "$registry"
-feed=$(mktemp -u)
-mkfifo "$feed"
-cleanup() {
-  exec 4>&- 2>/dev/null || true
-  [ -n "${server:-}" ] && kill "$server" 2>/dev/null || true
-  rm -rf "$registry" "$feed"
-}
-trap cleanup EXIT
-
-# The server stops when its stdin closes: hold it open on a FIFO until the end.
-MICRO_LOG_LEVEL=error MICRO_BENCH_REGISTRY=$registry \
-  "$bench" rpc-server --contender "$contender" --plugins "$plugins" <"$feed" >"$registry/addr" &
-server=$!
-exec 4>"$feed"
-for _ in $(seq 1 300); do
-  grep -q '^ADDR ' "$registry/addr" 2>/dev/null && break
-  kill -0 "$server" 2>/dev/null || { echo "error: the $contender server did not start" >&2; exit 1; }
-  sleep 0.1
-done
-addr=$(sed -n 's/^ADDR //p' "$registry/addr")
-[ -n "$addr" ] || { echo "error: the $contender server did not say where it listens within 30 s" >&2; exit 1; }
+. "$root/scripts/bench-server.sh"
+trap stop_bench_server EXIT
+start_bench_server
 
 count() {
   MICRO_LOG_LEVEL=error MICRO_BENCH_REGISTRY=$registry perf stat -x, -e "$event" -- \

@@ -102,7 +102,24 @@ impl<'a> Inline<'a> {
     where
         F: std::future::Future<Output = Result<Reply, Error>> + Send + 'a,
     {
-        let contained = runtime::Contained::new(fut, self.rt, reply_of, |e| reply_of(Err(Error::internal(ID, e))));
+        self.start_mapped(fut, reply_of)
+    }
+
+    /// As [`start`](Self::start), for a future whose output is the reply
+    /// as it crosses already ([`bytes_reply`]): a hot path's result then
+    /// goes straight into the C reply, not through a [`Reply`] first.
+    pub(crate) fn start_reply<F>(self, fut: F) -> Started<'a>
+    where
+        F: std::future::Future<Output = FfiReply> + Send + 'a,
+    {
+        self.start_mapped(fut, std::convert::identity)
+    }
+
+    fn start_mapped<F>(self, fut: F, map: fn(F::Output) -> FfiReply) -> Started<'a>
+    where
+        F: std::future::Future + Send + 'a,
+    {
+        let contained = runtime::Contained::new(fut, self.rt, map, |e| reply_of(Err(Error::internal(ID, e))));
         if fits(&contained, self.place) {
             // SAFETY: as below; and the caller's room holds an aligned value
             // of this size (checked), which the caller keeps in place and
@@ -113,6 +130,15 @@ impl<'a> Inline<'a> {
         // into keeps 'a: it loses that only where `call_entry` hands it
         // across, under the ABI's rule that the object outlives it.
         Started(unsafe { FfiFuture::new_unchecked(contained) }, std::marker::PhantomData)
+    }
+}
+
+/// A result of bytes as the reply that crosses: what [`Reply::bytes`]
+/// would become, or the error.
+pub(crate) fn bytes_reply(res: Result<Vec<u8>, Error>) -> FfiReply {
+    match res {
+        Ok(bytes) => FfiReply { status: 0, bytes: FfiBuf::from_vec(bytes), object: FfiObject::null() },
+        Err(e) => reply_of(Err(e)),
     }
 }
 
@@ -252,6 +278,10 @@ fn reply_of(res: Result<Reply, Error>) -> FfiReply {
 /// `args.objects` must point at `args.n_objects` initialised objects that the caller gave up.
 // SAFETY: unsafe to call; the contract is the `# Safety` section above.
 unsafe fn take_objects(args: &FfiArgs) -> Vec<FfiObject> {
+    // Most calls hand over none (every client call): no loop, no checks.
+    if args.n_objects == 0 {
+        return Vec::new();
+    }
     let mut v = Vec::with_capacity(args.n_objects);
     for i in 0..args.n_objects {
         // SAFETY: guaranteed by the caller: `i < n_objects` stays inside the array.

@@ -59,15 +59,19 @@ thread_local! {
 /// thread-local swap (a fifth of the runtime bookkeeping of a client
 /// plugin's call, BENCHMARKS.md).
 pub(crate) fn enter(rt: Option<&Handle>) -> Option<EnterGuard<'_>> {
+    // A plugin's thread that entered its runtime for good: asked first, as
+    // it is one thread-local read (in a library loaded at run time each
+    // costs a call to `__tls_get_addr`) and, for a host thread polling a
+    // plugin's futures, the usual answer.
+    if PLUGIN_ENTERED.get() {
+        return None;
+    }
     // In a task of this side's tokio: its runtime is current (cheaper to
     // ask than `try_current`, which clones the handle).
     if tokio::task::try_id().is_some() {
         return None;
     }
     if let Some(plugin) = PLUGIN_RUNTIME.get() {
-        if PLUGIN_ENTERED.get() {
-            return None;
-        }
         if Handle::try_current().is_err() {
             // Never left: the guard is forgotten (nested guards of other
             // runtimes still restore this one when they drop).

@@ -48,6 +48,18 @@ impl Writer {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
+    /// `N` u64s, with one capacity check for the lot.
+    #[inline]
+    pub(crate) fn words<const N: usize>(&mut self, words: [u64; N]) -> &mut Self {
+        // Grown once, then filled in place: `extend_from_slice` per word
+        // checked the capacity again for each.
+        let at = self.buf.len();
+        self.buf.resize(at + N * 8, 0);
+        for (c, w) in self.buf[at..].chunks_exact_mut(8).zip(words) {
+            c.copy_from_slice(&w.to_le_bytes());
+        }
+        self
+    }
     /// A byte string.
     #[inline]
     pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
@@ -189,6 +201,19 @@ impl<'a> Reader<'a> {
     #[inline]
     pub fn u32(&mut self) -> Result<u32, Error> {
         Ok(self.get_u32()?)
+    }
+    /// `N` u64s, written by `Writer::words`, with one bounds check for
+    /// the lot: all of them or, if the buffer is short, none.
+    #[inline]
+    pub(crate) fn words<const N: usize>(&mut self) -> Result<[u64; N], Error> {
+        let b = self.take(N * 8)?;
+        let mut words = [0u64; N];
+        for (w, c) in words.iter_mut().zip(b.chunks_exact(8)) {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(c);
+            *w = u64::from_le_bytes(a);
+        }
+        Ok(words)
     }
     /// A u64.
     #[inline]

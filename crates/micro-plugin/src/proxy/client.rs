@@ -7,7 +7,7 @@
 
 use super::*;
 use crate::heap;
-use crate::object::{Inline, Place, RemoteCall, Started};
+use crate::object::{bytes_reply, Inline, Place, RemoteCall, Started};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -17,7 +17,7 @@ mod client_m {
     pub(super) const NAME: u32 = 3;
     pub(super) const STREAM: u32 = 4;
     /// CALL with the request's allocations handed over ([`put_moved_call`](super::put_moved_call))
-    /// and the response's handed back ([`moved_response_reply`](super::moved_response_reply)):
+    /// and the response's handed back ([`moved_response_bytes`](super::moved_response_bytes)):
     /// only between sides of one heap, which the caller asked with the
     /// object's `HEAP` (see `object::HEAP`, which only `export_client`'s
     /// objects answer).
@@ -46,7 +46,7 @@ impl Dispatch for ClientExport {
                 let args = unsafe { take_moved_call(&mut r) };
                 Box::pin(async move {
                     let (req, opts) = args?;
-                    moved_response_reply(self.0.call(req, opts).await?)
+                    Ok(Reply::bytes(moved_response_bytes(self.0.call(req, opts).await?)))
                 })
             }
             client_m::STREAM => {
@@ -74,7 +74,12 @@ impl Dispatch for ClientExport {
                 // SAFETY: as in `call`.
                 let started =
                     unsafe { take_moved_call(&mut Reader::new(args)) }.map(|(req, opts)| self.0.call(req, opts));
-                Some(start.start(async move { moved_response_reply(started?.await?) }))
+                Some(start.start_reply(async move {
+                    bytes_reply(match started {
+                        Ok(call) => call.await.map(moved_response_bytes),
+                        Err(e) => Err(e),
+                    })
+                }))
             }
             client_m::CALL => {
                 let started = decode_call(&mut Reader::new(args)).map(|(req, opts)| self.0.call(req, opts));
@@ -106,17 +111,18 @@ fn response_reply(resp: Response) -> Result<Reply> {
 
 /// Writes a call's request and options with the request's allocations
 /// handed over: its strings and body are the other side's from now on.
+/// The four parts go as one block of words, each header as another.
 fn put_moved_call(w: &mut Writer, req: Request, opts: &CallOptions) {
     let Request { service, endpoint, content_type, body, metadata } = req;
-    heap::put_string(w, service);
-    heap::put_string(w, endpoint);
-    heap::put_string(w, content_type);
+    let [s0, s1, s2] = heap::string_parts(service);
+    let [e0, e1, e2] = heap::string_parts(endpoint);
+    let [c0, c1, c2] = heap::string_parts(content_type);
     // The body's own buffer when nothing else shares it, else a copy.
-    heap::put_vec(w, Vec::from(body));
+    let [b0, b1, b2] = heap::parts(Vec::from(body));
+    w.words([s0, s1, s2, e0, e1, e2, c0, c1, c2, b0, b1, b2]);
     w.u32(metadata.len() as u32);
     for (k, v) in metadata {
-        heap::put_string(w, k);
-        heap::put_string(w, v);
+        w.words(heap::pair_parts(k, v));
     }
     wire::put_call_options(w, opts);
 }
@@ -128,47 +134,58 @@ fn put_moved_call(w: &mut Writer, req: Request, opts: &CallOptions) {
 /// side's heap, handed over to this call alone.
 // SAFETY: unsafe to call; the contract is the `# Safety` section above.
 unsafe fn take_moved_call(r: &mut Reader<'_>) -> Result<(Request, CallOptions)> {
-    // SAFETY: the next parts of that call, in the order they were
-    // written, each taken once (as in each `take_*` below).
-    let service = unsafe { heap::take_string(r) }?;
+    let [s0, s1, s2, e0, e1, e2, c0, c1, c2, b0, b1, b2] = r.words()?;
+    // SAFETY: the parts of that call, in the order they were written, each
+    // taken once (as in each `*_from` below).
+    let service = unsafe { heap::string_from([s0, s1, s2]) };
     // SAFETY: as above.
-    let endpoint = unsafe { heap::take_string(r) }?;
+    let endpoint = unsafe { heap::string_from([e0, e1, e2]) };
     // SAFETY: as above.
-    let content_type = unsafe { heap::take_string(r) }?;
+    let content_type = unsafe { heap::string_from([c0, c1, c2]) };
     // SAFETY: as above.
-    let body = bytes::Bytes::from(unsafe { heap::take_vec(r) }?);
-    let n = r.u32()? as usize;
-    let mut metadata = std::collections::HashMap::with_capacity(n.min(1024));
-    for _ in 0..n {
-        // SAFETY: as above.
-        let k = unsafe { heap::take_string(r) }?;
-        // SAFETY: as above.
-        metadata.insert(k, unsafe { heap::take_string(r) }?);
-    }
+    let body = bytes::Bytes::from(unsafe { heap::vec_from([b0, b1, b2]) });
+    // SAFETY: the rest of that call, as above.
+    let metadata = unsafe { take_moved_headers(r) }?;
     let opts = wire::get_call_options(r)?;
     Ok((Request { service, endpoint, content_type, body, metadata }, opts))
 }
 
-/// A call's response as a reply whose allocations go to the caller: its
-/// strings handed over, then its body's bytes, last and filling the buffer
-/// exactly, so that the caller's `Bytes` takes the whole buffer over with
-/// no copy and no allocation of its own.
-fn moved_response_reply(resp: Response) -> Result<Reply> {
+/// Takes the headers of a call or response that [`put_moved_call`] or
+/// [`moved_response_bytes`] wrote: their count, then a block per header.
+///
+/// # Safety
+/// As for [`take_moved_call`], of the headers next in `r`.
+// SAFETY: unsafe to call; the contract is the `# Safety` section above.
+unsafe fn take_moved_headers(r: &mut Reader<'_>) -> Result<std::collections::HashMap<String, String>> {
+    let n = r.u32()? as usize;
+    let mut metadata = std::collections::HashMap::with_capacity(n.min(1024));
+    for _ in 0..n {
+        // SAFETY: the next header of that call or response, taken once.
+        let (k, v) = unsafe { heap::pair_from(r.words()?) };
+        metadata.insert(k, v);
+    }
+    Ok(metadata)
+}
+
+/// A call's response as the bytes of a reply whose allocations go to the
+/// caller: its strings handed over, then its body's bytes, last and filling
+/// the buffer exactly, so that the caller's `Bytes` takes the whole buffer
+/// over with no copy and no allocation of its own.
+fn moved_response_bytes(resp: Response) -> Vec<u8> {
     let Response { content_type, body, metadata } = resp;
     let head = 3 * 8 + 4 + metadata.len() * 6 * 8;
     let mut w = Writer::with_capacity(head + body.len());
-    heap::put_string(&mut w, content_type);
+    w.words(heap::string_parts(content_type));
     w.u32(metadata.len() as u32);
     for (k, v) in metadata {
-        heap::put_string(&mut w, k);
-        heap::put_string(&mut w, v);
+        w.words(heap::pair_parts(k, v));
     }
     let mut buf = w.finish();
     buf.extend_from_slice(&body);
-    Ok(Reply::bytes(buf))
+    buf
 }
 
-/// Takes a response written by [`moved_response_reply`].
+/// Takes a response written by [`moved_response_bytes`].
 ///
 /// # Safety
 /// `buf` must be such a reply, made on a side of this side's heap and
@@ -177,15 +194,9 @@ fn moved_response_reply(resp: Response) -> Result<Reply> {
 unsafe fn take_moved_response(buf: Vec<u8>) -> Result<Response> {
     let mut r = Reader::new(&buf);
     // SAFETY: the reply's parts, in the order they were written, each taken once.
-    let content_type = unsafe { heap::take_string(&mut r) }?;
-    let n = r.u32()? as usize;
-    let mut metadata = std::collections::HashMap::with_capacity(n.min(1024));
-    for _ in 0..n {
-        // SAFETY: as above.
-        let k = unsafe { heap::take_string(&mut r) }?;
-        // SAFETY: as above.
-        metadata.insert(k, unsafe { heap::take_string(&mut r) }?);
-    }
+    let content_type = unsafe { heap::string_from(r.words()?) };
+    // SAFETY: as above.
+    let metadata = unsafe { take_moved_headers(&mut r) }?;
     let head = buf.len() - r.remaining();
     // The body is the rest: the buffer becomes its `Bytes` (no copy, and
     // none of `Bytes`' own allocations when the buffer is exactly full).
@@ -266,7 +277,7 @@ impl Future for CallReply<'_> {
             // SAFETY: the successful reply of a CALL_MOVED, which the other
             // side (of this heap: `moves`) made in a buffer of `FfiBuf::from_vec`.
             let buf = unsafe { r.bytes.into_vec() };
-            // SAFETY: that buffer is `moved_response_reply`'s, handed over with the reply.
+            // SAFETY: that buffer is `moved_response_bytes`'s, handed over with the reply.
             return std::task::Poll::Ready(unsafe { take_moved_response(buf) });
         };
         std::task::Poll::Ready(wire::get_response_to(&mut Reader::new(r.bytes.as_slice()), content_type))
