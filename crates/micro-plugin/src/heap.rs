@@ -161,12 +161,13 @@ fn own_heap() -> usize {
 /// allocator if the plugin allocated before that.
 pub struct HostAllocator;
 
-// SAFETY: every allocation is served by one allocator for the whole
-// process life (`host` never changes its answer once given), and freed by
-// the same one: the host's global allocator through its entry points, or
-// `System`.
+// Every allocation is served by one allocator for the whole process life
+// (`host` never changes its answer once given), and freed by the same one:
+// the host's global allocator through its entry points, or `System`.
+// SAFETY: so allocations and frees always meet the same allocator (above).
 unsafe impl GlobalAlloc for HostAllocator {
     #[inline]
+    // SAFETY: the caller keeps `GlobalAlloc::alloc`'s contract, which this passes on.
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match host() {
             // SAFETY: the host's allocator, with the caller's valid layout.
@@ -176,6 +177,7 @@ unsafe impl GlobalAlloc for HostAllocator {
         }
     }
     #[inline]
+    // SAFETY: the caller keeps `GlobalAlloc::alloc_zeroed`'s contract, which this passes on.
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         match host() {
             // SAFETY: as in `alloc`.
@@ -185,6 +187,7 @@ unsafe impl GlobalAlloc for HostAllocator {
         }
     }
     #[inline]
+    // SAFETY: the caller keeps `GlobalAlloc::dealloc`'s contract, which this passes on.
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         match host() {
             // SAFETY: `ptr` was allocated by the same allocator (see the impl's note).
@@ -194,6 +197,7 @@ unsafe impl GlobalAlloc for HostAllocator {
         }
     }
     #[inline]
+    // SAFETY: the caller keeps `GlobalAlloc::realloc`'s contract, which this passes on.
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         match host() {
             // SAFETY: as in `dealloc`, with the caller's valid new size.

@@ -163,10 +163,20 @@ impl<'a> Reader<'a> {
     }
     #[inline]
     fn get_u64(&mut self) -> Result<u64, Bad> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_le_bytes(a))
+        let [w] = self.get_words()?;
+        Ok(w)
+    }
+    /// `N` u64s with one bounds check: all of them or, if short, none.
+    #[inline]
+    fn get_words<const N: usize>(&mut self) -> Result<[u64; N], Bad> {
+        let b = self.take(N * 8)?;
+        let mut words = [0u64; N];
+        for (w, c) in words.iter_mut().zip(b.chunks_exact(8)) {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(c);
+            *w = u64::from_le_bytes(a);
+        }
+        Ok(words)
     }
     #[inline]
     fn get_bytes(&mut self) -> Result<&'a [u8], Bad> {
@@ -206,14 +216,7 @@ impl<'a> Reader<'a> {
     /// the lot: all of them or, if the buffer is short, none.
     #[inline]
     pub(crate) fn words<const N: usize>(&mut self) -> Result<[u64; N], Error> {
-        let b = self.take(N * 8)?;
-        let mut words = [0u64; N];
-        for (w, c) in words.iter_mut().zip(b.chunks_exact(8)) {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(c);
-            *w = u64::from_le_bytes(a);
-        }
-        Ok(words)
+        Ok(self.get_words()?)
     }
     /// A u64.
     #[inline]

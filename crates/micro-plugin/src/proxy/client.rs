@@ -240,14 +240,9 @@ struct CallReply<'a> {
 impl<'a> CallReply<'a> {
     /// Starts a call whose future the other side may build in the reply's
     /// room, and returns the pinned reply.
-    fn start(
-        remote: &'a Remote,
-        method: u32,
-        content_type: Option<String>,
-        encode: impl FnOnce(&mut Writer),
-    ) -> Pin<Box<Self>> {
+    fn start(remote: &'a Remote, method: u32, encode: impl FnOnce(&mut Writer)) -> Pin<Box<Self>> {
         let mut reply =
-            Box::pin(CallReply { call: None, content_type, place: Place::new(), _pinned: Default::default() });
+            Box::pin(CallReply { call: None, content_type: None, place: Place::new(), _pinned: Default::default() });
         // SAFETY: nothing is moved out of the pinned reply; only its `call` is set.
         let this = unsafe { reply.as_mut().get_unchecked_mut() };
         // SAFETY: the room stays where the box pinned it, alive and
@@ -322,9 +317,9 @@ impl Client for ClientProxy {
         if self.moves {
             // The request's allocations go over with it: nothing to copy,
             // and nothing of it left here to free.
-            return CallReply::start(&self.remote, client_m::CALL_MOVED, None, |w| put_moved_call(w, req, &opts));
+            return CallReply::start(&self.remote, client_m::CALL_MOVED, |w| put_moved_call(w, req, &opts));
         }
-        let mut reply = CallReply::start(&self.remote, client_m::CALL, None, |w| {
+        let mut reply = CallReply::start(&self.remote, client_m::CALL, |w| {
             wire::put_request(w, &req);
             wire::put_call_options(w, &opts);
         });
@@ -431,16 +426,13 @@ mod tests {
             // One process is one heap: the import chose to move; the copy is forced.
             let client =
                 ClientProxy { remote: Remote::new(export_client(Arc::new(Echo)))?, name: "echo".into(), moves };
-            let mut service = String::with_capacity(100);
-            service.push_str("greeter");
             let mut body = Vec::with_capacity(100);
             body.extend_from_slice(b"{\"name\":\"x\"}");
             let req = Request {
-                service,
-                endpoint: "Greeter.Hello".into(),
                 content_type: "application/json".into(),
                 body: body.into(),
                 metadata: [("A".to_string(), "1".to_string()), ("Bb".to_string(), String::new())].into(),
+                ..roomy_request()
             };
             let opts = CallOptions {
                 timeout: Some(std::time::Duration::from_millis(1500)),
@@ -499,11 +491,11 @@ mod tests {
         let remote = Remote::new(export_client(held))?;
         for moves in [true, false] {
             let reply = if moves {
-                CallReply::start(&remote, client_m::CALL_MOVED, None, |w| {
+                CallReply::start(&remote, client_m::CALL_MOVED, |w| {
                     put_moved_call(w, roomy_request(), &CallOptions::default())
                 })
             } else {
-                CallReply::start(&remote, client_m::CALL, None, |w| {
+                CallReply::start(&remote, client_m::CALL, |w| {
                     wire::put_request(w, &roomy_request());
                     wire::put_call_options(w, &CallOptions::default());
                 })
