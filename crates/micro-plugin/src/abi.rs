@@ -29,7 +29,10 @@ pub const MAGIC: [u8; 8] = *b"MICROPLG";
 ///    and a client call between sides of one heap moves its strings and
 ///    buffers instead of copying them (see `heap`); an async call may build
 ///    its future in room its caller offers (`FfiArgs::place`).
-pub const ABI_VERSION: u32 = 11;
+/// 12: a client call between sides of one heap has a crossing of its own
+///    (`ObjectVTable::client_call`): its parts cross as C structs
+///    (`FfiClientCall`, `FfiClientReply`), no longer as encoded words.
+pub const ABI_VERSION: u32 = 12;
 
 /// The name of the symbol every plugin exports: its [`PluginDescriptor`],
 /// read from the file before the library is opened.
@@ -135,28 +138,6 @@ impl FfiBuf {
         FfiBuf { ptr, len, cap: 0, free: Some(free_shared) }
     }
 
-    /// The vector a buffer of [`from_vec`](Self::from_vec) was made of, taken
-    /// over rather than freed by its side (an empty vector for an empty buffer).
-    ///
-    /// # Safety
-    /// The buffer must come from `from_vec` on a side whose heap is this
-    /// side's (`heap::identity`, equal on both).
-    // SAFETY: unsafe to call; the contract is the `# Safety` section above.
-    pub(crate) unsafe fn into_vec(self) -> Vec<u8> {
-        if self.cap < self.len {
-            // Not a vector's parts (a shared buffer's, say): a copy, and the
-            // buffer freed by its side as usual.
-            return self.as_slice().to_vec();
-        }
-        let this = std::mem::ManuallyDrop::new(self);
-        if this.free.is_none() || this.ptr.is_null() {
-            return Vec::new();
-        }
-        // SAFETY: a Vec<u8>'s parts from this heap (the caller's contract),
-        // whose ownership this value held and gives up here (not dropped).
-        unsafe { Vec::from_raw_parts(this.ptr, this.len, this.cap) }
-    }
-
     /// An empty buffer.
     pub fn empty() -> Self {
         FfiBuf { ptr: std::ptr::null_mut(), len: 0, cap: 0, free: None }
@@ -200,6 +181,113 @@ pub struct ObjectVTable {
     pub call_sync: unsafe extern "C" fn(data: *const c_void, method: u32, args: FfiArgs) -> FfiReply,
     /// Releases the object.
     pub drop: unsafe extern "C" fn(data: *const c_void),
+    /// A client's call, for a client object (null for any other): the
+    /// crossing of the hot path, with no method number and no encoding.
+    /// Only between sides of one heap (a caller asks the object's heap
+    /// first; see `heap`): the call's strings and buffers are handed over
+    /// to the callee (which takes them before it returns, and owns them
+    /// from then on), and the reply's to the caller. `place` and
+    /// `place_len` offer room for the returned future, as
+    /// [`FfiArgs::place`] does; the object outlives the future, as for `call`.
+    pub client_call: Option<
+        unsafe extern "C" fn(
+            data: *const c_void,
+            call: *mut FfiClientCall,
+            place: *mut c_void,
+            place_len: usize,
+        ) -> FfiFuture<FfiClientReply>,
+    >,
+}
+
+/// A vector's raw parts, handed from one side to the other of one heap:
+/// the receiver owns the allocation from then on. A null `ptr` is none (a
+/// vector's own pointer is never null).
+#[repr(C)]
+pub struct FfiVec {
+    /// The allocation, or null for none.
+    pub ptr: *mut u8,
+    /// Its length in bytes (or, for an array of pairs, in pairs).
+    pub len: usize,
+    /// Its capacity, in the same unit.
+    pub cap: usize,
+}
+
+/// A header, key and value handed over.
+#[repr(C)]
+pub struct FfiPair {
+    /// The key's bytes.
+    pub key: FfiVec,
+    /// The value's bytes.
+    pub value: FfiVec,
+}
+
+/// A client call's request and options, handed over
+/// ([`ObjectVTable::client_call`]).
+#[repr(C)]
+pub struct FfiClientCall {
+    /// The service's name.
+    pub service: FfiVec,
+    /// The endpoint.
+    pub endpoint: FfiVec,
+    /// The body's content type.
+    pub content_type: FfiVec,
+    /// The body.
+    pub body: FfiVec,
+    /// The headers: an array the caller keeps for the length of the
+    /// `client_call` call (null when there are none), whose keys and values
+    /// are handed over.
+    pub headers: *const FfiPair,
+    /// How many headers.
+    pub n_headers: usize,
+    /// The call's timeout in nanoseconds plus one, 0 for none.
+    pub timeout: u64,
+    /// Its retries plus one, 0 for none.
+    pub retries: u64,
+    /// The address to call, null for none.
+    pub address: FfiVec,
+}
+
+/// A client call's outcome ([`ObjectVTable::client_call`]), its parts
+/// handed over to the caller.
+#[repr(C)]
+pub struct FfiClientReply {
+    /// 0: a response, in the three fields that follow; 1: an error, whose
+    /// go-micro JSON is `body` (the other fields none).
+    pub status: u32,
+    /// The response's content type.
+    pub content_type: FfiVec,
+    /// Its body, or the error's JSON.
+    pub body: FfiVec,
+    /// Its headers: an array of [`FfiPair`] handed over with them (null when
+    /// there are none; `len` and `cap` count pairs).
+    pub headers: FfiVec,
+}
+
+// SAFETY: the parts are uniquely owned, like a `Vec<u8>`'s, by whichever side holds them.
+unsafe impl Send for FfiVec {}
+
+impl FfiVec {
+    /// None.
+    pub const NONE: FfiVec = FfiVec { ptr: std::ptr::null_mut(), len: 0, cap: 0 };
+}
+
+impl FfiClientReply {
+    /// The reply of a call that failed with `e`. Only between sides of one
+    /// heap, as every `FfiClientReply`: the JSON's buffer is handed over.
+    pub(crate) fn error(e: &micro_core::Error) -> Self {
+        FfiClientReply {
+            status: 1,
+            content_type: FfiVec::NONE,
+            body: crate::heap::give(e.to_json().into_bytes()),
+            headers: FfiVec::NONE,
+        }
+    }
+}
+
+impl FromPanic for FfiClientReply {
+    fn from_panic() -> Self {
+        Self::error(&micro_core::Error::internal("micro.plugin", "a future across the plugin boundary panicked"))
+    }
 }
 
 /// An object owned by the other side of the boundary: a component, a
@@ -747,7 +835,11 @@ pub const LAYOUT: u64 = fingerprint2(
     &layouts! {
         FfiStr { ptr, len }
         FfiBuf { ptr, len, cap, free }
-        ObjectVTable { call, call_sync, drop }
+        ObjectVTable { call, call_sync, drop, client_call }
+        FfiVec { ptr, len, cap }
+        FfiPair { key, value }
+        FfiClientCall { service, endpoint, content_type, body, headers, n_headers, timeout, retries, address }
+        FfiClientReply { status, content_type, body, headers }
         FfiObject { data, vtable }
         FfiArgs { bytes, objects, n_objects, place, place_len }
         FfiReply { status, bytes, object }
@@ -770,7 +862,9 @@ pub const LAYOUT: u64 = fingerprint2(
         FfiFuture<()> { data, poll, drop }
         FfiFuture<FfiStreamReply> { data, poll, drop }
         FfiFuture<FfiListenerReply> { data, poll, drop }
+        FfiFuture<FfiClientReply> { data, poll, drop }
         FfiPoll<FfiReply> {}
+        FfiPoll<FfiClientReply> {}
         FfiPoll<FfiStreamReply> {}
         FfiPoll<FfiListenerReply> {}
         FfiPoll<()> {}
@@ -807,7 +901,24 @@ mod tests {
         }
         layout!(FfiStr, 16, 8, ptr = 0, len = 8);
         layout!(FfiBuf, 32, 8, ptr = 0, len = 8, cap = 16, free = 24);
-        layout!(ObjectVTable, 24, 8, call = 0, call_sync = 8, drop = 16);
+        layout!(ObjectVTable, 32, 8, call = 0, call_sync = 8, drop = 16, client_call = 24);
+        layout!(FfiVec, 24, 8, ptr = 0, len = 8, cap = 16);
+        layout!(FfiPair, 48, 8, key = 0, value = 24);
+        layout!(
+            FfiClientCall,
+            152,
+            8,
+            service = 0,
+            endpoint = 24,
+            content_type = 48,
+            body = 72,
+            headers = 96,
+            n_headers = 104,
+            timeout = 112,
+            retries = 120,
+            address = 128
+        );
+        layout!(FfiClientReply, 80, 8, status = 0, content_type = 8, body = 32, headers = 56);
         layout!(FfiObject, 16, 8, data = 0, vtable = 8);
         layout!(FfiArgs, 48, 8, bytes = 0, objects = 16, n_objects = 24, place = 32, place_len = 40);
         layout!(FfiReply, 56, 8, status = 0, bytes = 8, object = 40);
@@ -862,9 +973,11 @@ mod tests {
         layout!(FfiFuture<()>, 24, 8, data = 0, poll = 8, drop = 16);
         layout!(FfiFuture<FfiStreamReply>, 24, 8, data = 0, poll = 8, drop = 16);
         layout!(FfiFuture<FfiListenerReply>, 24, 8, data = 0, poll = 8, drop = 16);
+        layout!(FfiFuture<FfiClientReply>, 24, 8, data = 0, poll = 8, drop = 16);
         layout!(FfiPoll<FfiReply>, 64, 8);
         layout!(FfiPoll<FfiStreamReply>, 128, 8);
         layout!(FfiPoll<FfiListenerReply>, 96, 8);
+        layout!(FfiPoll<FfiClientReply>, 88, 8);
         layout!(FfiPoll<()>, 1, 1);
         assert_eq!(poll_tags(), [0, 1, 2], "FfiPoll's tags: Ready, Pending, Panicked");
     }

@@ -26,8 +26,9 @@
 //! it does not share.
 #![allow(unsafe_code)]
 
-use crate::abi::HostApi;
+use crate::abi::{FfiPair, FfiVec, HostApi};
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 #[cfg(feature = "host")]
@@ -208,67 +209,113 @@ unsafe impl GlobalAlloc for HostAllocator {
     }
 }
 
-/// A vector's raw parts (pointer, length, capacity) as the words that
-/// move it to the other side, which then owns it ([`vec_from`]). Only
-/// between sides of one heap ([`identity`]). A crossing writes all of a
-/// call's parts as one block of words (`Writer::words`), read back in one
-/// (`Reader::words`): one bounds check for the lot, not three per part.
+/// A vector handed over to the other side of one heap ([`identity`]),
+/// which then owns it ([`take`]): its raw parts, nothing copied.
 #[inline]
-pub(crate) fn parts(v: Vec<u8>) -> [u64; 3] {
+pub(crate) fn give<T>(v: Vec<T>) -> FfiVec {
     let mut v = std::mem::ManuallyDrop::new(v);
-    [v.as_mut_ptr() as u64, v.len() as u64, v.capacity() as u64]
+    FfiVec { ptr: v.as_mut_ptr() as *mut u8, len: v.len(), cap: v.capacity() }
 }
 
-/// A string's raw parts (see [`parts`]).
+/// A string handed over (see [`give`]).
 #[inline]
-pub(crate) fn string_parts(s: String) -> [u64; 3] {
-    parts(s.into_bytes())
+pub(crate) fn give_string(s: String) -> FfiVec {
+    give(s.into_bytes())
 }
 
-/// A header's key and value, moved (see [`parts`]).
+/// A string or none handed over (see [`give`]): none is a null pointer,
+/// which a vector's never is.
 #[inline]
-pub(crate) fn pair_parts(k: String, v: String) -> [u64; 6] {
-    let ([a, b, c], [d, e, f]) = (string_parts(k), string_parts(v));
-    [a, b, c, d, e, f]
+pub(crate) fn give_option(s: Option<String>) -> FfiVec {
+    s.map_or(FfiVec::NONE, give_string)
 }
 
-/// Takes a vector that the other side moved with [`parts`].
+/// Headers handed over, as an array of pairs handed over too (none: a
+/// null array, no allocation).
+pub(crate) fn give_headers(headers: HashMap<String, String>) -> FfiVec {
+    if headers.is_empty() {
+        return FfiVec::NONE;
+    }
+    give(headers.into_iter().map(|(k, v)| FfiPair { key: give_string(k), value: give_string(v) }).collect::<Vec<_>>())
+}
+
+/// Takes a vector the other side handed over with [`give`] (none: an
+/// empty one).
 ///
 /// # Safety
-/// `p` must be a vector's raw parts made by [`parts`] on a side of this
-/// side's heap, handed over to this call alone (taken once).
+/// `v` must come from [`give`] of a `Vec<T>` on a side of this side's heap
+/// (or be [`FfiVec::NONE`]), handed over to this call alone (taken once).
 // SAFETY: unsafe to call; the contract is the `# Safety` section above.
 #[inline]
-pub(crate) unsafe fn vec_from([ptr, len, cap]: [u64; 3]) -> Vec<u8> {
-    // SAFETY: a vector's parts from this heap, handed over to this call
+pub(crate) unsafe fn take<T>(v: FfiVec) -> Vec<T> {
+    if v.ptr.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: a `Vec<T>`'s parts from this heap, handed over to this call
     // alone: this side now owns it.
-    unsafe { Vec::from_raw_parts(ptr as usize as *mut u8, len as usize, cap as usize) }
+    unsafe { Vec::from_raw_parts(v.ptr as *mut T, v.len, v.cap) }
 }
 
-/// Takes a string that the other side moved with [`string_parts`].
+/// Takes a string handed over with [`give_string`].
 ///
 /// # Safety
-/// As for [`vec_from`], of a `String`'s bytes.
+/// As for [`take`], of a `String`'s bytes.
 // SAFETY: unsafe to call; the contract is the `# Safety` section above.
 #[inline]
-pub(crate) unsafe fn string_from(p: [u64; 3]) -> String {
+pub(crate) unsafe fn take_string(v: FfiVec) -> String {
     // SAFETY: guaranteed by the caller.
-    let v = unsafe { vec_from(p) };
+    let v = unsafe { take(v) };
     // SAFETY: the bytes of a `String` (the caller's contract).
     unsafe { String::from_utf8_unchecked(v) }
 }
 
-/// Takes a header that the other side moved with [`pair_parts`].
+/// Takes a string or none handed over with [`give_option`].
 ///
 /// # Safety
-/// As for [`string_from`], of both strings.
+/// As for [`take_string`].
 // SAFETY: unsafe to call; the contract is the `# Safety` section above.
 #[inline]
-pub(crate) unsafe fn pair_from([a, b, c, d, e, f]: [u64; 6]) -> (String, String) {
-    // SAFETY: guaranteed by the caller, each string taken once.
-    let k = unsafe { string_from([a, b, c]) };
-    // SAFETY: as above.
-    (k, unsafe { string_from([d, e, f]) })
+pub(crate) unsafe fn take_option(v: FfiVec) -> Option<String> {
+    // SAFETY: guaranteed by the caller.
+    (!v.ptr.is_null()).then(|| unsafe { take_string(v) })
+}
+
+/// Takes the headers in `pairs`, each handed over with [`give_headers`]
+/// (the array itself stays the caller's).
+///
+/// # Safety
+/// Each pair's key and value as for [`take_string`].
+// SAFETY: unsafe to call; the contract is the `# Safety` section above.
+pub(crate) unsafe fn take_headers(pairs: &[FfiPair]) -> HashMap<String, String> {
+    if pairs.is_empty() {
+        // Most calls and responses have none: no table to size.
+        return HashMap::new();
+    }
+    let mut headers = HashMap::with_capacity(pairs.len());
+    for p in pairs {
+        // SAFETY: each pair is read once, here (the array is not the
+        // caller's to read again: its parts are taken).
+        let FfiPair { key, value } = unsafe { std::ptr::read(p) };
+        // SAFETY: handed over (the caller's contract), taken once.
+        let k = unsafe { take_string(key) };
+        // SAFETY: as above.
+        headers.insert(k, unsafe { take_string(value) });
+    }
+    headers
+}
+
+/// Takes headers handed over with [`give_headers`], their array included.
+///
+/// # Safety
+/// `v` must come from [`give_headers`] on a side of this side's heap,
+/// handed over to this call alone.
+// SAFETY: unsafe to call; the contract is the `# Safety` section above.
+pub(crate) unsafe fn take_header_array(v: FfiVec) -> HashMap<String, String> {
+    // SAFETY: guaranteed by the caller: a `Vec<FfiPair>` of this heap.
+    let pairs: Vec<FfiPair> = unsafe { take(v) };
+    // SAFETY: its pairs were handed over with it; the array is freed after
+    // (an `FfiPair` has no drop of its own: only the array goes).
+    unsafe { take_headers(&pairs) }
 }
 
 #[cfg(test)]
@@ -276,26 +323,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn moved_parts_come_back_as_the_same_allocation() -> Result<(), micro_core::Error> {
+    fn what_is_handed_over_comes_back_as_the_same_allocation() {
         let s = String::from("greeter.service");
         let at = s.as_ptr();
-        let mut w = crate::wire::Writer::new();
-        w.words(string_parts(s)).words(parts(Vec::new())).words(pair_parts("k".into(), "v".into()));
-        let bytes = w.finish();
-        assert_eq!(bytes.len(), 12 * 8);
-        let mut r = crate::wire::Reader::new(&bytes);
-        // SAFETY: written just above in this process, each taken once.
-        let back = unsafe { string_from(r.words()?) };
-        // SAFETY: as above.
-        let empty = unsafe { vec_from(r.words()?) };
-        // SAFETY: as above.
-        let pair = unsafe { pair_from(r.words()?) };
+        // SAFETY: given just above in this process, each taken once.
+        let back = unsafe { take_string(give_string(s)) };
         assert_eq!((back.as_str(), back.as_ptr()), ("greeter.service", at));
-        assert_eq!(pair, ("k".to_string(), "v".to_string()));
-        assert!(empty.is_empty() && r.remaining() == 0);
-        // A block cut short is an error, and takes nothing.
-        assert!(crate::wire::Reader::new(&bytes[..20]).words::<3>().is_err());
-        Ok(())
+        // SAFETY: as above.
+        let none = unsafe { take_option(give_option(None)) };
+        // SAFETY: as above.
+        let some = unsafe { take_option(give_option(Some(String::new()))) };
+        assert_eq!((none, some), (None, Some(String::new())), "none and an empty string stay apart");
+        // SAFETY: as above.
+        let empty = unsafe { take::<u8>(FfiVec::NONE) };
+        assert!(empty.is_empty());
+        let headers = [("k".to_string(), "v".to_string()), ("Micro-Id".to_string(), String::new())];
+        // SAFETY: as above.
+        let back = unsafe { take_header_array(give_headers(headers.clone().into_iter().collect())) };
+        assert_eq!(back, headers.into_iter().collect::<HashMap<_, _>>());
+        // SAFETY: as above.
+        assert!(unsafe { take_header_array(give_headers(HashMap::new())) }.is_empty());
+        assert!(give_headers(HashMap::new()).ptr.is_null(), "no headers, no array");
     }
 
     #[cfg(feature = "host")]

@@ -8,7 +8,7 @@
 //! whichever thread polls it.
 #![allow(unsafe_code)]
 
-use crate::abi::{FfiArgs, FfiBuf, FfiObject, FfiReply, FfiStr, ObjectVTable};
+use crate::abi::{FfiArgs, FfiBuf, FfiClientCall, FfiClientReply, FfiObject, FfiReply, FfiStr, ObjectVTable};
 use crate::ffi_future::FfiFuture;
 use crate::runtime;
 pub(crate) use crate::runtime::panic_message;
@@ -95,6 +95,12 @@ pub struct Inline<'a> {
 }
 
 impl<'a> Inline<'a> {
+    /// For an entry point of its own: this side's runtime (see
+    /// [`served`]), and the room the caller offered.
+    pub(crate) fn new(rt: Option<&'a tokio::runtime::Handle>, place: *mut c_void, place_len: usize) -> Self {
+        Inline { rt, place: (place, place_len) }
+    }
+
     /// The crossing's future for `fut`, in one allocation: polled and
     /// dropped as every exported future is (this side's runtime entered,
     /// panics caught), its result encoded as a reply.
@@ -105,40 +111,43 @@ impl<'a> Inline<'a> {
         self.start_mapped(fut, reply_of)
     }
 
-    /// As [`start`](Self::start), for a future whose output is the reply
-    /// as it crosses already ([`bytes_reply`]): a hot path's result then
-    /// goes straight into the C reply, not through a [`Reply`] first.
-    pub(crate) fn start_reply<F>(self, fut: F) -> Started<'a>
-    where
-        F: std::future::Future<Output = FfiReply> + Send + 'a,
-    {
-        self.start_mapped(fut, std::convert::identity)
-    }
-
     fn start_mapped<F>(self, fut: F, map: fn(F::Output) -> FfiReply) -> Started<'a>
     where
         F: std::future::Future + Send + 'a,
     {
-        let contained = runtime::Contained::new(fut, self.rt, map, |e| reply_of(Err(Error::internal(ID, e))));
+        let on_panic = |e| reply_of(Err(Error::internal(ID, e)));
+        // SAFETY: the future may borrow for 'a, and the `Started` it goes
+        // into keeps 'a: it loses that only where `call_entry` hands it
+        // across, under the ABI's rule that the object outlives it.
+        Started(unsafe { self.start_as(fut, map, on_panic) }, std::marker::PhantomData)
+    }
+
+    /// The crossing's future for `fut`, its output mapped by `map` (or, if
+    /// it panics, by `on_panic`): in the caller's room when it fits, else in
+    /// a box of its own.
+    ///
+    /// # Safety
+    /// Whatever `fut` borrows must outlive the returned future (which drops `fut`).
+    // SAFETY: unsafe to call; the contract is the `# Safety` section above.
+    pub(crate) unsafe fn start_as<F, O>(
+        self,
+        fut: F,
+        map: fn(F::Output) -> O,
+        on_panic: fn(String) -> O,
+    ) -> FfiFuture<O>
+    where
+        F: std::future::Future + Send + 'a,
+        O: Send,
+    {
+        let contained = runtime::Contained::new(fut, self.rt, map, on_panic);
         if fits(&contained, self.place) {
             // SAFETY: as below; and the caller's room holds an aligned value
             // of this size (checked), which the caller keeps in place and
             // alive until it has dropped the future (`FfiArgs::place`).
-            return Started(unsafe { FfiFuture::new_in(contained, self.place.0) }, std::marker::PhantomData);
+            return unsafe { FfiFuture::new_in(contained, self.place.0) };
         }
-        // SAFETY: the future may borrow for 'a, and the `Started` it goes
-        // into keeps 'a: it loses that only where `call_entry` hands it
-        // across, under the ABI's rule that the object outlives it.
-        Started(unsafe { FfiFuture::new_unchecked(contained) }, std::marker::PhantomData)
-    }
-}
-
-/// A result of bytes as the reply that crosses: what [`Reply::bytes`]
-/// would become, or the error.
-pub(crate) fn bytes_reply(res: Result<Vec<u8>, Error>) -> FfiReply {
-    match res {
-        Ok(bytes) => FfiReply { status: 0, bytes: FfiBuf::from_vec(bytes), object: FfiObject::null() },
-        Err(e) => reply_of(Err(e)),
+        // SAFETY: what the future borrows outlives it (this function's contract).
+        unsafe { FfiFuture::new_unchecked(contained) }
     }
 }
 
@@ -190,7 +199,7 @@ struct Exported {
     inner: Arc<dyn DispatchDyn>,
     rt: Option<tokio::runtime::Handle>,
     /// Whether this object answers [`HEAP`]: only for the crate's own exports
-    /// whose methods may move allocations (a client's `CALL_MOVED`).
+    /// whose methods may move allocations (a client's `client_call`).
     answers_heap: bool,
 }
 
@@ -213,6 +222,7 @@ trait DispatchDyn: Send + Sync {
     ) -> BoxFuture<'static, Result<Reply, Error>>;
     fn call_sync_dyn(&self, method: u32, args: &[u8], objects: Vec<FfiObject>) -> Result<Reply, Error>;
     fn call_inline_dyn<'a>(&'a self, method: u32, args: &[u8], start: Inline<'a>) -> Option<Started<'a>>;
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 impl<T: Dispatch> DispatchDyn for T {
@@ -230,6 +240,9 @@ impl<T: Dispatch> DispatchDyn for T {
     fn call_inline_dyn<'a>(&'a self, method: u32, args: &[u8], start: Inline<'a>) -> Option<Started<'a>> {
         self.call_inline(method, args, start)
     }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
 impl Exported {
@@ -239,23 +252,54 @@ impl Exported {
     }
 }
 
-static VTABLE: ObjectVTable = ObjectVTable { call: call_entry, call_sync: call_sync_entry, drop: drop_entry };
+static VTABLE: ObjectVTable = vtable_with(None);
+
+/// The vtable of an exported object, with a crossing of its own for a
+/// client's call (`client_call`) or without.
+pub(crate) const fn vtable_with(client_call: ClientCallEntry) -> ObjectVTable {
+    ObjectVTable { call: call_entry, call_sync: call_sync_entry, drop: drop_entry, client_call }
+}
+
+/// [`ObjectVTable::client_call`]'s type.
+pub(crate) type ClientCallEntry = Option<
+    unsafe extern "C" fn(
+        *const c_void,
+        *mut FfiClientCall,
+        *mut c_void,
+        usize,
+    ) -> crate::ffi_future::FfiFuture<FfiClientReply>,
+>;
 
 /// Exports a value as an [`FfiObject`] owned by the receiver.
 pub fn export<T: Dispatch>(value: Arc<T>) -> FfiObject {
-    export_with(value, false)
+    export_with(value, false, &VTABLE)
 }
 
 /// As [`export`], for a value whose methods may take and give moved
-/// allocations between sides of one heap: the object answers [`HEAP`].
-pub(crate) fn export_answering_heap<T: Dispatch>(value: Arc<T>) -> FfiObject {
-    export_with(value, true)
+/// allocations between sides of one heap: the object answers [`HEAP`], and
+/// its vtable is `vtable` (one of [`vtable_with`], whose `client_call`, if
+/// any, is the crossing of this type of value: see [`served`]).
+pub(crate) fn export_answering_heap<T: Dispatch>(value: Arc<T>, vtable: &'static ObjectVTable) -> FfiObject {
+    export_with(value, true, vtable)
 }
 
-fn export_with<T: Dispatch>(value: Arc<T>, answers_heap: bool) -> FfiObject {
+fn export_with<T: Dispatch>(value: Arc<T>, answers_heap: bool, vtable: &'static ObjectVTable) -> FfiObject {
     let ex = Box::new(Exported { inner: value, rt: runtime::this_side(), answers_heap });
-    // SAFETY: VTABLE's functions take exactly this Box<Exported>; the object owns it.
-    unsafe { FfiObject::from_raw(Box::into_raw(ex) as *const c_void, &VTABLE) }
+    // SAFETY: the functions of every vtable of `vtable_with` take exactly
+    // this Box<Exported>; the object owns it.
+    unsafe { FfiObject::from_raw(Box::into_raw(ex) as *const c_void, vtable) }
+}
+
+/// The value an object of [`export_answering_heap`] serves, and its side's
+/// runtime, for a crossing of its own vtable (a client's `client_call`).
+///
+/// # Safety
+/// `data` must be such an object's, alive for `'a`.
+// SAFETY: unsafe to call; the contract is the `# Safety` section above.
+pub(crate) unsafe fn served<'a>(data: *const c_void) -> (&'a dyn std::any::Any, Option<&'a tokio::runtime::Handle>) {
+    // SAFETY: the Box<Exported> that `export_with` made, alive for 'a (the caller's contract).
+    let ex = unsafe { &*(data as *const Exported) };
+    (ex.inner.as_any(), ex.rt.as_ref())
 }
 
 fn reply_of(res: Result<Reply, Error>) -> FfiReply {
@@ -527,6 +571,36 @@ impl Remote {
         RemoteCall { fut: fut.into_future(), _remote: PhantomData }
     }
 
+    /// Whether the object has a crossing of its own for a client's call
+    /// ([`client_call_in`](Self::client_call_in)).
+    pub(crate) fn has_client_call(&self) -> bool {
+        self.obj.vtable_ref().client_call.is_some()
+    }
+
+    /// Makes a client's call through the object's own crossing
+    /// (`ObjectVTable::client_call`), offering `place` for the other side's
+    /// future; `None` if it has none (see [`has_client_call`](Self::has_client_call)),
+    /// and then nothing of `call` was taken.
+    ///
+    /// # Safety
+    /// `call` must hand over allocations of the object's heap (the caller
+    /// asked it, see `heap`), which the callee takes; and `place` must stay
+    /// where it is and alive, untouched, until the returned future is dropped.
+    // SAFETY: unsafe to call; the contract is the `# Safety` section above.
+    pub(crate) unsafe fn client_call_in(
+        &self,
+        call: &mut FfiClientCall,
+        place: &mut Place,
+    ) -> Option<crate::ffi_future::FfiFuture<FfiClientReply>> {
+        let entry = self.obj.vtable_ref().client_call?;
+        let (at, len) = (place as *mut Place as *mut c_void, std::mem::size_of::<Place>());
+        // SAFETY: `obj` is a live object of the other side, which outlives
+        // the future (the ABI's rule, kept by the caller as for `call`); the
+        // call is handed over and the room outlives the future (this
+        // function's contract).
+        Some(unsafe { entry(self.obj.data(), call, at, len) })
+    }
+
     /// As [`call_encoded`](Self::call_encoded), for a future that outlives
     /// the caller's borrow: it holds a reference count of the remote.
     pub(crate) fn call_encoded_kept(
@@ -605,7 +679,8 @@ impl Remote {
 /// arguments, so that the callee may keep them past the call instead of
 /// copying them (a batch of frames for a socket of the other side). It has
 /// no methods; dropping it releases the bytes on the lending side.
-static LENT: ObjectVTable = ObjectVTable { call: lent_call, call_sync: lent_call_sync, drop: lent_drop };
+static LENT: ObjectVTable =
+    ObjectVTable { call: lent_call, call_sync: lent_call_sync, drop: lent_drop, client_call: None };
 
 unsafe extern "C" fn lent_call(_: *const c_void, method: u32, args: FfiArgs) -> FfiFuture<FfiReply> {
     // SAFETY: the caller passes ownership of the objects (released here).

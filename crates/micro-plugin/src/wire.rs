@@ -48,18 +48,6 @@ impl Writer {
         self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
-    /// `N` u64s, with one capacity check for the lot.
-    #[inline]
-    pub(crate) fn words<const N: usize>(&mut self, words: [u64; N]) -> &mut Self {
-        // Grown once, then filled in place: `extend_from_slice` per word
-        // checked the capacity again for each.
-        let at = self.buf.len();
-        self.buf.resize(at + N * 8, 0);
-        for (c, w) in self.buf[at..].chunks_exact_mut(8).zip(words) {
-            c.copy_from_slice(&w.to_le_bytes());
-        }
-        self
-    }
     /// A byte string.
     #[inline]
     pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
@@ -163,20 +151,10 @@ impl<'a> Reader<'a> {
     }
     #[inline]
     fn get_u64(&mut self) -> Result<u64, Bad> {
-        let [w] = self.get_words()?;
-        Ok(w)
-    }
-    /// `N` u64s with one bounds check: all of them or, if short, none.
-    #[inline]
-    fn get_words<const N: usize>(&mut self) -> Result<[u64; N], Bad> {
-        let b = self.take(N * 8)?;
-        let mut words = [0u64; N];
-        for (w, c) in words.iter_mut().zip(b.chunks_exact(8)) {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(c);
-            *w = u64::from_le_bytes(a);
-        }
-        Ok(words)
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
     }
     #[inline]
     fn get_bytes(&mut self) -> Result<&'a [u8], Bad> {
@@ -211,12 +189,6 @@ impl<'a> Reader<'a> {
     #[inline]
     pub fn u32(&mut self) -> Result<u32, Error> {
         Ok(self.get_u32()?)
-    }
-    /// `N` u64s, written by `Writer::words`, with one bounds check for
-    /// the lot: all of them or, if the buffer is short, none.
-    #[inline]
-    pub(crate) fn words<const N: usize>(&mut self) -> Result<[u64; N], Error> {
-        Ok(self.get_words()?)
     }
     /// A u64.
     #[inline]
@@ -390,9 +362,29 @@ pub fn get_response_to(r: &mut Reader<'_>, asked: String) -> Result<Response, Er
 
 /// Encodes call options.
 pub fn put_call_options(w: &mut Writer, o: &CallOptions) {
-    w.u64(o.timeout.map(|t| t.as_nanos().min(u64::MAX as u128 - 1) as u64 + 1).unwrap_or(0));
-    w.u64(o.retries.map(|r| r as u64 + 1).unwrap_or(0));
+    w.u64(timeout_word(o.timeout));
+    w.u64(retries_word(o.retries));
     w.opt_str(o.address.as_deref());
+}
+
+/// A call's timeout as it crosses: nanoseconds plus one, 0 for none.
+pub(crate) fn timeout_word(t: Option<Duration>) -> u64 {
+    t.map(|t| t.as_nanos().min(u64::MAX as u128 - 1) as u64 + 1).unwrap_or(0)
+}
+
+/// A timeout written by [`timeout_word`].
+pub(crate) fn timeout_of(w: u64) -> Option<Duration> {
+    (w > 0).then(|| Duration::from_nanos(w - 1))
+}
+
+/// A call's retries as they cross: plus one, 0 for none.
+pub(crate) fn retries_word(n: Option<u32>) -> u64 {
+    n.map(|r| r as u64 + 1).unwrap_or(0)
+}
+
+/// Retries written by [`retries_word`].
+pub(crate) fn retries_of(w: u64) -> Option<u32> {
+    (w > 0).then(|| (w - 1) as u32)
 }
 
 /// Decodes call options.
@@ -400,11 +392,7 @@ pub fn get_call_options(r: &mut Reader<'_>) -> Result<CallOptions, Error> {
     let mut read = || -> Result<CallOptions, Bad> {
         let t = r.get_u64()?;
         let n = r.get_u64()?;
-        Ok(CallOptions {
-            timeout: (t > 0).then(|| Duration::from_nanos(t - 1)),
-            retries: (n > 0).then(|| (n - 1) as u32),
-            address: r.get_opt_string()?,
-        })
+        Ok(CallOptions { timeout: timeout_of(t), retries: retries_of(n), address: r.get_opt_string()? })
     };
     Ok(read()?)
 }

@@ -1,14 +1,21 @@
 //! A client across the boundary.
 //!
-//! A call between sides of one heap (see [`heap`](crate::heap)) moves its
-//! request's strings and body and its response's to the other side
-//! (`CALL_MOVED`); otherwise both are encoded and copied (`CALL`).
+//! A call between sides of one heap (see [`heap`](crate::heap)) goes
+//! through the client object's own crossing (`ObjectVTable::client_call`):
+//! its request's strings, body and headers, and then its response's, are
+//! handed to the other side in C structs, with no method number and no
+//! encoding. Otherwise both are encoded and copied (`CALL`).
 #![allow(unsafe_code)]
 
 use super::*;
+use crate::abi::{FfiClientCall, FfiClientReply, FfiPair, ObjectVTable};
+use crate::ffi_future::{FfiFuture, Polled};
 use crate::heap;
-use crate::object::{bytes_reply, Inline, Place, RemoteCall, Started};
-use std::future::Future;
+use crate::object::{Inline, Place, RemoteCall, Started};
+use std::ffi::c_void;
+use std::future::{Future, IntoFuture as _};
+use std::marker::PhantomData;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 
 mod client_m {
@@ -16,12 +23,6 @@ mod client_m {
     pub(super) const PUBLISH: u32 = 2;
     pub(super) const NAME: u32 = 3;
     pub(super) const STREAM: u32 = 4;
-    /// CALL with the request's allocations handed over ([`put_moved_call`](super::put_moved_call))
-    /// and the response's handed back ([`moved_response_bytes`](super::moved_response_bytes)):
-    /// only between sides of one heap, which the caller asked with the
-    /// object's `HEAP` (see `object::HEAP`, which only `export_client`'s
-    /// objects answer).
-    pub(super) const CALL_MOVED: u32 = 5;
 }
 
 struct ClientExport(Arc<dyn Client>);
@@ -38,15 +39,6 @@ impl Dispatch for ClientExport {
                 Box::pin(async move {
                     let (req, opts) = args?;
                     response_reply(self.0.call(req, opts).await?)
-                })
-            }
-            client_m::CALL_MOVED => {
-                // SAFETY: CALL_MOVED's arguments are a call handed over by a
-                // caller of this heap (the method's contract), read once here.
-                let args = unsafe { take_moved_call(&mut r) };
-                Box::pin(async move {
-                    let (req, opts) = args?;
-                    Ok(Reply::bytes(moved_response_bytes(self.0.call(req, opts).await?)))
                 })
             }
             client_m::STREAM => {
@@ -70,17 +62,6 @@ impl Dispatch for ClientExport {
         // for the first poll: a smaller box, fewer bytes copied and fewer
         // cache lines touched per call.
         match method {
-            client_m::CALL_MOVED => {
-                // SAFETY: as in `call`.
-                let started =
-                    unsafe { take_moved_call(&mut Reader::new(args)) }.map(|(req, opts)| self.0.call(req, opts));
-                Some(start.start_reply(async move {
-                    bytes_reply(match started {
-                        Ok(call) => call.await.map(moved_response_bytes),
-                        Err(e) => Err(e),
-                    })
-                }))
-            }
             client_m::CALL => {
                 let started = decode_call(&mut Reader::new(args)).map(|(req, opts)| self.0.call(req, opts));
                 Some(start.start(async move { response_reply(started?.await?) }))
@@ -109,113 +90,162 @@ fn response_reply(resp: Response) -> Result<Reply> {
     Ok(Reply::bytes(w.finish()))
 }
 
-/// Writes a call's request and options with the request's allocations
-/// handed over: its strings and body are the other side's from now on.
-/// The four parts go as one block of words, each header as another.
-fn put_moved_call(w: &mut Writer, req: Request, opts: &CallOptions) {
+/// A client's call through its own crossing, on the client's side: takes
+/// the call the caller handed over, calls the client, and builds the
+/// crossing's future in the caller's room.
+unsafe extern "C" fn client_call_entry(
+    data: *const c_void,
+    call: *mut FfiClientCall,
+    place: *mut c_void,
+    place_len: usize,
+) -> FfiFuture<FfiClientReply> {
+    // SAFETY: CLIENT_VTABLE's objects are `export_client`'s, alive during
+    // the call and until its future is dropped (the ABI's rule).
+    let (value, rt) = unsafe { crate::object::served(data) };
+    // SAFETY: the caller hands the call over (the entry's contract); read once, here.
+    let call = unsafe { std::ptr::read(call) };
+    let started = catch_unwind(AssertUnwindSafe(|| {
+        let Some(ClientExport(client)) = value.downcast_ref::<ClientExport>() else {
+            // Only `export_client` makes objects of this vtable: unreachable.
+            return Err(Error::internal("go.micro.plugin", "a client's call to an object that is not a client"));
+        };
+        let _g = crate::runtime::enter(rt);
+        // SAFETY: handed over by a caller of this heap (it asked: see
+        // `import_moves`), taken once.
+        let (req, opts) = unsafe { take_call(call) };
+        let fut = client.call(req, opts);
+        let on_panic = |e| FfiClientReply::error(&Error::internal("go.micro.plugin", e));
+        // SAFETY: the future borrows the client, which lives until the
+        // object is dropped: after this future (the ABI's rule).
+        Ok(unsafe { Inline::new(rt, place, place_len).start_as(fut, give_response, on_panic) })
+    }));
+    let e = match started {
+        Ok(Ok(fut)) => return fut,
+        Ok(Err(e)) => e,
+        Err(p) => Error::internal("go.micro.plugin", format!("panic: {}", crate::object::panic_message(&*p))),
+    };
+    FfiFuture::new(std::future::ready(FfiClientReply::error(&e)))
+}
+
+/// A call's request and options, handed over to the other side of one
+/// heap. The headers' array is the caller's, to keep until the call has
+/// crossed (the callee takes its pairs, not the array).
+fn give_call(req: Request, opts: CallOptions, headers: &mut Vec<FfiPair>) -> FfiClientCall {
     let Request { service, endpoint, content_type, body, metadata } = req;
-    let [s0, s1, s2] = heap::string_parts(service);
-    let [e0, e1, e2] = heap::string_parts(endpoint);
-    let [c0, c1, c2] = heap::string_parts(content_type);
-    // The body's own buffer when nothing else shares it, else a copy.
-    let [b0, b1, b2] = heap::parts(Vec::from(body));
-    w.words([s0, s1, s2, e0, e1, e2, c0, c1, c2, b0, b1, b2]);
-    w.u32(metadata.len() as u32);
-    for (k, v) in metadata {
-        w.words(heap::pair_parts(k, v));
+    if !metadata.is_empty() {
+        let pairs =
+            metadata.into_iter().map(|(k, v)| FfiPair { key: heap::give_string(k), value: heap::give_string(v) });
+        headers.extend(pairs);
     }
-    wire::put_call_options(w, opts);
+    FfiClientCall {
+        service: heap::give_string(service),
+        endpoint: heap::give_string(endpoint),
+        content_type: heap::give_string(content_type),
+        // The body's own buffer when nothing else shares it, else a copy.
+        body: heap::give(Vec::from(body)),
+        headers: if headers.is_empty() { std::ptr::null() } else { headers.as_ptr() },
+        n_headers: headers.len(),
+        timeout: wire::timeout_word(opts.timeout),
+        retries: wire::retries_word(opts.retries),
+        address: heap::give_option(opts.address),
+    }
 }
 
-/// Takes a call written by [`put_moved_call`].
+/// Takes a call written by [`give_call`].
 ///
 /// # Safety
-/// `r` must hold a call that [`put_moved_call`] wrote on a side of this
-/// side's heap, handed over to this call alone.
+/// `call` must be [`give_call`]'s, made on a side of this side's heap and
+/// handed over to this call alone, its headers' array still alive.
 // SAFETY: unsafe to call; the contract is the `# Safety` section above.
-unsafe fn take_moved_call(r: &mut Reader<'_>) -> Result<(Request, CallOptions)> {
-    let [s0, s1, s2, e0, e1, e2, c0, c1, c2, b0, b1, b2] = r.words()?;
-    // SAFETY: the parts of that call, in the order they were written, each
-    // taken once (as in each `*_from` below).
-    let service = unsafe { heap::string_from([s0, s1, s2]) };
+unsafe fn take_call(call: FfiClientCall) -> (Request, CallOptions) {
+    let metadata = if call.n_headers == 0 {
+        std::collections::HashMap::new()
+    } else {
+        // SAFETY: the caller's array of `n_headers` pairs, alive during this call.
+        let pairs = unsafe { std::slice::from_raw_parts(call.headers, call.n_headers) };
+        // SAFETY: their keys and values were handed over with the call.
+        unsafe { heap::take_headers(pairs) }
+    };
+    // SAFETY: each part was handed over with the call, and is taken once.
+    let service = unsafe { heap::take_string(call.service) };
     // SAFETY: as above.
-    let endpoint = unsafe { heap::string_from([e0, e1, e2]) };
+    let endpoint = unsafe { heap::take_string(call.endpoint) };
     // SAFETY: as above.
-    let content_type = unsafe { heap::string_from([c0, c1, c2]) };
+    let content_type = unsafe { heap::take_string(call.content_type) };
     // SAFETY: as above.
-    let body = bytes::Bytes::from(unsafe { heap::vec_from([b0, b1, b2]) });
-    // SAFETY: the rest of that call, as above.
-    let metadata = unsafe { take_moved_headers(r) }?;
-    let opts = wire::get_call_options(r)?;
-    Ok((Request { service, endpoint, content_type, body, metadata }, opts))
+    let body = bytes::Bytes::from(unsafe { heap::take::<u8>(call.body) });
+    let req = Request { service, endpoint, content_type, body, metadata };
+    let opts = CallOptions {
+        timeout: wire::timeout_of(call.timeout),
+        retries: wire::retries_of(call.retries),
+        // SAFETY: as above.
+        address: unsafe { heap::take_option(call.address) },
+    };
+    (req, opts)
 }
 
-/// Takes the headers of a call or response that [`put_moved_call`] or
-/// [`moved_response_bytes`] wrote: their count, then a block per header.
+/// A call's outcome, its response's allocations handed over to the caller.
+fn give_response(res: Result<Response>) -> FfiClientReply {
+    match res {
+        Ok(Response { content_type, body, metadata }) => FfiClientReply {
+            status: 0,
+            content_type: heap::give_string(content_type),
+            // The body's own buffer when nothing else shares it, else a copy
+            // (a body that is a slice of a connection's read buffer).
+            body: heap::give(Vec::from(body)),
+            headers: heap::give_headers(metadata),
+        },
+        Err(e) => FfiClientReply::error(&e),
+    }
+}
+
+/// Takes a call's outcome written by [`give_response`].
 ///
 /// # Safety
-/// As for [`take_moved_call`], of the headers next in `r`.
-// SAFETY: unsafe to call; the contract is the `# Safety` section above.
-unsafe fn take_moved_headers(r: &mut Reader<'_>) -> Result<std::collections::HashMap<String, String>> {
-    let n = r.u32()? as usize;
-    let mut metadata = std::collections::HashMap::with_capacity(n.min(1024));
-    for _ in 0..n {
-        // SAFETY: the next header of that call or response, taken once.
-        let (k, v) = unsafe { heap::pair_from(r.words()?) };
-        metadata.insert(k, v);
-    }
-    Ok(metadata)
-}
-
-/// A call's response as the bytes of a reply whose allocations go to the
-/// caller: its strings handed over, then its body's bytes, last and filling
-/// the buffer exactly, so that the caller's `Bytes` takes the whole buffer
-/// over with no copy and no allocation of its own.
-fn moved_response_bytes(resp: Response) -> Vec<u8> {
-    let Response { content_type, body, metadata } = resp;
-    let head = 3 * 8 + 4 + metadata.len() * 6 * 8;
-    let mut w = Writer::with_capacity(head + body.len());
-    w.words(heap::string_parts(content_type));
-    w.u32(metadata.len() as u32);
-    for (k, v) in metadata {
-        w.words(heap::pair_parts(k, v));
-    }
-    let mut buf = w.finish();
-    buf.extend_from_slice(&body);
-    buf
-}
-
-/// Takes a response written by [`moved_response_bytes`].
-///
-/// # Safety
-/// `buf` must be such a reply, made on a side of this side's heap and
+/// `r` must be [`give_response`]'s, made on a side of this side's heap and
 /// handed over.
 // SAFETY: unsafe to call; the contract is the `# Safety` section above.
-unsafe fn take_moved_response(buf: Vec<u8>) -> Result<Response> {
-    let mut r = Reader::new(&buf);
-    // SAFETY: the reply's parts, in the order they were written, each taken once.
-    let content_type = unsafe { heap::string_from(r.words()?) };
+unsafe fn take_response(r: FfiClientReply) -> Result<Response> {
+    if r.status != 0 {
+        // SAFETY: the error's JSON, handed over with the reply; taken once.
+        let json = unsafe { heap::take::<u8>(r.body) };
+        return Err(Error::parse(&String::from_utf8_lossy(&json)));
+    }
+    // SAFETY: each part was handed over with the reply, and is taken once.
+    let content_type = unsafe { heap::take_string(r.content_type) };
+    // An exactly full buffer becomes the `Bytes` with no allocation of its own.
     // SAFETY: as above.
-    let metadata = unsafe { take_moved_headers(&mut r) }?;
-    let head = buf.len() - r.remaining();
-    // The body is the rest: the buffer becomes its `Bytes` (no copy, and
-    // none of `Bytes`' own allocations when the buffer is exactly full).
-    let mut body = bytes::Bytes::from(buf);
-    bytes::Buf::advance(&mut body, head);
+    let body = bytes::Bytes::from(unsafe { heap::take::<u8>(r.body) });
+    // SAFETY: as above.
+    let metadata = unsafe { heap::take_header_array(r.headers) };
     Ok(Response { content_type, body, metadata })
 }
 
+/// The vtable of an exported client: every object's, plus the client's own
+/// crossing for a call.
+static CLIENT_VTABLE: ObjectVTable = crate::object::vtable_with(Some(client_call_entry));
+
 /// Exports a client.
 pub fn export_client(c: Arc<dyn Client>) -> FfiObject {
-    crate::object::export_answering_heap(Arc::new(ClientExport(c)))
+    crate::object::export_answering_heap(Arc::new(ClientExport(c)), &CLIENT_VTABLE)
 }
 
 struct ClientProxy {
     remote: Remote,
     name: String,
-    /// Whether the other side allocates from this side's heap: its calls
-    /// then hand their allocations over (CALL_MOVED) instead of copying.
+    /// Whether the other side allocates from this side's heap and has the
+    /// client's own crossing: its calls then hand their allocations over
+    /// (`client_call`) instead of copying them (`CALL`).
     moves: bool,
+}
+
+/// A call's crossing, as [`CallReply`] holds it.
+enum Crossing<'a> {
+    /// Encoded and copied (`CALL`): the reply is an encoded response.
+    Copied(RemoteCall<'a>),
+    /// Through the client's own crossing: the reply hands the response over.
+    /// It borrows the remote as a `RemoteCall` does (the ABI's rule).
+    Moved(Polled<FfiClientReply>, PhantomData<&'a Remote>),
 }
 
 /// A call's reply: the crossing, and the room in which the other side
@@ -226,11 +256,10 @@ struct CallReply<'a> {
     /// The crossing, set once the reply is pinned. Declared first, so that
     /// it drops (and with it the other side's future, which may live in
     /// `place`) before the room does.
-    call: Option<RemoteCall<'a>>,
+    call: Option<Crossing<'a>>,
     /// For a copied call, the request's content type: the response's,
     /// taken rather than copied when they are the same (nearly always).
-    /// `None` for a moved call.
-    content_type: Option<String>,
+    content_type: String,
     /// Where the other side's future may live (see `FfiArgs::place`): it
     /// must not move, so neither may this.
     place: Place,
@@ -238,44 +267,79 @@ struct CallReply<'a> {
 }
 
 impl<'a> CallReply<'a> {
-    /// Starts a call whose future the other side may build in the reply's
-    /// room, and returns the pinned reply.
+    /// An unstarted reply, pinned.
+    fn pinned() -> Pin<Box<Self>> {
+        Box::pin(CallReply {
+            call: None,
+            content_type: String::new(),
+            place: Place::new(),
+            _pinned: Default::default(),
+        })
+    }
+
+    /// Starts a copied call whose future the other side may build in the
+    /// reply's room, and returns the pinned reply.
     fn start(remote: &'a Remote, method: u32, encode: impl FnOnce(&mut Writer)) -> Pin<Box<Self>> {
-        let mut reply =
-            Box::pin(CallReply { call: None, content_type: None, place: Place::new(), _pinned: Default::default() });
+        let mut reply = Self::pinned();
         // SAFETY: nothing is moved out of the pinned reply; only its `call` is set.
         let this = unsafe { reply.as_mut().get_unchecked_mut() };
         // SAFETY: the room stays where the box pinned it, alive and
         // untouched, until `call` is dropped: first of the fields.
-        this.call = Some(unsafe { remote.call_encoded_in(method, &mut this.place, encode) });
+        this.call = Some(Crossing::Copied(unsafe { remote.call_encoded_in(method, &mut this.place, encode) }));
+        reply
+    }
+
+    /// Starts a call through the client's own crossing, its allocations
+    /// handed over: only to a client of this heap (`import_moves`).
+    fn start_moved(remote: &'a Remote, req: Request, opts: CallOptions) -> Pin<Box<Self>> {
+        let mut reply = Self::pinned();
+        // SAFETY: as in `start`.
+        let this = unsafe { reply.as_mut().get_unchecked_mut() };
+        let mut headers = Vec::new();
+        let mut call = give_call(req, opts, &mut headers);
+        // SAFETY: the call's allocations are of the client's heap (the
+        // caller asked, see `import_moves`); the room as in `start`.
+        match unsafe { remote.client_call_in(&mut call, &mut this.place) } {
+            Some(fut) => this.call = Some(Crossing::Moved(fut.into_future(), PhantomData)),
+            // No crossing of its own (never so for a client that `moves`):
+            // nothing was taken, so the call is freed here, and the reply
+            // says it was never started.
+            // SAFETY: the call made above, on this side, not handed over.
+            None => drop(unsafe { take_call(call) }),
+        }
+        // The array only: its keys and values went over with the call.
+        drop(headers);
         reply
     }
 
     /// Makes a copied call's response default to `content_type` (see the field).
     fn expect_content_type(self: Pin<&mut Self>, content_type: String) {
         // SAFETY: the content type is not pinned; nothing pinned moves.
-        unsafe { self.get_unchecked_mut() }.content_type = Some(content_type);
+        unsafe { self.get_unchecked_mut() }.content_type = content_type;
     }
 }
 
 impl Future for CallReply<'_> {
     type Output = Result<Response>;
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<Response>> {
-        // SAFETY: nothing is moved out: `call` is polled where it is, and
-        // the content type is a plain value.
+        // SAFETY: nothing is moved out: the crossing is polled where it is,
+        // and the content type is a plain value.
         let this = unsafe { self.get_unchecked_mut() };
-        let Some(call) = this.call.as_mut() else {
-            return std::task::Poll::Ready(Err(Error::internal("go.micro.plugin", "a call was polled unstarted")));
+        let poll = match this.call.as_mut() {
+            Some(Crossing::Moved(call, _)) => {
+                let r = std::task::ready!(Pin::new(call).poll(cx));
+                // SAFETY: the reply of the client's own crossing, made on a
+                // side of this heap (`moves`) and handed over with it.
+                unsafe { take_response(r) }
+            }
+            Some(Crossing::Copied(call)) => {
+                let r = std::task::ready!(Pin::new(call).poll(cx))?;
+                let content_type = std::mem::take(&mut this.content_type);
+                wire::get_response_to(&mut Reader::new(r.bytes.as_slice()), content_type)
+            }
+            None => Err(Error::internal("go.micro.plugin", "a call was polled unstarted")),
         };
-        let r = std::task::ready!(Pin::new(call).poll(cx))?;
-        let Some(content_type) = this.content_type.take() else {
-            // SAFETY: the successful reply of a CALL_MOVED, which the other
-            // side (of this heap: `moves`) made in a buffer of `FfiBuf::from_vec`.
-            let buf = unsafe { r.bytes.into_vec() };
-            // SAFETY: that buffer is `moved_response_bytes`'s, handed over with the reply.
-            return std::task::Poll::Ready(unsafe { take_moved_response(buf) });
-        };
-        std::task::Poll::Ready(wire::get_response_to(&mut Reader::new(r.bytes.as_slice()), content_type))
+        std::task::Poll::Ready(poll)
     }
 }
 
@@ -283,7 +347,7 @@ impl Future for CallReply<'_> {
 pub fn import_client(obj: FfiObject) -> Result<Arc<dyn Client>> {
     let remote = Remote::new(obj)?;
     let name = remote.call_string(client_m::NAME);
-    let moves = import_moves(&remote);
+    let moves = remote.has_client_call() && import_moves(&remote);
     Ok(Arc::new(ClientProxy { remote, name, moves }))
 }
 
@@ -317,7 +381,7 @@ impl Client for ClientProxy {
         if self.moves {
             // The request's allocations go over with it: nothing to copy,
             // and nothing of it left here to free.
-            return CallReply::start(&self.remote, client_m::CALL_MOVED, |w| put_moved_call(w, req, &opts));
+            return CallReply::start_moved(&self.remote, req, opts);
         }
         let mut reply = CallReply::start(&self.remote, client_m::CALL, |w| {
             wire::put_request(w, &req);
@@ -450,6 +514,9 @@ mod tests {
         }
         assert_eq!(seen[0], seen[1], "a moved call and a copied call differ");
         assert_eq!(seen[0].2.get("Echo-Options").map(String::as_str), Some("Some(1.5s) Some(2) Some(\"127.0.0.1:1\")"));
+        // No options cross as none, not as zeros or an empty address.
+        let resp = imported.call(roomy_request(), CallOptions::default()).await?;
+        assert_eq!(resp.metadata.get("Echo-Options").map(String::as_str), Some("None None None"));
         Ok(())
     }
 
@@ -491,9 +558,7 @@ mod tests {
         let remote = Remote::new(export_client(held))?;
         for moves in [true, false] {
             let reply = if moves {
-                CallReply::start(&remote, client_m::CALL_MOVED, |w| {
-                    put_moved_call(w, roomy_request(), &CallOptions::default())
-                })
+                CallReply::start_moved(&remote, roomy_request(), CallOptions::default())
             } else {
                 CallReply::start(&remote, client_m::CALL, |w| {
                     wire::put_request(w, &roomy_request());
@@ -501,7 +566,11 @@ mod tests {
                 })
             };
             let room = &reply.place as *const Place as *mut std::ffi::c_void;
-            let at = reply.call.as_ref().and_then(|c| c.data());
+            let at = match reply.call.as_ref() {
+                Some(Crossing::Copied(c)) => c.data(),
+                Some(Crossing::Moved(c, _)) => c.data(),
+                None => None,
+            };
             assert_eq!(at, Some(room), "moves: {moves}: the other side boxed its future (too big for the room?)");
         }
         Ok(())
@@ -514,6 +583,46 @@ mod tests {
         let asked = remote.call_sync(crate::object::HEAP, &[], Vec::new());
         assert!(asked.as_ref().is_err_and(is_unknown_method), "{:?}", asked.map(|r| r.bytes.as_slice().to_vec()));
         assert!(!import_moves(&remote), "a forged answer would make calls hand over raw allocations");
+        assert!(!remote.has_client_call(), "only export_client's objects have a client's crossing");
+        Ok(())
+    }
+
+    /// A client whose calls fail, or panic, as the request's endpoint says.
+    struct Failing;
+
+    #[async_trait]
+    impl Client for Failing {
+        async fn call(&self, req: Request, _: CallOptions) -> Result<Response> {
+            match req.endpoint.as_str() {
+                "Panic" => panic!("the client panicked"),
+                _ => Err(Error::not_found("greeter", "no such greeting")),
+            }
+        }
+        async fn publish(&self, _: &str, _: Message) -> Result<()> {
+            Ok(())
+        }
+        fn name(&self) -> &str {
+            "failing"
+        }
+    }
+
+    #[tokio::test]
+    async fn a_moved_call_that_fails_or_panics_is_an_error_value_as_a_copied_one_is() -> Result<()> {
+        for moves in [true, false] {
+            let client =
+                ClientProxy { remote: Remote::new(export_client(Arc::new(Failing)))?, name: "failing".into(), moves };
+            let err = match client.call(roomy_request(), CallOptions::default()).await {
+                Ok(_) => return Err(Error::internal("test", "a failed call succeeded")),
+                Err(e) => e,
+            };
+            assert_eq!((err.code, err.detail.as_str()), (404, "no such greeting"), "moves: {moves}");
+            let req = Request { endpoint: "Panic".into(), ..roomy_request() };
+            let err = match client.call(req, CallOptions::default()).await {
+                Ok(_) => return Err(Error::internal("test", "a panicking call succeeded")),
+                Err(e) => e,
+            };
+            assert!(err.code == 500 && err.detail.contains("the client panicked"), "moves: {moves}: {err:?}");
+        }
         Ok(())
     }
 
