@@ -129,14 +129,14 @@ mod halves_m {
 
 struct SocketExport {
     // The trait takes `&mut self`; calls on one socket never overlap, so this lock is uncontended.
-    socket: tokio::sync::Mutex<Box<dyn Socket>>,
+    socket: futures::lock::Mutex<Box<dyn Socket>>,
     local: String,
     remote: String,
 }
 
 fn export_socket(s: Box<dyn Socket>) -> FfiObject {
     let (local, remote) = (s.local_addr(), s.remote_addr());
-    export(Arc::new(SocketExport { socket: tokio::sync::Mutex::new(s), local, remote }))
+    export(Arc::new(SocketExport { socket: futures::lock::Mutex::new(s), local, remote }))
 }
 
 impl Dispatch for SocketExport {
@@ -162,15 +162,15 @@ impl Dispatch for SocketExport {
             socket_m::REMOTE_ADDR => string_reply(&self.remote),
             socket_m::SPLIT => {
                 // Split is synchronous and nothing else runs on a socket being split.
-                let Ok(mut socket) = self.socket.try_lock() else {
+                let Some(mut socket) = self.socket.try_lock() else {
                     return Err(Error::internal("go.micro.plugin", "socket busy: cannot split it"));
                 };
                 match socket.split() {
                     None => Ok(Reply::default()),
                     Some((tx, rx)) => Ok(Reply::object(export(Arc::new(HalvesExport {
                         max: tx.max_message_size(),
-                        tx: tokio::sync::Mutex::new(tx),
-                        rx: tokio::sync::Mutex::new(rx),
+                        tx: futures::lock::Mutex::new(tx),
+                        rx: futures::lock::Mutex::new(rx),
                     })))),
                 }
             }
@@ -182,8 +182,12 @@ impl Dispatch for SocketExport {
 /// Both halves of a split socket, exported as one object: each half has
 /// its own lock, so one task may send while another receives.
 struct HalvesExport {
-    tx: tokio::sync::Mutex<Box<dyn SocketSender>>,
-    rx: tokio::sync::Mutex<Box<dyn SocketReceiver>>,
+    // `futures`' lock rather than tokio's: taken once per batch, by one
+    // task at a time nearly always, its lock and unlock are an atomic
+    // each, where tokio's unlock takes its semaphore's waiter list lock too
+    // (a tenth of the per-batch crossing's cost, BENCHMARKS.md).
+    tx: futures::lock::Mutex<Box<dyn SocketSender>>,
+    rx: futures::lock::Mutex<Box<dyn SocketReceiver>>,
     max: Option<usize>,
 }
 
@@ -228,7 +232,7 @@ impl Dispatch for HalvesExport {
 }
 
 /// RECV_FRAMES's reply: the frames that have arrived, in one buffer.
-async fn recv_batch(rx: &tokio::sync::Mutex<Box<dyn SocketReceiver>>) -> Result<Reply> {
+async fn recv_batch(rx: &futures::lock::Mutex<Box<dyn SocketReceiver>>) -> Result<Reply> {
     let batch = rx.lock().await.recv_frames().await?;
     // A batch is a buffer of its own (the TCP transport assembles each in
     // one of exact size): it crosses as it is, not copied (a copy if it is
@@ -470,8 +474,8 @@ mod tests {
         let received = received.freeze();
         let received_at = received.as_ptr();
         let halves = Arc::new(HalvesExport {
-            tx: tokio::sync::Mutex::new(Box::new(Keeps(sent.clone()))),
-            rx: tokio::sync::Mutex::new(Box::new(Gives(Some(received)))),
+            tx: futures::lock::Mutex::new(Box::new(Keeps(sent.clone()))),
+            rx: futures::lock::Mutex::new(Box::new(Gives(Some(received)))),
             max: None,
         });
         let remote = Arc::new(Remote::new(export(halves))?);
@@ -534,8 +538,8 @@ mod tests {
         // An older sender lends nothing: the batch it borrowed for the call is copied.
         let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
         let halves = Arc::new(HalvesExport {
-            tx: tokio::sync::Mutex::new(Box::new(Keeps(sent.clone()))),
-            rx: tokio::sync::Mutex::new(Box::new(Gives(None))),
+            tx: futures::lock::Mutex::new(Box::new(Keeps(sent.clone()))),
+            rx: futures::lock::Mutex::new(Box::new(Gives(None))),
             max: None,
         });
         let remote = Remote::new(export(halves))?;
