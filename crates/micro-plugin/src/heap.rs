@@ -230,13 +230,22 @@ pub(crate) fn give_option(s: Option<String>) -> FfiVec {
     s.map_or(FfiVec::NONE, give_string)
 }
 
+/// Headers' keys and values handed over, as pairs in an array that stays
+/// this side's (none: no allocation, and no walk of an empty map).
+pub(crate) fn give_pairs(headers: HashMap<String, String>) -> Vec<FfiPair> {
+    if headers.is_empty() {
+        return Vec::new();
+    }
+    headers.into_iter().map(|(k, v)| FfiPair { key: give_string(k), value: give_string(v) }).collect()
+}
+
 /// Headers handed over, as an array of pairs handed over too (none: a
 /// null array, no allocation).
 pub(crate) fn give_headers(headers: HashMap<String, String>) -> FfiVec {
     if headers.is_empty() {
         return FfiVec::NONE;
     }
-    give(headers.into_iter().map(|(k, v)| FfiPair { key: give_string(k), value: give_string(v) }).collect::<Vec<_>>())
+    give(give_pairs(headers))
 }
 
 /// Takes a vector the other side handed over with [`give`] (none: an

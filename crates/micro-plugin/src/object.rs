@@ -594,10 +594,9 @@ impl Remote {
     ) -> Option<crate::ffi_future::FfiFuture<FfiClientReply>> {
         let entry = self.obj.vtable_ref().client_call?;
         let (at, len) = (place as *mut Place as *mut c_void, std::mem::size_of::<Place>());
-        // SAFETY: `obj` is a live object of the other side, which outlives
-        // the future (the ABI's rule, kept by the caller as for `call`); the
-        // call is handed over and the room outlives the future (this
-        // function's contract).
+        // The object outlives the future (the ABI's rule, kept by the caller
+        // as for `call`); the call and the room are this function's contract.
+        // SAFETY: a live object of the other side, and arguments as above.
         Some(unsafe { entry(self.obj.data(), call, at, len) })
     }
 

@@ -132,11 +132,7 @@ unsafe extern "C" fn client_call_entry(
 /// crossed (the callee takes its pairs, not the array).
 fn give_call(req: Request, opts: CallOptions, headers: &mut Vec<FfiPair>) -> FfiClientCall {
     let Request { service, endpoint, content_type, body, metadata } = req;
-    if !metadata.is_empty() {
-        let pairs =
-            metadata.into_iter().map(|(k, v)| FfiPair { key: heap::give_string(k), value: heap::give_string(v) });
-        headers.extend(pairs);
-    }
+    *headers = heap::give_pairs(metadata);
     FfiClientCall {
         service: heap::give_string(service),
         endpoint: heap::give_string(endpoint),
